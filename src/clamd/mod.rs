@@ -1,0 +1,1 @@
+//! The clamd client (being written).

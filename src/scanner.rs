@@ -1,0 +1,1 @@
+//! scanner (being written).

@@ -1,0 +1,107 @@
+//! The verdict model: what a scan concluded, and why a body went unscanned.
+
+use std::fmt;
+
+/// What clamgate knows about a body after trying to scan it.
+///
+/// There are three outcomes, never two: a scan that did not happen is `Unscanned`, never `Clean`.
+/// Only `Clean` and `Infected` are ever cached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// clamd answered `stream: OK`.
+    Clean,
+    /// clamd answered `stream: <signature> FOUND` with a real detection.
+    Infected { signature: String },
+    /// No complete scan happened; the policy decides what the client gets.
+    Unscanned { reason: UnscannedReason },
+}
+
+impl Verdict {
+    /// The label used in headers, JSON bodies and metrics: `clean`, `infected`, `unscanned`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Verdict::Clean => "clean",
+            Verdict::Infected { .. } => "infected",
+            Verdict::Unscanned { .. } => "unscanned",
+        }
+    }
+
+    /// Whether this verdict may be stored in the verdict cache.
+    pub fn is_cacheable(&self) -> bool {
+        matches!(self, Verdict::Clean | Verdict::Infected { .. })
+    }
+}
+
+/// Why a body was not scanned. Each reason has its own policy action and metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum UnscannedReason {
+    /// The body is larger than `scan.max_scan_bytes` or clamd's `StreamMaxLength`.
+    TooLarge,
+    /// No clamd could be reached (connect refused, closed without a reply, not ready).
+    EngineUnavailable,
+    /// clamd did not answer within the configured timeouts.
+    Timeout,
+    /// clamd answered with an error, or with something clamgate cannot parse.
+    EngineError,
+    /// clamd hit one of its own scan limits (`Heuristics.Limits.Exceeded.*`).
+    LimitsExceeded,
+    /// The content is encrypted and could not be inspected (`Heuristics.Encrypted.*`).
+    Encrypted,
+    /// The body uses a `Content-Encoding` clamgate cannot decode.
+    UnsupportedEncoding,
+    /// Only part of the object was seen (Range requests, 206 responses).
+    PartialContent,
+}
+
+impl UnscannedReason {
+    /// Every reason, for metrics registration and documentation.
+    pub const ALL: [UnscannedReason; 8] = [
+        UnscannedReason::TooLarge,
+        UnscannedReason::EngineUnavailable,
+        UnscannedReason::Timeout,
+        UnscannedReason::EngineError,
+        UnscannedReason::LimitsExceeded,
+        UnscannedReason::Encrypted,
+        UnscannedReason::UnsupportedEncoding,
+        UnscannedReason::PartialContent,
+    ];
+
+    /// The snake_case name used in config keys, JSON bodies and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UnscannedReason::TooLarge => "too_large",
+            UnscannedReason::EngineUnavailable => "engine_unavailable",
+            UnscannedReason::Timeout => "timeout",
+            UnscannedReason::EngineError => "engine_error",
+            UnscannedReason::LimitsExceeded => "limits_exceeded",
+            UnscannedReason::Encrypted => "encrypted",
+            UnscannedReason::UnsupportedEncoding => "unsupported_encoding",
+            UnscannedReason::PartialContent => "partial_content",
+        }
+    }
+
+    /// Whether the reason is trouble with the engine (retryable) rather than with the content.
+    pub fn is_engine_trouble(self) -> bool {
+        matches!(
+            self,
+            UnscannedReason::EngineUnavailable | UnscannedReason::Timeout | UnscannedReason::EngineError
+        )
+    }
+}
+
+impl fmt::Display for UnscannedReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The clamd engine and signature database that produced a verdict, as `VERSION` reports them.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct EngineVersion {
+    /// The engine version, e.g. `1.4.6`.
+    pub engine: String,
+    /// The daily database version, e.g. `27000`; `None` when clamd loaded no `daily.*` database.
+    pub database_version: Option<u64>,
+    /// The daily database's build date as clamd prints it, e.g. `Sat Nov 21 14:40:36 2026`.
+    pub database_date: Option<String>,
+}

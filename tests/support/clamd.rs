@@ -1,0 +1,1 @@
+//! clamd harness (being written).

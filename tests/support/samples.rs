@@ -1,0 +1,1 @@
+//! samples harness (being written).
