@@ -2,9 +2,31 @@
 //!
 //! The structs below are the schema. Keys carry their unit in the name (`_ms`, `_secs`,
 //! `_bytes`); unknown keys are rejected; every problem is reported at once with its key path.
+//!
+//! # Loading
+//! [`Config::load`] starts from the defaults, applies the file, then the environment, and checks
+//! in three passes so that one run reports everything:
+//! 1. structure: the parsed TOML table is walked against the schema (every unknown key, every
+//!    value of the wrong type); a rejected value is dropped and its default stands in;
+//! 2. environment: `CLAMGATE_<SECTION>_<KEY>` (nested tables joined with `_`, upper case), each
+//!    value parsed per its key's type; an unknown `CLAMGATE_*` variable is an error;
+//! 3. meaning: ranges, addresses, URLs (skipping keys already rejected, so one mistake is one
+//!    error).
+//!
+//! The schema (key paths and types) is derived from `Config::default()` serialized to TOML, plus
+//! the two things serialization cannot show: `Option` keys and strings with a narrower type
+//! (socket addresses, enums). Tests check both lists against serde, so they cannot drift.
 
 use serde::{Deserialize, Serialize};
-use std::net::SocketAddr;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::{Ipv6Addr, SocketAddr};
+use std::path::Path;
+use std::sync::LazyLock;
+
+use toml::{Table, Value};
+
+use crate::verdict::UnscannedReason;
 
 /// The whole configuration of one clamgate instance.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -58,8 +80,8 @@ pub struct ScanConfig {
     pub max_scan_bytes: u64,
 }
 
-/// The verdict cache.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// The verdict cache. `Debug` redacts the password in `redis_url`.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CacheConfig {
     /// `redis://[user:password@]host:port[/db]`. When absent, an in-process cache is used.
@@ -132,6 +154,37 @@ pub enum Action {
     Allow,
 }
 
+impl Action {
+    /// Every action.
+    pub const ALL: [Action; 2] = [Action::Deny, Action::Allow];
+    /// The names used in the config, in the order of [`Action::ALL`].
+    pub const NAMES: [&'static str; 2] = [Action::Deny.as_str(), Action::Allow.as_str()];
+
+    /// The name used in the config: `deny` or `allow`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Action::Deny => "deny",
+            Action::Allow => "allow",
+        }
+    }
+}
+
+impl UnscannedActions {
+    /// The action configured for `reason`.
+    pub fn action(&self, reason: UnscannedReason) -> Action {
+        match reason {
+            UnscannedReason::TooLarge => self.too_large,
+            UnscannedReason::EngineUnavailable => self.engine_unavailable,
+            UnscannedReason::Timeout => self.timeout,
+            UnscannedReason::EngineError => self.engine_error,
+            UnscannedReason::LimitsExceeded => self.limits_exceeded,
+            UnscannedReason::Encrypted => self.encrypted,
+            UnscannedReason::UnsupportedEncoding => self.unsupported_encoding,
+            UnscannedReason::PartialContent => self.partial_content,
+        }
+    }
+}
+
 /// Logging.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -142,11 +195,27 @@ pub struct LogConfig {
     pub format: LogFormat,
 }
 
+/// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LogFormat {
     Json,
     Text,
+}
+
+impl LogFormat {
+    /// Every format.
+    pub const ALL: [LogFormat; 2] = [LogFormat::Json, LogFormat::Text];
+    /// The names used in the config, in the order of [`LogFormat::ALL`].
+    pub const NAMES: [&'static str; 2] = [LogFormat::Json.as_str(), LogFormat::Text.as_str()];
+
+    /// The name used in the config: `json` or `text`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            LogFormat::Json => "json",
+            LogFormat::Text => "text",
+        }
+    }
 }
 
 impl Default for Config {
@@ -247,5 +316,1532 @@ impl Default for UnscannedActions {
 impl Default for LogConfig {
     fn default() -> Self {
         LogConfig { level: "info".to_string(), format: LogFormat::Json }
+    }
+}
+
+impl fmt::Debug for CacheConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Configs get logged with `?config`; the Redis password must not go with them.
+        f.debug_struct("CacheConfig")
+            .field("redis_url", &self.redis_url.as_deref().map(redact_url))
+            .field("ttl_secs", &self.ttl_secs)
+            .field("memory_max_entries", &self.memory_max_entries)
+            .field("redis_timeout_ms", &self.redis_timeout_ms)
+            .field("key_prefix", &self.key_prefix)
+            .finish()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Loading
+
+/// The environment variable that names the config file. `main` reads it; the loader skips it,
+/// since it is not a key.
+pub const CONFIG_PATH_ENV: &str = "CLAMGATE_CONFIG";
+
+/// The prefix of every environment override: `CLAMGATE_<SECTION>_<KEY>`.
+pub const ENV_PREFIX: &str = "CLAMGATE_";
+
+/// Upper bound of every `_ms` duration: one hour.
+const MAX_DURATION_MS: u64 = 60 * 60 * 1000;
+/// Upper bound of `response.retry_after_secs`: one day.
+const MAX_RETRY_AFTER_SECS: u64 = 24 * 60 * 60;
+/// clamd reads the INSTREAM length as a 32-bit integer.
+const MAX_SCAN_BYTES: u64 = u32::MAX as u64;
+const MAX_CONCURRENT_SCANS: u64 = 1024;
+const MIN_MESSAGE_BYTES: u64 = 1024 * 1024;
+
+/// One problem with the configuration. Its message never contains a secret.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{key}: {message}")]
+pub struct ConfigError {
+    /// Where the problem is: a key path (`clamd.connect_timeout_ms`), an environment variable
+    /// (`CLAMGATE_CLAMD_ADRESS`) or the config file's path.
+    pub key: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl ConfigError {
+    fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError { key: key.into(), message: message.into() }
+    }
+}
+
+/// Every problem found by one load, never empty. The order is stable: the file (unreadable or
+/// bad syntax, then unknown keys and wrong types, by key path), then the environment (by variable
+/// name), then values that are out of range or malformed (in schema order).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    /// One line per error, `key: message`, without a trailing newline.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, error) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{error}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+impl Config {
+    /// Loads the configuration: the defaults, then the TOML file at `path` (none: defaults only),
+    /// then every `CLAMGATE_*` variable in `env`, which win over the file. Variables without the
+    /// prefix are ignored, and so is [`CONFIG_PATH_ENV`]. Every problem is returned at once.
+    pub fn load(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigErrors> {
+        let file = match path {
+            None => Ok(Table::new()),
+            Some(path) => {
+                let source = path.display().to_string();
+                match std::fs::read_to_string(path) {
+                    Ok(text) => parse_toml(&text, &source),
+                    Err(err) => Err(ConfigError::new(source, format!("cannot read the config file: {err}"))),
+                }
+            }
+        };
+        load_layers(file, env)
+    }
+
+    /// Like [`Config::load`] with the file's text given; errors in it are reported as `config`.
+    pub fn from_toml_str(
+        text: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigErrors> {
+        load_layers(parse_toml(text, "config"), env)
+    }
+
+    /// Checks the values of a config built in code (ranges, addresses, URLs), as `load` does.
+    pub fn validate(&self) -> Result<(), ConfigErrors> {
+        let (rejected, from_env) = (BTreeSet::new(), BTreeMap::new());
+        let mut checker = Checker { errors: Vec::new(), rejected: &rejected, from_env: &from_env };
+        check_values(self, &mut checker);
+        if checker.errors.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigErrors(checker.errors))
+        }
+    }
+
+    /// Settings that are valid but weaken security or fail open, one line each
+    /// (`key: explanation`), for `main` to log at startup.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        let admin = self.listen.admin_addr;
+        if !admin.ip().is_loopback() {
+            warnings.push(format!(
+                "listen.admin_addr: {admin} is not a loopback address; the admin listener reveals \
+                 counters and versions and should not be reachable from the network"
+            ));
+        }
+        if self.policy.report_only {
+            warnings.push(
+                "policy.report_only: true: infected bodies are logged and counted but delivered".to_string(),
+            );
+        }
+        if !self.policy.scan_requests && !self.policy.scan_responses {
+            warnings.push(
+                "policy: scan_requests and scan_responses are both false: nothing is scanned".to_string(),
+            );
+        }
+        for reason in UnscannedReason::ALL {
+            if self.policy.on_unscanned.action(reason) == Action::Allow {
+                warnings.push(format!(
+                    "policy.on_unscanned.{reason}: allow delivers bodies that were not scanned (fails open)"
+                ));
+            }
+        }
+        warnings
+    }
+
+    /// `cache.redis_url` with its password replaced by `***`, for logs.
+    pub fn redacted_redis_url(&self) -> Option<String> {
+        self.cache.redis_url.as_deref().map(redact_url)
+    }
+}
+
+fn parse_toml(text: &str, source: &str) -> Result<Table, ConfigError> {
+    toml::from_str::<Table>(text).map_err(|err| {
+        // Only the message and position: toml's Display quotes the offending line, which may hold
+        // a password.
+        let message = match err.span() {
+            Some(span) => {
+                let (line, column) = line_column(text, span.start);
+                format!("TOML syntax error at line {line}, column {column}: {}", err.message())
+            }
+            None => format!("TOML syntax error: {}", err.message()),
+        };
+        ConfigError::new(source, message)
+    })
+}
+
+/// The 1-based line and column (in characters) of byte `offset` in `text`.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let mut end = offset.min(text.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let before = &text[..end];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    (line, before[line_start..].chars().count() + 1)
+}
+
+/// Merges the file (or the error that replaced it) and the environment over the defaults and
+/// runs the three checks.
+fn load_layers(
+    file: Result<Table, ConfigError>,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<Config, ConfigErrors> {
+    let schema = &*SCHEMA;
+    let mut errors = Vec::new();
+    // Keys whose given value was rejected: the default stands in, and pass 3 skips them.
+    let mut rejected = BTreeSet::new();
+    // Keys set by the environment, with the variable, so pass 3 can say where a value came from.
+    let mut from_env = BTreeMap::new();
+
+    let mut table = file.unwrap_or_else(|err| {
+        errors.push(err);
+        Table::new()
+    });
+    let mut structural = Vec::new();
+    check_table(schema, &mut table, "", &mut structural, &mut rejected);
+    structural.sort_by(|a, b| a.key.cmp(&b.key));
+    errors.extend(structural);
+
+    apply_env(schema, &mut table, env, &mut errors, &mut rejected, &mut from_env);
+
+    let config = match Value::Table(table).try_into::<Config>() {
+        Ok(config) => config,
+        Err(err) => {
+            // Unreachable while the schema matches the structs (the tests check that it does).
+            errors.push(ConfigError::new("config", err.message()));
+            return Err(ConfigErrors(errors));
+        }
+    };
+    let mut checker = Checker { errors: Vec::new(), rejected: &rejected, from_env: &from_env };
+    check_values(&config, &mut checker);
+    errors.extend(checker.errors);
+    if errors.is_empty() {
+        Ok(config)
+    } else {
+        Err(ConfigErrors(errors))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The schema: every key path, its type and its environment variable
+
+static SCHEMA: LazyLock<Schema> = LazyLock::new(Schema::build);
+
+/// `Option` keys: a default of `None` is absent from the serialized defaults.
+const OPTIONAL_KEYS: &[(&str, Kind)] = &[("cache.redis_url", Kind::Str)];
+
+/// Keys serialized as strings whose values are narrower than any string.
+fn narrower_kind(path: &str) -> Option<Kind> {
+    match path {
+        "listen.grpc_addr" | "listen.admin_addr" => Some(Kind::SocketAddr),
+        "log.format" => Some(Kind::Enum(&LogFormat::NAMES)),
+        _ if path.starts_with("policy.on_unscanned.") => Some(Kind::Enum(&Action::NAMES)),
+        _ => None,
+    }
+}
+
+/// The type of a key, as the file and the environment may spell it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Str,
+    /// Every integer key is unsigned.
+    Int,
+    Bool,
+    /// A string holding `IP:PORT`.
+    SocketAddr,
+    /// A string, one of these names.
+    Enum(&'static [&'static str]),
+}
+
+impl Kind {
+    /// What a value of this kind is, for "expected ..., found ..." messages.
+    fn expected(self) -> String {
+        match self {
+            Kind::Str => "a string".to_string(),
+            Kind::Int => "an integer".to_string(),
+            Kind::Bool => "a boolean".to_string(),
+            Kind::SocketAddr => {
+                "an IP address and port such as \"127.0.0.1:9090\" or \"[::1]:9090\"".to_string()
+            }
+            Kind::Enum(names) => one_of(names),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Key {
+    kind: Kind,
+    optional: bool,
+}
+
+#[derive(Debug, Default)]
+struct Schema {
+    /// Leaf keys by dotted path.
+    keys: BTreeMap<String, Key>,
+    /// Table paths (`policy`, `policy.on_unscanned`); the root is not listed.
+    tables: BTreeSet<String>,
+    /// Environment variable name to key path.
+    env: BTreeMap<String, String>,
+}
+
+impl Schema {
+    fn build() -> Schema {
+        let defaults =
+            Table::try_from(Config::default()).expect("the default config serializes to a TOML table");
+        let mut schema = Schema::default();
+        schema.add_table("", &defaults);
+        for &(path, kind) in OPTIONAL_KEYS {
+            schema.add_key(path, kind, true);
+        }
+        schema
+    }
+
+    fn add_table(&mut self, prefix: &str, table: &Table) {
+        for (name, value) in table {
+            let path = join(prefix, name);
+            let kind = match value {
+                Value::Table(inner) => {
+                    self.add_table(&path, inner);
+                    continue;
+                }
+                Value::String(_) => narrower_kind(&path).unwrap_or(Kind::Str),
+                Value::Integer(_) => Kind::Int,
+                Value::Boolean(_) => Kind::Bool,
+                // A new field of another type needs a `Kind`; the schema tests fail until then.
+                other => panic!("config key {path}: no loader support for TOML type {}", other.type_str()),
+            };
+            self.add_key(&path, kind, false);
+        }
+    }
+
+    fn add_key(&mut self, path: &str, kind: Kind, optional: bool) {
+        self.env.insert(env_name(path), path.to_string());
+        self.keys.insert(path.to_string(), Key { kind, optional });
+        let mut table = parent(path);
+        while !table.is_empty() {
+            self.tables.insert(table.to_string());
+            table = parent(table);
+        }
+    }
+
+    /// Paths of every leaf at or below `path`.
+    fn leaves_under<'s>(&'s self, path: &'s str) -> impl Iterator<Item = &'s String> + 's {
+        self.keys.keys().filter(move |key| {
+            *key == path || key.strip_prefix(path).is_some_and(|rest| rest.starts_with('.'))
+        })
+    }
+
+    /// The names directly inside table `prefix` ("" is the root).
+    fn children<'s>(&'s self, prefix: &'s str) -> impl Iterator<Item = &'s str> + 's {
+        self.keys
+            .keys()
+            .chain(&self.tables)
+            .filter(move |path| parent(path) == prefix)
+            .map(|path| last_segment(path))
+    }
+
+    fn unknown_key_message(&self, prefix: &str, name: &str) -> String {
+        let mut message = match prefix {
+            "" => format!("unknown key {name:?} at the top level"),
+            _ => format!("unknown key {name:?} in [{prefix}]"),
+        };
+        // A typo of a neighbour, else the same name in another table.
+        let suggestion = closest(name, self.children(prefix)).map(str::to_string).or_else(|| {
+            self.keys
+                .keys()
+                .chain(&self.tables)
+                .find(|path| last_segment(path) == name && parent(path) != prefix)
+                .cloned()
+        });
+        if let Some(suggestion) = suggestion {
+            message.push_str(&format!("; did you mean {suggestion:?}?"));
+        }
+        message
+    }
+}
+
+fn join(prefix: &str, name: &str) -> String {
+    match prefix {
+        "" => name.to_string(),
+        _ => format!("{prefix}.{name}"),
+    }
+}
+
+fn parent(path: &str) -> &str {
+    path.rsplit_once('.').map_or("", |(parent, _)| parent)
+}
+
+fn last_segment(path: &str) -> &str {
+    path.rsplit_once('.').map_or(path, |(_, last)| last)
+}
+
+/// `clamd.connect_timeout_ms` → `CLAMGATE_CLAMD_CONNECT_TIMEOUT_MS`.
+fn env_name(path: &str) -> String {
+    format!("{ENV_PREFIX}{}", path.replace('.', "_").to_ascii_uppercase())
+}
+
+/// The candidate nearest to `name` by edit distance, if near enough to be a typo of it.
+fn closest<'c>(name: &str, candidates: impl Iterator<Item = &'c str>) -> Option<&'c str> {
+    let limit = (name.chars().count() / 3).clamp(1, 3);
+    candidates
+        .map(|candidate| (edit_distance(name, candidate), candidate))
+        .filter(|&(distance, _)| distance <= limit)
+        .min()
+        .map(|(_, candidate)| candidate)
+}
+
+/// Levenshtein distance, in characters.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, &cb) in b.iter().enumerate() {
+            let substitution = diagonal + usize::from(ca != cb);
+            diagonal = row[j + 1];
+            row[j + 1] = substitution.min(row[j] + 1).min(row[j + 1] + 1);
+        }
+    }
+    row[b.len()]
+}
+
+/// `"a"`, `"a" or "b"`, `"a", "b" or "c"`.
+fn one_of(names: &[&str]) -> String {
+    let quoted: Vec<String> = names.iter().map(|name| format!("{name:?}")).collect();
+    match quoted.split_last() {
+        None => String::new(),
+        Some((last, [])) => last.clone(),
+        Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
+    }
+}
+
+/// "a string", "an integer", ... for a TOML value.
+fn a_type(value: &Value) -> String {
+    let name = value.type_str();
+    match name {
+        "integer" | "array" => format!("an {name}"),
+        _ => format!("a {name}"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pass 1: structure of the file
+
+/// Walks `table` against the schema. Every unknown key and every value of the wrong type is an
+/// error; either is removed from the table so that the rest can still be deserialized.
+fn check_table(
+    schema: &Schema,
+    table: &mut Table,
+    prefix: &str,
+    errors: &mut Vec<ConfigError>,
+    rejected: &mut BTreeSet<String>,
+) {
+    let names: Vec<String> = table.keys().cloned().collect();
+    for name in names {
+        let path = join(prefix, &name);
+        // A quoted key with a dot (`"clamd.address" = ...`) is one key, never a path.
+        let plain = !name.contains('.');
+        let message = match table.get_mut(&name) {
+            Some(Value::Table(inner)) if plain && schema.tables.contains(&path) => {
+                check_table(schema, inner, &path, errors, rejected);
+                None
+            }
+            Some(other) if plain && schema.tables.contains(&path) => {
+                Some(format!("expected a table, found {}", a_type(other)))
+            }
+            Some(value) if plain && schema.keys.contains_key(&path) => {
+                check_value(schema.keys[&path].kind, value).err()
+            }
+            _ => Some(schema.unknown_key_message(prefix, &name)),
+        };
+        if let Some(message) = message {
+            table.remove(&name);
+            rejected.extend(schema.leaves_under(&path).cloned());
+            errors.push(ConfigError::new(path, message));
+        }
+    }
+}
+
+/// Whether `value` may be given for a key of `kind`. Messages show the value only for kinds that
+/// never hold a secret.
+fn check_value(kind: Kind, value: &Value) -> Result<(), String> {
+    match (kind, value) {
+        (Kind::Str, Value::String(_)) | (Kind::Bool, Value::Boolean(_)) => Ok(()),
+        (Kind::Int, Value::Integer(n)) if *n >= 0 => Ok(()),
+        (Kind::Int, Value::Integer(n)) => Err(format!("expected a non-negative integer, found {n}")),
+        (Kind::SocketAddr, Value::String(s)) if s.parse::<SocketAddr>().is_ok() => Ok(()),
+        (Kind::Enum(names), Value::String(s)) if names.contains(&s.as_str()) => Ok(()),
+        (Kind::SocketAddr | Kind::Enum(_), Value::String(s)) => {
+            Err(format!("expected {}, found {s:?}", kind.expected()))
+        }
+        (kind, other) => Err(format!("expected {}, found {}", kind.expected(), a_type(other))),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pass 2: the environment
+
+/// Applies every `CLAMGATE_*` variable over `table`. An empty value for an `Option` key unsets
+/// it (so a deployment can turn off a Redis URL that the file sets).
+fn apply_env(
+    schema: &Schema,
+    table: &mut Table,
+    env: impl IntoIterator<Item = (String, String)>,
+    errors: &mut Vec<ConfigError>,
+    rejected: &mut BTreeSet<String>,
+    from_env: &mut BTreeMap<String, String>,
+) {
+    // Sorted for a stable error order; a repeated name keeps its last value, as a shell does.
+    let vars: BTreeMap<String, String> =
+        env.into_iter().filter(|(name, _)| name.starts_with(ENV_PREFIX) && name != CONFIG_PATH_ENV).collect();
+    for (name, raw) in vars {
+        let Some((path, key)) = schema.env.get(&name).and_then(|path| schema.keys.get_key_value(path)) else {
+            let mut message = "unknown variable: it matches no config key".to_string();
+            if let Some(suggestion) = closest(&name, schema.env.keys().map(String::as_str)) {
+                message.push_str(&format!("; did you mean {suggestion}?"));
+            }
+            errors.push(ConfigError::new(name, message));
+            continue;
+        };
+        if key.optional && raw.is_empty() {
+            remove_path(table, path);
+            rejected.remove(path);
+            from_env.insert(path.clone(), name);
+            continue;
+        }
+        match env_value(key.kind, raw) {
+            Ok(value) => {
+                insert_path(table, path, value);
+                rejected.remove(path);
+                from_env.insert(path.clone(), name);
+            }
+            Err(message) => {
+                rejected.insert(path.clone());
+                errors.push(ConfigError::new(name, format!("invalid value for {path}: {message}")));
+            }
+        }
+    }
+}
+
+/// The TOML value an environment variable stands for: strings as given, integers and booleans
+/// parsed.
+fn env_value(kind: Kind, raw: String) -> Result<Value, String> {
+    let value = match kind {
+        Kind::Int => match raw.parse::<i64>() {
+            Ok(n) => Value::Integer(n),
+            Err(_) => return Err(format!("expected an integer, found {raw:?}")),
+        },
+        Kind::Bool => match raw.as_str() {
+            "true" => Value::Boolean(true),
+            "false" => Value::Boolean(false),
+            _ => return Err(format!("expected true or false, found {raw:?}")),
+        },
+        Kind::Str | Kind::SocketAddr | Kind::Enum(_) => Value::String(raw),
+    };
+    check_value(kind, &value)?;
+    Ok(value)
+}
+
+fn insert_path(table: &mut Table, path: &str, value: Value) {
+    let (parents, name) = path.rsplit_once('.').map_or(("", path), |(parents, name)| (parents, name));
+    let mut current = table;
+    for segment in parents.split('.').filter(|segment| !segment.is_empty()) {
+        let entry = current.entry(segment).or_insert_with(|| Value::Table(Table::new()));
+        if !entry.is_table() {
+            // Pass 1 already reported and removed a non-table here; this is defensive.
+            *entry = Value::Table(Table::new());
+        }
+        let Value::Table(next) = entry else { return };
+        current = next;
+    }
+    current.insert(name.to_string(), value);
+}
+
+fn remove_path(table: &mut Table, path: &str) {
+    let (parents, name) = path.rsplit_once('.').map_or(("", path), |(parents, name)| (parents, name));
+    let mut current = table;
+    for segment in parents.split('.').filter(|segment| !segment.is_empty()) {
+        match current.get_mut(segment) {
+            Some(Value::Table(next)) => current = next,
+            _ => return,
+        }
+    }
+    current.remove(name);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pass 3: the values
+
+/// Collects the errors of pass 3.
+struct Checker<'a> {
+    errors: Vec<ConfigError>,
+    /// Keys already reported by pass 1 or 2: their value is a stand-in default.
+    rejected: &'a BTreeSet<String>,
+    /// Keys set by the environment, and by which variable.
+    from_env: &'a BTreeMap<String, String>,
+}
+
+impl Checker<'_> {
+    fn check(&mut self, path: &str, result: Result<(), String>) {
+        if let (Err(message), false) = (result, self.rejected.contains(path)) {
+            let message = match self.from_env.get(path) {
+                Some(var) => format!("{message} (set by {var})"),
+                None => message,
+            };
+            self.errors.push(ConfigError::new(path, message));
+        }
+    }
+}
+
+/// Every check of a value's meaning, in schema order.
+fn check_values(config: &Config, checker: &mut Checker<'_>) {
+    let Config { listen, clamd, scan, cache, ext_proc, response, policy: _, log } = config;
+    if !checker.rejected.contains("listen.grpc_addr") {
+        checker.check("listen.admin_addr", distinct_listeners(listen.grpc_addr, listen.admin_addr));
+    }
+    checker.check("clamd.address", clamd_address(&clamd.address));
+    checker.check("clamd.connect_timeout_ms", within(clamd.connect_timeout_ms, 1, MAX_DURATION_MS));
+    checker.check("clamd.write_timeout_ms", within(clamd.write_timeout_ms, 1, MAX_DURATION_MS));
+    checker.check("clamd.reply_timeout_ms", within(clamd.reply_timeout_ms, 1, MAX_DURATION_MS));
+    checker.check(
+        "clamd.max_concurrent_scans",
+        within(clamd.max_concurrent_scans as u64, 1, MAX_CONCURRENT_SCANS),
+    );
+    checker.check("clamd.health_interval_ms", within(clamd.health_interval_ms, 1, MAX_DURATION_MS));
+    checker.check("scan.max_scan_bytes", within(scan.max_scan_bytes, 1, MAX_SCAN_BYTES));
+    if let Some(url) = &cache.redis_url {
+        checker.check("cache.redis_url", redis_url(url));
+    }
+    checker.check("cache.ttl_secs", within(cache.ttl_secs, 1, u64::MAX));
+    checker.check("cache.memory_max_entries", within(cache.memory_max_entries as u64, 1, u64::MAX));
+    checker.check("cache.redis_timeout_ms", within(cache.redis_timeout_ms, 1, MAX_DURATION_MS));
+    checker.check("cache.key_prefix", key_prefix(&cache.key_prefix));
+    checker.check(
+        "ext_proc.max_message_bytes",
+        within(ext_proc.max_message_bytes as u64, MIN_MESSAGE_BYTES, u64::MAX),
+    );
+    checker.check("response.retry_after_secs", within(response.retry_after_secs, 0, MAX_RETRY_AFTER_SECS));
+    checker.check("log.level", log_filter(&log.level));
+}
+
+fn within(value: u64, min: u64, max: u64) -> Result<(), String> {
+    if (min..=max).contains(&value) {
+        return Ok(());
+    }
+    Err(match (min, max) {
+        (_, u64::MAX) => format!("must be at least {min}, found {value}"),
+        (0, _) => format!("must be at most {max}, found {value}"),
+        _ => format!("must be between {min} and {max}, found {value}"),
+    })
+}
+
+/// The two listeners must not bind the same port on overlapping addresses (port 0 picks a free
+/// port, so never collides).
+fn distinct_listeners(grpc: SocketAddr, admin: SocketAddr) -> Result<(), String> {
+    let overlapping_ip = grpc.ip() == admin.ip() || grpc.ip().is_unspecified() || admin.ip().is_unspecified();
+    if grpc.port() == admin.port() && grpc.port() != 0 && overlapping_ip {
+        return Err(format!("conflicts with listen.grpc_addr ({grpc}): both bind port {}", admin.port()));
+    }
+    Ok(())
+}
+
+/// `tcp://HOST:PORT` (HOST a name, an IPv4 address or a bracketed IPv6 address) or
+/// `unix:///absolute/path`.
+fn clamd_address(address: &str) -> Result<(), String> {
+    if let Some(rest) = address.strip_prefix("tcp://") {
+        if rest.rsplit_once(':').is_some_and(|(host, port)| tcp_host(host) && tcp_port(port)) {
+            return Ok(());
+        }
+        return Err(format!("expected \"tcp://HOST:PORT\" with a port from 1 to 65535, found {address:?}"));
+    }
+    if let Some(path) = address.strip_prefix("unix://") {
+        if path.len() > 1 && path.starts_with('/') {
+            return Ok(());
+        }
+        return Err(format!(
+            "expected an absolute path after \"unix://\", as in \"unix:///run/clamav/clamd.ctl\", found {address:?}"
+        ));
+    }
+    Err(format!("expected \"tcp://HOST:PORT\" or \"unix:///absolute/path\", found {address:?}"))
+}
+
+fn tcp_host(host: &str) -> bool {
+    match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        Some(v6) => v6.parse::<Ipv6Addr>().is_ok(),
+        None => {
+            !host.is_empty()
+                && host.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+        }
+    }
+}
+
+fn tcp_port(port: &str) -> bool {
+    // Digits only: `u16::from_str` would also take "+1".
+    port.bytes().all(|b| b.is_ascii_digit()) && port.parse::<u16>().is_ok_and(|p| p != 0)
+}
+
+/// A URL the redis crate accepts, with one of the schemes clamgate documents.
+fn redis_url(url: &str) -> Result<(), String> {
+    const SCHEMES: [&str; 4] = ["redis://", "rediss://", "redis+unix://", "unix://"];
+    if url.is_empty() {
+        return Err("must not be empty; remove the key to use the in-process cache".to_string());
+    }
+    if !SCHEMES.iter().any(|scheme| url.starts_with(scheme)) {
+        return Err(format!(
+            "expected a URL starting with \"redis://\", \"rediss://\", \"redis+unix://\" or \"unix://\", found {:?}",
+            redact_url(url)
+        ));
+    }
+    match redis::IntoConnectionInfo::into_connection_info(url) {
+        Ok(_) => Ok(()),
+        Err(err) => {
+            // The crate's text is "<reason> - <Kind>[: detail]"; the reason is what helps, and
+            // none of its reasons quote the URL.
+            let text = err.to_string();
+            let reason = text.split(" - ").next().unwrap_or(&text);
+            Err(format!("is not a usable Redis URL ({reason}), found {:?}", redact_url(url)))
+        }
+    }
+}
+
+fn key_prefix(prefix: &str) -> Result<(), String> {
+    if prefix.is_empty() {
+        return Err("must not be empty".to_string());
+    }
+    if prefix.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!("must not contain whitespace or control characters, found {prefix:?}"));
+    }
+    Ok(())
+}
+
+fn log_filter(level: &str) -> Result<(), String> {
+    if level.trim().is_empty() {
+        return Err("must not be empty; use a level such as \"info\"".to_string());
+    }
+    match tracing_subscriber::EnvFilter::try_new(level) {
+        Ok(_) => Ok(()),
+        Err(err) => Err(format!("is not a valid tracing filter ({err}), found {level:?}")),
+    }
+}
+
+/// `url` with its password replaced by `***`: in the userinfo of `scheme://user:password@host`
+/// (a userinfo without `:` is hidden whole) and in `pass=`/`password=` query parameters.
+fn redact_url(url: &str) -> String {
+    let (scheme, rest) = match url.find("://") {
+        Some(i) => url.split_at(i + 3),
+        None => ("", url),
+    };
+    // The last `@` ends the userinfo even if the password holds an unencoded `/`, `?` or `@`:
+    // better to hide too much than too little.
+    let (userinfo, host_and_rest) = match rest.rfind('@') {
+        Some(i) => (Some(&rest[..i]), &rest[i + 1..]),
+        None => (None, rest),
+    };
+    let mut redacted = scheme.to_string();
+    if let Some(userinfo) = userinfo {
+        match userinfo.split_once(':') {
+            Some((user, _)) if !user.contains(['/', '?', '#']) => redacted.push_str(&format!("{user}:***@")),
+            _ => redacted.push_str("***@"),
+        }
+    }
+    match host_and_rest.split_once('?') {
+        None => redacted.push_str(host_and_rest),
+        Some((before, query)) => {
+            let params: Vec<String> = query
+                .split('&')
+                .map(|param| match param.split_once('=') {
+                    Some((name, _))
+                        if name.eq_ignore_ascii_case("pass") || name.eq_ignore_ascii_case("password") =>
+                    {
+                        format!("{name}=***")
+                    }
+                    _ => param.to_string(),
+                })
+                .collect();
+            redacted.push_str(&format!("{before}?{}", params.join("&")));
+        }
+    }
+    redacted
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SAMPLE: &str = include_str!("../clamgate.toml");
+    const DOCS: &str = include_str!("../docs/configuration.md");
+
+    fn vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(name, value)| (name.to_string(), value.to_string())).collect()
+    }
+
+    fn load(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigErrors> {
+        Config::from_toml_str(text, vars(env))
+    }
+
+    /// The `Display` lines of a load that must fail.
+    fn errors(text: &str, env: &[(&str, &str)]) -> Vec<String> {
+        match load(text, env) {
+            Ok(config) => panic!("expected errors, loaded {config:?}"),
+            Err(errors) => errors.to_string().lines().map(str::to_string).collect(),
+        }
+    }
+
+    fn error(text: &str, env: &[(&str, &str)]) -> String {
+        let errors = errors(text, env);
+        assert_eq!(errors.len(), 1, "{errors:#?}");
+        errors[0].clone()
+    }
+
+    // --- Loading -------------------------------------------------------------------------------
+
+    #[test]
+    fn defaults_load_from_nothing() {
+        assert_eq!(load("", &[]).unwrap(), Config::default());
+        assert_eq!(Config::load(None, vars(&[])).unwrap(), Config::default());
+        assert_eq!(Config::default().validate(), Ok(()));
+        assert!(Config::default().warnings().is_empty());
+    }
+
+    #[test]
+    fn a_full_valid_file_loads() {
+        let text = r#"
+            [listen]
+            grpc_addr = "0.0.0.0:50052"
+            admin_addr = "[::1]:9091"
+            [clamd]
+            address = "unix:///run/clamav/clamd.ctl"
+            connect_timeout_ms = 2000
+            write_timeout_ms = 3000
+            reply_timeout_ms = 4000
+            max_concurrent_scans = 16
+            health_interval_ms = 6000
+            [scan]
+            max_scan_bytes = 104_857_600
+            [cache]
+            redis_url = "redis://clamgate:s3cret@redis:6379/2"
+            ttl_secs = 3600
+            memory_max_entries = 10
+            redis_timeout_ms = 100
+            key_prefix = "cg:"
+            [ext_proc]
+            max_message_bytes = 33554432
+            [response]
+            verdict_header = false
+            expose_signature = false
+            retry_after_secs = 60
+            [policy]
+            scan_requests = false
+            scan_responses = true
+            report_only = true
+            [policy.on_unscanned]
+            too_large = "allow"
+            engine_unavailable = "deny"
+            timeout = "allow"
+            engine_error = "deny"
+            limits_exceeded = "allow"
+            encrypted = "deny"
+            unsupported_encoding = "allow"
+            partial_content = "deny"
+            [log]
+            level = "clamgate=debug,info"
+            format = "text"
+        "#;
+        let config = load(text, &[]).unwrap();
+        assert_eq!(config.listen.grpc_addr, "0.0.0.0:50052".parse().unwrap());
+        assert_eq!(config.listen.admin_addr, "[::1]:9091".parse().unwrap());
+        assert_eq!(config.clamd.address, "unix:///run/clamav/clamd.ctl");
+        assert_eq!(
+            (config.clamd.connect_timeout_ms, config.clamd.write_timeout_ms, config.clamd.reply_timeout_ms),
+            (2000, 3000, 4000)
+        );
+        assert_eq!((config.clamd.max_concurrent_scans, config.clamd.health_interval_ms), (16, 6000));
+        assert_eq!(config.scan.max_scan_bytes, 100 * 1024 * 1024);
+        assert_eq!(config.cache.redis_url.as_deref(), Some("redis://clamgate:s3cret@redis:6379/2"));
+        assert_eq!(
+            (config.cache.ttl_secs, config.cache.memory_max_entries, config.cache.redis_timeout_ms),
+            (3600, 10, 100)
+        );
+        assert_eq!(config.cache.key_prefix, "cg:");
+        assert_eq!(config.ext_proc.max_message_bytes, 32 * 1024 * 1024);
+        assert_eq!(
+            config.response,
+            ResponseConfig { verdict_header: false, expose_signature: false, retry_after_secs: 60 }
+        );
+        assert!(!config.policy.scan_requests && config.policy.scan_responses && config.policy.report_only);
+        let actions = &config.policy.on_unscanned;
+        assert_eq!((actions.too_large, actions.engine_unavailable), (Action::Allow, Action::Deny));
+        assert_eq!((actions.timeout, actions.engine_error), (Action::Allow, Action::Deny));
+        assert_eq!((actions.limits_exceeded, actions.encrypted), (Action::Allow, Action::Deny));
+        assert_eq!((actions.unsupported_encoding, actions.partial_content), (Action::Allow, Action::Deny));
+        assert_eq!(
+            config.log,
+            LogConfig { level: "clamgate=debug,info".to_string(), format: LogFormat::Text }
+        );
+    }
+
+    #[test]
+    fn load_reads_a_file_and_names_it_when_it_cannot() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("clamgate.toml");
+        std::fs::write(&path, "[clamd]\nmax_concurrent_scans = 2\n").unwrap();
+        assert_eq!(Config::load(Some(&path), vars(&[])).unwrap().clamd.max_concurrent_scans, 2);
+
+        let missing = dir.path().join("missing.toml");
+        let err = Config::load(Some(&missing), vars(&[])).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "{}: cannot read the config file: No such file or directory (os error 2)",
+                missing.display()
+            )
+        );
+    }
+
+    #[test]
+    fn a_syntax_error_names_line_and_column_and_env_is_still_checked() {
+        assert_eq!(
+            errors("[clamd]\naddress = \"tcp://x:1\nmax_concurrent_scans = 2\n", &[("CLAMGATE_NOPE", "1")]),
+            [
+                "config: TOML syntax error at line 2, column 21: invalid basic string, expected `\"`",
+                "CLAMGATE_NOPE: unknown variable: it matches no config key",
+            ]
+        );
+        assert_eq!(
+            error("[clamd]\nmax_concurrent_scans = 1\nmax_concurrent_scans = 2\n", &[]),
+            "config: TOML syntax error at line 3, column 1: duplicate key"
+        );
+    }
+
+    // --- Pass 1: unknown keys and types ----------------------------------------------------------
+
+    #[test]
+    fn unknown_keys_are_reported_with_their_path_and_a_suggestion() {
+        assert_eq!(
+            error("[cache]\nredis_ur = \"redis://r\"\n", &[]),
+            "cache.redis_ur: unknown key \"redis_ur\" in [cache]; did you mean \"redis_url\"?"
+        );
+        assert_eq!(
+            error("lisen = 1\n", &[]),
+            "lisen: unknown key \"lisen\" at the top level; did you mean \"listen\"?"
+        );
+        assert_eq!(
+            error("[clamd]\nttl_secs = 5\n", &[]),
+            "clamd.ttl_secs: unknown key \"ttl_secs\" in [clamd]; did you mean \"cache.ttl_secs\"?"
+        );
+        assert_eq!(error("[extra]\nx = 1\n", &[]), "extra: unknown key \"extra\" at the top level");
+        assert_eq!(
+            error("[policy.on_unscanned]\nzip_bomb = \"deny\"\n", &[]),
+            "policy.on_unscanned.zip_bomb: unknown key \"zip_bomb\" in [policy.on_unscanned]"
+        );
+        // A quoted dotted key is one name, not a path.
+        assert_eq!(
+            error("\"clamd.address\" = \"tcp://x:1\"\n", &[]),
+            "clamd.address: unknown key \"clamd.address\" at the top level"
+        );
+    }
+
+    #[test]
+    fn every_unknown_key_is_reported_once() {
+        // A whole unknown table is one error, not one per key inside it.
+        assert_eq!(
+            errors(
+                "[cach]\nttl_secs = 1\nkey_prefix = \"x\"\n[clamd]\nadress = \"x\"\ntimeout_ms = 1\n",
+                &[]
+            ),
+            [
+                "cach: unknown key \"cach\" at the top level; did you mean \"cache\"?",
+                "clamd.adress: unknown key \"adress\" in [clamd]; did you mean \"address\"?",
+                "clamd.timeout_ms: unknown key \"timeout_ms\" in [clamd]",
+            ]
+        );
+    }
+
+    #[test]
+    fn wrong_types_are_reported_with_what_was_expected() {
+        let cases = [
+            ("[clamd]\nconnect_timeout_ms = \"1s\"", "clamd.connect_timeout_ms: expected an integer, found a string"),
+            ("[clamd]\nconnect_timeout_ms = 1.5", "clamd.connect_timeout_ms: expected an integer, found a float"),
+            ("[clamd]\nmax_concurrent_scans = -1", "clamd.max_concurrent_scans: expected a non-negative integer, found -1"),
+            ("[response]\nverdict_header = \"yes\"", "response.verdict_header: expected a boolean, found a string"),
+            ("[clamd]\naddress = 3310", "clamd.address: expected a string, found an integer"),
+            ("[clamd]\naddress = [\"tcp://a:1\"]", "clamd.address: expected a string, found an array"),
+            ("[clamd.address]\nhost = \"a\"", "clamd.address: expected a string, found a table"),
+            ("clamd = \"tcp://a:1\"", "clamd: expected a table, found a string"),
+            ("[cache]\nredis_url = false", "cache.redis_url: expected a string, found a boolean"),
+            (
+                "[listen]\ngrpc_addr = \"localhost:50051\"",
+                "listen.grpc_addr: expected an IP address and port such as \"127.0.0.1:9090\" or \"[::1]:9090\", found \"localhost:50051\"",
+            ),
+            (
+                "[listen]\nadmin_addr = 9090",
+                "listen.admin_addr: expected an IP address and port such as \"127.0.0.1:9090\" or \"[::1]:9090\", found an integer",
+            ),
+            (
+                "[policy.on_unscanned]\ntimeout = \"block\"",
+                "policy.on_unscanned.timeout: expected \"deny\" or \"allow\", found \"block\"",
+            ),
+            ("[log]\nformat = true", "log.format: expected \"json\" or \"text\", found a boolean"),
+            ("[log]\nformat = \"JSON\"", "log.format: expected \"json\" or \"text\", found \"JSON\""),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(error(text, &[]), expected, "for {text:?}");
+        }
+    }
+
+    #[test]
+    fn a_rejected_value_causes_no_follow_on_errors() {
+        // The default stands in for a rejected value, and is not checked against other keys.
+        assert_eq!(
+            errors("[listen]\ngrpc_addr = \"nope\"\nadmin_addr = \"127.0.0.1:50051\"\n", &[]),
+            ["listen.grpc_addr: expected an IP address and port such as \"127.0.0.1:9090\" or \"[::1]:9090\", found \"nope\""]
+        );
+        assert_eq!(errors("cache = 1\n", &[]), ["cache: expected a table, found an integer"]);
+    }
+
+    // --- Pass 3: values ------------------------------------------------------------------------
+
+    #[test]
+    fn out_of_range_values_are_reported_with_their_bounds() {
+        let cases = [
+            (
+                "[clamd]\nconnect_timeout_ms = 0",
+                "clamd.connect_timeout_ms: must be between 1 and 3600000, found 0",
+            ),
+            (
+                "[clamd]\nwrite_timeout_ms = 0",
+                "clamd.write_timeout_ms: must be between 1 and 3600000, found 0",
+            ),
+            (
+                "[clamd]\nreply_timeout_ms = 3600001",
+                "clamd.reply_timeout_ms: must be between 1 and 3600000, found 3600001",
+            ),
+            (
+                "[clamd]\nhealth_interval_ms = 0",
+                "clamd.health_interval_ms: must be between 1 and 3600000, found 0",
+            ),
+            (
+                "[clamd]\nmax_concurrent_scans = 0",
+                "clamd.max_concurrent_scans: must be between 1 and 1024, found 0",
+            ),
+            (
+                "[clamd]\nmax_concurrent_scans = 1025",
+                "clamd.max_concurrent_scans: must be between 1 and 1024, found 1025",
+            ),
+            ("[scan]\nmax_scan_bytes = 0", "scan.max_scan_bytes: must be between 1 and 4294967295, found 0"),
+            (
+                "[scan]\nmax_scan_bytes = 4294967296",
+                "scan.max_scan_bytes: must be between 1 and 4294967295, found 4294967296",
+            ),
+            ("[cache]\nttl_secs = 0", "cache.ttl_secs: must be at least 1, found 0"),
+            ("[cache]\nmemory_max_entries = 0", "cache.memory_max_entries: must be at least 1, found 0"),
+            (
+                "[cache]\nredis_timeout_ms = 0",
+                "cache.redis_timeout_ms: must be between 1 and 3600000, found 0",
+            ),
+            (
+                "[ext_proc]\nmax_message_bytes = 1048575",
+                "ext_proc.max_message_bytes: must be at least 1048576, found 1048575",
+            ),
+            (
+                "[response]\nretry_after_secs = 86401",
+                "response.retry_after_secs: must be at most 86400, found 86401",
+            ),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(error(text, &[]), expected, "for {text:?}");
+        }
+        let bounds =
+            "[clamd]\nconnect_timeout_ms = 1\nreply_timeout_ms = 3600000\nmax_concurrent_scans = 1024\n\
+                      [scan]\nmax_scan_bytes = 4294967295\n[ext_proc]\nmax_message_bytes = 1048576\n\
+                      [response]\nretry_after_secs = 0\n[cache]\nttl_secs = 1\nmemory_max_entries = 1\n";
+        assert!(load(bounds, &[]).is_ok());
+    }
+
+    #[test]
+    fn listeners_must_not_share_a_port() {
+        assert_eq!(
+            error("[listen]\ngrpc_addr = \"127.0.0.1:9090\"\n", &[]),
+            "listen.admin_addr: conflicts with listen.grpc_addr (127.0.0.1:9090): both bind port 9090"
+        );
+        assert_eq!(
+            error("[listen]\ngrpc_addr = \"0.0.0.0:7000\"\nadmin_addr = \"127.0.0.1:7000\"\n", &[]),
+            "listen.admin_addr: conflicts with listen.grpc_addr (0.0.0.0:7000): both bind port 7000"
+        );
+        for ok in [
+            "[listen]\ngrpc_addr = \"127.0.0.1:7000\"\nadmin_addr = \"127.0.0.2:7000\"\n",
+            "[listen]\ngrpc_addr = \"127.0.0.1:0\"\nadmin_addr = \"127.0.0.1:0\"\n",
+        ] {
+            assert!(load(ok, &[]).is_ok(), "{ok}");
+        }
+    }
+
+    #[test]
+    fn clamd_address_is_tcp_host_port_or_an_absolute_unix_path() {
+        for ok in [
+            "tcp://clamd:3310",
+            "tcp://10.0.0.5:3310",
+            "tcp://[::1]:3310",
+            "tcp://clamd_1.svc-x:1",
+            "unix:///run/clamd.ctl",
+        ] {
+            assert!(load(&format!("[clamd]\naddress = {ok:?}"), &[]).is_ok(), "{ok}");
+        }
+        let tcp = |found: &str| {
+            format!(
+                "clamd.address: expected \"tcp://HOST:PORT\" with a port from 1 to 65535, found {found:?}"
+            )
+        };
+        for bad in [
+            "tcp://clamd",
+            "tcp://clamd:0",
+            "tcp://clamd:65536",
+            "tcp://:3310",
+            "tcp://::1:3310",
+            "tcp://clamd:3310/",
+            "tcp://clamd:+1",
+        ] {
+            assert_eq!(error(&format!("[clamd]\naddress = {bad:?}"), &[]), tcp(bad));
+        }
+        assert_eq!(
+            error("[clamd]\naddress = \"clamd:3310\"", &[]),
+            "clamd.address: expected \"tcp://HOST:PORT\" or \"unix:///absolute/path\", found \"clamd:3310\""
+        );
+        assert_eq!(
+            error("[clamd]\naddress = \"unix://run/clamd.ctl\"", &[]),
+            "clamd.address: expected an absolute path after \"unix://\", as in \"unix:///run/clamav/clamd.ctl\", found \"unix://run/clamd.ctl\""
+        );
+    }
+
+    #[test]
+    fn redis_url_must_be_a_usable_redis_url() {
+        for ok in [
+            "redis://127.0.0.1:6379/0",
+            "redis://:pw@redis",
+            "redis+unix:///run/redis.sock?db=1",
+            "unix:///run/redis.sock",
+        ] {
+            assert!(load(&format!("[cache]\nredis_url = {ok:?}"), &[]).is_ok(), "{ok}");
+        }
+        assert_eq!(
+            error("[cache]\nredis_url = \"\"", &[]),
+            "cache.redis_url: must not be empty; remove the key to use the in-process cache"
+        );
+        assert_eq!(
+            error("[cache]\nredis_url = \"http://user:hunter2@redis:6379\"", &[]),
+            "cache.redis_url: expected a URL starting with \"redis://\", \"rediss://\", \"redis+unix://\" or \"unix://\", found \"http://user:***@redis:6379\""
+        );
+        assert_eq!(
+            error("[cache]\nredis_url = \"redis://:hunter2@redis:6379/zero\"", &[]),
+            "cache.redis_url: is not a usable Redis URL (Invalid database number), found \"redis://:***@redis:6379/zero\""
+        );
+        assert_eq!(
+            error("[cache]\nredis_url = \"redis://\"", &[]),
+            "cache.redis_url: is not a usable Redis URL (Missing hostname), found \"redis://\""
+        );
+    }
+
+    #[test]
+    fn key_prefix_and_log_level_are_checked() {
+        assert_eq!(error("[cache]\nkey_prefix = \"\"", &[]), "cache.key_prefix: must not be empty");
+        assert_eq!(
+            error("[cache]\nkey_prefix = \"clam gate:\"", &[]),
+            "cache.key_prefix: must not contain whitespace or control characters, found \"clam gate:\""
+        );
+        assert_eq!(
+            error("[log]\nlevel = \" \"", &[]),
+            "log.level: must not be empty; use a level such as \"info\""
+        );
+        assert_eq!(
+            error("[log]\nlevel = \"clamgate=loud\"", &[]),
+            "log.level: is not a valid tracing filter (error parsing level filter: expected one of \"off\", \"error\", \"warn\", \"info\", \"debug\", \"trace\", or a number 0-5), found \"clamgate=loud\""
+        );
+    }
+
+    #[test]
+    fn validate_checks_a_config_built_in_code() {
+        let mut config = Config::default();
+        config.clamd.max_concurrent_scans = 0;
+        config.cache.key_prefix = String::new();
+        assert_eq!(
+            config.validate().unwrap_err().to_string(),
+            "clamd.max_concurrent_scans: must be between 1 and 1024, found 0\ncache.key_prefix: must not be empty"
+        );
+    }
+
+    // --- All at once ---------------------------------------------------------------------------
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let text =
+            "[clamd]\nconnect_timeout_ms = \"1s\"\nmax_concurrent_scans = 0\n[cache]\nredis_ur = \"x\"\n";
+        let err = load(text, &[]).unwrap_err();
+        assert_eq!(err.0.len(), 3);
+        assert_eq!(
+            err.to_string(),
+            "cache.redis_ur: unknown key \"redis_ur\" in [cache]; did you mean \"redis_url\"?\n\
+             clamd.connect_timeout_ms: expected an integer, found a string\n\
+             clamd.max_concurrent_scans: must be between 1 and 1024, found 0"
+        );
+        assert_eq!(
+            err.0[1],
+            ConfigError::new("clamd.connect_timeout_ms", "expected an integer, found a string")
+        );
+    }
+
+    #[test]
+    fn file_environment_and_value_errors_come_together_in_order() {
+        let text = "[log]\nformat = \"yaml\"\nlevel = \"\"\n[scan]\nmax_scan_bytes = 0\n";
+        let env = [("CLAMGATE_CLAMD_ADRESS", "tcp://x:1"), ("CLAMGATE_RESPONSE_VERDICT_HEADER", "yes")];
+        assert_eq!(
+            errors(text, &env),
+            [
+                "log.format: expected \"json\" or \"text\", found \"yaml\"",
+                "CLAMGATE_CLAMD_ADRESS: unknown variable: it matches no config key; did you mean CLAMGATE_CLAMD_ADDRESS?",
+                "CLAMGATE_RESPONSE_VERDICT_HEADER: invalid value for response.verdict_header: expected true or false, found \"yes\"",
+                "scan.max_scan_bytes: must be between 1 and 4294967295, found 0",
+                "log.level: must not be empty; use a level such as \"info\"",
+            ]
+        );
+    }
+
+    // --- Environment ---------------------------------------------------------------------------
+
+    #[test]
+    fn env_overrides_every_kind_of_key() {
+        let config = load(
+            "",
+            &[
+                ("CLAMGATE_CLAMD_CONNECT_TIMEOUT_MS", "2500"),
+                ("CLAMGATE_RESPONSE_EXPOSE_SIGNATURE", "false"),
+                ("CLAMGATE_CLAMD_ADDRESS", "tcp://clamd:3310"),
+                ("CLAMGATE_LISTEN_GRPC_ADDR", "0.0.0.0:50051"),
+                ("CLAMGATE_LOG_FORMAT", "text"),
+                ("CLAMGATE_POLICY_ON_UNSCANNED_TOO_LARGE", "allow"),
+                ("CLAMGATE_CACHE_REDIS_URL", "redis://redis:6379"),
+                ("CLAMGATE_CONFIG", "/etc/clamgate/clamgate.toml"),
+                ("PATH", "/usr/bin"),
+                ("clamgate_clamd_address", "ignored: not the prefix"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(config.clamd.connect_timeout_ms, 2500);
+        assert!(!config.response.expose_signature);
+        assert_eq!(config.clamd.address, "tcp://clamd:3310");
+        assert_eq!(config.listen.grpc_addr, "0.0.0.0:50051".parse().unwrap());
+        assert_eq!(config.log.format, LogFormat::Text);
+        assert_eq!(config.policy.on_unscanned.too_large, Action::Allow);
+        assert_eq!(config.policy.on_unscanned.timeout, Action::Deny);
+        assert_eq!(config.cache.redis_url.as_deref(), Some("redis://redis:6379"));
+    }
+
+    #[test]
+    fn env_wins_over_the_file() {
+        let text = "[clamd]\naddress = \"tcp://file:3310\"\nmax_concurrent_scans = 4\n\
+                    [cache]\nredis_url = \"redis://file:6379\"\n[policy.on_unscanned]\ntimeout = \"allow\"\n";
+        let config = load(
+            text,
+            &[("CLAMGATE_CLAMD_ADDRESS", "tcp://env:3310"), ("CLAMGATE_POLICY_ON_UNSCANNED_TIMEOUT", "deny")],
+        )
+        .unwrap();
+        assert_eq!(config.clamd.address, "tcp://env:3310");
+        assert_eq!(config.clamd.max_concurrent_scans, 4);
+        assert_eq!(config.policy.on_unscanned.timeout, Action::Deny);
+        // An empty value unsets an optional key, even one the file sets.
+        let config = load(text, &[("CLAMGATE_CACHE_REDIS_URL", "")]).unwrap();
+        assert_eq!(config.cache.redis_url, None);
+    }
+
+    #[test]
+    fn env_cannot_hide_a_bad_file() {
+        // The file is still wrong; the environment's good value is still checked.
+        assert_eq!(
+            errors("[clamd]\nreply_timeout_ms = \"1m\"\n", &[("CLAMGATE_CLAMD_REPLY_TIMEOUT_MS", "0")]),
+            [
+                "clamd.reply_timeout_ms: expected an integer, found a string",
+                "clamd.reply_timeout_ms: must be between 1 and 3600000, found 0 (set by CLAMGATE_CLAMD_REPLY_TIMEOUT_MS)",
+            ]
+        );
+    }
+
+    #[test]
+    fn bad_env_values_name_the_variable_and_the_key() {
+        let cases = [
+            (
+                ("CLAMGATE_CLAMD_CONNECT_TIMEOUT_MS", "1s"),
+                "CLAMGATE_CLAMD_CONNECT_TIMEOUT_MS: invalid value for clamd.connect_timeout_ms: expected an integer, found \"1s\"",
+            ),
+            (
+                ("CLAMGATE_CLAMD_MAX_CONCURRENT_SCANS", "-4"),
+                "CLAMGATE_CLAMD_MAX_CONCURRENT_SCANS: invalid value for clamd.max_concurrent_scans: expected a non-negative integer, found -4",
+            ),
+            (
+                ("CLAMGATE_POLICY_REPORT_ONLY", "1"),
+                "CLAMGATE_POLICY_REPORT_ONLY: invalid value for policy.report_only: expected true or false, found \"1\"",
+            ),
+            (
+                ("CLAMGATE_LOG_FORMAT", "yaml"),
+                "CLAMGATE_LOG_FORMAT: invalid value for log.format: expected \"json\" or \"text\", found \"yaml\"",
+            ),
+            (
+                ("CLAMGATE_LISTEN_ADMIN_ADDR", ":9090"),
+                "CLAMGATE_LISTEN_ADMIN_ADDR: invalid value for listen.admin_addr: expected an IP address and port such as \"127.0.0.1:9090\" or \"[::1]:9090\", found \":9090\"",
+            ),
+            (
+                ("CLAMGATE_CLAMD_CONNECT_TIMEOUT_MS", ""),
+                "CLAMGATE_CLAMD_CONNECT_TIMEOUT_MS: invalid value for clamd.connect_timeout_ms: expected an integer, found \"\"",
+            ),
+        ];
+        for (var, expected) in cases {
+            assert_eq!(error("", &[var]), expected);
+        }
+        // Values out of range name the key and the variable that set it.
+        assert_eq!(
+            error("", &[("CLAMGATE_CACHE_TTL_SECS", "0")]),
+            "cache.ttl_secs: must be at least 1, found 0 (set by CLAMGATE_CACHE_TTL_SECS)"
+        );
+        assert_eq!(
+            error("", &[("CLAMGATE_CACHE_KEY_PREFIX", "")]),
+            "cache.key_prefix: must not be empty (set by CLAMGATE_CACHE_KEY_PREFIX)"
+        );
+    }
+
+    #[test]
+    fn unknown_env_variables_are_errors() {
+        assert_eq!(
+            error("", &[("CLAMGATE_CACHE_REDIS_UR", "redis://x")]),
+            "CLAMGATE_CACHE_REDIS_UR: unknown variable: it matches no config key; did you mean CLAMGATE_CACHE_REDIS_URL?"
+        );
+        assert_eq!(
+            error("", &[("CLAMGATE_DEBUG", "1")]),
+            "CLAMGATE_DEBUG: unknown variable: it matches no config key"
+        );
+        // A table is not a key.
+        assert_eq!(
+            error("", &[("CLAMGATE_CLAMD", "x")]),
+            "CLAMGATE_CLAMD: unknown variable: it matches no config key"
+        );
+        assert_eq!(
+            errors("", &[("CLAMGATE_B", "1"), ("CLAMGATE_A", "1")]),
+            [
+                "CLAMGATE_A: unknown variable: it matches no config key",
+                "CLAMGATE_B: unknown variable: it matches no config key"
+            ]
+        );
+    }
+
+    // --- Secrets, warnings ---------------------------------------------------------------------
+
+    #[test]
+    fn passwords_are_redacted() {
+        let cases = [
+            ("redis://user:hunter2@redis:6379/0", "redis://user:***@redis:6379/0"),
+            ("redis://:hunter2@redis:6379", "redis://:***@redis:6379"),
+            ("rediss://hunter2@redis", "rediss://***@redis"),
+            ("redis://redis:6379", "redis://redis:6379"),
+            ("redis://:hun/ter@2@redis", "redis://:***@redis"),
+            ("redis+unix:///run/redis.sock?db=1&pass=hunter2", "redis+unix:///run/redis.sock?db=1&pass=***"),
+            ("user:hunter2@redis", "user:***@redis"),
+        ];
+        for (url, redacted) in cases {
+            assert_eq!(redact_url(url), redacted);
+        }
+        let mut config = Config::default();
+        assert_eq!(config.redacted_redis_url(), None);
+        config.cache.redis_url = Some("redis://user:hunter2@redis:6379".to_string());
+        assert_eq!(config.redacted_redis_url().as_deref(), Some("redis://user:***@redis:6379"));
+        assert!(!format!("{config:?}").contains("hunter2"));
+
+        let err = load("", &[("CLAMGATE_CACHE_REDIS_URL", "htp://user:hunter2@redis")]).unwrap_err();
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+        // A syntax error never quotes the line it is on.
+        let err = load("[cache]\nredis_url = \"redis://:hunter2@redis\n", &[]).unwrap_err();
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn weakening_settings_are_warned_about() {
+        let text = "[listen]\nadmin_addr = \"0.0.0.0:9090\"\n[policy]\nreport_only = true\n\
+                    scan_requests = false\nscan_responses = false\n[policy.on_unscanned]\ntimeout = \"allow\"\n";
+        assert_eq!(
+            load(text, &[]).unwrap().warnings(),
+            [
+                "listen.admin_addr: 0.0.0.0:9090 is not a loopback address; the admin listener reveals counters and versions and should not be reachable from the network",
+                "policy.report_only: true: infected bodies are logged and counted but delivered",
+                "policy: scan_requests and scan_responses are both false: nothing is scanned",
+                "policy.on_unscanned.timeout: allow delivers bodies that were not scanned (fails open)",
+            ]
+        );
+        assert!(load("[listen]\nadmin_addr = \"[::1]:9090\"", &[]).unwrap().warnings().is_empty());
+    }
+
+    // --- The sample file and the docs ------------------------------------------------------------
+
+    /// The sample with every commented-out assignment (`# key = value`) made live.
+    fn sample_uncommented() -> String {
+        SAMPLE
+            .lines()
+            .map(|line| match line.strip_prefix("# ") {
+                Some(rest)
+                    if rest.split_once(" = ").is_some_and(|(key, _)| {
+                        !key.is_empty() && key.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+                    }) =>
+                {
+                    rest
+                }
+                _ => line,
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    #[test]
+    fn the_sample_config_loads_as_the_defaults() {
+        assert_eq!(load(SAMPLE, &[]).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn the_sample_config_lists_every_key() {
+        let text = sample_uncommented();
+        let table = toml::from_str::<Table>(&text).unwrap();
+        for path in SCHEMA.keys.keys() {
+            let mut value = Some(&table);
+            let (parents, name) = path.rsplit_once('.').unwrap();
+            for segment in parents.split('.') {
+                value = value.and_then(|t| t.get(segment)).and_then(Value::as_table);
+            }
+            assert!(value.and_then(|t| t.get(name)).is_some(), "clamgate.toml does not list {path}");
+        }
+        // And the commented-out examples are valid.
+        assert!(load(&text, &[]).is_ok());
+    }
+
+    #[test]
+    fn the_docs_list_every_key_and_variable() {
+        for path in SCHEMA.keys.keys() {
+            assert!(DOCS.contains(&format!("`{path}`")), "docs/configuration.md does not list {path}");
+            let env = env_name(path);
+            assert!(DOCS.contains(&format!("`{env}`")), "docs/configuration.md does not list {env}");
+        }
+    }
+
+    #[test]
+    fn the_docs_example_is_what_clamgate_reports() {
+        let text = "[clamd]\nconnect_timeout_ms = \"1s\"\nmax_concurrent_scans = 0\n\n[cache]\nredis_ur = \"redis://redis:6379\"\n";
+        assert!(DOCS.contains(text), "the example file changed in docs/configuration.md");
+        let env = [("CLAMGATE_CLAMD_ADRESS", "tcp://clamd:3310"), ("CLAMGATE_CACHE_TTL_SECS", "1d")];
+        let report = load(text, &env).unwrap_err().to_string();
+        assert!(DOCS.contains(&format!("clamgate: invalid configuration:\n{report}\n```")), "{report}");
+    }
+
+    // --- The schema cannot drift from the structs ------------------------------------------------
+
+    /// The names serde lists after "expected" in an unknown field or variant error.
+    fn serde_expected_names(message: &str) -> BTreeSet<String> {
+        let (_, list) =
+            message.split_once("expected").unwrap_or_else(|| panic!("unexpected message {message:?}"));
+        list.split('`').skip(1).step_by(2).map(str::to_string).collect()
+    }
+
+    fn defaults_with(path: &str, value: Value) -> Result<Config, toml::de::Error> {
+        let mut table = Table::try_from(Config::default()).unwrap();
+        insert_path(&mut table, path, value);
+        Value::Table(table).try_into::<Config>()
+    }
+
+    #[test]
+    fn every_table_has_exactly_the_fields_of_its_struct() {
+        for table in std::iter::once("").chain(SCHEMA.tables.iter().map(String::as_str)) {
+            let err = defaults_with(&join(table, "zz_not_a_key"), Value::Integer(1)).unwrap_err();
+            let fields = serde_expected_names(err.message());
+            let children: BTreeSet<String> = SCHEMA.children(table).map(str::to_string).collect();
+            assert_eq!(
+                children, fields,
+                "the schema of [{table}] differs from its struct; an Option key missing from OPTIONAL_KEYS?"
+            );
+        }
+    }
+
+    #[test]
+    fn every_key_kind_matches_serde() {
+        for (path, key) in &SCHEMA.keys {
+            let accepts = |value: Value| defaults_with(path, value).is_ok();
+            match key.kind {
+                // A plain string key takes any string; one that does not needs a narrower kind.
+                Kind::Str => {
+                    assert!(accepts(Value::String("any text".into())), "{path} needs a narrower Kind")
+                }
+                Kind::Int => {
+                    assert!(accepts(Value::Integer(7)), "{path}");
+                    assert!(!accepts(Value::Integer(-1)), "{path} is signed; Kind::Int assumes unsigned");
+                }
+                Kind::Bool => assert!(accepts(Value::Boolean(true)), "{path}"),
+                Kind::SocketAddr => {
+                    assert!(accepts(Value::String("[::1]:1".into())), "{path}");
+                    assert!(!accepts(Value::String("x".into())), "{path} is not a socket address");
+                }
+                Kind::Enum(names) => {
+                    for name in names {
+                        assert!(accepts(Value::String(name.to_string())), "{path} = {name}");
+                    }
+                    let err = defaults_with(path, Value::String("zz".into())).unwrap_err();
+                    let expected: BTreeSet<String> = names.iter().map(|name| name.to_string()).collect();
+                    assert_eq!(serde_expected_names(err.message()), expected, "{path}");
+                }
+            }
+        }
+        for (path, _) in OPTIONAL_KEYS {
+            assert!(SCHEMA.keys[*path].optional);
+        }
+    }
+
+    #[test]
+    fn env_names_are_unique_and_not_reserved() {
+        assert_eq!(SCHEMA.env.len(), SCHEMA.keys.len());
+        assert!(!SCHEMA.env.contains_key(CONFIG_PATH_ENV));
+        assert_eq!(SCHEMA.env["CLAMGATE_POLICY_ON_UNSCANNED_TOO_LARGE"], "policy.on_unscanned.too_large");
+    }
+
+    #[test]
+    fn every_unscanned_reason_has_a_policy_key() {
+        for reason in UnscannedReason::ALL {
+            let key = format!("policy.on_unscanned.{reason}");
+            assert!(SCHEMA.keys.contains_key(&key), "{key}");
+            // `UnscannedActions::action` reads the field of that name and no other.
+            let actions = defaults_with(&key, Value::String("allow".into())).unwrap().policy.on_unscanned;
+            for other in UnscannedReason::ALL {
+                assert_eq!(actions.action(other) == Action::Allow, other == reason, "{key} read as {other}");
+            }
+        }
+        for (action, name) in Action::ALL.into_iter().zip(Action::NAMES) {
+            assert_eq!(toml::Value::try_from(action).unwrap().as_str(), Some(name));
+        }
+        for (format, name) in LogFormat::ALL.into_iter().zip(LogFormat::NAMES) {
+            assert_eq!(toml::Value::try_from(format).unwrap().as_str(), Some(name));
+        }
+    }
+
+    #[test]
+    fn edit_distance_counts_characters() {
+        assert_eq!(edit_distance("redis_ur", "redis_url"), 1);
+        assert_eq!(edit_distance("adress", "address"), 1);
+        assert_eq!(edit_distance("", "abc"), 3);
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+        assert_eq!(closest("xyz", ["listen", "clamd"].into_iter()), None);
     }
 }
