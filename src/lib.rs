@@ -5,7 +5,7 @@
 //! - [`verdict`]: `Clean`, `Infected`, `Unscanned { reason }`: the three outcomes of a scan.
 //! - [`policy`]: turns a verdict into a [`policy::Decision`] (continue, 409, 503, 413, 502).
 //! - [`clamd`]: the clamd client: pure INSTREAM framing and reply parsing, and the socket code.
-//! - [`cache`]: the verdict cache behind one trait, in-process or Redis.
+//! - [`cache`]: the verdict cache, in-process or Redis (one enum over the two real backends).
 //! - [`scanner`]: the one scan path: hash, cache lookup, bounded clamd scan, cache write.
 //! - [`ext_proc`]: the Envoy ext_proc server, a per-stream state machine.
 //! - [`scan_api`]: the `clamgate.v1.Scanner` gRPC API, sharing the scan path and cache.

@@ -1,0 +1,224 @@
+//! The in-process verdict cache, used when no Redis is configured: TTL expiry, least-recently-used
+//! eviction past `memory_max_entries`, one `std::sync::Mutex` held only for map operations.
+//!
+//! Implemented on `HashMap` + `BTreeMap` rather than a crate such as `lru`: it is a few dozen
+//! lines, and keeps the dependency list to what the README justifies.
+
+use super::entry::{CacheEntry, ContentKey};
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// An in-process, size-bounded, TTL-expiring verdict cache. Cheap to share behind an `Arc`.
+pub struct MemoryCache {
+    ttl: Duration,
+    max_entries: usize,
+    inner: Mutex<Lru>,
+}
+
+/// The entries and their recency order. `recency` maps each entry's last-use tick to its key, so
+/// its first element is the least recently used entry.
+#[derive(Default)]
+struct Lru {
+    slots: HashMap<ContentKey, Slot>,
+    recency: BTreeMap<u64, ContentKey>,
+    clock: u64,
+}
+
+struct Slot {
+    entry: CacheEntry,
+    /// `None` when `now + ttl` does not fit in an `Instant`: the entry then never expires.
+    expires_at: Option<Instant>,
+    last_used: u64,
+}
+
+impl MemoryCache {
+    /// A cache holding at most `max_entries` entries (at least one), each for `ttl`.
+    pub fn new(max_entries: usize, ttl: Duration) -> Self {
+        MemoryCache { ttl, max_entries: max_entries.max(1), inner: Mutex::new(Lru::default()) }
+    }
+
+    /// The entry stored under `key`, if any and not expired. A hit makes it most recently used.
+    pub fn get(&self, key: &ContentKey) -> Option<CacheEntry> {
+        self.get_at(key, Instant::now())
+    }
+
+    /// Stores `entry` under `key` for the configured TTL, replacing any previous entry and
+    /// evicting the least recently used entries beyond the size bound.
+    pub fn put(&self, key: &ContentKey, entry: &CacheEntry) {
+        self.put_at(key, entry, Instant::now())
+    }
+
+    /// Entries currently held, including expired ones not yet removed.
+    pub fn len(&self) -> usize {
+        self.lock().slots.len()
+    }
+
+    /// Whether the cache holds no entries.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn get_at(&self, key: &ContentKey, now: Instant) -> Option<CacheEntry> {
+        let mut lru = self.lock();
+        let lru = &mut *lru;
+        let slot = lru.slots.get_mut(key)?;
+        if slot.expires_at.is_some_and(|at| at <= now) {
+            let last_used = slot.last_used;
+            lru.slots.remove(key);
+            lru.recency.remove(&last_used);
+            return None;
+        }
+        lru.clock += 1;
+        lru.recency.remove(&slot.last_used);
+        slot.last_used = lru.clock;
+        lru.recency.insert(lru.clock, *key);
+        Some(slot.entry.clone())
+    }
+
+    fn put_at(&self, key: &ContentKey, entry: &CacheEntry, now: Instant) {
+        // Clone before taking the lock, so the lock covers map operations only.
+        let slot_entry = entry.clone();
+        let expires_at = now.checked_add(self.ttl);
+        let mut lru = self.lock();
+        lru.clock += 1;
+        let tick = lru.clock;
+        let slot = Slot { entry: slot_entry, expires_at, last_used: tick };
+        if let Some(previous) = lru.slots.insert(*key, slot) {
+            lru.recency.remove(&previous.last_used);
+        }
+        lru.recency.insert(tick, *key);
+        while lru.slots.len() > self.max_entries {
+            let Some((_, oldest)) = lru.recency.pop_first() else { break };
+            lru.slots.remove(&oldest);
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Lru> {
+        match self.inner.lock() {
+            Ok(guard) => guard,
+            // A panic while the lock was held may have left the map and the order out of step.
+            // A cache can always start empty, so do that rather than trust them.
+            Err(poisoned) => {
+                let mut guard = poisoned.into_inner();
+                *guard = Lru::default();
+                self.inner.clear_poison();
+                guard
+            }
+        }
+    }
+}
+
+impl fmt::Debug for MemoryCache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MemoryCache")
+            .field("ttl", &self.ttl)
+            .field("max_entries", &self.max_entries)
+            .field("len", &self.len())
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::CachedVerdict;
+
+    const TTL: Duration = Duration::from_secs(60);
+
+    fn entry(n: u64) -> CacheEntry {
+        CacheEntry {
+            verdict: CachedVerdict::Clean,
+            engine_version: "1.4.6".to_string(),
+            database_version: Some(27000),
+            scanned_at_unix_secs: n,
+        }
+    }
+
+    fn key(n: u8) -> ContentKey {
+        ContentKey::of(&[n])
+    }
+
+    #[test]
+    fn stores_and_returns_entries() {
+        let cache = MemoryCache::new(10, TTL);
+        assert!(cache.is_empty());
+        assert_eq!(cache.get(&key(1)), None);
+        cache.put(&key(1), &entry(1));
+        assert_eq!(cache.get(&key(1)), Some(entry(1)));
+        assert_eq!(cache.get(&key(2)), None);
+        cache.put(&key(1), &entry(2));
+        assert_eq!(cache.get(&key(1)), Some(entry(2)));
+        assert_eq!(cache.len(), 1);
+    }
+
+    #[test]
+    fn entries_expire_after_the_ttl() {
+        let cache = MemoryCache::new(10, TTL);
+        let t0 = Instant::now();
+        cache.put_at(&key(1), &entry(1), t0);
+        assert_eq!(cache.get_at(&key(1), t0 + TTL - Duration::from_millis(1)), Some(entry(1)));
+        assert_eq!(cache.get_at(&key(1), t0 + TTL), None);
+        // The expired entry is gone, not merely hidden.
+        assert_eq!(cache.len(), 0);
+        assert_eq!(cache.get_at(&key(1), t0), None);
+    }
+
+    #[test]
+    fn a_new_put_restarts_the_ttl_and_a_get_does_not() {
+        let cache = MemoryCache::new(10, TTL);
+        let t0 = Instant::now();
+        cache.put_at(&key(1), &entry(1), t0);
+        assert!(cache.get_at(&key(1), t0 + TTL / 2).is_some());
+        assert_eq!(cache.get_at(&key(1), t0 + TTL), None, "a hit must not extend the TTL");
+        cache.put_at(&key(2), &entry(2), t0);
+        cache.put_at(&key(2), &entry(3), t0 + TTL / 2);
+        assert_eq!(cache.get_at(&key(2), t0 + TTL), Some(entry(3)));
+    }
+
+    #[test]
+    fn holds_at_most_max_entries_evicting_the_oldest() {
+        let cache = MemoryCache::new(3, TTL);
+        for n in 1..=5 {
+            cache.put(&key(n), &entry(u64::from(n)));
+            assert!(cache.len() <= 3);
+        }
+        assert_eq!(cache.len(), 3);
+        assert_eq!(cache.get(&key(1)), None);
+        assert_eq!(cache.get(&key(2)), None);
+        for n in 3..=5 {
+            assert_eq!(cache.get(&key(n)), Some(entry(u64::from(n))));
+        }
+    }
+
+    #[test]
+    fn evicts_the_least_recently_used() {
+        let cache = MemoryCache::new(2, TTL);
+        cache.put(&key(1), &entry(1));
+        cache.put(&key(2), &entry(2));
+        assert!(cache.get(&key(1)).is_some()); // 2 is now the least recently used
+        cache.put(&key(3), &entry(3));
+        assert_eq!(cache.get(&key(2)), None);
+        assert_eq!(cache.get(&key(1)), Some(entry(1)));
+        assert_eq!(cache.get(&key(3)), Some(entry(3)));
+    }
+
+    #[test]
+    fn replacing_an_entry_does_not_count_twice() {
+        let cache = MemoryCache::new(2, TTL);
+        cache.put(&key(1), &entry(1));
+        cache.put(&key(2), &entry(2));
+        cache.put(&key(2), &entry(3));
+        cache.put(&key(2), &entry(4));
+        assert_eq!(cache.get(&key(1)), Some(entry(1)));
+        assert_eq!(cache.get(&key(2)), Some(entry(4)));
+    }
+
+    #[test]
+    fn a_huge_ttl_does_not_overflow() {
+        let cache = MemoryCache::new(2, Duration::MAX);
+        cache.put(&key(1), &entry(1));
+        assert_eq!(cache.get(&key(1)), Some(entry(1)));
+    }
+}
