@@ -1,1 +1,218 @@
-//! metrics (being written).
+//! Prometheus metrics: one `Metrics` struct, registered once at start-up and passed down.
+//!
+//! Metric names end in their unit; every label has a small, fixed set of values.
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+use crate::verdict::{UnscannedReason, Verdict};
+
+/// Where a body came from.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum Source {
+    /// A request body (upload) seen through ext_proc.
+    request,
+    /// A response body (download) seen through ext_proc.
+    response,
+    /// A body sent to the clamgate.v1 Scan API.
+    api,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VerdictLabels {
+    source: Source,
+    verdict: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CacheLabels {
+    backend: &'static str,
+    result: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CacheErrorLabels {
+    backend: &'static str,
+    operation: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DecisionLabels {
+    status: u16,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StreamErrorLabels {
+    kind: &'static str,
+}
+
+/// Every metric clamgate exports.
+pub struct Metrics {
+    registry: Registry,
+    verdicts: Family<VerdictLabels, Counter>,
+    unscanned: Family<ReasonLabels, Counter>,
+    scan_duration: Histogram,
+    scanned_bytes: Counter,
+    cache_lookups: Family<CacheLabels, Counter>,
+    cache_errors: Family<CacheErrorLabels, Counter>,
+    blocked: Family<DecisionLabels, Counter>,
+    stream_errors: Family<StreamErrorLabels, Counter>,
+    clamd_up: Gauge,
+    clamd_database_version: Gauge,
+}
+
+impl Metrics {
+    /// Builds and registers every metric under the `clamgate_` prefix.
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("clamgate");
+        let verdicts = Family::<VerdictLabels, Counter>::default();
+        registry.register(
+            "verdicts",
+            "Verdicts reached, by body source and verdict (cache hits included)",
+            verdicts.clone(),
+        );
+        let unscanned = Family::<ReasonLabels, Counter>::default();
+        registry.register("unscanned", "Bodies that could not be scanned, by reason", unscanned.clone());
+        // 1 ms .. ~65 s: a tiny body on a warm clamd up to a large archive under load.
+        let scan_duration = Histogram::new(exponential_buckets(0.001, 2.0, 17));
+        registry.register(
+            "clamd_scan_duration_seconds",
+            "Time from the first byte sent to clamd to its reply",
+            scan_duration.clone(),
+        );
+        let scanned_bytes = Counter::default();
+        registry.register("clamd_scanned_bytes", "Bytes sent to clamd for scanning", scanned_bytes.clone());
+        let cache_lookups = Family::<CacheLabels, Counter>::default();
+        registry.register(
+            "cache_lookups",
+            "Verdict cache lookups by backend and result (hit, miss, error)",
+            cache_lookups.clone(),
+        );
+        let cache_errors = Family::<CacheErrorLabels, Counter>::default();
+        registry.register(
+            "cache_errors",
+            "Verdict cache failures (each one treated as a miss or a skipped write)",
+            cache_errors.clone(),
+        );
+        let blocked = Family::<DecisionLabels, Counter>::default();
+        registry.register("blocked", "Requests answered by clamgate instead of the upstream, by HTTP status", blocked.clone());
+        let stream_errors = Family::<StreamErrorLabels, Counter>::default();
+        registry.register(
+            "ext_proc_stream_errors",
+            "ext_proc streams ended with an error status (protocol violations, internal failures)",
+            stream_errors.clone(),
+        );
+        let clamd_up = Gauge::default();
+        registry.register("clamd_up", "1 while clamd answers and detects the self-test sample", clamd_up.clone());
+        let clamd_database_version = Gauge::default();
+        registry.register(
+            "clamd_database_version",
+            "The signature database version clamd last reported (0 when none)",
+            clamd_database_version.clone(),
+        );
+        Metrics {
+            registry,
+            verdicts,
+            unscanned,
+            scan_duration,
+            scanned_bytes,
+            cache_lookups,
+            cache_errors,
+            blocked,
+            stream_errors,
+            clamd_up,
+            clamd_database_version,
+        }
+    }
+
+    /// Counts one verdict, and its reason when unscanned.
+    pub fn record_verdict(&self, source: Source, verdict: &Verdict) {
+        self.verdicts.get_or_create(&VerdictLabels { source, verdict: verdict.label() }).inc();
+        if let Verdict::Unscanned { reason } = verdict {
+            self.record_unscanned(*reason);
+        }
+    }
+
+    fn record_unscanned(&self, reason: UnscannedReason) {
+        self.unscanned.get_or_create(&ReasonLabels { reason: reason.as_str() }).inc();
+    }
+
+    /// Records one completed clamd scan.
+    pub fn record_clamd_scan(&self, seconds: f64, bytes: u64) {
+        self.scan_duration.observe(seconds);
+        self.scanned_bytes.inc_by(bytes);
+    }
+
+    /// Counts a cache lookup: `result` is `hit`, `miss` or `error`.
+    pub fn record_cache_lookup(&self, backend: &'static str, result: &'static str) {
+        self.cache_lookups.get_or_create(&CacheLabels { backend, result }).inc();
+    }
+
+    /// Counts a failed cache call: `operation` is `get` or `put`.
+    pub fn record_cache_error(&self, backend: &'static str, operation: &'static str) {
+        self.cache_errors.get_or_create(&CacheErrorLabels { backend, operation }).inc();
+    }
+
+    /// Counts a request that clamgate answered itself (409, 503, 413, 502, 422).
+    pub fn record_blocked(&self, status: u16) {
+        self.blocked.get_or_create(&DecisionLabels { status }).inc();
+    }
+
+    /// Counts an ext_proc stream ended with an error status; `kind` is `protocol` (out-of-order or
+    /// unsupported messages), `inbound` (a message Envoy sent could not be read) or `internal`.
+    pub fn record_stream_error(&self, kind: &'static str) {
+        self.stream_errors.get_or_create(&StreamErrorLabels { kind }).inc();
+    }
+
+    /// Publishes what the health probe learned about clamd.
+    pub fn set_clamd_state(&self, up: bool, database_version: Option<u64>) {
+        self.clamd_up.set(i64::from(up));
+        if let Some(version) = database_version {
+            self.clamd_database_version.set(i64::try_from(version).unwrap_or(i64::MAX));
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut text = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
+        text
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verdicts_and_reasons_appear_in_the_exposition() {
+        let metrics = Metrics::new();
+        metrics.record_verdict(Source::response, &Verdict::Infected { signature: "X".into() });
+        metrics.record_verdict(
+            Source::request,
+            &Verdict::Unscanned { reason: UnscannedReason::EngineUnavailable },
+        );
+        metrics.record_cache_lookup("memory", "hit");
+        let text = metrics.encode();
+        assert!(text.contains(r#"clamgate_verdicts_total{source="response",verdict="infected"} 1"#), "{text}");
+        assert!(text.contains(r#"clamgate_unscanned_total{reason="engine_unavailable"} 1"#), "{text}");
+        assert!(text.contains(r#"clamgate_cache_lookups_total{backend="memory",result="hit"} 1"#), "{text}");
+    }
+}

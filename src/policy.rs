@@ -1,1 +1,275 @@
-//! policy (being written).
+//! Policy: the one place where a verdict becomes an answer (`decide`), for Envoy and nginx alike.
+//!
+//! | verdict | request (upload) | response (download) |
+//! |---|---|---|
+//! | Clean | continue, `x-clamgate-verdict: clean` | same |
+//! | Infected | 409 + JSON | 409 + JSON |
+//! | Unscanned, engine trouble (`engine_unavailable`, `timeout`, `engine_error`), denied | 503 + `retry-after` | 503 + `retry-after` |
+//! | Unscanned, `too_large` / `limits_exceeded`, denied | 413 | 502 |
+//! | Unscanned, other content reasons, denied | 422 | 502 |
+//! | Unscanned, allowed by policy | continue, `x-clamgate-verdict: unscanned` | same |
+//!
+//! `report_only` turns every block into a continue (the verdict header still tells the truth).
+
+use serde::Serialize;
+
+use crate::config::{Action, PolicyConfig, ResponseConfig};
+use crate::verdict::{UnscannedReason, Verdict};
+
+/// Which way the body travels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// A request body: an upload on its way to the application.
+    Request,
+    /// A response body: a download on its way to the client.
+    Response,
+}
+
+/// What the proxy should do with the message that was scanned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Let the body through. `verdict_header` is the value of `x-clamgate-verdict` to set, if any.
+    Continue { verdict_header: Option<&'static str> },
+    /// Answer the client directly; the body never reaches its destination.
+    Block(BlockResponse),
+}
+
+/// A response clamgate gives in place of the upstream's (or instead of forwarding an upload).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlockResponse {
+    /// HTTP status: 409, 503, 413, 502 or 422.
+    pub status: u16,
+    /// The value of `x-clamgate-verdict`: `infected` or `unscanned`.
+    pub verdict: &'static str,
+    /// Seconds for `retry-after`, for engine trouble.
+    pub retry_after_secs: Option<u64>,
+    /// `application/json` body.
+    pub body: Vec<u8>,
+    /// Short machine-readable cause for Envoy's response-code details, e.g. `clamgate_infected`.
+    pub details: String,
+}
+
+/// Context for one decision that is not part of the verdict.
+#[derive(Debug, Clone, Copy)]
+pub struct DecisionContext<'a> {
+    pub direction: Direction,
+    /// Envoy's request id, echoed in JSON bodies so operators can find the audit line.
+    pub request_id: &'a str,
+    /// SHA-256 of the scanned bytes, when known.
+    pub sha256: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct BlockBody<'a> {
+    verdict: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    signature: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sha256: Option<&'a str>,
+    request_id: &'a str,
+}
+
+/// Decides the answer to a verdict under a policy.
+pub fn decide(
+    verdict: &Verdict,
+    policy: &PolicyConfig,
+    response: &ResponseConfig,
+    context: DecisionContext<'_>,
+) -> Decision {
+    let verdict_header = |value: &'static str| response.verdict_header.then_some(value);
+    let block = match verdict {
+        Verdict::Clean => return Decision::Continue { verdict_header: verdict_header("clean") },
+        Verdict::Infected { signature } => {
+            let shown = response.expose_signature.then_some(signature.as_str());
+            BlockResponse {
+                status: 409,
+                verdict: "infected",
+                retry_after_secs: None,
+                body: render_body(BlockBody {
+                    verdict: "infected",
+                    signature: shown,
+                    reason: None,
+                    sha256: context.sha256,
+                    request_id: context.request_id,
+                }),
+                details: "clamgate_infected".to_string(),
+            }
+        }
+        Verdict::Unscanned { reason } => {
+            if policy.on_unscanned.action(*reason) == Action::Allow {
+                return Decision::Continue { verdict_header: verdict_header("unscanned") };
+            }
+            BlockResponse {
+                status: unscanned_status(*reason, context.direction),
+                verdict: "unscanned",
+                retry_after_secs: reason.is_engine_trouble().then_some(response.retry_after_secs),
+                body: render_body(BlockBody {
+                    verdict: "unscanned",
+                    signature: None,
+                    reason: Some(reason.as_str()),
+                    sha256: context.sha256,
+                    request_id: context.request_id,
+                }),
+                details: format!("clamgate_unscanned_{}", reason.as_str()),
+            }
+        }
+    };
+    if policy.report_only {
+        return Decision::Continue { verdict_header: verdict_header(block.verdict) };
+    }
+    Decision::Block(block)
+}
+
+/// The HTTP status for a denied unscanned body.
+fn unscanned_status(reason: UnscannedReason, direction: Direction) -> u16 {
+    if reason.is_engine_trouble() {
+        return 503;
+    }
+    match (direction, reason) {
+        (Direction::Request, UnscannedReason::TooLarge | UnscannedReason::LimitsExceeded) => 413,
+        (Direction::Request, _) => 422,
+        (Direction::Response, _) => 502,
+    }
+}
+
+fn render_body(body: BlockBody<'_>) -> Vec<u8> {
+    // Serializing a struct of strings cannot fail; fall back to a fixed body all the same.
+    serde_json::to_vec(&body).unwrap_or_else(|_| br#"{"verdict":"unscanned"}"#.to_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn context(direction: Direction) -> DecisionContext<'static> {
+        DecisionContext { direction, request_id: "req-1", sha256: Some("ab12") }
+    }
+
+    fn blocked(decision: Decision) -> BlockResponse {
+        match decision {
+            Decision::Block(block) => block,
+            other => panic!("expected a block, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn clean_continues_with_the_verdict_header() {
+        let decision = decide(
+            &Verdict::Clean,
+            &PolicyConfig::default(),
+            &ResponseConfig::default(),
+            context(Direction::Response),
+        );
+        assert_eq!(decision, Decision::Continue { verdict_header: Some("clean") });
+    }
+
+    #[test]
+    fn verdict_header_can_be_turned_off() {
+        let response = ResponseConfig { verdict_header: false, ..ResponseConfig::default() };
+        let decision =
+            decide(&Verdict::Clean, &PolicyConfig::default(), &response, context(Direction::Request));
+        assert_eq!(decision, Decision::Continue { verdict_header: None });
+    }
+
+    #[test]
+    fn infected_is_409_with_the_documented_json() {
+        let verdict = Verdict::Infected { signature: "Test.Eicar.Body.UNOFFICIAL".into() };
+        let block = blocked(decide(
+            &verdict,
+            &PolicyConfig::default(),
+            &ResponseConfig::default(),
+            context(Direction::Response),
+        ));
+        assert_eq!(block.status, 409);
+        assert_eq!(block.verdict, "infected");
+        assert_eq!(block.retry_after_secs, None);
+        assert_eq!(
+            String::from_utf8(block.body).unwrap(),
+            r#"{"verdict":"infected","signature":"Test.Eicar.Body.UNOFFICIAL","sha256":"ab12","request_id":"req-1"}"#
+        );
+    }
+
+    #[test]
+    fn signature_can_be_hidden() {
+        let response = ResponseConfig { expose_signature: false, ..ResponseConfig::default() };
+        let verdict = Verdict::Infected { signature: "Secret.Name".into() };
+        let block =
+            blocked(decide(&verdict, &PolicyConfig::default(), &response, context(Direction::Request)));
+        assert!(!String::from_utf8(block.body).unwrap().contains("Secret.Name"));
+    }
+
+    #[test]
+    fn engine_trouble_is_503_with_retry_after_both_ways() {
+        for reason in [UnscannedReason::EngineUnavailable, UnscannedReason::Timeout, UnscannedReason::EngineError] {
+            for direction in [Direction::Request, Direction::Response] {
+                let block = blocked(decide(
+                    &Verdict::Unscanned { reason },
+                    &PolicyConfig::default(),
+                    &ResponseConfig::default(),
+                    context(direction),
+                ));
+                assert_eq!(block.status, 503, "{reason}");
+                assert_eq!(block.retry_after_secs, Some(30));
+            }
+        }
+    }
+
+    #[test]
+    fn content_reasons_map_to_413_422_and_502() {
+        let cases = [
+            (UnscannedReason::TooLarge, Direction::Request, 413),
+            (UnscannedReason::TooLarge, Direction::Response, 502),
+            (UnscannedReason::LimitsExceeded, Direction::Request, 413),
+            (UnscannedReason::LimitsExceeded, Direction::Response, 502),
+            (UnscannedReason::Encrypted, Direction::Request, 422),
+            (UnscannedReason::UnsupportedEncoding, Direction::Response, 502),
+            (UnscannedReason::PartialContent, Direction::Response, 502),
+        ];
+        for (reason, direction, status) in cases {
+            let block = blocked(decide(
+                &Verdict::Unscanned { reason },
+                &PolicyConfig::default(),
+                &ResponseConfig::default(),
+                context(direction),
+            ));
+            assert_eq!(block.status, status, "{reason} {direction:?}");
+            assert_eq!(block.retry_after_secs, None);
+            assert_eq!(block.details, format!("clamgate_unscanned_{reason}"));
+        }
+    }
+
+    #[test]
+    fn allowed_unscanned_continues_marked_unscanned() {
+        let mut policy = PolicyConfig::default();
+        policy.on_unscanned.too_large = Action::Allow;
+        let decision = decide(
+            &Verdict::Unscanned { reason: UnscannedReason::TooLarge },
+            &policy,
+            &ResponseConfig::default(),
+            context(Direction::Response),
+        );
+        assert_eq!(decision, Decision::Continue { verdict_header: Some("unscanned") });
+        // Only that reason was relaxed.
+        let other = decide(
+            &Verdict::Unscanned { reason: UnscannedReason::Timeout },
+            &policy,
+            &ResponseConfig::default(),
+            context(Direction::Response),
+        );
+        assert!(matches!(other, Decision::Block(_)));
+    }
+
+    #[test]
+    fn report_only_never_blocks_but_tells_the_truth() {
+        let policy = PolicyConfig { report_only: true, ..PolicyConfig::default() };
+        let decision = decide(
+            &Verdict::Infected { signature: "X".into() },
+            &policy,
+            &ResponseConfig::default(),
+            context(Direction::Response),
+        );
+        assert_eq!(decision, Decision::Continue { verdict_header: Some("infected") });
+    }
+}

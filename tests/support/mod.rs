@@ -3,7 +3,9 @@
 #![allow(dead_code)]
 
 pub mod clamd;
+pub mod clamgate;
 pub mod envoy;
 pub mod redis;
 pub mod samples;
+pub mod stack;
 pub mod upstream;

@@ -1,0 +1,132 @@
+//! Renders clamgate's answers as ext_proc `ProcessingResponse` messages (prost structs; the
+//! envoy-types crate has helpers only for ext_authz).
+
+use envoy_types::pb::envoy::config::core::v3::header_value_option::HeaderAppendAction;
+use envoy_types::pb::envoy::config::core::v3::{HeaderValue, HeaderValueOption};
+use envoy_types::pb::envoy::r#type::v3::HttpStatus;
+use envoy_types::pb::envoy::service::ext_proc::v3::processing_response::Response;
+use envoy_types::pb::envoy::service::ext_proc::v3::{
+    BodyResponse, CommonResponse, HeaderMutation, HeadersResponse, ImmediateResponse, ProcessingResponse,
+    TrailersResponse,
+};
+
+use crate::policy::{BlockResponse, Decision, Direction};
+
+/// The header that tells the client (or the application, for uploads) what clamgate decided.
+pub const VERDICT_HEADER: &str = "x-clamgate-verdict";
+
+/// Continue after headers, removing the named headers (client- or upstream-sent control headers).
+pub fn headers_continue(direction: Direction, remove_headers: Vec<String>) -> ProcessingResponse {
+    let header_mutation =
+        (!remove_headers.is_empty()).then(|| HeaderMutation { remove_headers, ..HeaderMutation::default() });
+    let answer = HeadersResponse { response: Some(CommonResponse { header_mutation, ..CommonResponse::default() }) };
+    reply(match direction {
+        Direction::Request => Response::RequestHeaders(answer),
+        Direction::Response => Response::ResponseHeaders(answer),
+    })
+}
+
+/// Continue after trailers, unchanged.
+pub fn trailers_continue(direction: Direction) -> ProcessingResponse {
+    let answer = TrailersResponse::default();
+    reply(match direction {
+        Direction::Request => Response::RequestTrailers(answer),
+        Direction::Response => Response::ResponseTrailers(answer),
+    })
+}
+
+/// The answer to a body message, from the decision on its verdict.
+///
+/// In BUFFERED mode the headers are still held, so a header set here reaches the client (or the
+/// upstream, for a request) and a block is still a clean HTTP answer.
+pub fn body_decision(direction: Direction, decision: &Decision) -> ProcessingResponse {
+    match decision {
+        Decision::Continue { verdict_header } => body_continue(direction, *verdict_header),
+        Decision::Block(block) => immediate(block),
+    }
+}
+
+/// Continue after a body, optionally setting `x-clamgate-verdict`.
+pub fn body_continue(direction: Direction, verdict_header: Option<&str>) -> ProcessingResponse {
+    let header_mutation = verdict_header.map(|value| HeaderMutation {
+        set_headers: vec![set_header(VERDICT_HEADER, value)],
+        ..HeaderMutation::default()
+    });
+    let answer = BodyResponse { response: Some(CommonResponse { header_mutation, ..CommonResponse::default() }) };
+    reply(match direction {
+        Direction::Request => Response::RequestBody(answer),
+        Direction::Response => Response::ResponseBody(answer),
+    })
+}
+
+/// Replace the response with clamgate's own (409, 503, ...).
+pub fn immediate(block: &BlockResponse) -> ProcessingResponse {
+    let mut set_headers = vec![
+        set_header("content-type", "application/json"),
+        set_header(VERDICT_HEADER, block.verdict),
+        set_header("cache-control", "no-store"),
+    ];
+    if let Some(secs) = block.retry_after_secs {
+        set_headers.push(set_header("retry-after", &secs.to_string()));
+    }
+    reply(Response::ImmediateResponse(ImmediateResponse {
+        // Envoy's StatusCode enum values are the HTTP status codes themselves.
+        status: Some(HttpStatus { code: i32::from(block.status) }),
+        headers: Some(HeaderMutation { set_headers, ..HeaderMutation::default() }),
+        body: block.body.clone(),
+        grpc_status: None,
+        details: block.details.clone(),
+    }))
+}
+
+fn reply(response: Response) -> ProcessingResponse {
+    ProcessingResponse { response: Some(response), ..ProcessingResponse::default() }
+}
+
+fn set_header(key: &str, value: &str) -> HeaderValueOption {
+    HeaderValueOption {
+        header: Some(HeaderValue { key: key.to_string(), raw_value: value.as_bytes().to_vec(), ..HeaderValue::default() }),
+        append_action: HeaderAppendAction::OverwriteIfExistsOrAdd as i32,
+        ..HeaderValueOption::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_block_becomes_an_immediate_response_with_headers_and_body() {
+        let block = BlockResponse {
+            status: 503,
+            verdict: "unscanned",
+            retry_after_secs: Some(30),
+            body: b"{}".to_vec(),
+            details: "clamgate_unscanned_timeout".into(),
+        };
+        let Some(Response::ImmediateResponse(answer)) = immediate(&block).response else { panic!("not immediate") };
+        assert_eq!(answer.status.map(|s| s.code), Some(503));
+        assert_eq!(answer.body, b"{}");
+        let headers: Vec<(String, Vec<u8>)> = answer
+            .headers
+            .unwrap()
+            .set_headers
+            .into_iter()
+            .map(|h| h.header.unwrap())
+            .map(|h| (h.key, h.raw_value))
+            .collect();
+        assert!(headers.contains(&("retry-after".into(), b"30".to_vec())), "{headers:?}");
+        assert!(headers.contains(&(VERDICT_HEADER.into(), b"unscanned".to_vec())), "{headers:?}");
+    }
+
+    #[test]
+    fn a_clean_body_sets_the_verdict_header_on_the_right_direction() {
+        let answer = body_decision(Direction::Request, &Decision::Continue { verdict_header: Some("clean") });
+        let Some(Response::RequestBody(body)) = answer.response else { panic!("not a request body answer") };
+        let mutation = body.response.unwrap().header_mutation.unwrap();
+        assert_eq!(mutation.set_headers[0].header.as_ref().unwrap().raw_value, b"clean");
+        let answer = body_decision(Direction::Response, &Decision::Continue { verdict_header: None });
+        let Some(Response::ResponseBody(body)) = answer.response else { panic!("not a response body answer") };
+        assert!(body.response.unwrap().header_mutation.is_none());
+    }
+}

@@ -1,0 +1,66 @@
+//! The whole stack for end-to-end tests: real clamd, clamgate in-process, a sample upstream and a
+//! real Envoy running the shipped `envoy/envoy.yaml`.
+
+use std::time::Duration;
+
+use clamgate::config::Config;
+
+use super::clamd::ClamdProcess;
+use super::clamgate::{test_config, ClamgateInstance};
+use super::envoy::EnvoyProcess;
+use super::upstream::Upstream;
+
+pub struct Stack {
+    pub clamd: ClamdProcess,
+    pub clamgate: ClamgateInstance,
+    pub upstream: Upstream,
+    pub envoy: EnvoyProcess,
+    pub http: reqwest::Client,
+}
+
+impl Stack {
+    /// Starts everything with clamgate's test defaults.
+    pub async fn start() -> Stack {
+        Stack::start_with(|_| {}).await
+    }
+
+    /// Starts everything, letting the test adjust clamgate's config first.
+    pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> Stack {
+        let clamd = tokio::task::spawn_blocking(ClamdProcess::start).await.expect("start clamd");
+        let mut config = test_config(&clamd.address());
+        adjust(&mut config);
+        let clamgate = ClamgateInstance::start_ready(config).await;
+        let upstream = Upstream::start().await;
+        let (grpc, upstream_addr) = (clamgate.grpc_addr, upstream.addr());
+        let envoy = tokio::task::spawn_blocking(move || {
+            let envoy = EnvoyProcess::start(grpc, upstream_addr);
+            envoy.wait_clamgate_healthy(Duration::from_secs(20));
+            envoy
+        })
+        .await
+        .expect("start envoy");
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(60))
+            .build()
+            .expect("HTTP client");
+        Stack { clamd, clamgate, upstream, envoy, http }
+    }
+
+    /// GET through Envoy.
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.http.get(self.envoy.url(path)).send().await.expect("GET through Envoy")
+    }
+
+    /// POST a body through Envoy.
+    pub async fn post(&self, path: &str, body: Vec<u8>) -> reqwest::Response {
+        self.http.post(self.envoy.url(path)).body(body).send().await.expect("POST through Envoy")
+    }
+
+    /// Stops clamd (later scans cannot happen) and waits until clamgate has noticed.
+    pub async fn stop_clamd(&mut self) {
+        let clamd = &mut self.clamd;
+        clamd.stop();
+        self.clamgate.wait_readyz(503, Duration::from_secs(20)).await;
+    }
+}
