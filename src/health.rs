@@ -46,21 +46,21 @@ pub fn eicar_test_string() -> Vec<u8> {
 /// One probe: ping, version, self-test. Returns whether clamd is usable.
 pub async fn probe_once(scanner: &Scanner, metrics: &Metrics) -> bool {
     let clamd: &ClamdClient = scanner.clamd();
-    if let Err(err) = clamd.ping().await {
-        tracing::debug!(error = %err, "clamd ping failed");
-        return false;
-    }
-    match clamd.version().await {
-        Ok(version) => {
-            metrics.set_clamd_state(true, version.database_version);
-            scanner.set_engine_version(version);
-        }
+    let version = match clamd.ping().await {
+        Ok(()) => clamd.version().await,
+        Err(err) => Err(err),
+    };
+    let version = match version {
+        Ok(version) => version,
         Err(err) => {
-            tracing::debug!(error = %err, "clamd VERSION failed");
+            tracing::debug!(error = %err, "clamd did not answer PING or VERSION");
+            metrics.record_probe(false, None);
             return false;
         }
-    }
-    match clamd.scan_bytes(&eicar_test_string()).await.map(|reply| reply.into_verdict()) {
+    };
+    let database_version = version.database_version;
+    scanner.set_engine_version(version);
+    let detects = match clamd.scan_bytes(&eicar_test_string()).await.map(|reply| reply.into_verdict()) {
         Ok(Verdict::Infected { .. }) => true,
         Ok(other) => {
             tracing::warn!(verdict = other.label(), "clamd did not detect the EICAR self-test sample");
@@ -70,7 +70,9 @@ pub async fn probe_once(scanner: &Scanner, metrics: &Metrics) -> bool {
             tracing::debug!(error = %err, "clamd self-test scan failed");
             false
         }
-    }
+    };
+    metrics.record_probe(detects, database_version);
+    detects
 }
 
 /// Probes forever on `interval`, publishing transitions. Stops when `shutdown` resolves.
@@ -87,9 +89,6 @@ pub async fn run_probe(
     loop {
         ticker.tick().await;
         let usable = probe_once(&scanner, &metrics).await;
-        if !usable {
-            metrics.set_clamd_state(false, None);
-        }
         readiness.set(usable);
         if previous != Some(usable) {
             let status = if usable { ServingStatus::Serving } else { ServingStatus::NotServing };

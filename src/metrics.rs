@@ -52,6 +52,11 @@ struct DecisionLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProbeLabels {
+    result: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StreamErrorLabels {
     kind: &'static str,
 }
@@ -68,6 +73,7 @@ pub struct Metrics {
     blocked: Family<DecisionLabels, Counter>,
     stream_errors: Family<StreamErrorLabels, Counter>,
     clamd_up: Gauge,
+    clamd_probes: Family<ProbeLabels, Counter>,
     clamd_database_version: Gauge,
 }
 
@@ -114,6 +120,12 @@ impl Metrics {
         );
         let clamd_up = Gauge::default();
         registry.register("clamd_up", "1 while clamd answers and detects the self-test sample", clamd_up.clone());
+        let clamd_probes = Family::<ProbeLabels, Counter>::default();
+        registry.register(
+            "clamd_probes",
+            "Health probes of clamd (PING, VERSION, EICAR self-test) by result (usable, failed)",
+            clamd_probes.clone(),
+        );
         let clamd_database_version = Gauge::default();
         registry.register(
             "clamd_database_version",
@@ -131,6 +143,7 @@ impl Metrics {
             blocked,
             stream_errors,
             clamd_up,
+            clamd_probes,
             clamd_database_version,
         }
     }
@@ -174,9 +187,11 @@ impl Metrics {
         self.stream_errors.get_or_create(&StreamErrorLabels { kind }).inc();
     }
 
-    /// Publishes what the health probe learned about clamd.
-    pub fn set_clamd_state(&self, up: bool, database_version: Option<u64>) {
-        self.clamd_up.set(i64::from(up));
+    /// Publishes what one health probe learned about clamd.
+    pub fn record_probe(&self, usable: bool, database_version: Option<u64>) {
+        let result = if usable { "usable" } else { "failed" };
+        self.clamd_probes.get_or_create(&ProbeLabels { result }).inc();
+        self.clamd_up.set(i64::from(usable));
         if let Some(version) = database_version {
             self.clamd_database_version.set(i64::try_from(version).unwrap_or(i64::MAX));
         }

@@ -1,0 +1,224 @@
+//! End to end through a real Envoy 1.40 running the shipped envoy/envoy.yaml: clean traffic passes
+//! byte-identical, infected downloads and uploads get 409, and no failure lets a body through.
+
+mod support;
+
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use support::samples;
+use support::stack::Stack;
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+async fn json_body(response: reqwest::Response) -> Value {
+    let text = response.text().await.expect("body");
+    serde_json::from_str(&text).unwrap_or_else(|err| panic!("not JSON ({err}): {text}"))
+}
+
+fn verdict_header(response: &reqwest::Response) -> Option<String> {
+    response.headers().get("x-clamgate-verdict").map(|v| v.to_str().unwrap_or_default().to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clean_download_passes_byte_identical() {
+    let stack = Stack::start().await;
+    let body = samples::clean_sample(3 * 1024 * 1024 + 17);
+    stack.upstream.put_file("clean.bin", body.clone());
+    let response = stack.get("/files/clean.bin").await;
+    assert_eq!(response.status(), 200, "{}", stack.envoy.logs());
+    assert_eq!(verdict_header(&response).as_deref(), Some("clean"));
+    let received = response.bytes().await.expect("body");
+    assert_eq!(sha256_hex(&received), sha256_hex(&body), "the client must get the upstream's bytes unchanged");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn infected_download_is_409_with_json() {
+    let stack = Stack::start().await;
+    let eicar = samples::eicar();
+    stack.upstream.put_file("eicar.com", eicar.clone());
+    let response = stack.get("/files/eicar.com").await;
+    assert_eq!(response.status(), 409);
+    assert_eq!(response.headers().get("content-type").map(|v| v.as_bytes()), Some(&b"application/json"[..]));
+    assert_eq!(verdict_header(&response).as_deref(), Some("infected"));
+    let body = json_body(response).await;
+    assert_eq!(body["verdict"], "infected");
+    assert!(body["signature"].as_str().unwrap_or_default().starts_with("Test.Eicar.Body"), "{body}");
+    assert_eq!(body["sha256"], sha256_hex(&eicar));
+    assert!(!body["request_id"].as_str().unwrap_or_default().is_empty(), "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eicar_inside_a_zip_is_409() {
+    let stack = Stack::start().await;
+    stack.upstream.put_file("archive.zip", samples::eicar_zip());
+    let response = stack.get("/files/archive.zip").await;
+    assert_eq!(response.status(), 409);
+    assert!(json_body(response).await["signature"].as_str().unwrap_or_default().starts_with("Test.Eicar.Body"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hash_signature_download_is_409() {
+    let stack = Stack::start().await;
+    stack.upstream.put_file("hash.bin", samples::hash_only_sample());
+    let response = stack.get("/files/hash.bin").await;
+    assert_eq!(response.status(), 409);
+    assert!(json_body(response).await["signature"].as_str().unwrap_or_default().starts_with("Test.HashOnly"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn infected_upload_is_409_and_never_reaches_the_upstream() {
+    let stack = Stack::start().await;
+    let response = stack.post("/upload/eicar.com", samples::eicar()).await;
+    assert_eq!(response.status(), 409);
+    assert_eq!(json_body(response).await["verdict"], "infected");
+    assert_eq!(stack.upstream.received("eicar.com"), None, "the upstream received the infected upload");
+    assert_eq!(stack.upstream.hits("/upload/eicar.com"), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clean_upload_reaches_the_upstream_unchanged() {
+    let stack = Stack::start().await;
+    let body = samples::clean_sample(200_000);
+    let response = stack.post("/upload/data.bin", body.clone()).await;
+    assert_eq!(response.status(), 201, "{}", stack.envoy.logs());
+    assert_eq!(stack.upstream.received("data.bin").as_deref(), Some(&body[..]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clamd_down_is_503_never_200() {
+    let mut stack = Stack::start().await;
+    stack.upstream.put_file("clean.bin", samples::clean_sample(10_000));
+    stack.upstream.put_file("eicar.com", samples::eicar());
+    stack.stop_clamd().await;
+    for path in ["/files/clean.bin", "/files/eicar.com"] {
+        let response = stack.get(path).await;
+        assert_eq!(response.status(), 503, "{path} while clamd is down");
+        assert!(response.headers().contains_key("retry-after"), "{path}: 503 without retry-after");
+    }
+    let response = stack.post("/upload/x.bin", samples::clean_sample(5_000)).await;
+    assert_eq!(response.status(), 503);
+    assert_eq!(stack.upstream.received("x.bin"), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn known_infected_content_is_refused_from_the_cache_while_clamd_is_down() {
+    let mut stack = Stack::start().await;
+    let eicar = samples::eicar();
+    stack.upstream.put_file("first.com", eicar.clone());
+    stack.upstream.put_file("second-name.com", eicar);
+    assert_eq!(stack.get("/files/first.com").await.status(), 409);
+    let hits_before = stack.clamgate.metric(r#"clamgate_cache_lookups_total{backend="memory",result="hit"}"#).await;
+
+    // With clamd gone, only the cache can know this content is infected.
+    stack.stop_clamd().await;
+    let response = stack.get("/files/second-name.com").await;
+    assert_eq!(response.status(), 409);
+    assert_eq!(json_body(response).await["verdict"], "infected");
+    let hits_after = stack.clamgate.metric(r#"clamgate_cache_lookups_total{backend="memory",result="hit"}"#).await;
+    assert_eq!(hits_after, hits_before + 1.0, "the second answer must come from the cache");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_control_headers_change_nothing() {
+    let stack = Stack::start().await;
+    stack.upstream.put_file("eicar.com", samples::eicar());
+    let response = stack
+        .http
+        .get(stack.envoy.url("/files/eicar.com"))
+        .header("x-clamgate-verdict", "clean")
+        .header("x-clamgate-policy", "off")
+        .header("x-clamgate-bypass", "1")
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(response.status(), 409, "a client header must not bypass the scan");
+
+    let response = stack
+        .http
+        .post(stack.envoy.url("/upload/eicar.com"))
+        .header("x-clamgate-verdict", "clean")
+        .body(samples::eicar())
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(response.status(), 409);
+    assert_eq!(stack.upstream.received("eicar.com"), None);
+
+    // On a clean upload the application sees only clamgate's own verdict header.
+    let response = stack
+        .http
+        .post(stack.envoy.url("/upload/ok.bin"))
+        .header("x-clamgate-verdict", "infected")
+        .header("x-clamgate-anything", "spoofed")
+        .body(samples::clean_sample(1000))
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(response.status(), 201);
+    let headers = stack.upstream.received_headers("/upload/ok.bin").expect("upstream saw the upload");
+    let clamgate_headers: Vec<(String, String)> = headers
+        .iter()
+        .filter(|(name, _)| name.as_str().starts_with("x-clamgate-"))
+        .map(|(name, value)| (name.to_string(), value.to_str().unwrap_or_default().to_string()))
+        .collect();
+    assert_eq!(clamgate_headers, vec![("x-clamgate-verdict".to_string(), "clean".to_string())]);
+}
+
+/// A body with EICAR as its last bytes, `len` bytes in all.
+fn eicar_at_the_end(len: usize) -> Vec<u8> {
+    let eicar = samples::eicar();
+    let mut body = samples::clean_sample(len - eicar.len());
+    body.extend_from_slice(&eicar);
+    body
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_above_tonics_default_4_mib_limit_are_scanned() {
+    // Rule 2: with tonic's default decode limit an 8 MiB body was delivered unscanned.
+    let stack = Stack::start().await;
+    let clean = samples::clean_sample(12 * 1024 * 1024);
+    stack.upstream.put_file("big-clean.bin", clean.clone());
+    stack.upstream.put_file("big-infected.bin", eicar_at_the_end(12 * 1024 * 1024));
+
+    let response = stack.get("/files/big-clean.bin").await;
+    assert_eq!(response.status(), 200, "{}", stack.envoy.logs());
+    assert_eq!(sha256_hex(&response.bytes().await.expect("body")), sha256_hex(&clean));
+
+    assert_eq!(stack.get("/files/big-infected.bin").await.status(), 409);
+
+    let response = stack.post("/upload/big-infected.bin", eicar_at_the_end(10 * 1024 * 1024)).await;
+    assert_eq!(response.status(), 409);
+    assert_eq!(stack.upstream.received("big-infected.bin"), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_clamgate_cannot_read_is_never_delivered() {
+    // clamgate's message limit set below Envoy's buffer limit: the message fails to decode, and
+    // the stream must end with an error status (Envoy: 503), never OK (Envoy: body delivered).
+    let stack = Stack::start_with(|config| config.ext_proc.max_message_bytes = 1024 * 1024).await;
+    stack.upstream.put_file("two-mib.bin", eicar_at_the_end(2 * 1024 * 1024));
+    let response = stack.get("/files/two-mib.bin").await;
+    assert_eq!(response.status(), 503, "{}", stack.envoy.logs());
+
+    let response = stack.post("/upload/two-mib.bin", eicar_at_the_end(2 * 1024 * 1024)).await;
+    assert_eq!(response.status(), 503);
+    assert_eq!(stack.upstream.received("two-mib.bin"), None);
+    let errors = stack.clamgate.metric(r#"clamgate_ext_proc_stream_errors_total{kind="inbound"}"#).await;
+    assert!(errors >= 2.0, "the failures must be counted, got {errors}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_over_envoys_buffer_limit_is_refused_not_passed() {
+    // BUFFERED mode caps bodies at Envoy's buffer limit (16 MiB in the shipped config); past it
+    // Envoy itself refuses (download 500, upload 413) and clamgate never sees the body.
+    let stack = Stack::start().await;
+    stack.upstream.put_file("huge.bin", samples::clean_sample(17 * 1024 * 1024));
+    let response = stack.get("/files/huge.bin").await;
+    assert_eq!(response.status(), 500);
+
+    let response = stack.post("/upload/huge.bin", samples::clean_sample(17 * 1024 * 1024)).await;
+    assert_eq!(response.status(), 413);
+    assert_eq!(stack.upstream.received("huge.bin"), None);
+}
