@@ -57,6 +57,7 @@ pub fn build_scanner(config: &Config, metrics: Arc<Metrics>) -> Result<Scanner, 
         max_scan_bytes: config.scan.max_scan_bytes,
         max_concurrent_scans: config.clamd.max_concurrent_scans,
         slot_wait: timeouts.reply,
+        scan_timeout: Duration::from_millis(config.scan.timeout_ms),
     };
     Ok(Scanner::new(ClamdClient::new(address, timeouts), cache, settings, metrics))
 }

@@ -78,6 +78,10 @@ pub struct ScanConfig {
     /// Largest body sent to clamd. Must not exceed clamd's `StreamMaxLength`; larger bodies are
     /// `Unscanned { too_large }` without contacting clamd.
     pub max_scan_bytes: u64,
+    /// Deadline for one whole scan of a buffered body: waiting for a free clamd slot, sending
+    /// the body, and clamd's reply. Past it the body is `Unscanned { timeout }`. Keep it below
+    /// Envoy's `message_timeout` so the client gets clamgate's 503 with `retry-after`, not 504.
+    pub timeout_ms: u64,
 }
 
 /// The verdict cache. `Debug` redacts the password in `redis_url`.
@@ -258,7 +262,7 @@ impl Default for ClamdConfig {
 impl Default for ScanConfig {
     fn default() -> Self {
         // Matches `StreamMaxLength 25M` in the shipped clamd.conf.
-        ScanConfig { max_scan_bytes: 25 * 1024 * 1024 }
+        ScanConfig { max_scan_bytes: 25 * 1024 * 1024, timeout_ms: 25_000 }
     }
 }
 
@@ -924,6 +928,7 @@ fn check_values(config: &Config, checker: &mut Checker<'_>) {
     );
     checker.check("clamd.health_interval_ms", within(clamd.health_interval_ms, 1, MAX_DURATION_MS));
     checker.check("scan.max_scan_bytes", within(scan.max_scan_bytes, 1, MAX_SCAN_BYTES));
+    checker.check("scan.timeout_ms", within(scan.timeout_ms, 1, MAX_DURATION_MS));
     if let Some(url) = &cache.redis_url {
         checker.check("cache.redis_url", redis_url(url));
     }
@@ -1267,7 +1272,7 @@ mod tests {
             [
                 "cach: unknown key \"cach\" at the top level; did you mean \"cache\"?",
                 "clamd.adress: unknown key \"adress\" in [clamd]; did you mean \"address\"?",
-                "clamd.timeout_ms: unknown key \"timeout_ms\" in [clamd]",
+                "clamd.timeout_ms: unknown key \"timeout_ms\" in [clamd]; did you mean \"scan.timeout_ms\"?",
             ]
         );
     }

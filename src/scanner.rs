@@ -45,6 +45,8 @@ pub struct ScannerSettings {
     pub max_concurrent_scans: usize,
     /// How long a scan may wait for a free clamd slot before it is `Unscanned { timeout }`.
     pub slot_wait: Duration,
+    /// Deadline for one whole buffered scan (slot wait, sending, reply).
+    pub scan_timeout: Duration,
 }
 
 /// Scans bodies with clamd through the verdict cache.
@@ -99,7 +101,17 @@ impl Scanner {
         } else if let Some(cached) = self.cached_report(&key, body_bytes).await {
             cached
         } else {
-            let verdict = self.scan_with_clamd(body).await;
+            let verdict = match tokio::time::timeout(self.settings.scan_timeout, self.scan_with_clamd(body)).await {
+                Ok(verdict) => verdict,
+                Err(_) => {
+                    tracing::warn!(
+                        timeout_ms = self.settings.scan_timeout.as_millis() as u64,
+                        bytes = body_bytes,
+                        "scan did not finish within scan.timeout_ms"
+                    );
+                    Verdict::Unscanned { reason: UnscannedReason::Timeout }
+                }
+            };
             self.store(&key, &verdict).await;
             ScanReport {
                 verdict,

@@ -222,3 +222,30 @@ async fn a_body_over_envoys_buffer_limit_is_refused_not_passed() {
     assert_eq!(response.status(), 413);
     assert_eq!(stack.upstream.received("huge.bin"), None);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scan_slower_than_scan_timeout_is_503_not_a_pass() {
+    // A clamd that accepts the connection and then never answers. Real clamd cannot be made to
+    // stall on demand, so this one fault uses a bare TCP listener standing in for it.
+    let upstream = support::upstream::Upstream::start().await;
+    upstream.put_file("clean.bin", samples::clean_sample(10_000));
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let silent_addr = silent.local_addr().expect("addr");
+    let mut config = support::clamgate::test_config(&format!("tcp://{silent_addr}"));
+    config.scan.timeout_ms = 500;
+    let stalled = support::clamgate::ClamgateInstance::start(config).await;
+    let (grpc, upstream_addr) = (stalled.grpc_addr, upstream.addr());
+    let envoy = tokio::task::spawn_blocking(move || support::envoy::EnvoyProcess::start(grpc, upstream_addr))
+        .await
+        .expect("envoy");
+    let http = reqwest::Client::builder().no_proxy().build().expect("client");
+    let started = std::time::Instant::now();
+    let response = http.get(envoy.url("/files/clean.bin")).send().await.expect("GET");
+    assert_eq!(response.status(), 503, "{}", envoy.logs());
+    assert!(response.headers().contains_key("retry-after"), "clamgate's 503, not Envoy's");
+    assert!(started.elapsed() < std::time::Duration::from_secs(20), "answered by clamgate's deadline");
+    let body = json_body(response).await;
+    assert_eq!(body["reason"], "timeout", "{body}");
+    assert_eq!(upstream.hits("/files/clean.bin"), 1, "the upstream answered; its body was held");
+    drop(silent);
+}
