@@ -111,7 +111,11 @@ pub async fn run(
         .serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone()));
     let admin = crate::admin::serve(listeners.admin, metrics.clone(), readiness.clone(), stopped(stop_rx));
 
-    let servers = async { tokio::try_join!(async { grpc.await.map_err(AppError::from) }, async { admin.await.map_err(AppError::from) }) };
+    let servers = async {
+        tokio::try_join!(async { grpc.await.map_err(AppError::from) }, async {
+            admin.await.map_err(AppError::from)
+        })
+    };
     tokio::pin!(servers);
     let result = tokio::select! {
         result = &mut servers => result.map(|_| ()),

@@ -29,7 +29,7 @@ use toml::{Table, Value};
 use crate::verdict::UnscannedReason;
 
 /// The whole configuration of one clamgate instance.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub listen: ListenConfig,
@@ -218,21 +218,6 @@ impl LogFormat {
         match self {
             LogFormat::Json => "json",
             LogFormat::Text => "text",
-        }
-    }
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            listen: ListenConfig::default(),
-            clamd: ClamdConfig::default(),
-            scan: ScanConfig::default(),
-            cache: CacheConfig::default(),
-            ext_proc: ExtProcConfig::default(),
-            response: ResponseConfig::default(),
-            policy: PolicyConfig::default(),
-            log: LogConfig::default(),
         }
     }
 }

@@ -51,7 +51,9 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let config_path = match &cli.command {
-        Command::Serve { config } | Command::CheckConfig { config } | Command::Scan { config, .. } => config.clone(),
+        Command::Serve { config } | Command::CheckConfig { config } | Command::Scan { config, .. } => {
+            config.clone()
+        }
     };
     let config = match load_config(config_path.as_deref()) {
         Ok(config) => config,
@@ -213,7 +215,12 @@ async fn scan_files(config: Config, files: Vec<PathBuf>) -> ExitCode {
             Verdict::Infected { signature } => (format!("infected {signature}"), 1),
             Verdict::Unscanned { reason } => (format!("unscanned {reason}"), 2),
         };
-        println!("{}: {line} sha256={}{}", path.display(), report.sha256, if report.cached { " (cached)" } else { "" });
+        println!(
+            "{}: {line} sha256={}{}",
+            path.display(),
+            report.sha256,
+            if report.cached { " (cached)" } else { "" }
+        );
         worst = if code == 1 || worst == 1 { 1 } else { worst.max(code) };
     }
     ExitCode::from(worst)

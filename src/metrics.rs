@@ -111,7 +111,11 @@ impl Metrics {
             cache_errors.clone(),
         );
         let blocked = Family::<DecisionLabels, Counter>::default();
-        registry.register("blocked", "Requests answered by clamgate instead of the upstream, by HTTP status", blocked.clone());
+        registry.register(
+            "blocked",
+            "Requests answered by clamgate instead of the upstream, by HTTP status",
+            blocked.clone(),
+        );
         let stream_errors = Family::<StreamErrorLabels, Counter>::default();
         registry.register(
             "ext_proc_stream_errors",
@@ -119,7 +123,11 @@ impl Metrics {
             stream_errors.clone(),
         );
         let clamd_up = Gauge::default();
-        registry.register("clamd_up", "1 while clamd answers and detects the self-test sample", clamd_up.clone());
+        registry.register(
+            "clamd_up",
+            "1 while clamd answers and detects the self-test sample",
+            clamd_up.clone(),
+        );
         let clamd_probes = Family::<ProbeLabels, Counter>::default();
         registry.register(
             "clamd_probes",
@@ -226,7 +234,10 @@ mod tests {
         );
         metrics.record_cache_lookup("memory", "hit");
         let text = metrics.encode();
-        assert!(text.contains(r#"clamgate_verdicts_total{source="response",verdict="infected"} 1"#), "{text}");
+        assert!(
+            text.contains(r#"clamgate_verdicts_total{source="response",verdict="infected"} 1"#),
+            "{text}"
+        );
         assert!(text.contains(r#"clamgate_unscanned_total{reason="engine_unavailable"} 1"#), "{text}");
         assert!(text.contains(r#"clamgate_cache_lookups_total{backend="memory",result="hit"} 1"#), "{text}");
     }

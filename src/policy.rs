@@ -202,7 +202,9 @@ mod tests {
 
     #[test]
     fn engine_trouble_is_503_with_retry_after_both_ways() {
-        for reason in [UnscannedReason::EngineUnavailable, UnscannedReason::Timeout, UnscannedReason::EngineError] {
+        for reason in
+            [UnscannedReason::EngineUnavailable, UnscannedReason::Timeout, UnscannedReason::EngineError]
+        {
             for direction in [Direction::Request, Direction::Response] {
                 let block = blocked(decide(
                     &Verdict::Unscanned { reason },

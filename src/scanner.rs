@@ -61,7 +61,12 @@ pub struct Scanner {
 }
 
 impl Scanner {
-    pub fn new(clamd: ClamdClient, cache: VerdictCache, settings: ScannerSettings, metrics: Arc<Metrics>) -> Scanner {
+    pub fn new(
+        clamd: ClamdClient,
+        cache: VerdictCache,
+        settings: ScannerSettings,
+        metrics: Arc<Metrics>,
+    ) -> Scanner {
         Scanner {
             clamd,
             cache,
@@ -101,17 +106,18 @@ impl Scanner {
         } else if let Some(cached) = self.cached_report(&key, body_bytes).await {
             cached
         } else {
-            let verdict = match tokio::time::timeout(self.settings.scan_timeout, self.scan_with_clamd(body)).await {
-                Ok(verdict) => verdict,
-                Err(_) => {
-                    tracing::warn!(
-                        timeout_ms = self.settings.scan_timeout.as_millis() as u64,
-                        bytes = body_bytes,
-                        "scan did not finish within scan.timeout_ms"
-                    );
-                    Verdict::Unscanned { reason: UnscannedReason::Timeout }
-                }
-            };
+            let verdict =
+                match tokio::time::timeout(self.settings.scan_timeout, self.scan_with_clamd(body)).await {
+                    Ok(verdict) => verdict,
+                    Err(_) => {
+                        tracing::warn!(
+                            timeout_ms = self.settings.scan_timeout.as_millis() as u64,
+                            bytes = body_bytes,
+                            "scan did not finish within scan.timeout_ms"
+                        );
+                        Verdict::Unscanned { reason: UnscannedReason::Timeout }
+                    }
+                };
             self.store(&key, &verdict).await;
             ScanReport {
                 verdict,
@@ -153,7 +159,10 @@ impl Scanner {
         let permit = tokio::time::timeout(self.settings.slot_wait, self.scan_slots.clone().acquire_owned())
             .await
             .map_err(|_| {
-                tracing::warn!(wait_ms = self.settings.slot_wait.as_millis() as u64, "no free clamd slot in time");
+                tracing::warn!(
+                    wait_ms = self.settings.slot_wait.as_millis() as u64,
+                    "no free clamd slot in time"
+                );
                 UnscannedReason::Timeout
             })?
             // The semaphore is never closed.
@@ -202,7 +211,10 @@ impl Scanner {
             verdict: cached,
             engine_version: engine.engine,
             database_version: engine.database_version,
-            scanned_at_unix_secs: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+            scanned_at_unix_secs: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
         };
         if let Err(err) = self.cache.put(key, &entry).await {
             self.metrics.record_cache_error(self.cache.kind(), "put");

@@ -13,7 +13,11 @@ use support::samples;
 const STREAM_MAX_LENGTH: usize = 25 * 1024 * 1024;
 
 fn timeouts() -> ClamdTimeouts {
-    ClamdTimeouts { connect: Duration::from_secs(2), write: Duration::from_secs(10), reply: Duration::from_secs(30) }
+    ClamdTimeouts {
+        connect: Duration::from_secs(2),
+        write: Duration::from_secs(10),
+        reply: Duration::from_secs(30),
+    }
 }
 
 fn client(address: &str) -> ClamdClient {
@@ -47,7 +51,10 @@ async fn clean_bodies_are_clean() {
     assert_eq!(client.scan_bytes(&samples::clean_sample(100_000)).await.expect("scan"), ScanReply::Clean);
     assert_eq!(client.scan_bytes(b"").await.expect("scan of an empty body"), ScanReply::Clean);
     // One string of a logical signature is not enough.
-    assert_eq!(client.scan_bytes(&samples::logical_part_a_only_sample()).await.expect("scan"), ScanReply::Clean);
+    assert_eq!(
+        client.scan_bytes(&samples::logical_part_a_only_sample()).await.expect("scan"),
+        ScanReply::Clean
+    );
     // A hash signature matches the exact file only.
     let mut longer = samples::hash_only_sample();
     longer.push(b'\n');

@@ -44,7 +44,8 @@ fn bad_config_exits_64_listing_every_error() {
         "bad.toml",
         b"[clamd]\nconnect_timeout_ms = \"soon\"\naddress = \"clamd:3310\"\n[cache]\nredis_ur = \"redis://x\"\n",
     );
-    let output = run(clamgate().args(["serve", "--config"]).arg(&config).env("CLAMGATE_POLICY_REPORT_ONLY", "maybe"));
+    let output =
+        run(clamgate().args(["serve", "--config"]).arg(&config).env("CLAMGATE_POLICY_REPORT_ONLY", "maybe"));
     assert_eq!(output.status.code(), Some(64));
     let stderr = String::from_utf8_lossy(&output.stderr);
     for expected in [

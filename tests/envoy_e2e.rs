@@ -30,7 +30,11 @@ async fn clean_download_passes_byte_identical() {
     assert_eq!(response.status(), 200, "{}", stack.envoy.logs());
     assert_eq!(verdict_header(&response).as_deref(), Some("clean"));
     let received = response.bytes().await.expect("body");
-    assert_eq!(sha256_hex(&received), sha256_hex(&body), "the client must get the upstream's bytes unchanged");
+    assert_eq!(
+        sha256_hex(&received),
+        sha256_hex(&body),
+        "the client must get the upstream's bytes unchanged"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -55,7 +59,10 @@ async fn eicar_inside_a_zip_is_409() {
     stack.upstream.put_file("archive.zip", samples::eicar_zip());
     let response = stack.get("/files/archive.zip").await;
     assert_eq!(response.status(), 409);
-    assert!(json_body(response).await["signature"].as_str().unwrap_or_default().starts_with("Test.Eicar.Body"));
+    assert!(json_body(response).await["signature"]
+        .as_str()
+        .unwrap_or_default()
+        .starts_with("Test.Eicar.Body"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -109,14 +116,16 @@ async fn known_infected_content_is_refused_from_the_cache_while_clamd_is_down() 
     stack.upstream.put_file("first.com", eicar.clone());
     stack.upstream.put_file("second-name.com", eicar);
     assert_eq!(stack.get("/files/first.com").await.status(), 409);
-    let hits_before = stack.clamgate.metric(r#"clamgate_cache_lookups_total{backend="memory",result="hit"}"#).await;
+    let hits_before =
+        stack.clamgate.metric(r#"clamgate_cache_lookups_total{backend="memory",result="hit"}"#).await;
 
     // With clamd gone, only the cache can know this content is infected.
     stack.stop_clamd().await;
     let response = stack.get("/files/second-name.com").await;
     assert_eq!(response.status(), 409);
     assert_eq!(json_body(response).await["verdict"], "infected");
-    let hits_after = stack.clamgate.metric(r#"clamgate_cache_lookups_total{backend="memory",result="hit"}"#).await;
+    let hits_after =
+        stack.clamgate.metric(r#"clamgate_cache_lookups_total{backend="memory",result="hit"}"#).await;
     assert_eq!(hits_after, hits_before + 1.0, "the second answer must come from the cache");
 }
 

@@ -15,7 +15,8 @@ async fn scan(instance: &ClamgateInstance, body: &[u8], chunk_bytes: usize) -> S
         .await
         .expect("connect")
         .max_encoding_message_size(64 * 1024 * 1024);
-    let chunks: Vec<ScanChunk> = body.chunks(chunk_bytes.max(1)).map(|c| ScanChunk { data: c.to_vec() }).collect();
+    let chunks: Vec<ScanChunk> =
+        body.chunks(chunk_bytes.max(1)).map(|c| ScanChunk { data: c.to_vec() }).collect();
     client.scan(tokio_stream::iter(chunks)).await.expect("Scan").into_inner()
 }
 

@@ -83,7 +83,13 @@ async fn redis_shares_verdicts_between_instances() {
     let report = second.scan_body(&eicar, Source::api).await;
     assert!(report.cached, "the second instance must find the first one's verdict in Redis");
     assert!(signature(&report.verdict).starts_with("Test.Eicar.Body"));
-    assert_eq!(metric_value(&second_metrics.encode(), r#"clamgate_cache_lookups_total{backend="redis",result="hit"}"#), 1.0);
+    assert_eq!(
+        metric_value(
+            &second_metrics.encode(),
+            r#"clamgate_cache_lookups_total{backend="redis",result="hit"}"#
+        ),
+        1.0
+    );
 }
 
 #[tokio::test]
@@ -101,5 +107,8 @@ async fn redis_down_means_scans_go_on() {
     let report = scanner.scan_body(&samples::clean_sample(3000), Source::api).await;
     assert_eq!(report.verdict, Verdict::Clean);
     let text = metrics.encode();
-    assert!(metric_value(&text, r#"clamgate_cache_lookups_total{backend="redis",result="error"}"#) >= 2.0, "{text}");
+    assert!(
+        metric_value(&text, r#"clamgate_cache_lookups_total{backend="redis",result="error"}"#) >= 2.0,
+        "{text}"
+    );
 }

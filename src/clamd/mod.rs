@@ -233,9 +233,10 @@ impl ClamdClient {
                 #[cfg(unix)]
                 ClamdAddress::Unix(path) => Ok(Connection::Unix(UnixStream::connect(path).await?)),
                 #[cfg(not(unix))]
-                ClamdAddress::Unix(_) => {
-                    Err(io::Error::new(io::ErrorKind::Unsupported, "unix sockets are not supported on this platform"))
-                }
+                ClamdAddress::Unix(_) => Err(io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    "unix sockets are not supported on this platform",
+                )),
             }
         };
         let result = match tokio::time::timeout(self.timeouts.connect, attempt).await {
@@ -394,8 +395,9 @@ struct RawReply {
 /// Reads one reply within `limit`. Nothing at all before the connection ends is
 /// `ClosedWithoutReply`.
 async fn read_reply_within(conn: &mut Connection, limit: Duration) -> Result<RawReply, ClamdError> {
-    let raw =
-        tokio::time::timeout(limit, read_reply(conn)).await.map_err(|_| ClamdError::Timeout { phase: "reply" })??;
+    let raw = tokio::time::timeout(limit, read_reply(conn))
+        .await
+        .map_err(|_| ClamdError::Timeout { phase: "reply" })??;
     if raw.bytes.is_empty() {
         return Err(ClamdError::ClosedWithoutReply);
     }
@@ -429,7 +431,10 @@ async fn read_reply(conn: &mut Connection) -> Result<RawReply, ClamdError> {
 }
 
 fn is_connection_closed(err: &io::Error) -> bool {
-    matches!(err.kind(), io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted | io::ErrorKind::BrokenPipe)
+    matches!(
+        err.kind(),
+        io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted | io::ErrorKind::BrokenPipe
+    )
 }
 
 /// A connection to clamd over either transport.
@@ -503,7 +508,10 @@ mod tests {
     #[test]
     fn parses_tcp_and_unix_addresses() {
         assert_eq!("tcp://127.0.0.1:3310".parse(), Ok(ClamdAddress::Tcp("127.0.0.1:3310".to_string())));
-        assert_eq!("tcp://clamd.internal:3310".parse(), Ok(ClamdAddress::Tcp("clamd.internal:3310".to_string())));
+        assert_eq!(
+            "tcp://clamd.internal:3310".parse(),
+            Ok(ClamdAddress::Tcp("clamd.internal:3310".to_string()))
+        );
         assert_eq!("tcp://[::1]:3310".parse(), Ok(ClamdAddress::Tcp("[::1]:3310".to_string())));
         assert_eq!(
             "unix:///run/clamav/clamd.ctl".parse(),
@@ -514,7 +522,11 @@ mod tests {
     #[test]
     fn rejects_bad_addresses_with_the_reason() {
         for bad in ["127.0.0.1:3310", "http://127.0.0.1:3310", "", "/run/clamd.ctl"] {
-            assert_eq!(bad.parse::<ClamdAddress>(), Err(AddressError::UnknownScheme(bad.to_string())), "{bad}");
+            assert_eq!(
+                bad.parse::<ClamdAddress>(),
+                Err(AddressError::UnknownScheme(bad.to_string())),
+                "{bad}"
+            );
         }
         for bad in [
             "tcp://127.0.0.1",
@@ -571,9 +583,10 @@ mod tests {
         tokio::spawn(async move {
             let (mut socket, _) = listener.accept().await.unwrap();
             let mut sink = vec![0u8; 64 * 1024];
-            let _ =
-                tokio::time::timeout(read_for, async { while socket.read(&mut sink).await.is_ok_and(|n| n > 0) {} })
-                    .await;
+            let _ = tokio::time::timeout(read_for, async {
+                while socket.read(&mut sink).await.is_ok_and(|n| n > 0) {}
+            })
+            .await;
             if let Some(reply) = reply {
                 let _ = socket.write_all(reply).await;
             }
@@ -600,14 +613,21 @@ mod tests {
     #[tokio::test]
     async fn truncated_clean_reply_is_not_clean() {
         let client = fake_clamd(Duration::from_millis(50), Some(b"stream: OK")).await;
-        assert_eq!(client.scan_bytes(b"body").await.unwrap(), ScanReply::Unknown { raw: "stream: OK".to_string() });
+        assert_eq!(
+            client.scan_bytes(b"body").await.unwrap(),
+            ScanReply::Unknown { raw: "stream: OK".to_string() }
+        );
     }
 
     #[tokio::test]
     async fn reply_is_read_up_to_the_first_terminator() {
         let client = fake_clamd(Duration::from_millis(50), Some(b"stream: X FOUND\0stream: OK\0")).await;
-        assert_eq!(client.scan_bytes(b"body").await.unwrap(), ScanReply::Found { signature: "X".to_string() });
-        let client = fake_clamd(Duration::from_millis(50), Some(b"COMMAND READ TIMED OUT\nstream: OK\0")).await;
+        assert_eq!(
+            client.scan_bytes(b"body").await.unwrap(),
+            ScanReply::Found { signature: "X".to_string() }
+        );
+        let client =
+            fake_clamd(Duration::from_millis(50), Some(b"COMMAND READ TIMED OUT\nstream: OK\0")).await;
         assert_eq!(client.scan_bytes(b"body").await.unwrap(), ScanReply::ReadTimedOut);
     }
 

@@ -234,7 +234,10 @@ mod tests {
     #[test]
     fn chunk_frames_split_and_never_emit_an_empty_chunk() {
         let frames: Vec<_> = chunk_frames(b"abcdefg", 3).collect();
-        assert_eq!(frames, vec![([0, 0, 0, 3], &b"abc"[..]), ([0, 0, 0, 3], &b"def"[..]), ([0, 0, 0, 1], &b"g"[..])]);
+        assert_eq!(
+            frames,
+            vec![([0, 0, 0, 3], &b"abc"[..]), ([0, 0, 0, 3], &b"def"[..]), ([0, 0, 0, 1], &b"g"[..])]
+        );
         assert_eq!(chunk_frames(b"", 3).count(), 0);
         assert_eq!(chunk_frames(b"ab", 0).count(), 2);
         assert_eq!(chunk_frames(b"ab", usize::MAX).collect::<Vec<_>>(), vec![([0, 0, 0, 2], &b"ab"[..])]);
@@ -265,7 +268,10 @@ mod tests {
     fn size_limit_reply() {
         assert_eq!(parse_scan_reply(b"INSTREAM size limit exceeded. ERROR\0"), ScanReply::SizeLimitExceeded);
         assert_eq!(parse_scan_reply(b"INSTREAM size limit exceeded. ERROR\n"), ScanReply::SizeLimitExceeded);
-        assert_eq!(parse_scan_reply(b"stream: INSTREAM size limit exceeded. ERROR\0"), ScanReply::SizeLimitExceeded);
+        assert_eq!(
+            parse_scan_reply(b"stream: INSTREAM size limit exceeded. ERROR\0"),
+            ScanReply::SizeLimitExceeded
+        );
     }
 
     #[test]
@@ -304,7 +310,10 @@ mod tests {
         // An IDSESSION-style prefix is not part of the protocol clamgate speaks.
         assert_eq!(parse_scan_reply(b"1: stream: OK\0"), unknown("1: stream: OK"));
         // Two replies in one read: never take the first as the answer.
-        assert_eq!(parse_scan_reply(b"stream: OK\0stream: X FOUND\0"), unknown("stream: OK\0stream: X FOUND"));
+        assert_eq!(
+            parse_scan_reply(b"stream: OK\0stream: X FOUND\0"),
+            unknown("stream: OK\0stream: X FOUND")
+        );
         assert_eq!(parse_scan_reply(b"stream: OK\nmore\n"), unknown("stream: OK\nmore"));
     }
 
@@ -366,7 +375,10 @@ mod tests {
     #[test]
     fn version_without_daily_database() {
         let version = parse_version(b"ClamAV 1.4.6\0").unwrap();
-        assert_eq!(version, EngineVersion { engine: "1.4.6".to_string(), database_version: None, database_date: None });
+        assert_eq!(
+            version,
+            EngineVersion { engine: "1.4.6".to_string(), database_version: None, database_date: None }
+        );
         assert_eq!(parse_version(b"ClamAV 1.4.6\n").unwrap().engine, "1.4.6");
         assert_eq!(parse_version(b"ClamAV 0.103.12").unwrap().engine, "0.103.12");
         assert_eq!(parse_version(b"ClamAV 1.5.0-rc\0").unwrap().engine, "1.5.0-rc");

@@ -39,7 +39,12 @@ pub struct ExtProcService {
 }
 
 impl ExtProcService {
-    pub fn new(scanner: Arc<Scanner>, policy: PolicyConfig, response: ResponseConfig, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        scanner: Arc<Scanner>,
+        policy: PolicyConfig,
+        response: ResponseConfig,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         ExtProcService { scanner, policy: Arc::new(policy), response: Arc::new(response), metrics }
     }
 }
@@ -62,8 +67,13 @@ impl ExternalProcessor for ExtProcService {
 }
 
 impl ExtProcService {
-    async fn run_stream(self, mut inbound: Streaming<ProcessingRequest>, answers: mpsc::Sender<Result<ProcessingResponse, Status>>) {
-        let mut guard = UnansweredGuard { answers: answers.clone(), metrics: self.metrics.clone(), armed: true };
+    async fn run_stream(
+        self,
+        mut inbound: Streaming<ProcessingRequest>,
+        answers: mpsc::Sender<Result<ProcessingResponse, Status>>,
+    ) {
+        let mut guard =
+            UnansweredGuard { answers: answers.clone(), metrics: self.metrics.clone(), armed: true };
         let mut state = StreamState::new(self.policy.scan_requests, self.policy.scan_responses);
         loop {
             let message = match inbound.message().await {
@@ -80,7 +90,9 @@ impl ExtProcService {
                         self.metrics.record_stream_error("inbound");
                     }
                     guard.armed = false;
-                    let _ = answers.send(Err(Status::aborted(format!("inbound stream failed: {}", status.message())))).await;
+                    let _ = answers
+                        .send(Err(Status::aborted(format!("inbound stream failed: {}", status.message()))))
+                        .await;
                     return;
                 }
             };
@@ -110,7 +122,8 @@ impl ExtProcService {
     }
 
     fn decide(&self, state: &StreamState, direction: Direction, report: &ScanReport) -> Decision {
-        let context = DecisionContext { direction, request_id: &state.request_id, sha256: Some(&report.sha256) };
+        let context =
+            DecisionContext { direction, request_id: &state.request_id, sha256: Some(&report.sha256) };
         let decision = decide(&report.verdict, &self.policy, &self.response, context);
         audit(state, direction, report, &decision);
         if let Decision::Block(block) = &decision {
@@ -183,7 +196,8 @@ impl Drop for UnansweredGuard {
     fn drop(&mut self) {
         if self.armed {
             self.metrics.record_stream_error("internal");
-            let _ = self.answers.try_send(Err(Status::internal("clamgate ended the stream before a decision")));
+            let _ =
+                self.answers.try_send(Err(Status::internal("clamgate ended the stream before a decision")));
         }
     }
 }

@@ -19,7 +19,8 @@ pub const VERDICT_HEADER: &str = "x-clamgate-verdict";
 pub fn headers_continue(direction: Direction, remove_headers: Vec<String>) -> ProcessingResponse {
     let header_mutation =
         (!remove_headers.is_empty()).then(|| HeaderMutation { remove_headers, ..HeaderMutation::default() });
-    let answer = HeadersResponse { response: Some(CommonResponse { header_mutation, ..CommonResponse::default() }) };
+    let answer =
+        HeadersResponse { response: Some(CommonResponse { header_mutation, ..CommonResponse::default() }) };
     reply(match direction {
         Direction::Request => Response::RequestHeaders(answer),
         Direction::Response => Response::ResponseHeaders(answer),
@@ -52,7 +53,8 @@ pub fn body_continue(direction: Direction, verdict_header: Option<&str>) -> Proc
         set_headers: vec![set_header(VERDICT_HEADER, value)],
         ..HeaderMutation::default()
     });
-    let answer = BodyResponse { response: Some(CommonResponse { header_mutation, ..CommonResponse::default() }) };
+    let answer =
+        BodyResponse { response: Some(CommonResponse { header_mutation, ..CommonResponse::default() }) };
     reply(match direction {
         Direction::Request => Response::RequestBody(answer),
         Direction::Response => Response::ResponseBody(answer),
@@ -85,7 +87,11 @@ fn reply(response: Response) -> ProcessingResponse {
 
 fn set_header(key: &str, value: &str) -> HeaderValueOption {
     HeaderValueOption {
-        header: Some(HeaderValue { key: key.to_string(), raw_value: value.as_bytes().to_vec(), ..HeaderValue::default() }),
+        header: Some(HeaderValue {
+            key: key.to_string(),
+            raw_value: value.as_bytes().to_vec(),
+            ..HeaderValue::default()
+        }),
         append_action: HeaderAppendAction::OverwriteIfExistsOrAdd as i32,
         ..HeaderValueOption::default()
     }
@@ -104,7 +110,9 @@ mod tests {
             body: b"{}".to_vec(),
             details: "clamgate_unscanned_timeout".into(),
         };
-        let Some(Response::ImmediateResponse(answer)) = immediate(&block).response else { panic!("not immediate") };
+        let Some(Response::ImmediateResponse(answer)) = immediate(&block).response else {
+            panic!("not immediate")
+        };
         assert_eq!(answer.status.map(|s| s.code), Some(503));
         assert_eq!(answer.body, b"{}");
         let headers: Vec<(String, Vec<u8>)> = answer
@@ -126,7 +134,9 @@ mod tests {
         let mutation = body.response.unwrap().header_mutation.unwrap();
         assert_eq!(mutation.set_headers[0].header.as_ref().unwrap().raw_value, b"clean");
         let answer = body_decision(Direction::Response, &Decision::Continue { verdict_header: None });
-        let Some(Response::ResponseBody(body)) = answer.response else { panic!("not a response body answer") };
+        let Some(Response::ResponseBody(body)) = answer.response else {
+            panic!("not a response body answer")
+        };
         assert!(body.response.unwrap().header_mutation.is_none());
     }
 }

@@ -21,6 +21,8 @@ pub const CONTROL_HEADER_PREFIX: &str = "x-clamgate-";
 const ATTRIBUTE_NAMESPACE: &str = "envoy.filters.http.ext_proc";
 
 /// What the stream task must do next.
+// One short-lived Action per message; boxing the reply would only add an allocation.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, PartialEq)]
 pub enum Action {
     /// Send this answer to Envoy.
@@ -190,7 +192,11 @@ fn on_body(state: &mut StreamState, direction: Direction, body: Vec<u8>, end_of_
     // follow). Without a reported mode, only a message that ends the stream is known to be whole.
     let whole = match state.body_mode(direction) {
         Some(BodySendMode::Buffered) => true,
-        Some(_) => return Action::Fail(unsupported_mode(state, direction).unwrap_or(StreamError::PartialBody(direction))),
+        Some(_) => {
+            return Action::Fail(
+                unsupported_mode(state, direction).unwrap_or(StreamError::PartialBody(direction)),
+            )
+        }
         None => end_of_stream,
     };
     if !whole {
@@ -306,13 +312,17 @@ mod tests {
         let mut state = StreamState::new(true, true);
         let action = on_message(
             &mut state,
-            buffered(Request::RequestHeaders(headers(&[(":path", "/a?token=secret"), ("x-request-id", "r1")], true))),
+            buffered(Request::RequestHeaders(headers(
+                &[(":path", "/a?token=secret"), ("x-request-id", "r1")],
+                true,
+            ))),
         );
         assert!(matches!(action, Action::Reply(_)));
         assert_eq!(state.request_id, "r1");
         assert_eq!(state.path, "/a", "the query string must not reach logs");
         assert!(!state.is_complete());
-        let action = on_message(&mut state, message(Request::ResponseHeaders(headers(&[(":status", "200")], false))));
+        let action =
+            on_message(&mut state, message(Request::ResponseHeaders(headers(&[(":status", "200")], false))));
         assert!(matches!(action, Action::Reply(_)));
         let action = on_message(&mut state, message(Request::ResponseBody(body(b"payload", true))));
         assert_eq!(action, Action::Scan { direction: Direction::Response, body: b"payload".to_vec() });
@@ -347,7 +357,8 @@ mod tests {
 
     #[test]
     fn streamed_and_partial_modes_are_refused_at_the_first_message() {
-        for mode in [BodySendMode::Streamed, BodySendMode::BufferedPartial, BodySendMode::FullDuplexStreamed] {
+        for mode in [BodySendMode::Streamed, BodySendMode::BufferedPartial, BodySendMode::FullDuplexStreamed]
+        {
             let mut state = StreamState::new(true, true);
             let first = ProcessingRequest {
                 protocol_config: Some(ProtocolConfiguration {
@@ -359,7 +370,10 @@ mod tests {
             };
             let action = on_message(&mut state, first);
             assert!(
-                matches!(action, Action::Fail(StreamError::UnsupportedBodyMode { direction: Direction::Response, .. })),
+                matches!(
+                    action,
+                    Action::Fail(StreamError::UnsupportedBodyMode { direction: Direction::Response, .. })
+                ),
                 "{mode:?}: {action:?}"
             );
         }
@@ -388,7 +402,10 @@ mod tests {
     #[test]
     fn an_empty_message_fails_the_stream() {
         let mut state = StreamState::new(true, true);
-        assert_eq!(on_message(&mut state, ProcessingRequest::default()), Action::Fail(StreamError::EmptyMessage));
+        assert_eq!(
+            on_message(&mut state, ProcessingRequest::default()),
+            Action::Fail(StreamError::EmptyMessage)
+        );
     }
 
     #[test]
@@ -402,8 +419,10 @@ mod tests {
             ))),
         );
         assert_eq!(removed_headers(&action), vec!["x-clamgate-policy", "x-clamgate-verdict"]);
-        let action =
-            on_message(&mut state, message(Request::ResponseHeaders(headers(&[("x-clamgate-verdict", "clean")], false))));
+        let action = on_message(
+            &mut state,
+            message(Request::ResponseHeaders(headers(&[("x-clamgate-verdict", "clean")], false))),
+        );
         assert_eq!(removed_headers(&action), vec!["x-clamgate-verdict"]);
     }
 
