@@ -8,14 +8,20 @@
 //! in three passes so that one run reports everything:
 //! 1. structure: the parsed TOML table is walked against the schema (every unknown key, every
 //!    value of the wrong type); a rejected value is dropped and its default stands in;
-//! 2. environment: `CLAMGATE_<SECTION>_<KEY>` (nested tables joined with `_`, upper case), each
-//!    value parsed per its key's type; an unknown `CLAMGATE_*` variable is an error;
-//! 3. meaning: ranges, addresses, URLs (skipping keys already rejected, so one mistake is one
-//!    error).
+//! 2. environment: `CLAMGATE_<SECTION>_<KEY>` (nested tables joined with `_`, upper case;
+//!    `CLAMGATE_POLICIES_<NAME>_<KEY>` for a named policy), each value parsed per its key's type
+//!    (lists comma-separated); an unknown `CLAMGATE_*` variable is an error;
+//! 3. meaning: ranges, addresses, URLs, files (skipping keys already rejected, so one mistake is
+//!    one error).
+//!
+//! Named policies (`[policies.NAME]`) are checked against the keys of `[policy]`, every key
+//! optional; between passes 2 and 3 each is laid over a copy of `[policy]` as the file and the
+//! environment left it, so it inherits what it does not set.
 //!
 //! The schema (key paths and types) is derived from `Config::default()` serialized to TOML, plus
-//! the two things serialization cannot show: `Option` keys and strings with a narrower type
-//! (socket addresses, enums). Tests check both lists against serde, so they cannot drift.
+//! what serialization cannot show: `Option` keys, strings with a narrower type (socket addresses,
+//! enums) and the tables of named tables (`policies`). Tests check all three against serde, so
+//! they cannot drift.
 
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -38,7 +44,12 @@ pub struct Config {
     pub cache: CacheConfig,
     pub ext_proc: ExtProcConfig,
     pub response: ResponseConfig,
+    /// The default policy: routes that name no policy use it.
     pub policy: PolicyConfig,
+    /// Named policies, selected per route by Envoy (gRPC metadata `x-clamgate-policy`). Each
+    /// starts from `[policy]` and overrides what it sets. Names: lower-case letters and digits.
+    /// [`Config::policy_named`] finds one.
+    pub policies: BTreeMap<String, PolicyConfig>,
     pub log: LogConfig,
 }
 
@@ -84,16 +95,35 @@ pub struct ScanConfig {
     pub timeout_ms: u64,
 }
 
-/// The verdict cache. `Debug` redacts the password in `redis_url`.
+/// The verdict cache. `Debug` redacts `redis_password` and the passwords in the URLs.
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CacheConfig {
-    /// `redis://[user:password@]host:port[/db]`. When absent, an in-process cache is used.
+    /// `redis://[user:password@]host:port[/db]` or `rediss://...` (TLS) for a standalone Redis.
+    /// When neither this nor `redis_cluster_urls` is set, only the in-process cache is used.
     pub redis_url: Option<String>,
+    /// Seed nodes of a Redis Cluster (`redis://host:port` or `rediss://host:port` each).
+    /// Mutually exclusive with `redis_url`. From the environment: comma-separated.
+    pub redis_cluster_urls: Vec<String>,
+    /// ACL user name for Redis; overrides a user name in the URLs.
+    pub redis_username: Option<String>,
+    /// Password for Redis (AUTH); overrides a password in the URLs. Never logged.
+    pub redis_password: Option<String>,
+    /// PEM file of CA certificates trusted for `rediss://` (absent: the system's roots).
+    pub redis_tls_ca_file: Option<String>,
+    /// Multiplexed connections to a standalone Redis, used round-robin.
+    pub redis_pool_size: usize,
     /// How long a verdict is kept.
     pub ttl_secs: u64,
-    /// Upper bound on entries held by the in-process cache.
+    /// Upper bound on entries held by the in-process cache (the only tier without Redis, the
+    /// first tier in front of it otherwise).
     pub memory_max_entries: usize,
+    /// How long the in-process tier keeps an entry read from or written to Redis. Without
+    /// Redis, entries live `ttl_secs`.
+    pub memory_ttl_secs: u64,
+    /// Life of the Redis lock that lets one instance scan an object while others wait. If its
+    /// holder dies, the lock expires and a waiter scans.
+    pub lock_ttl_ms: u64,
     /// Time allowed for one Redis call; past it the lookup is a miss and the scan goes on.
     pub redis_timeout_ms: u64,
     /// Prefix of every Redis key clamgate writes.
@@ -121,8 +151,8 @@ pub struct ResponseConfig {
     pub retry_after_secs: u64,
 }
 
-/// What to do with each kind of verdict. (Named per-route policies come later; this is the policy
-/// every route uses.)
+/// What to do with each kind of verdict, and how to use the cache: `[policy]`, the default, and
+/// each `[policies.NAME]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PolicyConfig {
@@ -134,6 +164,41 @@ pub struct PolicyConfig {
     pub report_only: bool,
     /// Action for each reason a body may go unscanned.
     pub on_unscanned: UnscannedActions,
+    /// Which verdict cache keys this policy uses: `content` (SHA-256 of the body), `resource`
+    /// (also host + path + validator, looked up at the request headers), or `off`.
+    pub cache_mode: CacheMode,
+    /// The upstream never changes an object under a URL (package mirrors): allow resource keys
+    /// for responses without a validator. Only for upstreams that are really immutable.
+    pub immutable: bool,
+}
+
+/// The cache keys a policy uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CacheMode {
+    /// Content keys only: a body's SHA-256.
+    Content,
+    /// Content keys and resource keys (host + path + validator), decided at the headers.
+    Resource,
+    /// No cache reads or writes.
+    Off,
+}
+
+impl CacheMode {
+    /// Every mode.
+    pub const ALL: [CacheMode; 3] = [CacheMode::Content, CacheMode::Resource, CacheMode::Off];
+    /// The names used in the config, in the order of [`CacheMode::ALL`].
+    pub const NAMES: [&'static str; 3] =
+        [CacheMode::Content.as_str(), CacheMode::Resource.as_str(), CacheMode::Off.as_str()];
+
+    /// The name used in the config: `content`, `resource` or `off`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            CacheMode::Content => "content",
+            CacheMode::Resource => "resource",
+            CacheMode::Off => "off",
+        }
+    }
 }
 
 /// `deny` or `allow`, per [`crate::verdict::UnscannedReason`]. All default to `deny`.
@@ -255,8 +320,15 @@ impl Default for CacheConfig {
     fn default() -> Self {
         CacheConfig {
             redis_url: None,
+            redis_cluster_urls: Vec::new(),
+            redis_username: None,
+            redis_password: None,
+            redis_tls_ca_file: None,
+            redis_pool_size: 2,
             ttl_secs: 24 * 60 * 60,
             memory_max_entries: 100_000,
+            memory_ttl_secs: 300,
+            lock_ttl_ms: 30_000,
             redis_timeout_ms: 250,
             key_prefix: "clamgate:".to_string(),
         }
@@ -283,6 +355,8 @@ impl Default for PolicyConfig {
             scan_responses: true,
             report_only: false,
             on_unscanned: UnscannedActions::default(),
+            cache_mode: CacheMode::Content,
+            immutable: false,
         }
     }
 }
@@ -311,12 +385,34 @@ impl Default for LogConfig {
 impl fmt::Debug for CacheConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Configs get logged with `?config`; the Redis password must not go with them.
+        let CacheConfig {
+            redis_url,
+            redis_cluster_urls,
+            redis_username,
+            redis_password,
+            redis_tls_ca_file,
+            redis_pool_size,
+            ttl_secs,
+            memory_max_entries,
+            memory_ttl_secs,
+            lock_ttl_ms,
+            redis_timeout_ms,
+            key_prefix,
+        } = self;
+        let cluster_urls: Vec<String> = redis_cluster_urls.iter().map(|url| redact_url(url)).collect();
         f.debug_struct("CacheConfig")
-            .field("redis_url", &self.redis_url.as_deref().map(redact_url))
-            .field("ttl_secs", &self.ttl_secs)
-            .field("memory_max_entries", &self.memory_max_entries)
-            .field("redis_timeout_ms", &self.redis_timeout_ms)
-            .field("key_prefix", &self.key_prefix)
+            .field("redis_url", &redis_url.as_deref().map(redact_url))
+            .field("redis_cluster_urls", &cluster_urls)
+            .field("redis_username", redis_username)
+            .field("redis_password", &redis_password.as_ref().map(|_| "***"))
+            .field("redis_tls_ca_file", redis_tls_ca_file)
+            .field("redis_pool_size", redis_pool_size)
+            .field("ttl_secs", ttl_secs)
+            .field("memory_max_entries", memory_max_entries)
+            .field("memory_ttl_secs", memory_ttl_secs)
+            .field("lock_ttl_ms", lock_ttl_ms)
+            .field("redis_timeout_ms", redis_timeout_ms)
+            .field("key_prefix", key_prefix)
             .finish()
     }
 }
@@ -339,6 +435,12 @@ const MAX_RETRY_AFTER_SECS: u64 = 24 * 60 * 60;
 const MAX_SCAN_BYTES: u64 = u32::MAX as u64;
 const MAX_CONCURRENT_SCANS: u64 = 1024;
 const MIN_MESSAGE_BYTES: u64 = 1024 * 1024;
+const MAX_REDIS_POOL_SIZE: u64 = 64;
+
+/// The policy name that selects `[policy]`; no `[policies.NAME]` may take it.
+pub const DEFAULT_POLICY_NAME: &str = "default";
+/// The longest policy name. Names travel in gRPC metadata and in environment variable names.
+const MAX_POLICY_NAME_CHARS: usize = 32;
 
 /// One problem with the configuration. Its message never contains a secret.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -430,30 +532,117 @@ impl Config {
                  counters and versions and should not be reachable from the network"
             ));
         }
-        if self.policy.report_only {
-            warnings.push(
-                "policy.report_only: true: infected bodies are logged and counted but delivered".to_string(),
-            );
-        }
-        if !self.policy.scan_requests && !self.policy.scan_responses {
-            warnings.push(
-                "policy: scan_requests and scan_responses are both false: nothing is scanned".to_string(),
-            );
-        }
-        for reason in UnscannedReason::ALL {
-            if self.policy.on_unscanned.action(reason) == Action::Allow {
+        let urls = self.cache.redis_url.iter().map(|url| ("cache.redis_url".to_string(), url));
+        let cluster = self.cache.redis_cluster_urls.iter().enumerate();
+        let urls = urls.chain(cluster.map(|(i, url)| (format!("cache.redis_cluster_urls[{i}]"), url)));
+        let mut tls = false;
+        for (key, url) in urls {
+            tls |= url.starts_with("rediss://");
+            if url.starts_with("rediss://") && url_fragment(url).as_deref() == Some("insecure") {
                 warnings.push(format!(
-                    "policy.on_unscanned.{reason}: allow delivers bodies that were not scanned (fails open)"
+                    "{key}: \"#insecure\" turns off the check of Redis's TLS certificate: anyone on the \
+                     network path can pose as Redis and serve forged verdicts"
                 ));
             }
         }
+        if self.cache.redis_tls_ca_file.is_some() && !tls {
+            warnings.push(
+                "cache.redis_tls_ca_file: set, but neither cache.redis_url nor cache.redis_cluster_urls \
+                 uses rediss://, so it is not used"
+                    .to_string(),
+            );
+        }
+        // A named policy is warned about only where it differs from `[policy]`: what it inherits
+        // was warned about once, as `policy.*`.
+        let default = policy_warnings(&self.policy, true);
+        for (key, message) in &default {
+            warnings.push(format!("{}: {message}", key_in("policy", key)));
+        }
+        for (name, policy) in &self.policies {
+            for (key, message) in policy_warnings(policy, false) {
+                if !default.contains(&(key.clone(), message.clone())) {
+                    warnings.push(format!("{}: {message}", key_in(&format!("policies.{name}"), &key)));
+                }
+            }
+        }
         warnings
+    }
+
+    /// The policy a route selects by name: `[policies.NAME]`, or `[policy]` for
+    /// [`DEFAULT_POLICY_NAME`] and for the empty name. `None` for a name that is not configured,
+    /// which the caller must treat as an error (fail closed), never as the default.
+    pub fn policy_named(&self, name: &str) -> Option<&PolicyConfig> {
+        match name {
+            "" | DEFAULT_POLICY_NAME => Some(&self.policy),
+            _ => self.policies.get(name),
+        }
     }
 
     /// `cache.redis_url` with its password replaced by `***`, for logs.
     pub fn redacted_redis_url(&self) -> Option<String> {
         self.cache.redis_url.as_deref().map(redact_url)
     }
+
+    /// Every configured Redis endpoint with passwords replaced by `***`, for logs:
+    /// `cache.redis_url`, or each of `cache.redis_cluster_urls`. Empty when only the in-process
+    /// cache is used. `cache.redis_password` is never part of it.
+    pub fn redacted_redis_endpoints(&self) -> Vec<String> {
+        let urls = self.cache.redis_url.iter().chain(&self.cache.redis_cluster_urls);
+        urls.map(|url| redact_url(url)).collect()
+    }
+}
+
+/// `key` of the table at `table`; the empty key is the table itself.
+fn key_in(table: &str, key: &str) -> String {
+    match key {
+        "" => table.to_string(),
+        _ => format!("{table}.{key}"),
+    }
+}
+
+/// The warnings about one policy, as `(key relative to the policy's table, message)`; the key is
+/// empty for the table itself.
+fn policy_warnings(policy: &PolicyConfig, default: bool) -> Vec<(String, String)> {
+    let mut warnings = Vec::new();
+    let mut warn = |key: &str, message: String| warnings.push((key.to_string(), message));
+    if policy.report_only {
+        warn("report_only", "true: infected bodies are logged and counted but delivered".to_string());
+    }
+    if !policy.scan_requests && !policy.scan_responses {
+        warn("", "scan_requests and scan_responses are both false: nothing is scanned".to_string());
+    }
+    for reason in UnscannedReason::ALL {
+        if policy.on_unscanned.action(reason) == Action::Allow {
+            warn(
+                &format!("on_unscanned.{reason}"),
+                "allow delivers bodies that were not scanned (fails open)".to_string(),
+            );
+        }
+    }
+    if default && policy.cache_mode == CacheMode::Resource {
+        warn(
+            "cache_mode",
+            "\"resource\" on the default policy: every route that names no policy looks verdicts up by \
+             URL as well as by content; set it per route, in a named policy, for upstreams whose URLs \
+             name objects that do not change"
+                .to_string(),
+        );
+    }
+    if policy.immutable {
+        let message = match policy.cache_mode {
+            CacheMode::Resource => "true: responses without a validator (ETag or Last-Modified) get \
+                resource keys, so an object changed under the same URL keeps its old verdict until \
+                cache.ttl_secs; only for upstreams that never change an object under a URL (package \
+                mirrors)"
+                .to_string(),
+            mode => format!(
+                "true has no effect while cache_mode is {:?}: only resource keys use it",
+                mode.as_str()
+            ),
+        };
+        warn("immutable", message);
+    }
+    warnings
 }
 
 fn parse_toml(text: &str, source: &str) -> Result<Table, ConfigError> {
@@ -501,11 +690,12 @@ fn load_layers(
         Table::new()
     });
     let mut structural = Vec::new();
-    check_table(schema, &mut table, "", &mut structural, &mut rejected);
+    check_table(schema, &mut table, &Place::root(), &mut structural, &mut rejected);
     structural.sort_by(|a, b| a.key.cmp(&b.key));
     errors.extend(structural);
 
     apply_env(schema, &mut table, env, &mut errors, &mut rejected, &mut from_env);
+    inherit_named_tables(schema, &mut table);
 
     let config = match Value::Table(table).try_into::<Config>() {
         Ok(config) => config,
@@ -531,13 +721,23 @@ fn load_layers(
 static SCHEMA: LazyLock<Schema> = LazyLock::new(Schema::build);
 
 /// `Option` keys: a default of `None` is absent from the serialized defaults.
-const OPTIONAL_KEYS: &[(&str, Kind)] = &[("cache.redis_url", Kind::Str)];
+const OPTIONAL_KEYS: &[(&str, Kind)] = &[
+    ("cache.redis_url", Kind::Str),
+    ("cache.redis_username", Kind::Str),
+    ("cache.redis_password", Kind::Str),
+    ("cache.redis_tls_ca_file", Kind::Str),
+];
+
+/// Tables of named tables, each shaped like a template table: `[policies.NAME]` takes the keys
+/// of `[policy]`. An empty map serializes to an empty table, which shows nothing of its shape.
+const NAMED_TABLES: &[(&str, &str)] = &[("policies", "policy")];
 
 /// Keys serialized as strings whose values are narrower than any string.
 fn narrower_kind(path: &str) -> Option<Kind> {
     match path {
         "listen.grpc_addr" | "listen.admin_addr" => Some(Kind::SocketAddr),
         "log.format" => Some(Kind::Enum(&LogFormat::NAMES)),
+        "policy.cache_mode" => Some(Kind::Enum(&CacheMode::NAMES)),
         _ if path.starts_with("policy.on_unscanned.") => Some(Kind::Enum(&Action::NAMES)),
         _ => None,
     }
@@ -554,6 +754,8 @@ enum Kind {
     SocketAddr,
     /// A string, one of these names.
     Enum(&'static [&'static str]),
+    /// An array of strings; in the environment, comma-separated.
+    StrList,
 }
 
 impl Kind {
@@ -567,6 +769,7 @@ impl Kind {
                 "an IP address and port such as \"127.0.0.1:9090\" or \"[::1]:9090\"".to_string()
             }
             Kind::Enum(names) => one_of(names),
+            Kind::StrList => "an array of strings".to_string(),
         }
     }
 }
@@ -583,6 +786,8 @@ struct Schema {
     keys: BTreeMap<String, Key>,
     /// Table paths (`policy`, `policy.on_unscanned`); the root is not listed.
     tables: BTreeSet<String>,
+    /// Tables of named tables (`policies`), each with its template table (`policy`).
+    named: BTreeMap<String, String>,
     /// Environment variable name to key path.
     env: BTreeMap<String, String>,
 }
@@ -595,6 +800,9 @@ impl Schema {
         schema.add_table("", &defaults);
         for &(path, kind) in OPTIONAL_KEYS {
             schema.add_key(path, kind, true);
+        }
+        for &(path, template) in NAMED_TABLES {
+            schema.named.insert(path.to_string(), template.to_string());
         }
         schema
     }
@@ -610,6 +818,7 @@ impl Schema {
                 Value::String(_) => narrower_kind(&path).unwrap_or(Kind::Str),
                 Value::Integer(_) => Kind::Int,
                 Value::Boolean(_) => Kind::Bool,
+                Value::Array(items) if items.iter().all(Value::is_str) => Kind::StrList,
                 // A new field of another type needs a `Kind`; the schema tests fail until then.
                 other => panic!("config key {path}: no loader support for TOML type {}", other.type_str()),
             };
@@ -639,28 +848,166 @@ impl Schema {
         self.keys
             .keys()
             .chain(&self.tables)
+            .chain(self.named.keys())
             .filter(move |path| parent(path) == prefix)
             .map(|path| last_segment(path))
     }
 
-    fn unknown_key_message(&self, prefix: &str, name: &str) -> String {
-        let mut message = match prefix {
+    /// For an unknown key `name` in the table at `place`.
+    fn unknown_key_message(&self, place: &Place, name: &str) -> String {
+        let mut message = match place.shown.as_str() {
             "" => format!("unknown key {name:?} at the top level"),
-            _ => format!("unknown key {name:?} in [{prefix}]"),
+            shown => format!("unknown key {name:?} in [{shown}]"),
         };
         // A typo of a neighbour, else the same name in another table.
-        let suggestion = closest(name, self.children(prefix)).map(str::to_string).or_else(|| {
+        let suggestion = closest(name, self.children(&place.schema)).map(str::to_string).or_else(|| {
             self.keys
                 .keys()
                 .chain(&self.tables)
-                .find(|path| last_segment(path) == name && parent(path) != prefix)
-                .cloned()
+                .find(|path| last_segment(path) == name && parent(path) != place.schema)
+                .map(|path| place.show(path))
         });
         if let Some(suggestion) = suggestion {
             message.push_str(&format!("; did you mean {suggestion:?}?"));
         }
         message
     }
+
+    /// The key a `CLAMGATE_*` variable sets: its path as shown (`policies.mirror.cache_mode`) and
+    /// its schema entry; `Ok(None)` when it names no key, `Err` when it names a key of a named
+    /// table under a name that is not allowed.
+    fn env_key(&self, var: &str) -> Result<Option<(String, &Key)>, String> {
+        if let Some((path, key)) = self.env.get(var).and_then(|path| self.keys.get_key_value(path)) {
+            return Ok(Some((path.clone(), key)));
+        }
+        for (table, template) in &self.named {
+            // `CLAMGATE_POLICIES_<NAME>_<KEY>`: a name holds no `_`, so the first one ends it.
+            let Some((name, rest)) =
+                var.strip_prefix(&format!("{}_", env_name(table))).and_then(|rest| rest.split_once('_'))
+            else {
+                continue;
+            };
+            let template_var = format!("{}_{rest}", env_name(template));
+            let Some((path, key)) =
+                self.env.get(&template_var).and_then(|path| self.keys.get_key_value(path))
+            else {
+                continue;
+            };
+            let name = env_table_name(name).map_err(|message| match message {
+                NameError::Reserved(message) => format!("{message}; set {template_var} instead"),
+                NameError::Invalid(message) => message,
+            })?;
+            let shown = format!("{table}.{name}{}", &path[template.len()..]);
+            return Ok(Some((shown, key)));
+        }
+        Ok(None)
+    }
+
+    /// Variables near `var`, for "did you mean": every variable of a key, and those of named
+    /// tables under the `names` the file uses and under the name `var` itself seems to give.
+    fn env_suggestion(&self, var: &str, names: &BTreeSet<String>) -> Option<String> {
+        let mut candidates: Vec<String> = self.env.keys().cloned().collect();
+        for (table, template) in &self.named {
+            let prefix = format!("{}_", env_name(table));
+            let own = var.strip_prefix(&prefix).and_then(|rest| rest.split_once('_')).map(|(name, _)| name);
+            let names = names.iter().map(|name| name.to_ascii_uppercase()).chain(own.map(str::to_string));
+            let template_prefix = format!("{}_", env_name(template));
+            for name in names.collect::<BTreeSet<_>>() {
+                for template_var in self.env.keys() {
+                    if let Some(rest) = template_var.strip_prefix(&template_prefix) {
+                        candidates.push(format!("{prefix}{name}_{rest}"));
+                    }
+                }
+            }
+        }
+        closest(var, candidates.iter().map(String::as_str)).map(str::to_string)
+    }
+}
+
+/// Where a table of the file is: its path in the schema, and the path shown in messages. The two
+/// differ inside a named table, which is checked against its template: `[policies.mirror]` is
+/// shown, `[policy]` is looked up.
+#[derive(Debug, Clone)]
+struct Place {
+    schema: String,
+    shown: String,
+    /// Inside a named table: the template's path and the named table's (`policy`,
+    /// `policies.mirror`).
+    instance: Option<(String, String)>,
+}
+
+impl Place {
+    fn root() -> Place {
+        Place { schema: String::new(), shown: String::new(), instance: None }
+    }
+
+    fn child(&self, name: &str) -> Place {
+        Place {
+            schema: join(&self.schema, name),
+            shown: join(&self.shown, name),
+            instance: self.instance.clone(),
+        }
+    }
+
+    /// A schema path as shown from here: inside `[policies.mirror]`, `policy.x` is
+    /// `policies.mirror.x`.
+    fn show(&self, path: &str) -> String {
+        match &self.instance {
+            Some((template, named)) if path == template => named.clone(),
+            Some((template, named)) => match path.strip_prefix(template.as_str()) {
+                Some(rest) if rest.starts_with('.') => format!("{named}{rest}"),
+                _ => path.to_string(),
+            },
+            None => path.to_string(),
+        }
+    }
+}
+
+/// Why a policy name is refused.
+enum NameError {
+    /// The name `default`.
+    Reserved(String),
+    Invalid(String),
+}
+
+impl NameError {
+    fn message(self) -> String {
+        match self {
+            NameError::Reserved(message) | NameError::Invalid(message) => message,
+        }
+    }
+}
+
+/// A policy name: 1 to 32 lower-case ASCII letters and digits, not `default`.
+fn policy_name(name: &str) -> Result<(), NameError> {
+    if name == DEFAULT_POLICY_NAME {
+        return Err(NameError::Reserved(format!(
+            "the policy name {DEFAULT_POLICY_NAME:?} is reserved for [policy], the policy of routes that name none"
+        )));
+    }
+    let allowed = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
+    if (1..=MAX_POLICY_NAME_CHARS).contains(&name.len()) && name.chars().all(allowed) {
+        return Ok(());
+    }
+    Err(NameError::Invalid(format!(
+        "invalid policy name {name:?}: a name is 1 to {MAX_POLICY_NAME_CHARS} lower-case letters (a-z) \
+         and digits, because it travels in Envoy's gRPC metadata (x-clamgate-policy) and in \
+         environment variable names (CLAMGATE_POLICIES_<NAME>_<KEY>)"
+    )))
+}
+
+/// The policy name written, in upper case, in a variable name: `MIRROR` is `mirror`.
+fn env_table_name(written: &str) -> Result<String, NameError> {
+    let allowed = |c: char| c.is_ascii_uppercase() || c.is_ascii_digit();
+    if !written.is_empty() && !written.chars().all(allowed) {
+        return Err(NameError::Invalid(format!(
+            "invalid policy name {written:?}: in a variable name, a policy name is written in upper \
+             case (CLAMGATE_POLICIES_MIRROR_CACHE_MODE sets cache_mode of [policies.mirror])"
+        )));
+    }
+    let name = written.to_ascii_lowercase();
+    policy_name(&name)?;
+    Ok(name)
 }
 
 fn join(prefix: &str, name: &str) -> String {
@@ -731,38 +1078,103 @@ fn a_type(value: &Value) -> String {
 // ---------------------------------------------------------------------------------------------
 // Pass 1: structure of the file
 
-/// Walks `table` against the schema. Every unknown key and every value of the wrong type is an
-/// error; either is removed from the table so that the rest can still be deserialized.
+/// Walks `table`, at `place`, against the schema. Every unknown key and every value of the wrong
+/// type is an error; either is removed from the table so that the rest can still be deserialized.
 fn check_table(
     schema: &Schema,
     table: &mut Table,
-    prefix: &str,
+    place: &Place,
     errors: &mut Vec<ConfigError>,
     rejected: &mut BTreeSet<String>,
 ) {
     let names: Vec<String> = table.keys().cloned().collect();
     for name in names {
-        let path = join(prefix, &name);
+        let here = place.child(&name);
         // A quoted key with a dot (`"clamd.address" = ...`) is one key, never a path.
         let plain = !name.contains('.');
-        let message = match table.get_mut(&name) {
-            Some(Value::Table(inner)) if plain && schema.tables.contains(&path) => {
-                check_table(schema, inner, &path, errors, rejected);
-                None
+        let is_table = plain && schema.tables.contains(&here.schema);
+        let template = schema.named.get(&here.schema).filter(|_| plain && place.instance.is_none());
+        // `(suffix of the key, message)`; the suffix is `[i]` for an element of an array.
+        let problems = match table.get_mut(&name) {
+            Some(Value::Table(inner)) if is_table => {
+                check_table(schema, inner, &here, errors, rejected);
+                Vec::new()
             }
-            Some(other) if plain && schema.tables.contains(&path) => {
-                Some(format!("expected a table, found {}", a_type(other)))
+            Some(Value::Table(inner)) if template.is_some() => {
+                let template = template.map_or("", String::as_str);
+                check_named_tables(schema, inner, &here, template, errors, rejected);
+                Vec::new()
             }
-            Some(value) if plain && schema.keys.contains_key(&path) => {
-                check_value(schema.keys[&path].kind, value).err()
+            Some(other) if is_table || template.is_some() => {
+                vec![(String::new(), format!("expected a table, found {}", a_type(other)))]
             }
-            _ => Some(schema.unknown_key_message(prefix, &name)),
+            Some(value) if plain && schema.keys.contains_key(&here.schema) => {
+                value_problems(schema.keys[&here.schema].kind, value)
+            }
+            _ => vec![(String::new(), schema.unknown_key_message(place, &name))],
         };
-        if let Some(message) = message {
+        if !problems.is_empty() {
             table.remove(&name);
-            rejected.extend(schema.leaves_under(&path).cloned());
-            errors.push(ConfigError::new(path, message));
+            rejected.extend(schema.leaves_under(&here.schema).map(|leaf| here.show(leaf)));
+            for (suffix, message) in problems {
+                errors.push(ConfigError::new(format!("{}{suffix}", here.shown), message));
+            }
         }
+    }
+}
+
+/// Walks a table of named tables (`[policies]`, at `place`): each name must be allowed and each
+/// value a table with keys of `template`. A bad name is an error, and so is every problem inside
+/// its table; then the table is dropped.
+fn check_named_tables(
+    schema: &Schema,
+    table: &mut Table,
+    place: &Place,
+    template: &str,
+    errors: &mut Vec<ConfigError>,
+    rejected: &mut BTreeSet<String>,
+) {
+    let names: Vec<String> = table.keys().cloned().collect();
+    for name in names {
+        let shown = join(&place.shown, &name);
+        let mut problems = Vec::new();
+        match policy_name(&name) {
+            Ok(()) => {}
+            Err(NameError::Reserved(message)) => problems.push(format!("{message}; set its keys there")),
+            Err(NameError::Invalid(message)) => problems.push(message),
+        }
+        match table.get_mut(&name) {
+            Some(Value::Table(inner)) => {
+                let here = Place {
+                    schema: template.to_string(),
+                    shown: shown.clone(),
+                    instance: Some((template.to_string(), shown.clone())),
+                };
+                check_table(schema, inner, &here, errors, rejected);
+            }
+            Some(other) => problems.push(format!("expected a table, found {}", a_type(other))),
+            None => {}
+        }
+        if !problems.is_empty() {
+            table.remove(&name);
+            for message in problems {
+                errors.push(ConfigError::new(shown.clone(), message));
+            }
+        }
+    }
+}
+
+/// Why `value` may not be given for a key of `kind`, as `(suffix, message)`: the suffix is empty
+/// for the value itself and `[i]` for element `i` of an array. No problems: it may.
+fn value_problems(kind: Kind, value: &Value) -> Vec<(String, String)> {
+    match (kind, value) {
+        (Kind::StrList, Value::Array(items)) => items
+            .iter()
+            .enumerate()
+            .filter(|(_, item)| !item.is_str())
+            .map(|(i, item)| (format!("[{i}]"), format!("expected a string, found {}", a_type(item))))
+            .collect(),
+        _ => check_value(kind, value).err().map(|message| (String::new(), message)).into_iter().collect(),
     }
 }
 
@@ -771,6 +1183,7 @@ fn check_table(
 fn check_value(kind: Kind, value: &Value) -> Result<(), String> {
     match (kind, value) {
         (Kind::Str, Value::String(_)) | (Kind::Bool, Value::Boolean(_)) => Ok(()),
+        (Kind::StrList, Value::Array(items)) if items.iter().all(Value::is_str) => Ok(()),
         (Kind::Int, Value::Integer(n)) if *n >= 0 => Ok(()),
         (Kind::Int, Value::Integer(n)) => Err(format!("expected a non-negative integer, found {n}")),
         (Kind::SocketAddr, Value::String(s)) if s.parse::<SocketAddr>().is_ok() => Ok(()),
@@ -786,7 +1199,8 @@ fn check_value(kind: Kind, value: &Value) -> Result<(), String> {
 // Pass 2: the environment
 
 /// Applies every `CLAMGATE_*` variable over `table`. An empty value for an `Option` key unsets
-/// it (so a deployment can turn off a Redis URL that the file sets).
+/// it (so a deployment can turn off a Redis URL that the file sets). A variable for a key of a
+/// named table (`CLAMGATE_POLICIES_MIRROR_CACHE_MODE`) may create the table.
 fn apply_env(
     schema: &Schema,
     table: &mut Table,
@@ -798,26 +1212,40 @@ fn apply_env(
     // Sorted for a stable error order; a repeated name keeps its last value, as a shell does.
     let vars: BTreeMap<String, String> =
         env.into_iter().filter(|(name, _)| name.starts_with(ENV_PREFIX) && name != CONFIG_PATH_ENV).collect();
+    // The names the file gives named tables, for suggestions.
+    let file_names: BTreeSet<String> = schema
+        .named
+        .keys()
+        .filter_map(|path| table.get(path).and_then(Value::as_table))
+        .flat_map(|named| named.keys().cloned())
+        .collect();
     for (name, raw) in vars {
-        let Some((path, key)) = schema.env.get(&name).and_then(|path| schema.keys.get_key_value(path)) else {
-            let mut message = "unknown variable: it matches no config key".to_string();
-            if let Some(suggestion) = closest(&name, schema.env.keys().map(String::as_str)) {
-                message.push_str(&format!("; did you mean {suggestion}?"));
+        let (path, key) = match schema.env_key(&name) {
+            Ok(Some(found)) => found,
+            Ok(None) => {
+                let mut message = "unknown variable: it matches no config key".to_string();
+                if let Some(suggestion) = schema.env_suggestion(&name, &file_names) {
+                    message.push_str(&format!("; did you mean {suggestion}?"));
+                }
+                errors.push(ConfigError::new(name, message));
+                continue;
             }
-            errors.push(ConfigError::new(name, message));
-            continue;
+            Err(message) => {
+                errors.push(ConfigError::new(name, message));
+                continue;
+            }
         };
         if key.optional && raw.is_empty() {
-            remove_path(table, path);
-            rejected.remove(path);
-            from_env.insert(path.clone(), name);
+            remove_path(table, &path);
+            rejected.remove(&path);
+            from_env.insert(path, name);
             continue;
         }
         match env_value(key.kind, raw) {
             Ok(value) => {
-                insert_path(table, path, value);
-                rejected.remove(path);
-                from_env.insert(path.clone(), name);
+                insert_path(table, &path, value);
+                rejected.remove(&path);
+                from_env.insert(path, name);
             }
             Err(message) => {
                 rejected.insert(path.clone());
@@ -828,7 +1256,7 @@ fn apply_env(
 }
 
 /// The TOML value an environment variable stands for: strings as given, integers and booleans
-/// parsed.
+/// parsed, lists split at commas (each element trimmed; an empty value is an empty list).
 fn env_value(kind: Kind, raw: String) -> Result<Value, String> {
     let value = match kind {
         Kind::Int => match raw.parse::<i64>() {
@@ -840,6 +1268,10 @@ fn env_value(kind: Kind, raw: String) -> Result<Value, String> {
             "false" => Value::Boolean(false),
             _ => return Err(format!("expected true or false, found {raw:?}")),
         },
+        Kind::StrList if raw.trim().is_empty() => Value::Array(Vec::new()),
+        Kind::StrList => {
+            Value::Array(raw.split(',').map(|item| Value::String(item.trim().to_string())).collect())
+        }
         Kind::Str | Kind::SocketAddr | Kind::Enum(_) => Value::String(raw),
     };
     check_value(kind, &value)?;
@@ -859,6 +1291,44 @@ fn insert_path(table: &mut Table, path: &str, value: Value) {
         current = next;
     }
     current.insert(name.to_string(), value);
+}
+
+/// Lays each named table over a copy of its template table (`[policies.mirror]` over `[policy]`),
+/// once the file and the environment are applied, so that it inherits what it does not set.
+fn inherit_named_tables(schema: &Schema, table: &mut Table) {
+    for (path, template) in &schema.named {
+        let base = get_path(table, template).and_then(Value::as_table).cloned().unwrap_or_default();
+        if let Some(Value::Table(named)) = table.get_mut(path.as_str()) {
+            for (_, value) in named.iter_mut() {
+                if let Value::Table(own) = value {
+                    let mut merged = base.clone();
+                    merge_tables(&mut merged, std::mem::take(own));
+                    *own = merged;
+                }
+            }
+        }
+    }
+}
+
+/// Writes every value of `over` into `into`, merging tables present in both.
+fn merge_tables(into: &mut Table, over: Table) {
+    for (name, value) in over {
+        match (into.get_mut(&name), value) {
+            (Some(Value::Table(below)), Value::Table(above)) => merge_tables(below, above),
+            (_, value) => {
+                into.insert(name, value);
+            }
+        }
+    }
+}
+
+fn get_path<'t>(table: &'t Table, path: &str) -> Option<&'t Value> {
+    let (parents, name) = path.rsplit_once('.').map_or(("", path), |(parents, name)| (parents, name));
+    let mut current = table;
+    for segment in parents.split('.').filter(|segment| !segment.is_empty()) {
+        current = current.get(segment)?.as_table()?;
+    }
+    current.get(name)
 }
 
 fn remove_path(table: &mut Table, path: &str) {
@@ -887,19 +1357,28 @@ struct Checker<'a> {
 
 impl Checker<'_> {
     fn check(&mut self, path: &str, result: Result<(), String>) {
+        self.check_at(path, path.to_string(), result);
+    }
+
+    /// Checks element `index` of the array at `path`; the error names the element.
+    fn check_element(&mut self, path: &str, index: usize, result: Result<(), String>) {
+        self.check_at(path, format!("{path}[{index}]"), result);
+    }
+
+    fn check_at(&mut self, path: &str, key: String, result: Result<(), String>) {
         if let (Err(message), false) = (result, self.rejected.contains(path)) {
             let message = match self.from_env.get(path) {
                 Some(var) => format!("{message} (set by {var})"),
                 None => message,
             };
-            self.errors.push(ConfigError::new(path, message));
+            self.errors.push(ConfigError::new(key, message));
         }
     }
 }
 
 /// Every check of a value's meaning, in schema order.
 fn check_values(config: &Config, checker: &mut Checker<'_>) {
-    let Config { listen, clamd, scan, cache, ext_proc, response, policy: _, log } = config;
+    let Config { listen, clamd, scan, cache, ext_proc, response, policy: _, policies, log } = config;
     if !checker.rejected.contains("listen.grpc_addr") {
         checker.check("listen.admin_addr", distinct_listeners(listen.grpc_addr, listen.admin_addr));
     }
@@ -914,19 +1393,74 @@ fn check_values(config: &Config, checker: &mut Checker<'_>) {
     checker.check("clamd.health_interval_ms", within(clamd.health_interval_ms, 1, MAX_DURATION_MS));
     checker.check("scan.max_scan_bytes", within(scan.max_scan_bytes, 1, MAX_SCAN_BYTES));
     checker.check("scan.timeout_ms", within(scan.timeout_ms, 1, MAX_DURATION_MS));
-    if let Some(url) = &cache.redis_url {
-        checker.check("cache.redis_url", redis_url(url));
-    }
-    checker.check("cache.ttl_secs", within(cache.ttl_secs, 1, u64::MAX));
-    checker.check("cache.memory_max_entries", within(cache.memory_max_entries as u64, 1, u64::MAX));
-    checker.check("cache.redis_timeout_ms", within(cache.redis_timeout_ms, 1, MAX_DURATION_MS));
-    checker.check("cache.key_prefix", key_prefix(&cache.key_prefix));
+    check_cache(cache, checker);
     checker.check(
         "ext_proc.max_message_bytes",
         within(ext_proc.max_message_bytes as u64, MIN_MESSAGE_BYTES, u64::MAX),
     );
     checker.check("response.retry_after_secs", within(response.retry_after_secs, 0, MAX_RETRY_AFTER_SECS));
+    // A loaded config has only allowed names (pass 1 and 2 drop the others); one built in code
+    // may not.
+    for name in policies.keys() {
+        checker.check(&format!("policies.{name}"), policy_name(name).map_err(NameError::message));
+    }
     checker.check("log.level", log_filter(&log.level));
+}
+
+fn check_cache(cache: &CacheConfig, checker: &mut Checker<'_>) {
+    let CacheConfig {
+        redis_url,
+        redis_cluster_urls,
+        redis_username,
+        redis_password,
+        redis_tls_ca_file,
+        redis_pool_size,
+        ttl_secs,
+        memory_max_entries,
+        memory_ttl_secs,
+        lock_ttl_ms,
+        redis_timeout_ms,
+        key_prefix: prefix,
+    } = cache;
+    if let Some(url) = redis_url {
+        checker.check("cache.redis_url", self::redis_url(url));
+    }
+    for (i, url) in redis_cluster_urls.iter().enumerate() {
+        checker.check_element("cache.redis_cluster_urls", i, redis_cluster_url(url));
+    }
+    if redis_url.is_some() && !redis_cluster_urls.is_empty() && !checker.rejected.contains("cache.redis_url")
+    {
+        checker.check(
+            "cache.redis_cluster_urls",
+            Err("cannot be set together with cache.redis_url: set redis_url for a standalone Redis or \
+                 redis_cluster_urls for a Redis Cluster"
+                .to_string()),
+        );
+    }
+    let tls = redis_cluster_urls.iter().filter(|url| url.starts_with("rediss://")).count();
+    if tls != 0 && tls != redis_cluster_urls.len() {
+        checker.check(
+            "cache.redis_cluster_urls",
+            Err("mixes redis:// and rediss://: the nodes of a cluster are all reached over TLS or none are"
+                .to_string()),
+        );
+    }
+    if let Some(username) = redis_username {
+        checker.check("cache.redis_username", not_empty(username, "the user name in the URL"));
+    }
+    if let Some(password) = redis_password {
+        checker.check("cache.redis_password", not_empty(password, "the password in the URL"));
+    }
+    if let Some(path) = redis_tls_ca_file {
+        checker.check("cache.redis_tls_ca_file", ca_file(path));
+    }
+    checker.check("cache.redis_pool_size", within(*redis_pool_size as u64, 1, MAX_REDIS_POOL_SIZE));
+    checker.check("cache.ttl_secs", within(*ttl_secs, 1, u64::MAX));
+    checker.check("cache.memory_max_entries", within(*memory_max_entries as u64, 1, u64::MAX));
+    checker.check("cache.memory_ttl_secs", within(*memory_ttl_secs, 1, u64::MAX));
+    checker.check("cache.lock_ttl_ms", within(*lock_ttl_ms, 1, MAX_DURATION_MS));
+    checker.check("cache.redis_timeout_ms", within(*redis_timeout_ms, 1, MAX_DURATION_MS));
+    checker.check("cache.key_prefix", key_prefix(prefix));
 }
 
 fn within(value: u64, min: u64, max: u64) -> Result<(), String> {
@@ -997,7 +1531,56 @@ fn redis_url(url: &str) -> Result<(), String> {
             redact_url(url)
         ));
     }
-    match redis::IntoConnectionInfo::into_connection_info(url) {
+    redis_crate_accepts(url)
+}
+
+/// A seed node of a Redis Cluster: `redis://` or `rediss://` with a host and a port, and nothing
+/// a cluster cannot have (a unix socket, a database other than 0).
+fn redis_cluster_url(url: &str) -> Result<(), String> {
+    if url.is_empty() {
+        return Err("must not be empty".to_string());
+    }
+    if !url.starts_with("redis://") && !url.starts_with("rediss://") {
+        return Err(format!(
+            "expected \"redis://HOST:PORT\" or \"rediss://HOST:PORT\" (Redis Cluster has no unix sockets), found {:?}",
+            redact_url(url)
+        ));
+    }
+    redis_crate_accepts(url)?;
+    // The crate has parsed it above, so this parse succeeds.
+    let Some(parsed) = redis::parse_redis_url(url) else { return Ok(()) };
+    if parsed.port().is_none() {
+        return Err(format!(
+            "must name the port, as in \"redis://redis-1:6379\", found {:?}",
+            redact_url(url)
+        ));
+    }
+    match parsed.path().trim_matches('/') {
+        "" | "0" => Ok(()),
+        db => Err(format!(
+            "names database {db}, but Redis Cluster has only database 0, found {:?}",
+            redact_url(url)
+        )),
+    }
+}
+
+/// Whether the redis crate can read `url`. A `rediss://` URL is read as `redis://` apart from
+/// its fragment (only `#insecure` is allowed): the rest means the same under both schemes, and
+/// the crate rejects every `rediss://` URL when it is built without TLS.
+fn redis_crate_accepts(url: &str) -> Result<(), String> {
+    let plain = match url.strip_prefix("rediss://") {
+        Some(rest) => {
+            if url_fragment(url).is_some_and(|fragment| fragment != "insecure") {
+                return Err(format!(
+                    "only \"#insecure\" may end a rediss:// URL, found {:?}",
+                    redact_url(url)
+                ));
+            }
+            format!("redis://{rest}")
+        }
+        None => url.to_string(),
+    };
+    match redis::IntoConnectionInfo::into_connection_info(plain.as_str()) {
         Ok(_) => Ok(()),
         Err(err) => {
             // The crate's text is "<reason> - <Kind>[: detail]"; the reason is what helps, and
@@ -1008,6 +1591,35 @@ fn redis_url(url: &str) -> Result<(), String> {
         }
     }
 }
+
+/// The fragment of a Redis URL (`insecure` in `rediss://host:6380/#insecure`), if it parses.
+fn url_fragment(url: &str) -> Option<String> {
+    redis::parse_redis_url(url)?.fragment().map(str::to_string)
+}
+
+/// An optional string that, when set, is not empty; removing the key falls back to `fallback`.
+fn not_empty(value: &str, fallback: &str) -> Result<(), String> {
+    if value.is_empty() {
+        return Err(format!("must not be empty; remove the key to use {fallback}"));
+    }
+    Ok(())
+}
+
+/// A readable file with at least one PEM certificate.
+fn ca_file(path: &str) -> Result<(), String> {
+    if path.is_empty() {
+        return Err("must not be empty; remove the key to trust the system's roots".to_string());
+    }
+    match std::fs::read(path) {
+        Err(err) => Err(format!("cannot read {path:?}: {err}")),
+        Ok(bytes) if !bytes.windows(PEM_CERTIFICATE.len()).any(|window| window == PEM_CERTIFICATE) => {
+            Err(format!("{path:?} holds no PEM certificate (no \"-----BEGIN CERTIFICATE-----\" line)"))
+        }
+        Ok(_) => Ok(()),
+    }
+}
+
+const PEM_CERTIFICATE: &[u8] = b"-----BEGIN CERTIFICATE-----";
 
 fn key_prefix(prefix: &str) -> Result<(), String> {
     if prefix.is_empty() {
@@ -1125,8 +1737,13 @@ mod tests {
             max_scan_bytes = 104_857_600
             [cache]
             redis_url = "redis://clamgate:s3cret@redis:6379/2"
+            redis_username = "scanner"
+            redis_password = "s3cret2"
+            redis_pool_size = 64
             ttl_secs = 3600
             memory_max_entries = 10
+            memory_ttl_secs = 60
+            lock_ttl_ms = 3600000
             redis_timeout_ms = 100
             key_prefix = "cg:"
             [ext_proc]
@@ -1139,6 +1756,8 @@ mod tests {
             scan_requests = false
             scan_responses = true
             report_only = true
+            cache_mode = "off"
+            immutable = true
             [policy.on_unscanned]
             too_large = "allow"
             engine_unavailable = "deny"
@@ -1148,6 +1767,10 @@ mod tests {
             encrypted = "deny"
             unsupported_encoding = "allow"
             partial_content = "deny"
+            [policies.mirror]
+            cache_mode = "resource"
+            [policies.mirror.on_unscanned]
+            partial_content = "allow"
             [log]
             level = "clamgate=debug,info"
             format = "text"
@@ -1168,12 +1791,26 @@ mod tests {
             (3600, 10, 100)
         );
         assert_eq!(config.cache.key_prefix, "cg:");
+        assert_eq!(config.cache.redis_username.as_deref(), Some("scanner"));
+        assert_eq!(config.cache.redis_password.as_deref(), Some("s3cret2"));
+        assert_eq!(
+            (config.cache.redis_pool_size, config.cache.memory_ttl_secs, config.cache.lock_ttl_ms),
+            (64, 60, 3_600_000)
+        );
         assert_eq!(config.ext_proc.max_message_bytes, 32 * 1024 * 1024);
         assert_eq!(
             config.response,
             ResponseConfig { verdict_header: false, expose_signature: false, retry_after_secs: 60 }
         );
         assert!(!config.policy.scan_requests && config.policy.scan_responses && config.policy.report_only);
+        assert_eq!((config.policy.cache_mode, config.policy.immutable), (CacheMode::Off, true));
+        let mirror = &config.policies["mirror"];
+        assert_eq!(
+            (mirror.cache_mode, mirror.immutable, mirror.report_only),
+            (CacheMode::Resource, true, true)
+        );
+        assert_eq!(mirror.on_unscanned.partial_content, Action::Allow);
+        assert_eq!(mirror.on_unscanned.too_large, Action::Allow);
         let actions = &config.policy.on_unscanned;
         assert_eq!((actions.too_large, actions.engine_unavailable), (Action::Allow, Action::Deny));
         assert_eq!((actions.timeout, actions.engine_error), (Action::Allow, Action::Deny));
@@ -1247,6 +1884,40 @@ mod tests {
     }
 
     #[test]
+    fn unknown_keys_in_a_named_policy_have_its_path() {
+        assert_eq!(
+            error("[policies.mirror]\ncache_mod = \"resource\"\n", &[]),
+            "policies.mirror.cache_mod: unknown key \"cache_mod\" in [policies.mirror]; did you mean \"cache_mode\"?"
+        );
+        assert_eq!(
+            error("[policies.mirror.on_unscanned]\nzip_bomb = \"deny\"\n", &[]),
+            "policies.mirror.on_unscanned.zip_bomb: unknown key \"zip_bomb\" in [policies.mirror.on_unscanned]"
+        );
+        // The same name elsewhere in the policy is suggested at its place in this policy.
+        assert_eq!(
+            error("[policies.mirror]\ntimeout = \"allow\"\n", &[]),
+            "policies.mirror.timeout: unknown key \"timeout\" in [policies.mirror]; did you mean \"policies.mirror.on_unscanned.timeout\"?"
+        );
+        assert_eq!(
+            error("[policies.mirror]\nttl_secs = 1\n", &[]),
+            "policies.mirror.ttl_secs: unknown key \"ttl_secs\" in [policies.mirror]; did you mean \"cache.ttl_secs\"?"
+        );
+        assert_eq!(
+            error("[policies.mirror.on_unscanned]\nreport_only = true\n", &[]),
+            "policies.mirror.on_unscanned.report_only: unknown key \"report_only\" in [policies.mirror.on_unscanned]; did you mean \"policies.mirror.report_only\"?"
+        );
+        // Policies nest only one level: `[policies.a.b]` is a key of `a`.
+        assert_eq!(
+            error("[policies.a.b]\ncache_mode = \"off\"\n", &[]),
+            "policies.a.b: unknown key \"b\" in [policies.a]"
+        );
+        assert_eq!(
+            error("[policys.mirror]\ncache_mode = \"off\"\n", &[]),
+            "policys: unknown key \"policys\" at the top level; did you mean \"policy\"?"
+        );
+    }
+
+    #[test]
     fn every_unknown_key_is_reported_once() {
         // A whole unknown table is one error, not one per key inside it.
         assert_eq!(
@@ -1287,6 +1958,23 @@ mod tests {
                 "policy.on_unscanned.timeout: expected \"deny\" or \"allow\", found \"block\"",
             ),
             ("[log]\nformat = true", "log.format: expected \"json\" or \"text\", found a boolean"),
+            (
+                "[policy]\ncache_mode = \"url\"",
+                "policy.cache_mode: expected \"content\", \"resource\" or \"off\", found \"url\"",
+            ),
+            (
+                "[policies.mirror]\ncache_mode = 1",
+                "policies.mirror.cache_mode: expected \"content\", \"resource\" or \"off\", found an integer",
+            ),
+            (
+                "[policies.mirror.on_unscanned]\ntimeout = \"block\"",
+                "policies.mirror.on_unscanned.timeout: expected \"deny\" or \"allow\", found \"block\"",
+            ),
+            ("[policies.mirror]\nimmutable = \"yes\"", "policies.mirror.immutable: expected a boolean, found a string"),
+            ("[policies.mirror]\non_unscanned = 1", "policies.mirror.on_unscanned: expected a table, found an integer"),
+            ("policies = 1", "policies: expected a table, found an integer"),
+            ("[policies]\nmirror = \"resource\"", "policies.mirror: expected a table, found a string"),
+            ("[cache]\nredis_password = 7", "cache.redis_password: expected a string, found an integer"),
             ("[log]\nformat = \"JSON\"", "log.format: expected \"json\" or \"text\", found \"JSON\""),
         ];
         for (text, expected) in cases {
@@ -1340,6 +2028,14 @@ mod tests {
             ),
             ("[cache]\nttl_secs = 0", "cache.ttl_secs: must be at least 1, found 0"),
             ("[cache]\nmemory_max_entries = 0", "cache.memory_max_entries: must be at least 1, found 0"),
+            ("[cache]\nredis_pool_size = 0", "cache.redis_pool_size: must be between 1 and 64, found 0"),
+            ("[cache]\nredis_pool_size = 65", "cache.redis_pool_size: must be between 1 and 64, found 65"),
+            ("[cache]\nmemory_ttl_secs = 0", "cache.memory_ttl_secs: must be at least 1, found 0"),
+            ("[cache]\nlock_ttl_ms = 0", "cache.lock_ttl_ms: must be between 1 and 3600000, found 0"),
+            (
+                "[cache]\nlock_ttl_ms = 3600001",
+                "cache.lock_ttl_ms: must be between 1 and 3600000, found 3600001",
+            ),
             (
                 "[cache]\nredis_timeout_ms = 0",
                 "cache.redis_timeout_ms: must be between 1 and 3600000, found 0",
@@ -1359,7 +2055,8 @@ mod tests {
         let bounds =
             "[clamd]\nconnect_timeout_ms = 1\nreply_timeout_ms = 3600000\nmax_concurrent_scans = 1024\n\
                       [scan]\nmax_scan_bytes = 4294967295\n[ext_proc]\nmax_message_bytes = 1048576\n\
-                      [response]\nretry_after_secs = 0\n[cache]\nttl_secs = 1\nmemory_max_entries = 1\n";
+                      [response]\nretry_after_secs = 0\n[cache]\nttl_secs = 1\nmemory_max_entries = 1\n\
+                      redis_pool_size = 1\nmemory_ttl_secs = 1\nlock_ttl_ms = 1\n";
         assert!(load(bounds, &[]).is_ok());
     }
 
@@ -1425,9 +2122,20 @@ mod tests {
             "redis://:pw@redis",
             "redis+unix:///run/redis.sock?db=1",
             "unix:///run/redis.sock",
+            // Accepted whether or not this build of the redis crate has TLS.
+            "rediss://:pw@redis:6380/1",
+            "rediss://redis:6380/#insecure",
         ] {
             assert!(load(&format!("[cache]\nredis_url = {ok:?}"), &[]).is_ok(), "{ok}");
         }
+        assert_eq!(
+            error("[cache]\nredis_url = \"rediss://:hunter2@redis:6380/#nocheck\"", &[]),
+            "cache.redis_url: only \"#insecure\" may end a rediss:// URL, found \"rediss://:***@redis:6380/#nocheck\""
+        );
+        assert_eq!(
+            error("[cache]\nredis_url = \"rediss://:hunter2@redis:6380/x\"", &[]),
+            "cache.redis_url: is not a usable Redis URL (Invalid database number), found \"rediss://:***@redis:6380/x\""
+        );
         assert_eq!(
             error("[cache]\nredis_url = \"\"", &[]),
             "cache.redis_url: must not be empty; remove the key to use the in-process cache"
@@ -1635,6 +2343,346 @@ mod tests {
         );
     }
 
+    // --- Lists ---------------------------------------------------------------------------------
+
+    #[test]
+    fn a_list_is_an_array_of_strings_in_the_file() {
+        let text = "[cache]\nredis_cluster_urls = [\"redis://r1:7000\", \"redis://r2:7000\"]\n";
+        assert_eq!(load(text, &[]).unwrap().cache.redis_cluster_urls, ["redis://r1:7000", "redis://r2:7000"]);
+        assert_eq!(
+            error("[cache]\nredis_cluster_urls = \"redis://r1:7000\"\n", &[]),
+            "cache.redis_cluster_urls: expected an array of strings, found a string"
+        );
+        assert_eq!(
+            error("[cache.redis_cluster_urls]\nr1 = \"redis://r1:7000\"\n", &[]),
+            "cache.redis_cluster_urls: expected an array of strings, found a table"
+        );
+        // Every bad element, by index; the list is then dropped whole, so nothing follows on.
+        assert_eq!(
+            errors(
+                "[cache]\nredis_cluster_urls = [\"redis://r1:7000\", 7000, \"redis://r3:7000\", [\"x\"]]\n",
+                &[]
+            ),
+            [
+                "cache.redis_cluster_urls[1]: expected a string, found an integer",
+                "cache.redis_cluster_urls[3]: expected a string, found an array",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_list_is_comma_separated_in_the_environment() {
+        let urls = |value: &str| {
+            load("", &[("CLAMGATE_CACHE_REDIS_CLUSTER_URLS", value)]).unwrap().cache.redis_cluster_urls
+        };
+        assert_eq!(urls("redis://r1:7000"), ["redis://r1:7000"]);
+        assert_eq!(urls(" redis://r1:7000 ,redis://r2:7000\t"), ["redis://r1:7000", "redis://r2:7000"]);
+        // An empty value is an empty list, also over a list in the file.
+        assert_eq!(urls(""), Vec::<String>::new());
+        assert_eq!(urls("  "), Vec::<String>::new());
+        let text = "[cache]\nredis_cluster_urls = [\"redis://file:7000\"]\n";
+        assert!(load(text, &[("CLAMGATE_CACHE_REDIS_CLUSTER_URLS", "")])
+            .unwrap()
+            .cache
+            .redis_cluster_urls
+            .is_empty());
+        // An empty element is checked as a URL, and named with its index and the variable.
+        assert_eq!(
+            error("", &[("CLAMGATE_CACHE_REDIS_CLUSTER_URLS", "redis://r1:7000,,redis://r3:7000")]),
+            "cache.redis_cluster_urls[1]: must not be empty (set by CLAMGATE_CACHE_REDIS_CLUSTER_URLS)"
+        );
+    }
+
+    // --- Named policies ------------------------------------------------------------------------
+
+    #[test]
+    fn a_named_policy_starts_from_the_default_policy() {
+        let text = "[policy]\nreport_only = true\n[policy.on_unscanned]\ntimeout = \"allow\"\n\
+                    [policies.mirror]\ncache_mode = \"resource\"\n\
+                    [policies.mirror.on_unscanned]\ntoo_large = \"allow\"\n\
+                    [policies.strict]\nreport_only = false\n[policies.strict.on_unscanned]\ntimeout = \"deny\"\n";
+        let config = load(text, &[]).unwrap();
+        assert_eq!(config.policy.cache_mode, CacheMode::Content);
+        let mirror = &config.policies["mirror"];
+        assert!(mirror.report_only);
+        assert_eq!(mirror.cache_mode, CacheMode::Resource);
+        assert_eq!(mirror.on_unscanned.timeout, Action::Allow, "inherited");
+        assert_eq!(mirror.on_unscanned.too_large, Action::Allow, "its own");
+        assert_eq!(mirror.on_unscanned.encrypted, Action::Deny, "the default's default");
+        assert_eq!(
+            config.policies["strict"],
+            PolicyConfig { report_only: false, ..PolicyConfig::default() },
+            "it overrides what it sets"
+        );
+        assert_eq!(config.policies.len(), 2);
+        // `[policy]` as the environment leaves it.
+        let config = load(text, &[("CLAMGATE_POLICY_SCAN_REQUESTS", "false")]).unwrap();
+        assert!(!config.policies["mirror"].scan_requests && !config.policies["strict"].scan_requests);
+        // An empty named policy is `[policy]`.
+        let config = load("[policy]\nreport_only = true\n[policies.same]\n", &[]).unwrap();
+        assert_eq!(config.policies["same"], config.policy);
+    }
+
+    #[test]
+    fn the_environment_sets_and_defines_named_policies() {
+        let text = "[policy]\nreport_only = true\n[policies.mirror]\ncache_mode = \"resource\"\n";
+        let config = load(
+            text,
+            &[
+                ("CLAMGATE_POLICIES_MIRROR_CACHE_MODE", "off"),
+                ("CLAMGATE_POLICIES_MIRROR_ON_UNSCANNED_TOO_LARGE", "allow"),
+                ("CLAMGATE_POLICIES_UPLOADS2_SCAN_RESPONSES", "false"),
+            ],
+        )
+        .unwrap();
+        let mirror = &config.policies["mirror"];
+        assert_eq!((mirror.cache_mode, mirror.on_unscanned.too_large), (CacheMode::Off, Action::Allow));
+        assert!(mirror.report_only);
+        // A policy the file does not have, inheriting from `[policy]`.
+        let uploads = &config.policies["uploads2"];
+        assert!(!uploads.scan_responses && uploads.scan_requests && uploads.report_only);
+        assert_eq!(config.policies.len(), 2);
+
+        assert_eq!(
+            error("", &[("CLAMGATE_POLICIES_MIRROR_CACHE_MODE", "url")]),
+            "CLAMGATE_POLICIES_MIRROR_CACHE_MODE: invalid value for policies.mirror.cache_mode: expected \"content\", \"resource\" or \"off\", found \"url\""
+        );
+        // Suggestions for a variable of a named policy: under its own name, and under the names
+        // the file uses.
+        assert_eq!(
+            error("", &[("CLAMGATE_POLICIES_MIRROR_CACHE_MOD", "off")]),
+            "CLAMGATE_POLICIES_MIRROR_CACHE_MOD: unknown variable: it matches no config key; did you mean CLAMGATE_POLICIES_MIRROR_CACHE_MODE?"
+        );
+        assert_eq!(
+            error(text, &[("CLAMGATE_POLICY_MIRROR_CACHE_MODE", "off")]),
+            "CLAMGATE_POLICY_MIRROR_CACHE_MODE: unknown variable: it matches no config key; did you mean CLAMGATE_POLICIES_MIRROR_CACHE_MODE?"
+        );
+        for var in ["CLAMGATE_POLICIES", "CLAMGATE_POLICIES_MIRROR", "CLAMGATE_POLICIES_MIRROR_ON_UNSCANNED"]
+        {
+            assert_eq!(
+                error("", &[(var, "x")]),
+                format!("{var}: unknown variable: it matches no config key")
+            );
+        }
+        // An empty value of a key that is not optional is a value, as elsewhere.
+        assert_eq!(
+            error("", &[("CLAMGATE_POLICIES_MIRROR_IMMUTABLE", "")]),
+            "CLAMGATE_POLICIES_MIRROR_IMMUTABLE: invalid value for policies.mirror.immutable: expected true or false, found \"\""
+        );
+    }
+
+    #[test]
+    fn policy_names_are_short_lower_case_and_not_default() {
+        let invalid = |name: &str| {
+            format!(
+                "invalid policy name {name:?}: a name is 1 to 32 lower-case letters (a-z) and digits, \
+                 because it travels in Envoy's gRPC metadata (x-clamgate-policy) and in environment \
+                 variable names (CLAMGATE_POLICIES_<NAME>_<KEY>)"
+            )
+        };
+        let long = "a".repeat(33);
+        for name in ["Mirror", "mir-ror", "mir_ror", "", "naïve", long.as_str()] {
+            assert_eq!(
+                error(&format!("[policies.{name:?}]\ncache_mode = \"off\"\n"), &[]),
+                format!("policies.{name}: {}", invalid(name))
+            );
+        }
+        assert!(load(&format!("[policies.{}]\n[policies.v2]\n", "a".repeat(32)), &[]).is_ok());
+        // A bad name and the problems inside its table are all reported.
+        assert_eq!(
+            errors("[policies.Mirror]\ncache_mod = \"off\"\n", &[]),
+            [
+                format!("policies.Mirror: {}", invalid("Mirror")),
+                "policies.Mirror.cache_mod: unknown key \"cache_mod\" in [policies.Mirror]; did you mean \"cache_mode\"?"
+                    .to_string(),
+            ]
+        );
+        assert_eq!(
+            error("[policies.default]\nreport_only = true\n", &[]),
+            "policies.default: the policy name \"default\" is reserved for [policy], the policy of routes that name none; set its keys there"
+        );
+        // In a variable, the name is written in upper case.
+        assert_eq!(
+            error("", &[("CLAMGATE_POLICIES_DEFAULT_REPORT_ONLY", "true")]),
+            "CLAMGATE_POLICIES_DEFAULT_REPORT_ONLY: the policy name \"default\" is reserved for [policy], the policy of routes that name none; set CLAMGATE_POLICY_REPORT_ONLY instead"
+        );
+        assert_eq!(
+            error("", &[("CLAMGATE_POLICIES_Mirror_CACHE_MODE", "off")]),
+            "CLAMGATE_POLICIES_Mirror_CACHE_MODE: invalid policy name \"Mirror\": in a variable name, a policy name is written in upper case (CLAMGATE_POLICIES_MIRROR_CACHE_MODE sets cache_mode of [policies.mirror])"
+        );
+        let var = format!("CLAMGATE_POLICIES_{}_CACHE_MODE", "A".repeat(33));
+        assert_eq!(error("", &[(&var, "off")]), format!("{var}: {}", invalid(&"a".repeat(33))));
+        // A config built in code is checked too.
+        let mut config = Config::default();
+        config.policies.insert("Bad".to_string(), PolicyConfig::default());
+        assert_eq!(config.validate().unwrap_err().to_string(), format!("policies.Bad: {}", invalid("Bad")));
+    }
+
+    #[test]
+    fn policy_named_finds_default_and_named_policies() {
+        let config = load("[policies.mirror]\ncache_mode = \"resource\"\n", &[]).unwrap();
+        assert_eq!(config.policy_named("default"), Some(&config.policy));
+        assert_eq!(config.policy_named(""), Some(&config.policy));
+        assert_eq!(config.policy_named("mirror").map(|policy| policy.cache_mode), Some(CacheMode::Resource));
+        assert_eq!(config.policy_named("mirorr"), None);
+        assert_eq!(config.policy_named("Mirror"), None);
+    }
+
+    // --- Redis ---------------------------------------------------------------------------------
+
+    #[test]
+    fn redis_url_and_cluster_urls_exclude_each_other() {
+        let text =
+            "[cache]\nredis_url = \"redis://redis:6379\"\nredis_cluster_urls = [\"redis://r1:7000\"]\n";
+        let message = "cannot be set together with cache.redis_url: set redis_url for a standalone Redis or \
+                       redis_cluster_urls for a Redis Cluster";
+        assert_eq!(error(text, &[]), format!("cache.redis_cluster_urls: {message}"));
+        assert_eq!(
+            error(
+                "[cache]\nredis_url = \"redis://redis:6379\"\n",
+                &[("CLAMGATE_CACHE_REDIS_CLUSTER_URLS", "redis://r1:7000")]
+            ),
+            format!("cache.redis_cluster_urls: {message} (set by CLAMGATE_CACHE_REDIS_CLUSTER_URLS)")
+        );
+        // Unsetting either resolves it.
+        assert!(load(text, &[("CLAMGATE_CACHE_REDIS_URL", "")]).is_ok());
+        assert!(load(text, &[("CLAMGATE_CACHE_REDIS_CLUSTER_URLS", "")]).is_ok());
+        // A rejected redis_url is one error, not two.
+        let text = "[cache]\nredis_url = 1\nredis_cluster_urls = [\"redis://r1:7000\"]\n";
+        assert_eq!(error(text, &[]), "cache.redis_url: expected a string, found an integer");
+    }
+
+    #[test]
+    fn cluster_urls_are_redis_host_port_without_a_database() {
+        let load_urls = |urls: &[&str]| load(&format!("[cache]\nredis_cluster_urls = {urls:?}\n"), &[]);
+        for ok in [
+            &["redis://r1:7000", "redis://10.0.0.2:7001", "redis://[::1]:7002"][..],
+            &["rediss://:pw@r1:7000/", "rediss://user:pw@r2:7000/0"],
+            &["rediss://r1:7000/#insecure"],
+        ] {
+            assert!(load_urls(ok).is_ok(), "{ok:?}");
+        }
+        let cases = [
+            (
+                "redis+unix:///run/redis.sock",
+                "expected \"redis://HOST:PORT\" or \"rediss://HOST:PORT\" (Redis Cluster has no unix sockets), found \"redis+unix:///run/redis.sock\"",
+            ),
+            (
+                "http://user:hunter2@r1:7000",
+                "expected \"redis://HOST:PORT\" or \"rediss://HOST:PORT\" (Redis Cluster has no unix sockets), found \"http://user:***@r1:7000\"",
+            ),
+            ("redis://:hunter2@r1", "must name the port, as in \"redis://redis-1:6379\", found \"redis://:***@r1\""),
+            (
+                "rediss://:hunter2@r1:7000/2",
+                "names database 2, but Redis Cluster has only database 0, found \"rediss://:***@r1:7000/2\"",
+            ),
+            ("redis://", "is not a usable Redis URL (Missing hostname), found \"redis://\""),
+            ("redis://r1:7000/db", "is not a usable Redis URL (Invalid database number), found \"redis://r1:7000/db\""),
+            ("", "must not be empty"),
+        ];
+        for (url, message) in cases {
+            let ok = if url.starts_with("rediss://") { "rediss://ok:7000" } else { "redis://ok:7000" };
+            assert_eq!(
+                errors(&format!("[cache]\nredis_cluster_urls = [{ok:?}, {url:?}]\n"), &[]),
+                [format!("cache.redis_cluster_urls[1]: {message}")],
+                "{url}"
+            );
+        }
+        assert_eq!(
+            error("[cache]\nredis_cluster_urls = [\"redis://r1:7000\", \"rediss://r2:7000\"]\n", &[]),
+            "cache.redis_cluster_urls: mixes redis:// and rediss://: the nodes of a cluster are all reached over TLS or none are"
+        );
+    }
+
+    #[test]
+    fn the_tls_ca_file_must_be_a_readable_pem_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n").unwrap();
+        let not_pem = dir.path().join("ca.der");
+        std::fs::write(&not_pem, [0x30, 0x82, 0x01]).unwrap();
+        let missing = dir.path().join("missing.pem");
+        let with_ca = |path: &Path| {
+            format!(
+                "[cache]\nredis_url = \"rediss://redis:6380\"\nredis_tls_ca_file = {:?}\n",
+                path.display().to_string()
+            )
+        };
+        let config = load(&with_ca(&ca), &[]).unwrap();
+        assert_eq!(config.cache.redis_tls_ca_file.as_deref(), ca.to_str());
+        assert!(config.warnings().is_empty());
+        assert_eq!(
+            error(&with_ca(&missing), &[]),
+            format!(
+                "cache.redis_tls_ca_file: cannot read {:?}: No such file or directory (os error 2)",
+                missing.display().to_string()
+            )
+        );
+        assert_eq!(
+            error("", &[("CLAMGATE_CACHE_REDIS_TLS_CA_FILE", missing.to_str().unwrap())]),
+            format!(
+                "cache.redis_tls_ca_file: cannot read {:?}: No such file or directory (os error 2) (set by CLAMGATE_CACHE_REDIS_TLS_CA_FILE)",
+                missing.display().to_string()
+            )
+        );
+        assert_eq!(
+            error(&with_ca(dir.path()), &[]),
+            format!(
+                "cache.redis_tls_ca_file: cannot read {:?}: Is a directory (os error 21)",
+                dir.path().display().to_string()
+            )
+        );
+        assert_eq!(
+            error(&with_ca(&not_pem), &[]),
+            format!(
+                "cache.redis_tls_ca_file: {:?} holds no PEM certificate (no \"-----BEGIN CERTIFICATE-----\" line)",
+                not_pem.display().to_string()
+            )
+        );
+        assert_eq!(
+            error("[cache]\nredis_tls_ca_file = \"\"\n", &[]),
+            "cache.redis_tls_ca_file: must not be empty; remove the key to trust the system's roots"
+        );
+        // An empty variable unsets it.
+        assert_eq!(
+            load(&with_ca(&missing), &[("CLAMGATE_CACHE_REDIS_TLS_CA_FILE", "")])
+                .unwrap()
+                .cache
+                .redis_tls_ca_file,
+            None
+        );
+        // Without a rediss:// URL it is not used: a warning.
+        let text = format!(
+            "[cache]\nredis_cluster_urls = [\"redis://r1:7000\"]\nredis_tls_ca_file = {:?}\n",
+            ca.display().to_string()
+        );
+        assert_eq!(
+            load(&text, &[]).unwrap().warnings(),
+            ["cache.redis_tls_ca_file: set, but neither cache.redis_url nor cache.redis_cluster_urls uses rediss://, so it is not used"]
+        );
+    }
+
+    #[test]
+    fn redis_credentials_are_checked_without_showing_the_password() {
+        assert_eq!(
+            error("[cache]\nredis_username = \"\"\n", &[]),
+            "cache.redis_username: must not be empty; remove the key to use the user name in the URL"
+        );
+        assert_eq!(
+            error("[cache]\nredis_password = \"\"\n", &[]),
+            "cache.redis_password: must not be empty; remove the key to use the password in the URL"
+        );
+        let config = load(
+            "[cache]\nredis_username = \"file\"\nredis_password = \"file\"\n",
+            &[("CLAMGATE_CACHE_REDIS_USERNAME", ""), ("CLAMGATE_CACHE_REDIS_PASSWORD", "hunter2")],
+        )
+        .unwrap();
+        assert_eq!(
+            (config.cache.redis_username, config.cache.redis_password.as_deref()),
+            (None, Some("hunter2"))
+        );
+    }
+
     // --- Secrets, warnings ---------------------------------------------------------------------
 
     #[test]
@@ -1659,6 +2707,42 @@ mod tests {
 
         let err = load("", &[("CLAMGATE_CACHE_REDIS_URL", "htp://user:hunter2@redis")]).unwrap_err();
         assert!(!err.to_string().contains("hunter2"), "{err}");
+
+        // The password key, the cluster URLs, and every way to get them wrong.
+        config.cache.redis_url = None;
+        config.cache.redis_password = Some("hunter2".to_string());
+        config.cache.redis_cluster_urls =
+            vec!["rediss://u:hunter2@r1:7000".to_string(), "redis://:hunter2@r2:7000".to_string()];
+        let debug = format!("{config:?}");
+        assert!(!debug.contains("hunter2"), "{debug}");
+        assert!(debug.contains("redis_password: Some(\"***\")"), "{debug}");
+        assert!(debug.contains("\"rediss://u:***@r1:7000\""), "{debug}");
+        assert!(format!("{:?}", CacheConfig::default()).contains("redis_password: None"));
+        assert_eq!(config.redacted_redis_endpoints(), ["rediss://u:***@r1:7000", "redis://:***@r2:7000"]);
+        assert_eq!(config.redacted_redis_url(), None);
+        config.cache.redis_url = Some("redis://:hunter2@redis:6379".to_string());
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("cache.redis_cluster_urls: mixes") && !err.contains("hunter2"), "{err}");
+        for (text, env) in [
+            ("[cache]\nredis_password = 1\n", vec![]),
+            ("", vec![("CLAMGATE_CACHE_REDIS_PASSWRD", "hunter2")]),
+            ("[cache]\nredis_pasword = \"hunter2\"\n", vec![]),
+            (
+                "[cache]\nredis_cluster_urls = [\"http://:hunter2@r1:7000\", \"redis://:hunter2@r2\"]\n",
+                vec![],
+            ),
+            // A `#` in the password is not taken for the start of a fragment.
+            ("[cache]\nredis_cluster_urls = [\"rediss://:hun#ter2@r1:7000/3\"]\n", vec![]),
+            ("[cache]\nredis_url = \"rediss://:hun#ter2@r1:7000/x\"\n", vec![]),
+            ("", vec![("CLAMGATE_CACHE_REDIS_CLUSTER_URLS", "redis://:hunter2@r1:7000/3,redis://r2")]),
+            (
+                "[cache]\nredis_password = \"hunter2\"\nredis_pool_size = 0\n",
+                vec![("CLAMGATE_CACHE_REDIS_PASSWORD", "hunter2")],
+            ),
+        ] {
+            let err = load(text, &env).unwrap_err().to_string();
+            assert!(!err.contains("hunter2") && !err.contains("ter2"), "{err}");
+        }
         // A syntax error never quotes the line it is on.
         let err = load("[cache]\nredis_url = \"redis://:hunter2@redis\n", &[]).unwrap_err();
         assert!(!err.to_string().contains("hunter2"), "{err}");
@@ -1678,6 +2762,47 @@ mod tests {
             ]
         );
         assert!(load("[listen]\nadmin_addr = \"[::1]:9090\"", &[]).unwrap().warnings().is_empty());
+    }
+
+    #[test]
+    fn cache_modes_and_named_policies_are_warned_about() {
+        let immutable = "true: responses without a validator (ETag or Last-Modified) get resource keys, so an \
+                         object changed under the same URL keeps its old verdict until cache.ttl_secs; only for \
+                         upstreams that never change an object under a URL (package mirrors)";
+        let resource = "\"resource\" on the default policy: every route that names no policy looks verdicts up \
+                        by URL as well as by content; set it per route, in a named policy, for upstreams whose \
+                        URLs name objects that do not change";
+        assert_eq!(
+            load("[policy]\ncache_mode = \"resource\"\nimmutable = true\n", &[]).unwrap().warnings(),
+            [format!("policy.cache_mode: {resource}"), format!("policy.immutable: {immutable}")]
+        );
+        assert_eq!(
+            load("[policy]\nimmutable = true\n", &[]).unwrap().warnings(),
+            ["policy.immutable: true has no effect while cache_mode is \"content\": only resource keys use it"]
+        );
+        // A named policy is warned about where it differs from `[policy]`, not for what it inherits.
+        let text = "[policy]\nreport_only = true\nimmutable = true\n\
+                    [policies.mirror]\ncache_mode = \"resource\"\n\
+                    [policies.lax]\nscan_requests = false\nscan_responses = false\n[policies.lax.on_unscanned]\ntimeout = \"allow\"\n\
+                    [policies.quiet]\nreport_only = false\nimmutable = false\n";
+        assert_eq!(
+            load(text, &[]).unwrap().warnings(),
+            [
+                "policy.report_only: true: infected bodies are logged and counted but delivered".to_string(),
+                "policy.immutable: true has no effect while cache_mode is \"content\": only resource keys use it"
+                    .to_string(),
+                "policies.lax: scan_requests and scan_responses are both false: nothing is scanned".to_string(),
+                "policies.lax.on_unscanned.timeout: allow delivers bodies that were not scanned (fails open)"
+                    .to_string(),
+                format!("policies.mirror.immutable: {immutable}"),
+            ]
+        );
+        // The sample's mirror policy sets only what needs no warning.
+        assert!(load(SAMPLE, &[]).unwrap().warnings().is_empty());
+        assert_eq!(
+            load("[cache]\nredis_cluster_urls = [\"rediss://:pw@r1:7000/#insecure\"]\n", &[]).unwrap().warnings(),
+            ["cache.redis_cluster_urls[0]: \"#insecure\" turns off the check of Redis's TLS certificate: anyone on the network path can pose as Redis and serve forged verdicts"]
+        );
     }
 
     // --- The sample file and the docs ------------------------------------------------------------
@@ -1701,14 +2826,23 @@ mod tests {
     }
 
     #[test]
-    fn the_sample_config_loads_as_the_defaults() {
-        assert_eq!(load(SAMPLE, &[]).unwrap(), Config::default());
+    fn the_sample_config_loads_as_the_defaults_and_the_mirror_policy() {
+        // The shipped Envoy config routes /mirror/ with the policy `mirror`.
+        let mirror = PolicyConfig { cache_mode: CacheMode::Resource, ..PolicyConfig::default() };
+        let expected =
+            Config { policies: BTreeMap::from([("mirror".to_string(), mirror)]), ..Config::default() };
+        assert_eq!(load(SAMPLE, &[]).unwrap(), expected);
     }
 
     #[test]
     fn the_sample_config_lists_every_key() {
         let text = sample_uncommented();
         let table = toml::from_str::<Table>(&text).unwrap();
+        // And a named policy, to show the form.
+        for (path, _) in NAMED_TABLES {
+            let named = table.get(*path).and_then(Value::as_table);
+            assert!(named.is_some_and(|named| !named.is_empty()), "clamgate.toml has no [{path}.NAME]");
+        }
         for path in SCHEMA.keys.keys() {
             let mut value = Some(&table);
             let (parents, name) = path.rsplit_once('.').unwrap();
@@ -1717,8 +2851,14 @@ mod tests {
             }
             assert!(value.and_then(|t| t.get(name)).is_some(), "clamgate.toml does not list {path}");
         }
-        // And the commented-out examples are valid.
-        assert!(load(&text, &[]).is_ok());
+        // And the commented-out examples are valid, given a CA file that exists here.
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, "-----BEGIN CERTIFICATE-----\n").unwrap();
+        let env = [("CLAMGATE_CACHE_REDIS_TLS_CA_FILE", ca.to_str().unwrap())];
+        if let Err(err) = load(&text, &env) {
+            panic!("the uncommented clamgate.toml is invalid:\n{err}");
+        }
     }
 
     #[test]
@@ -1727,6 +2867,27 @@ mod tests {
             assert!(DOCS.contains(&format!("`{path}`")), "docs/configuration.md does not list {path}");
             let env = env_name(path);
             assert!(DOCS.contains(&format!("`{env}`")), "docs/configuration.md does not list {env}");
+        }
+        for (path, template) in NAMED_TABLES {
+            for needed in [
+                format!("`{path}.NAME.*`"),
+                format!("`{}_<NAME>_<KEY>`", env_name(path)),
+                format!("[{path}.NAME]"),
+                format!("`[{template}]`"),
+            ] {
+                assert!(DOCS.contains(&needed), "docs/configuration.md does not mention {needed}");
+            }
+        }
+        for needed in
+            ["## Named policies", "x-clamgate-policy", "grpc_initial_metadata", "ExtProcPerRoute", "503"]
+        {
+            assert!(DOCS.contains(needed), "docs/configuration.md does not mention {needed}");
+        }
+        for mode in CacheMode::NAMES {
+            assert!(
+                DOCS.contains(&format!("- `{mode}`")),
+                "docs/configuration.md does not explain cache_mode {mode}"
+            );
         }
     }
 
@@ -1737,6 +2898,31 @@ mod tests {
         let env = [("CLAMGATE_CLAMD_ADRESS", "tcp://clamd:3310"), ("CLAMGATE_CACHE_TTL_SECS", "1d")];
         let report = load(text, &env).unwrap_err().to_string();
         assert!(DOCS.contains(&format!("clamgate: invalid configuration:\n{report}\n```")), "{report}");
+    }
+
+    #[test]
+    fn the_docs_named_policy_example_and_messages_are_what_clamgate_does() {
+        let text = "[policy]\nreport_only = true\n\n[policies.mirror]\ncache_mode = \"resource\"\n\n\
+                    [policies.mirror.on_unscanned]\ntoo_large = \"allow\"\n";
+        assert!(DOCS.contains(&format!("```toml\n{text}```")), "the named policy example changed");
+        let mirror = load(text, &[]).unwrap().policies.remove("mirror").unwrap();
+        let expected = PolicyConfig {
+            report_only: true,
+            cache_mode: CacheMode::Resource,
+            on_unscanned: UnscannedActions { too_large: Action::Allow, ..UnscannedActions::default() },
+            ..PolicyConfig::default()
+        };
+        assert_eq!(mirror, expected);
+        for (text, row) in [
+            ("[cache]\nredis_cluster_urls = \"redis://r1:7000\"\n", "not a list"),
+            ("[cache]\nredis_cluster_urls = [\"redis://r1:7000\", 7000]\n", "bad list element"),
+            ("[policies.mirror]\ncache_mod = \"off\"\n", "unknown key in a named policy"),
+            ("[policies.Mirror]\n", "bad policy name"),
+            ("[policies.default]\n", "reserved policy name"),
+        ] {
+            let row = format!("| {row} | `{}` |", error(text, &[]));
+            assert!(DOCS.contains(&row), "docs/configuration.md lacks the row {row}");
+        }
     }
 
     // --- The schema cannot drift from the structs ------------------------------------------------
@@ -1754,22 +2940,48 @@ mod tests {
         Value::Table(table).try_into::<Config>()
     }
 
+    /// `policy.x` as the same key of a named policy, `policies.zz.x`; `None` outside a template.
+    fn in_named_table(path: &str) -> Option<String> {
+        NAMED_TABLES.iter().find_map(|(named, template)| {
+            let rest = path.strip_prefix(template)?;
+            (rest.is_empty() || rest.starts_with('.')).then(|| format!("{named}.zz{rest}"))
+        })
+    }
+
     #[test]
     fn every_table_has_exactly_the_fields_of_its_struct() {
         for table in std::iter::once("").chain(SCHEMA.tables.iter().map(String::as_str)) {
-            let err = defaults_with(&join(table, "zz_not_a_key"), Value::Integer(1)).unwrap_err();
-            let fields = serde_expected_names(err.message());
             let children: BTreeSet<String> = SCHEMA.children(table).map(str::to_string).collect();
-            assert_eq!(
-                children, fields,
-                "the schema of [{table}] differs from its struct; an Option key missing from OPTIONAL_KEYS?"
-            );
+            // A table of a named policy has the fields of the same table of `[policy]`.
+            for at in std::iter::once(table.to_string()).chain(in_named_table(table)) {
+                let err = defaults_with(&join(&at, "zz_not_a_key"), Value::Integer(1)).unwrap_err();
+                assert_eq!(
+                    children,
+                    serde_expected_names(err.message()),
+                    "the schema of [{at}] differs from its struct; an Option key missing from OPTIONAL_KEYS?"
+                );
+            }
         }
+        // Every map of the config is a table of named tables.
+        let defaults = Table::try_from(Config::default()).unwrap();
+        let maps: BTreeSet<&str> = defaults
+            .iter()
+            .filter(|(_, value)| value.as_table().is_some_and(Table::is_empty))
+            .map(|(k, _)| k.as_str())
+            .collect();
+        assert_eq!(
+            maps,
+            NAMED_TABLES.iter().map(|(path, _)| *path).collect(),
+            "a map missing from NAMED_TABLES?"
+        );
     }
 
     #[test]
     fn every_key_kind_matches_serde() {
-        for (path, key) in &SCHEMA.keys {
+        let named = SCHEMA.keys.iter().filter_map(|(path, key)| Some((in_named_table(path)?, key)));
+        let keys: Vec<(String, &Key)> =
+            SCHEMA.keys.iter().map(|(path, key)| (path.clone(), key)).chain(named).collect();
+        for (path, key) in &keys {
             let accepts = |value: Value| defaults_with(path, value).is_ok();
             match key.kind {
                 // A plain string key takes any string; one that does not needs a narrower kind.
@@ -1793,6 +3005,14 @@ mod tests {
                     let expected: BTreeSet<String> = names.iter().map(|name| name.to_string()).collect();
                     assert_eq!(serde_expected_names(err.message()), expected, "{path}");
                 }
+                Kind::StrList => {
+                    assert!(accepts(Value::Array(vec!["a".into(), "b".into()])), "{path}");
+                    assert!(
+                        !accepts(Value::Array(vec![Value::Integer(1)])),
+                        "{path} is not a list of strings"
+                    );
+                    assert!(!accepts(Value::String("a".into())), "{path} is not a list");
+                }
             }
         }
         for (path, _) in OPTIONAL_KEYS {
@@ -1805,6 +3025,11 @@ mod tests {
         assert_eq!(SCHEMA.env.len(), SCHEMA.keys.len());
         assert!(!SCHEMA.env.contains_key(CONFIG_PATH_ENV));
         assert_eq!(SCHEMA.env["CLAMGATE_POLICY_ON_UNSCANNED_TOO_LARGE"], "policy.on_unscanned.too_large");
+        // No key's variable looks like one of a named policy's.
+        for (path, _) in NAMED_TABLES {
+            let prefix = format!("{}_", env_name(path));
+            assert!(SCHEMA.env.keys().all(|var| !var.starts_with(&prefix)), "{prefix}");
+        }
     }
 
     #[test]
@@ -1823,6 +3048,9 @@ mod tests {
         }
         for (format, name) in LogFormat::ALL.into_iter().zip(LogFormat::NAMES) {
             assert_eq!(toml::Value::try_from(format).unwrap().as_str(), Some(name));
+        }
+        for (mode, name) in CacheMode::ALL.into_iter().zip(CacheMode::NAMES) {
+            assert_eq!(toml::Value::try_from(mode).unwrap().as_str(), Some(name));
         }
     }
 

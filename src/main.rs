@@ -131,7 +131,7 @@ async fn serve(config: Config) -> ExitCode {
         grpc_addr = %config.listen.grpc_addr,
         admin_addr = %config.listen.admin_addr,
         clamd = %config.clamd.address,
-        cache = config.redacted_redis_url().as_deref().unwrap_or("memory"),
+        cache = %cache_description(&config),
         version = env!("CARGO_PKG_VERSION"),
         "clamgate starting"
     );
@@ -144,6 +144,16 @@ async fn serve(config: Config) -> ExitCode {
             tracing::error!(error = %err, "clamgate failed");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The cache in use, for the start-up log line (passwords redacted).
+fn cache_description(config: &Config) -> String {
+    let endpoints = config.redacted_redis_endpoints();
+    if endpoints.is_empty() {
+        "memory".to_string()
+    } else {
+        format!("memory + {}", endpoints.join(","))
     }
 }
 
