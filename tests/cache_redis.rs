@@ -1,10 +1,15 @@
-//! The Redis verdict cache against a real `redis-server`: round trips, the TTL, sharing between
-//! instances, and Redis going away, hanging and coming back without clamgate restarting.
+//! The verdict cache against a real `redis-server`: round trips, the TTL, sharing between
+//! instances, Redis going away, hanging and coming back without clamgate restarting; the memory
+//! tier in front of Redis; resource entries; the cross-instance lock; ACL users; the pool.
+//!
+//! The tests of the Redis tier itself turn the memory tier off (`memory_ttl_secs = 0`), so that
+//! every call reaches Redis.
 
 mod support;
 
 use clamgate::cache::{
-    decode_entry, CacheEntry, CacheError, CachedVerdict, ContentKey, DecodeError, VerdictCache,
+    decode_entry, decode_resource, CacheEntry, CacheError, CachedVerdict, ContentKey, DecodeError, Hit,
+    LockAttempt, ResourceEntry, ResourceKey, Tier, VerdictCache,
 };
 use clamgate::config::CacheConfig;
 use std::time::{Duration, Instant};
@@ -18,14 +23,22 @@ const FAIL_FAST: Duration = Duration::from_secs(5);
 const RECOVERY_DEADLINE: Duration = Duration::from_secs(10);
 const TTL_SECS: u64 = 300;
 
+/// Redis alone: the memory tier is off.
 fn config(url: &str, key_prefix: &str) -> CacheConfig {
     CacheConfig {
         redis_url: Some(url.to_string()),
         ttl_secs: TTL_SECS,
         memory_max_entries: 10,
+        memory_ttl_secs: 0,
         redis_timeout_ms: REDIS_TIMEOUT_MS,
         key_prefix: key_prefix.to_string(),
+        ..CacheConfig::default()
     }
+}
+
+/// Both tiers: memory (for `memory_ttl_secs`) in front of Redis.
+fn tiered_config(url: &str, memory_ttl_secs: u64) -> CacheConfig {
+    CacheConfig { memory_ttl_secs, ..config(url, "clamgate-test:") }
 }
 
 fn cache(redis: &RedisProcess) -> VerdictCache {
@@ -232,4 +245,366 @@ async fn starts_without_redis_and_uses_it_once_it_appears() {
     assert_eq!(wait_until_answering(&cache, &key).await, None);
     cache.put(&key, &clean()).await.expect("put");
     assert_eq!(cache.get(&key).await.expect("get"), Some(clean()));
+}
+
+fn resource(validator: &str, entry: CacheEntry) -> ResourceEntry {
+    ResourceEntry { validator: validator.to_string(), content: ContentKey::of(b"abc"), entry }
+}
+
+async fn raw_get(redis: &RedisProcess, name: &str) -> Option<Vec<u8>> {
+    let mut raw = raw(redis).await;
+    redis::cmd("GET").arg(name).query_async(&mut raw).await.expect("GET")
+}
+
+async fn raw_set(redis: &RedisProcess, name: &str, value: &[u8]) {
+    let mut raw = raw(redis).await;
+    let _: () = redis::cmd("SET").arg(name).arg(value).query_async(&mut raw).await.expect("SET");
+}
+
+async fn raw_del(redis: &RedisProcess, name: &str) {
+    let mut raw = raw(redis).await;
+    let _: i64 = redis::cmd("DEL").arg(name).query_async(&mut raw).await.expect("DEL");
+}
+
+fn tiered(redis: &RedisProcess, memory_ttl_secs: u64) -> VerdictCache {
+    let cache =
+        VerdictCache::from_config(&tiered_config(&redis.url(), memory_ttl_secs)).expect("from_config");
+    assert_eq!(cache.kind(), "redis");
+    assert!(cache.is_shared());
+    cache
+}
+
+const ABC_CONTENT_KEY: &str =
+    "clamgate-test:v1:content:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+
+#[tokio::test]
+async fn a_redis_hit_fills_the_memory_tier_and_the_next_hit_comes_from_memory() {
+    let redis = RedisProcess::start();
+    let writer = tiered(&redis, 300);
+    let reader = tiered(&redis, 300);
+    let key = ContentKey::of(b"abc");
+
+    assert_eq!(reader.lookup(&key).await.expect("lookup"), None);
+    writer.put(&key, &infected()).await.expect("put");
+    // The writer has it in memory; the other instance finds it in Redis, then in its memory.
+    assert_eq!(
+        writer.lookup(&key).await.expect("lookup"),
+        Some(Hit { value: infected(), tier: Tier::Memory })
+    );
+    assert_eq!(
+        reader.lookup(&key).await.expect("lookup"),
+        Some(Hit { value: infected(), tier: Tier::Redis })
+    );
+    assert_eq!(
+        reader.lookup(&key).await.expect("lookup"),
+        Some(Hit { value: infected(), tier: Tier::Memory })
+    );
+
+    // Served from memory indeed: Redis no longer has it, the reader still answers.
+    raw_del(&redis, ABC_CONTENT_KEY).await;
+    assert_eq!(
+        reader.lookup(&key).await.expect("lookup"),
+        Some(Hit { value: infected(), tier: Tier::Memory })
+    );
+    assert_eq!(reader.get(&key).await.expect("get"), Some(infected()), "get is lookup without the tier");
+    let third = tiered(&redis, 300);
+    assert_eq!(third.lookup(&key).await.expect("lookup"), None);
+}
+
+#[tokio::test]
+async fn a_write_goes_to_both_tiers() {
+    let redis = RedisProcess::start();
+    let cache = tiered(&redis, 300);
+    let key = ContentKey::of(b"abc");
+    cache.put(&key, &clean()).await.expect("put");
+    let stored = raw_get(&redis, ABC_CONTENT_KEY).await.expect("the entry is in Redis");
+    assert_eq!(decode_entry(&stored).expect("decode"), clean());
+    // And in memory: with Redis gone, the entry is still answered, from memory.
+    raw_del(&redis, ABC_CONTENT_KEY).await;
+    assert_eq!(cache.lookup(&key).await.expect("lookup"), Some(Hit { value: clean(), tier: Tier::Memory }));
+}
+
+#[tokio::test]
+async fn the_memory_tier_keeps_entries_only_memory_ttl_secs() {
+    let redis = RedisProcess::start();
+    let cache = tiered(&redis, 1);
+    let key = ContentKey::of(b"abc");
+    cache.put(&key, &clean()).await.expect("put");
+    // Another instance replaces the verdict in Redis; this one keeps its memory hit for now...
+    raw_set(&redis, ABC_CONTENT_KEY, &clamgate::cache::encode_entry(&infected())).await;
+    assert_eq!(cache.lookup(&key).await.expect("lookup"), Some(Hit { value: clean(), tier: Tier::Memory }));
+    // ...and sees the new one once its memory entry expires (the only sleep here: it is the TTL
+    // under test).
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(cache.lookup(&key).await.expect("lookup"), Some(Hit { value: infected(), tier: Tier::Redis }));
+    assert_eq!(
+        cache.lookup(&key).await.expect("lookup"),
+        Some(Hit { value: infected(), tier: Tier::Memory })
+    );
+}
+
+#[tokio::test]
+async fn with_redis_stopped_the_memory_tier_still_answers_what_it_has() {
+    let mut redis = RedisProcess::start();
+    let cache = tiered(&redis, 300);
+    let (known, unknown) = (ContentKey::of(b"seen before"), ContentKey::of(b"never seen"));
+    let resource_key = ResourceKey::new("example.org", "/seen");
+    cache.put(&known, &infected()).await.expect("put");
+    cache.put_resource(&resource_key, &resource("immutable", clean())).await.expect("put_resource");
+
+    redis.stop();
+    for _ in 0..3 {
+        let started = Instant::now();
+        assert_eq!(
+            cache.lookup(&known).await.expect("memory hit"),
+            Some(Hit { value: infected(), tier: Tier::Memory })
+        );
+        let hit = cache.lookup_resource(&resource_key).await.expect("memory hit");
+        assert_eq!(hit, Some(Hit { value: resource("immutable", clean()), tier: Tier::Memory }));
+        assert!(
+            started.elapsed() < Duration::from_millis(REDIS_TIMEOUT_MS),
+            "memory hits must not wait for Redis"
+        );
+        // What memory lacks is a bounded error, for the caller to count as a miss.
+        assert_fails_fast("lookup", cache.lookup(&unknown)).await;
+    }
+    // A write while Redis is away still lands in memory, and reports that Redis did not take it.
+    assert_fails_fast("put", cache.put(&unknown, &clean())).await;
+    assert_eq!(
+        cache.lookup(&unknown).await.expect("memory hit"),
+        Some(Hit { value: clean(), tier: Tier::Memory })
+    );
+}
+
+#[tokio::test]
+async fn resource_entries_round_trip_with_the_documented_key_and_value() {
+    let redis = RedisProcess::start();
+    let writer = VerdictCache::from_config(&config(&redis.url(), "clamgate-test:")).expect("from_config");
+    let reader = tiered(&redis, 300);
+    let key = ResourceKey::new("Example.ORG", "/a?b=1");
+    let entry = resource("etag:\"abc\"", infected());
+
+    assert_eq!(reader.lookup_resource(&key).await.expect("lookup"), None);
+    writer.put_resource(&key, &entry).await.expect("put_resource");
+
+    // printf 'example.org\n/a?b=1' | sha256sum
+    let name = "clamgate-test:v1:resource:99f102d50edb1f4627ce22f2458c2c90678fa1ef34451266400d99bb79c6ac0f";
+    let value = raw_get(&redis, name).await.expect("the resource entry is in Redis");
+    assert_eq!(
+        String::from_utf8_lossy(&value),
+        r#"{"v":1,"validator":"etag:\"abc\"","sha256":"ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad","verdict":"infected","signature":"Eicar-Test-Signature","engine_version":"1.4.6","database_version":null,"scanned_at_unix_secs":1767225600}"#
+    );
+    assert_eq!(decode_resource(&value).expect("decode"), entry);
+    let mut raw_connection = raw(&redis).await;
+    let ttl: i64 = redis::cmd("TTL").arg(name).query_async(&mut raw_connection).await.expect("TTL");
+    assert!((TTL_SECS as i64 - 10..=TTL_SECS as i64).contains(&ttl), "TTL {ttl}");
+
+    assert_eq!(
+        reader.lookup_resource(&key).await.expect("lookup"),
+        Some(Hit { value: entry.clone(), tier: Tier::Redis })
+    );
+    assert_eq!(
+        reader.lookup_resource(&key).await.expect("lookup"),
+        Some(Hit { value: entry, tier: Tier::Memory })
+    );
+    // A newer version of the object replaces the entry.
+    let newer = resource("etag:\"def\"", clean());
+    writer.put_resource(&key, &newer).await.expect("put_resource");
+    assert_eq!(
+        writer.lookup_resource(&key).await.expect("lookup"),
+        Some(Hit { value: newer, tier: Tier::Redis })
+    );
+    // A content entry and a resource entry never read each other's values.
+    raw_set(&redis, name, &clamgate::cache::encode_entry(&clean())).await;
+    assert!(matches!(writer.lookup_resource(&key).await, Err(CacheError::Decode(_))));
+}
+
+#[tokio::test]
+async fn locks_are_exclusive_and_only_their_holder_releases_them() {
+    let redis = RedisProcess::start();
+    let first = tiered(&redis, 300);
+    let second = tiered(&redis, 300);
+    let object = "content:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+    let name = format!("clamgate-test:v1:lock:{object}");
+    let ttl = Duration::from_secs(30);
+
+    assert!(!first.lock_held(object).await.expect("lock_held"));
+    let LockAttempt::Acquired(token) = first.try_lock(object, ttl).await.expect("try_lock") else {
+        panic!("the first attempt must acquire the lock")
+    };
+    assert_eq!(token.as_str().len(), 32);
+    let stored = raw_get(&redis, &name).await.expect("the lock key exists");
+    assert_eq!(stored, token.as_str().as_bytes());
+    let mut raw_connection = raw(&redis).await;
+    let pttl: i64 = redis::cmd("PTTL").arg(&name).query_async(&mut raw_connection).await.expect("PTTL");
+    assert!((25_000..=30_000).contains(&pttl), "PTTL {pttl}");
+
+    assert_eq!(second.try_lock(object, ttl).await.expect("try_lock"), LockAttempt::HeldElsewhere);
+    assert_eq!(
+        first.try_lock(object, ttl).await.expect("try_lock"),
+        LockAttempt::HeldElsewhere,
+        "not reentrant"
+    );
+    assert!(second.lock_held(object).await.expect("lock_held"));
+    // Other objects are not affected.
+    assert!(matches!(second.try_lock("content:other", ttl).await, Ok(LockAttempt::Acquired(_))));
+
+    first.unlock(object, &token).await.expect("unlock");
+    assert!(!second.lock_held(object).await.expect("lock_held"));
+    assert_eq!(raw_get(&redis, &name).await, None);
+    let LockAttempt::Acquired(second_token) = second.try_lock(object, ttl).await.expect("try_lock") else {
+        panic!("a released lock can be taken")
+    };
+    assert_ne!(second_token, token);
+    // The first holder, late, unlocking with its old token must not release the second's lock.
+    first.unlock(object, &token).await.expect("a stale unlock is not an error");
+    assert!(first.lock_held(object).await.expect("lock_held"));
+    assert_eq!(raw_get(&redis, &name).await.as_deref(), Some(second_token.as_str().as_bytes()));
+    second.unlock(object, &second_token).await.expect("unlock");
+    assert!(!first.lock_held(object).await.expect("lock_held"));
+}
+
+#[tokio::test]
+async fn a_lock_whose_holder_dies_expires_after_its_ttl() {
+    let redis = RedisProcess::start();
+    let dead_holder = tiered(&redis, 300);
+    let waiter = tiered(&redis, 300);
+    let object = "content:dead-holder";
+    let ttl = Duration::from_millis(300);
+    let LockAttempt::Acquired(stale_token) = dead_holder.try_lock(object, ttl).await.expect("try_lock")
+    else {
+        panic!("acquire")
+    };
+    drop(dead_holder); // never unlocks
+    assert_eq!(waiter.try_lock(object, ttl).await.expect("try_lock"), LockAttempt::HeldElsewhere);
+    let started = Instant::now();
+    while waiter.lock_held(object).await.expect("lock_held") {
+        assert!(started.elapsed() < Duration::from_secs(5), "the lock did not expire");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(started.elapsed() >= Duration::from_millis(150), "expired too early: {:?}", started.elapsed());
+    let LockAttempt::Acquired(token) =
+        waiter.try_lock(object, Duration::from_secs(30)).await.expect("try_lock")
+    else {
+        panic!("an expired lock can be taken")
+    };
+    assert_ne!(token, stale_token);
+}
+
+#[tokio::test]
+async fn lock_calls_fail_fast_while_redis_is_away() {
+    let mut redis = RedisProcess::start();
+    let cache = tiered(&redis, 300);
+    redis.stop();
+    assert_fails_fast("try_lock", cache.try_lock("content:x", Duration::from_secs(30))).await;
+    assert_fails_fast("lock_held", cache.lock_held("content:x")).await;
+    redis.start_again();
+    let deadline = Instant::now() + RECOVERY_DEADLINE;
+    loop {
+        match cache.try_lock("content:x", Duration::from_secs(30)).await {
+            Ok(attempt) => break assert!(matches!(attempt, LockAttempt::Acquired(_)), "{attempt:?}"),
+            Err(err) => {
+                assert!(err.is_unavailability() && Instant::now() < deadline, "no recovery: {err}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn acl_user_and_password_from_the_config_override_the_url() {
+    let redis = RedisProcess::start_with_args(&["--requirepass", "admin-pw"]);
+    // Exactly the commands the cache documents, on its own keys only.
+    redis.add_acl_user(
+        "clamgate",
+        "user-pw",
+        "clamgate-test:*",
+        &["+get", "+set", "+exists", "+eval", "+del"],
+    );
+    let url_with_wrong_credentials = format!("redis://nobody:wrong@127.0.0.1:{}/", redis.port());
+    let cfg = CacheConfig {
+        redis_username: Some("clamgate".to_string()),
+        redis_password: Some("user-pw".to_string()),
+        ..config(&url_with_wrong_credentials, "clamgate-test:")
+    };
+    let cache = VerdictCache::from_config(&cfg).expect("from_config");
+    let debug = format!("{cache:?}");
+    assert!(!debug.contains("user-pw") && !debug.contains("wrong"), "{debug}");
+    let key = ContentKey::of(b"abc");
+    assert_eq!(cache.get(&key).await.expect("get as the ACL user"), None);
+    cache.put(&key, &infected()).await.expect("put");
+    assert_eq!(cache.get(&key).await.expect("get"), Some(infected()));
+    let resource_key = ResourceKey::new("example.org", "/x");
+    cache.put_resource(&resource_key, &resource("immutable", clean())).await.expect("put_resource");
+    let LockAttempt::Acquired(token) =
+        cache.try_lock("content:x", Duration::from_secs(5)).await.expect("try_lock")
+    else {
+        panic!("acquire")
+    };
+    assert!(cache.lock_held("content:x").await.expect("lock_held"));
+    cache.unlock("content:x", &token).await.expect("unlock (EVAL with GET and DEL)");
+    assert!(!cache.lock_held("content:x").await.expect("lock_held"));
+    // Written as that user: the default user sees them with its own password.
+    let keys = redis.cli(&["KEYS", "clamgate-test:*"]);
+    assert!(keys.contains(ABC_CONTENT_KEY), "{keys}");
+
+    // The URL's password alone is used when the config sets none.
+    let url_password = CacheConfig {
+        redis_url: Some(format!("redis://clamgate:user-pw@127.0.0.1:{}/", redis.port())),
+        ..config("", "clamgate-test:")
+    };
+    let by_url = VerdictCache::from_config(&url_password).expect("from_config");
+    assert_eq!(by_url.get(&key).await.expect("get with the URL's credentials"), Some(infected()));
+}
+
+#[tokio::test]
+async fn a_wrong_password_is_a_quick_error_never_a_verdict() {
+    let redis = RedisProcess::start_with_args(&["--requirepass", "admin-pw"]);
+    redis.add_acl_user("clamgate", "user-pw", "clamgate-test:*", &["+@all"]);
+    let key = ContentKey::of(b"abc");
+    for (username, password) in [(Some("clamgate"), "not-it"), (None, "not-the-admin-pw")] {
+        let cfg = CacheConfig {
+            redis_username: username.map(str::to_string),
+            redis_password: Some(password.to_string()),
+            ..config(&redis.url(), "clamgate-test:")
+        };
+        let cache = VerdictCache::from_config(&cfg).expect("from_config");
+        let err = assert_fails_fast("get", cache.get(&key)).await;
+        assert!(!err.to_string().contains(password), "the error shows the password: {err}");
+        assert_fails_fast("put", cache.put(&key, &clean())).await;
+        assert_fails_fast("try_lock", cache.try_lock("content:x", Duration::from_secs(5))).await;
+    }
+    // No password at all: NOAUTH, an error too.
+    let cache = VerdictCache::from_config(&config(&redis.url(), "clamgate-test:")).expect("from_config");
+    let got = tokio::time::timeout(FAIL_FAST, cache.get(&key)).await.expect("no hang");
+    assert!(got.is_err(), "{got:?}");
+}
+
+#[tokio::test]
+async fn a_pool_of_four_uses_four_connections_and_stays_correct_under_concurrency() {
+    let redis = RedisProcess::start();
+    let cfg = CacheConfig { redis_pool_size: 4, ..config(&redis.url(), "clamgate-test:") };
+    let cache = std::sync::Arc::new(VerdictCache::from_config(&cfg).expect("from_config"));
+    let mut tasks = Vec::new();
+    for n in 0..64u32 {
+        let cache = cache.clone();
+        tasks.push(tokio::spawn(async move {
+            let key = ContentKey::of(&n.to_le_bytes());
+            let entry = CacheEntry { scanned_at_unix_secs: u64::from(n), ..clean() };
+            cache.put(&key, &entry).await.expect("put");
+            assert_eq!(cache.get(&key).await.expect("get"), Some(entry));
+        }));
+    }
+    for task in tasks {
+        task.await.expect("task");
+    }
+    let mut raw_connection = raw(&redis).await;
+    let own_id: i64 =
+        redis::cmd("CLIENT").arg("ID").query_async(&mut raw_connection).await.expect("CLIENT ID");
+    let list: String =
+        redis::cmd("CLIENT").arg("LIST").query_async(&mut raw_connection).await.expect("CLIENT LIST");
+    let others = list.lines().filter(|line| !line.starts_with(&format!("id={own_id} "))).count();
+    assert_eq!(others, 4, "the cache should hold exactly its 4 pooled connections:\n{list}");
+    let size: i64 = redis::cmd("DBSIZE").query_async(&mut raw_connection).await.expect("DBSIZE");
+    assert_eq!(size, 64);
 }

@@ -38,6 +38,14 @@ impl ContentKey {
     pub fn hex(&self) -> String {
         hex::encode(self.0)
     }
+
+    /// The key written as [`ContentKey::hex`] writes it: exactly 64 lowercase hex digits.
+    pub fn from_hex(digits: &str) -> Option<Self> {
+        let lowercase = digits.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        let mut digest = [0; 32];
+        (digits.len() == 64 && lowercase && hex::decode_to_slice(digits, &mut digest).is_ok())
+            .then_some(ContentKey(digest))
+    }
 }
 
 impl fmt::Debug for ContentKey {
@@ -109,10 +117,10 @@ pub enum DecodeError {
     Invalid(&'static str),
 }
 
-/// The verdict names on the wire.
+/// The verdict names on the wire, shared by content and resource entries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-enum WireVerdict {
+pub(super) enum WireVerdict {
     Clean,
     Infected,
 }
@@ -149,13 +157,42 @@ struct VersionOnly {
     v: u64,
 }
 
+/// Checks that `bytes` is a JSON object whose `v` is `expected`, before the strict second pass.
+pub(super) fn check_version(bytes: &[u8], expected: u64) -> Result<(), DecodeError> {
+    let VersionOnly { v } = serde_json::from_slice(bytes)?;
+    if v != expected {
+        return Err(DecodeError::UnsupportedVersion(v));
+    }
+    Ok(())
+}
+
+/// The wire form of a verdict: its name and, for `infected`, the signature.
+pub(super) fn verdict_to_wire(verdict: &CachedVerdict) -> (WireVerdict, Option<&str>) {
+    match verdict {
+        CachedVerdict::Clean => (WireVerdict::Clean, None),
+        CachedVerdict::Infected { signature } => (WireVerdict::Infected, Some(signature.as_str())),
+    }
+}
+
+/// The verdict a wire name and signature stand for; a pair that contradicts itself is an error.
+pub(super) fn verdict_from_wire(
+    verdict: WireVerdict,
+    signature: Option<String>,
+) -> Result<CachedVerdict, DecodeError> {
+    match (verdict, signature) {
+        (WireVerdict::Clean, None) => Ok(CachedVerdict::Clean),
+        (WireVerdict::Clean, Some(_)) => Err(DecodeError::Invalid("a clean entry carries a signature")),
+        (WireVerdict::Infected, Some(signature)) if !signature.is_empty() => {
+            Ok(CachedVerdict::Infected { signature })
+        }
+        (WireVerdict::Infected, _) => Err(DecodeError::Invalid("an infected entry has no signature")),
+    }
+}
+
 /// Encodes `entry` as the current format, e.g.
 /// `{"v":1,"verdict":"infected","signature":"Eicar-Test-Signature","engine_version":"1.4.6","database_version":27000,"scanned_at_unix_secs":1767225600}`.
 pub fn encode_entry(entry: &CacheEntry) -> Vec<u8> {
-    let (verdict, signature) = match &entry.verdict {
-        CachedVerdict::Clean => (WireVerdict::Clean, None),
-        CachedVerdict::Infected { signature } => (WireVerdict::Infected, Some(signature.as_str())),
-    };
+    let (verdict, signature) = verdict_to_wire(&entry.verdict);
     let wire = EntryV1Out {
         v: ENTRY_FORMAT_VERSION,
         verdict,
@@ -172,21 +209,9 @@ pub fn encode_entry(entry: &CacheEntry) -> Vec<u8> {
 /// Decodes a value written by [`encode_entry`]. Any other version, an unknown field, a missing
 /// field, or an entry that contradicts itself is an error; callers treat it as a miss.
 pub fn decode_entry(bytes: &[u8]) -> Result<CacheEntry, DecodeError> {
-    let VersionOnly { v } = serde_json::from_slice(bytes)?;
-    if v != ENTRY_FORMAT_VERSION {
-        return Err(DecodeError::UnsupportedVersion(v));
-    }
+    check_version(bytes, ENTRY_FORMAT_VERSION)?;
     let wire: EntryV1In = serde_json::from_slice(bytes)?;
-    let verdict = match (wire.verdict, wire.signature) {
-        (WireVerdict::Clean, None) => CachedVerdict::Clean,
-        (WireVerdict::Clean, Some(_)) => {
-            return Err(DecodeError::Invalid("a clean entry carries a signature"))
-        }
-        (WireVerdict::Infected, Some(signature)) if !signature.is_empty() => {
-            CachedVerdict::Infected { signature }
-        }
-        (WireVerdict::Infected, _) => return Err(DecodeError::Invalid("an infected entry has no signature")),
-    };
+    let verdict = verdict_from_wire(wire.verdict, wire.signature)?;
     Ok(CacheEntry {
         verdict,
         engine_version: wire.engine_version,
@@ -227,6 +252,16 @@ mod tests {
         assert_eq!(key.to_string(), key.hex());
         assert_eq!(ContentKey::from_digest(*key.as_bytes()), key);
         assert_ne!(ContentKey::of(b"abd"), key);
+    }
+
+    #[test]
+    fn content_key_parses_only_its_own_hex_form() {
+        let key = ContentKey::of(b"abc");
+        assert_eq!(ContentKey::from_hex(&key.hex()), Some(key));
+        let upper = key.hex().to_uppercase();
+        for bad in [&upper[..], &key.hex()[1..], "", "zz", &format!("{}0", key.hex())] {
+            assert_eq!(ContentKey::from_hex(bad), None, "{bad:?}");
+        }
     }
 
     #[test]

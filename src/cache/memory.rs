@@ -1,16 +1,20 @@
-//! The in-process verdict cache, used when no Redis is configured: TTL expiry, least-recently-used
-//! eviction past `memory_max_entries`, one `std::sync::Mutex` held only for map operations.
+//! The in-process verdict cache: the only tier when no Redis is configured, the first tier in
+//! front of Redis otherwise. TTL expiry, least-recently-used eviction past `memory_max_entries`
+//! (content and resource entries together), one `std::sync::Mutex` held only for map operations.
 //!
 //! Implemented on `HashMap` + `BTreeMap` rather than a crate such as `lru`: it is a few dozen
 //! lines, and keeps the dependency list to what the README justifies.
 
 use super::entry::{CacheEntry, ContentKey};
+use super::resource::{ResourceEntry, ResourceKey};
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 /// An in-process, size-bounded, TTL-expiring verdict cache. Cheap to share behind an `Arc`.
+///
+/// A zero TTL turns it off: nothing is stored, every lookup misses.
 pub struct MemoryCache {
     ttl: Duration,
     max_entries: usize,
@@ -21,13 +25,26 @@ pub struct MemoryCache {
 /// its first element is the least recently used entry.
 #[derive(Default)]
 struct Lru {
-    slots: HashMap<ContentKey, Slot>,
-    recency: BTreeMap<u64, ContentKey>,
+    slots: HashMap<Key, Slot>,
+    recency: BTreeMap<u64, Key>,
     clock: u64,
 }
 
+/// Content and resource entries share one map, so `max_entries` bounds them together.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+enum Key {
+    Content(ContentKey),
+    Resource(ResourceKey),
+}
+
+#[derive(Clone)]
+enum Value {
+    Content(CacheEntry),
+    Resource(ResourceEntry),
+}
+
 struct Slot {
-    entry: CacheEntry,
+    value: Value,
     /// `None` when `now + ttl` does not fit in an `Instant`: the entry then never expires.
     expires_at: Option<Instant>,
     last_used: u64,
@@ -41,13 +58,39 @@ impl MemoryCache {
 
     /// The entry stored under `key`, if any and not expired. A hit makes it most recently used.
     pub fn get(&self, key: &ContentKey) -> Option<CacheEntry> {
-        self.get_at(key, Instant::now())
+        match self.get_at(&Key::Content(*key), Instant::now())? {
+            Value::Content(entry) => Some(entry),
+            Value::Resource(_) => None,
+        }
     }
 
     /// Stores `entry` under `key` for the configured TTL, replacing any previous entry and
     /// evicting the least recently used entries beyond the size bound.
     pub fn put(&self, key: &ContentKey, entry: &CacheEntry) {
-        self.put_at(key, entry, Instant::now())
+        self.put_at(Key::Content(*key), Value::Content(entry.clone()), Instant::now())
+    }
+
+    /// The resource entry stored under `key`, like [`MemoryCache::get`].
+    pub fn get_resource(&self, key: &ResourceKey) -> Option<ResourceEntry> {
+        match self.get_at(&Key::Resource(*key), Instant::now())? {
+            Value::Resource(entry) => Some(entry),
+            Value::Content(_) => None,
+        }
+    }
+
+    /// Stores a resource entry, like [`MemoryCache::put`].
+    pub fn put_resource(&self, key: &ResourceKey, entry: &ResourceEntry) {
+        self.put_at(Key::Resource(*key), Value::Resource(entry.clone()), Instant::now())
+    }
+
+    /// How long an entry is kept.
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    /// The most entries held at once.
+    pub fn max_entries(&self) -> usize {
+        self.max_entries
     }
 
     /// Entries currently held, including expired ones not yet removed.
@@ -60,7 +103,7 @@ impl MemoryCache {
         self.len() == 0
     }
 
-    fn get_at(&self, key: &ContentKey, now: Instant) -> Option<CacheEntry> {
+    fn get_at(&self, key: &Key, now: Instant) -> Option<Value> {
         let mut lru = self.lock();
         let lru = &mut *lru;
         let slot = lru.slots.get_mut(key)?;
@@ -74,21 +117,23 @@ impl MemoryCache {
         lru.recency.remove(&slot.last_used);
         slot.last_used = lru.clock;
         lru.recency.insert(lru.clock, *key);
-        Some(slot.entry.clone())
+        Some(slot.value.clone())
     }
 
-    fn put_at(&self, key: &ContentKey, entry: &CacheEntry, now: Instant) {
-        // Clone before taking the lock, so the lock covers map operations only.
-        let slot_entry = entry.clone();
+    /// `value` is cloned by the caller, so that the lock covers map operations only.
+    fn put_at(&self, key: Key, value: Value, now: Instant) {
+        if self.ttl.is_zero() {
+            return;
+        }
         let expires_at = now.checked_add(self.ttl);
         let mut lru = self.lock();
         lru.clock += 1;
         let tick = lru.clock;
-        let slot = Slot { entry: slot_entry, expires_at, last_used: tick };
-        if let Some(previous) = lru.slots.insert(*key, slot) {
+        let slot = Slot { value, expires_at, last_used: tick };
+        if let Some(previous) = lru.slots.insert(key, slot) {
             lru.recency.remove(&previous.last_used);
         }
-        lru.recency.insert(tick, *key);
+        lru.recency.insert(tick, key);
         while lru.slots.len() > self.max_entries {
             let Some((_, oldest)) = lru.recency.pop_first() else { break };
             lru.slots.remove(&oldest);
@@ -140,6 +185,21 @@ mod tests {
         ContentKey::of(&[n])
     }
 
+    fn put_at(cache: &MemoryCache, key: ContentKey, entry: CacheEntry, now: Instant) {
+        cache.put_at(Key::Content(key), Value::Content(entry), now);
+    }
+
+    fn get_at(cache: &MemoryCache, key: ContentKey, now: Instant) -> Option<CacheEntry> {
+        match cache.get_at(&Key::Content(key), now)? {
+            Value::Content(entry) => Some(entry),
+            Value::Resource(_) => panic!("a resource entry under a content key"),
+        }
+    }
+
+    fn resource(n: u8) -> ResourceEntry {
+        ResourceEntry { validator: format!("etag:\"{n}\""), content: key(n), entry: entry(u64::from(n)) }
+    }
+
     #[test]
     fn stores_and_returns_entries() {
         let cache = MemoryCache::new(10, TTL);
@@ -157,24 +217,24 @@ mod tests {
     fn entries_expire_after_the_ttl() {
         let cache = MemoryCache::new(10, TTL);
         let t0 = Instant::now();
-        cache.put_at(&key(1), &entry(1), t0);
-        assert_eq!(cache.get_at(&key(1), t0 + TTL - Duration::from_millis(1)), Some(entry(1)));
-        assert_eq!(cache.get_at(&key(1), t0 + TTL), None);
+        put_at(&cache, key(1), entry(1), t0);
+        assert_eq!(get_at(&cache, key(1), t0 + TTL - Duration::from_millis(1)), Some(entry(1)));
+        assert_eq!(get_at(&cache, key(1), t0 + TTL), None);
         // The expired entry is gone, not merely hidden.
         assert_eq!(cache.len(), 0);
-        assert_eq!(cache.get_at(&key(1), t0), None);
+        assert_eq!(get_at(&cache, key(1), t0), None);
     }
 
     #[test]
     fn a_new_put_restarts_the_ttl_and_a_get_does_not() {
         let cache = MemoryCache::new(10, TTL);
         let t0 = Instant::now();
-        cache.put_at(&key(1), &entry(1), t0);
-        assert!(cache.get_at(&key(1), t0 + TTL / 2).is_some());
-        assert_eq!(cache.get_at(&key(1), t0 + TTL), None, "a hit must not extend the TTL");
-        cache.put_at(&key(2), &entry(2), t0);
-        cache.put_at(&key(2), &entry(3), t0 + TTL / 2);
-        assert_eq!(cache.get_at(&key(2), t0 + TTL), Some(entry(3)));
+        put_at(&cache, key(1), entry(1), t0);
+        assert!(get_at(&cache, key(1), t0 + TTL / 2).is_some());
+        assert_eq!(get_at(&cache, key(1), t0 + TTL), None, "a hit must not extend the TTL");
+        put_at(&cache, key(2), entry(2), t0);
+        put_at(&cache, key(2), entry(3), t0 + TTL / 2);
+        assert_eq!(get_at(&cache, key(2), t0 + TTL), Some(entry(3)));
     }
 
     #[test]
@@ -220,5 +280,50 @@ mod tests {
         let cache = MemoryCache::new(2, Duration::MAX);
         cache.put(&key(1), &entry(1));
         assert_eq!(cache.get(&key(1)), Some(entry(1)));
+    }
+
+    #[test]
+    fn resource_entries_live_beside_content_entries() {
+        let cache = MemoryCache::new(10, TTL);
+        let resource_key = ResourceKey::new("example.org", "/a");
+        assert_eq!(cache.get_resource(&resource_key), None);
+        cache.put_resource(&resource_key, &resource(1));
+        cache.put(&key(1), &entry(7));
+        assert_eq!(cache.get_resource(&resource_key), Some(resource(1)));
+        assert_eq!(cache.get(&key(1)), Some(entry(7)));
+        assert_eq!(cache.get_resource(&ResourceKey::new("example.org", "/b")), None);
+        cache.put_resource(&resource_key, &resource(2));
+        assert_eq!(cache.get_resource(&resource_key), Some(resource(2)));
+        assert_eq!(cache.len(), 2);
+    }
+
+    #[test]
+    fn resource_and_content_entries_share_the_bound() {
+        let cache = MemoryCache::new(2, TTL);
+        cache.put(&key(1), &entry(1));
+        cache.put_resource(&ResourceKey::new("h", "/1"), &resource(1));
+        cache.put_resource(&ResourceKey::new("h", "/2"), &resource(2));
+        assert_eq!(cache.len(), 2);
+        assert_eq!(cache.get(&key(1)), None, "the oldest entry, of either kind, is evicted");
+        assert_eq!(cache.get_resource(&ResourceKey::new("h", "/2")), Some(resource(2)));
+    }
+
+    #[test]
+    fn resource_entries_expire_too() {
+        let cache = MemoryCache::new(10, TTL);
+        let t0 = Instant::now();
+        let resource_key = ResourceKey::new("h", "/x");
+        cache.put_at(Key::Resource(resource_key), Value::Resource(resource(1)), t0);
+        assert!(cache.get_at(&Key::Resource(resource_key), t0 + TTL - Duration::from_millis(1)).is_some());
+        assert!(cache.get_at(&Key::Resource(resource_key), t0 + TTL).is_none());
+    }
+
+    #[test]
+    fn a_zero_ttl_stores_nothing() {
+        let cache = MemoryCache::new(10, Duration::ZERO);
+        cache.put(&key(1), &entry(1));
+        cache.put_resource(&ResourceKey::new("h", "/x"), &resource(1));
+        assert!(cache.is_empty());
+        assert_eq!(cache.get(&key(1)), None);
     }
 }

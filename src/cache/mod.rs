@@ -1,36 +1,68 @@
-//! The verdict cache: remembers `Clean` and `Infected` verdicts by content, in Redis or in-process.
+//! The verdict cache: remembers `Clean` and `Infected` verdicts by content and by resource, in
+//! process and in Redis, and lends instances a Redis lock so that one of them scans an object
+//! while the others wait.
 //!
 //! # What is cached
-//! Only `Clean` and `Infected` ([`CachedVerdict`] has no other variant), keyed by the SHA-256 of
-//! the bytes that were scanned ([`ContentKey`]), with the engine and signature-database versions
-//! that produced them ([`CacheEntry`]). Deciding whether a `Clean` entry from an older database is
-//! still good enough is the scanner's job, not the cache's.
+//! Only `Clean` and `Infected` ([`CachedVerdict`] has no other variant), with the engine and
+//! signature-database versions that produced them ([`CacheEntry`]), under two kinds of key:
+//! - the SHA-256 of the bytes that were scanned ([`ContentKey`]);
+//! - a resource, host + path and query ([`ResourceKey`]), whose [`ResourceEntry`] also holds the
+//!   caller's validator (ETag, Last-Modified...) and the content key of the body scanned.
 //!
-//! # Backends
-//! [`VerdictCache`] is one of two real implementations, chosen by [`VerdictCache::from_config`]:
-//! - [`RedisCache`] when `cache.redis_url` is set: shared by every clamgate instance.
-//! - [`MemoryCache`] otherwise: per process, TTL-expiring, bounded by `cache.memory_max_entries`.
+//! Deciding whether a `Clean` entry from an older database, or a resource entry with another
+//! validator, is still good enough is the scanner's job, not the cache's.
+//!
+//! # Tiers
+//! [`VerdictCache::from_config`] builds:
+//! - without Redis: the in-process [`MemoryCache`] alone, entries kept `cache.ttl_secs`;
+//! - with Redis (`cache.redis_url`, or `cache.redis_cluster_urls` for a Redis Cluster): the
+//!   [`MemoryCache`] in front of [`RedisCache`]. The memory tier keeps entries
+//!   `min(cache.memory_ttl_secs, cache.ttl_secs)` (0 turns it off), bounded by
+//!   `cache.memory_max_entries`. A lookup asks memory first and Redis on a miss; a Redis hit fills
+//!   the memory tier; a write goes to both. So another instance's newer verdict for the same key
+//!   is seen within `memory_ttl_secs` at worst.
+//!
+//! [`VerdictCache::lookup`] and [`VerdictCache::lookup_resource`] report which tier answered
+//! ([`Hit`], [`Tier`]).
 //!
 //! # Errors are misses
-//! `get` and `put` return [`CacheError`] when Redis is unreachable, slow (each call is bounded by
-//! `cache.redis_timeout_ms`) or holds a value this build cannot read. The caller counts it as a miss
-//! and scans; a cache error never becomes a verdict. Startup never waits for Redis, and the cache
-//! resumes by itself when Redis comes back (`src/cache/redis.rs` says how).
+//! Calls return [`CacheError`] when Redis is unreachable, slow (each call is bounded by
+//! `cache.redis_timeout_ms`) or holds a value this build cannot read. A lookup returns the error
+//! only when the memory tier missed too; a write has already reached the memory tier when it
+//! reports a Redis error. The caller counts the error as a miss and scans; a cache error never
+//! becomes a verdict. Startup never waits for Redis, and the cache resumes by itself when Redis
+//! comes back (`src/cache/redis.rs` says how).
+//!
+//! # Locks: one scan per object across instances
+//! [`VerdictCache::try_lock`] takes a lock named after the object (`SET key token NX PX ttl`) so
+//! that only one instance scans it; the others poll [`VerdictCache::lookup`] and
+//! [`VerdictCache::lock_held`] until the verdict appears or the lock is gone. The holder releases
+//! it with [`VerdictCache::unlock`], which deletes it only if it still holds the holder's token.
+//! A holder that dies leaves the lock to expire after its TTL (`cache.lock_ttl_ms`); the waiters
+//! then find it gone without a verdict and scan themselves. Without Redis there is no shared lock:
+//! [`LockAttempt::Local`] tells the caller that its in-process single-flight is all there is.
 //!
 //! # Redis key format
 //! ```text
-//! {key_prefix}v1:content:{sha256 hex}
+//! {key_prefix}v1:content:{sha256 hex of the body}
+//! {key_prefix}v1:resource:{sha256 hex of host "\n" path_and_query}
+//! {key_prefix}v1:lock:{object}
 //! clamgate:v1:content:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad
 //! ```
-//! `key_prefix` is `cache.key_prefix` (default `clamgate:`); the hex digest is 64 lowercase digits.
-//! `v1` is the version of the key scheme; every operation touches a single key, so the layout
-//! works unchanged on Redis Cluster. Written with `SET key value EX cache.ttl_secs`.
+//! `key_prefix` is `cache.key_prefix` (default `clamgate:`); hex digests are 64 lowercase digits;
+//! `object` is the caller's name for what is being scanned (e.g. `content:{sha256 hex}`). `v1` is
+//! the version of the key scheme. Every operation touches a single key, so the layout works
+//! unchanged on Redis Cluster. Entries are written with `SET key value EX cache.ttl_secs`; a lock's
+//! value is a random token (32 hex digits).
 //!
 //! # Value format
-//! JSON with a version field, produced and read only by [`encode_entry`] and [`decode_entry`]:
+//! JSON with a version field, produced and read only by pure functions:
+//! [`encode_entry`]/[`decode_entry`] for content entries,
+//! [`encode_resource`]/[`decode_resource`] for resource entries:
 //! ```text
 //! {"v":1,"verdict":"clean","engine_version":"1.4.6","database_version":27000,"scanned_at_unix_secs":1767225600}
 //! {"v":1,"verdict":"infected","signature":"Eicar-Test-Signature","engine_version":"1.4.6","database_version":27000,"scanned_at_unix_secs":1767225600}
+//! {"v":1,"validator":"etag:\"abc\"","sha256":"ba78...15ad","verdict":"clean","engine_version":"1.4.6","database_version":27000,"scanned_at_unix_secs":1767225600}
 //! ```
 //! `database_version` may be `null`. A value with another `v`, an unknown field or any other
 //! defect fails to decode ([`CacheError::Decode`]), so during a rolling upgrade an older instance
@@ -39,14 +71,23 @@
 mod entry;
 mod memory;
 mod redis;
+mod resource;
 
 pub use self::entry::{
     decode_entry, encode_entry, CacheEntry, CachedVerdict, ContentKey, DecodeError, ENTRY_FORMAT_VERSION,
 };
 pub use self::memory::MemoryCache;
 pub use self::redis::RedisCache;
+pub use self::resource::{
+    decode_resource, encode_resource, ResourceEntry, ResourceKey, RESOURCE_FORMAT_VERSION,
+};
 
 use crate::config::CacheConfig;
+use sha2::{Digest, Sha256};
+use std::collections::hash_map::RandomState;
+use std::fmt;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 /// Why a cache call failed. Every variant means "treat as a miss".
@@ -55,7 +96,7 @@ pub enum CacheError {
     /// The cache settings cannot work (bad Redis URL, zero TTL...). Reported at startup only.
     #[error("invalid cache configuration: {0}")]
     InvalidConfig(String),
-    /// Redis failed the call: connection refused or dropped, authentication, or an error reply.
+    /// Redis failed the call: connection refused or dropped, TLS, authentication, or an error reply.
     #[error("redis: {0}")]
     Redis(#[from] ::redis::RedisError),
     /// Redis did not answer within `cache.redis_timeout_ms`.
@@ -82,8 +123,8 @@ impl CacheError {
         }
     }
 
-    /// Whether the error means Redis could not be used at all (down, unreachable, too slow), as
-    /// opposed to an answer clamgate could not use.
+    /// Whether the error means Redis could not be used at all (down, unreachable, too slow,
+    /// refusing the credentials), as opposed to an answer clamgate could not use.
     pub fn is_unavailability(&self) -> bool {
         match self {
             CacheError::Timeout | CacheError::Unavailable => true,
@@ -93,66 +134,246 @@ impl CacheError {
     }
 }
 
-/// The verdict cache: one of its two real implementations.
+/// The tier that answered a lookup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tier {
+    /// This process's memory.
+    Memory,
+    /// Redis (standalone or cluster): written by this instance or another.
+    Redis,
+}
+
+impl Tier {
+    /// `memory` or `redis`, for metric labels and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Tier::Memory => "memory",
+            Tier::Redis => "redis",
+        }
+    }
+}
+
+/// A value found in the cache, and the tier it came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hit<T> {
+    /// What was found.
+    pub value: T,
+    /// Where it was found.
+    pub tier: Tier,
+}
+
+/// The outcome of [`VerdictCache::try_lock`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LockAttempt {
+    /// This caller holds the lock until it calls [`VerdictCache::unlock`] with the token, or the
+    /// TTL passes.
+    Acquired(LockToken),
+    /// Another caller (normally another instance) holds it: wait for its verdict.
+    HeldElsewhere,
+    /// There is no shared cache, hence no shared lock: the caller's in-process single-flight is
+    /// all there is.
+    Local,
+}
+
+/// Proof of holding a lock: the random value stored in it. Only [`VerdictCache::try_lock`] makes
+/// one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LockToken(String);
+
+impl LockToken {
+    /// A token unique across processes and calls: 128 bits of SHA-256 over two SipHash values keyed
+    /// by the standard library from the OS's random source, a process-wide counter, the process id
+    /// and the time. Uniqueness is what matters; the token guards against mistakes, not attackers
+    /// (anyone who can write to Redis can delete any lock).
+    fn random() -> LockToken {
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let count = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let mut digest = Sha256::new();
+        for _ in 0..2 {
+            let mut hasher = RandomState::new().build_hasher();
+            hasher.write_u64(count);
+            digest.update(hasher.finish().to_le_bytes());
+        }
+        digest.update(count.to_le_bytes());
+        digest.update(std::process::id().to_le_bytes());
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        digest.update(now.as_nanos().to_le_bytes());
+        LockToken(hex::encode(&digest.finalize()[..16]))
+    }
+
+    /// The token as stored in Redis: 32 lowercase hex digits.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for LockToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The verdict cache: an in-process tier, and Redis behind it when one is configured.
 #[derive(Debug)]
-pub enum VerdictCache {
-    /// In-process, for a single instance or when no Redis is configured.
-    Memory(MemoryCache),
-    /// Redis, shared by every instance.
-    Redis(RedisCache),
+pub struct VerdictCache {
+    memory: MemoryCache,
+    redis: Option<RedisCache>,
 }
 
 impl VerdictCache {
-    /// Redis when `cfg.redis_url` is set, in-process otherwise. Invalid settings are an error;
-    /// an unreachable Redis is not (nothing is contacted here, and no Tokio runtime is needed).
+    /// The memory tier alone when neither `cfg.redis_url` nor `cfg.redis_cluster_urls` is set,
+    /// both tiers otherwise. Invalid settings are an error, listing every problem; an unreachable
+    /// Redis is not (nothing is contacted here, and no Tokio runtime is needed).
     pub fn from_config(cfg: &CacheConfig) -> Result<VerdictCache, CacheError> {
-        if cfg.redis_url.is_some() {
-            return Ok(VerdictCache::Redis(RedisCache::from_config(cfg)?));
-        }
+        let shared = cfg.redis_url.is_some() || !cfg.redis_cluster_urls.is_empty();
         let mut problems = Vec::new();
-        if cfg.ttl_secs == 0 {
-            problems.push("cache.ttl_secs must be at least 1");
-        }
+        let redis = if shared {
+            match RedisCache::from_config(cfg) {
+                Ok(redis) => Some(redis),
+                Err(CacheError::InvalidConfig(message)) => {
+                    problems.push(message);
+                    None
+                }
+                Err(other) => return Err(other),
+            }
+        } else {
+            if cfg.ttl_secs == 0 {
+                problems.push("cache.ttl_secs must be at least 1".to_string());
+            }
+            None
+        };
         if cfg.memory_max_entries == 0 {
-            problems.push("cache.memory_max_entries must be at least 1");
+            problems.push("cache.memory_max_entries must be at least 1".to_string());
         }
         if !problems.is_empty() {
             return Err(CacheError::InvalidConfig(problems.join("; ")));
         }
-        Ok(VerdictCache::Memory(MemoryCache::new(cfg.memory_max_entries, Duration::from_secs(cfg.ttl_secs))))
+        let memory_ttl_secs = if shared { cfg.memory_ttl_secs.min(cfg.ttl_secs) } else { cfg.ttl_secs };
+        let memory = MemoryCache::new(cfg.memory_max_entries, Duration::from_secs(memory_ttl_secs));
+        Ok(VerdictCache { memory, redis })
     }
 
-    /// The entry for `key`; `Ok(None)` is a miss. Errors are misses too, for the caller to count.
+    /// The entry for `key` and the tier that had it; `Ok(None)` is a miss. Memory is asked
+    /// first; on a miss there, Redis, whose hit then fills the memory tier. An error (Redis
+    /// unreachable, slow, or holding an unreadable value) comes only after a memory miss, and is
+    /// a miss for the caller to count.
+    pub async fn lookup(&self, key: &ContentKey) -> Result<Option<Hit<CacheEntry>>, CacheError> {
+        if let Some(value) = self.memory.get(key) {
+            return Ok(Some(Hit { value, tier: Tier::Memory }));
+        }
+        let Some(redis) = &self.redis else { return Ok(None) };
+        let found = redis.get(key).await?;
+        if let Some(entry) = &found {
+            self.memory.put(key, entry);
+        }
+        Ok(found.map(|value| Hit { value, tier: Tier::Redis }))
+    }
+
+    /// [`VerdictCache::lookup`] without the tier.
     pub async fn get(&self, key: &ContentKey) -> Result<Option<CacheEntry>, CacheError> {
-        match self {
-            VerdictCache::Memory(cache) => Ok(cache.get(key)),
-            VerdictCache::Redis(cache) => cache.get(key).await,
-        }
+        Ok(self.lookup(key).await?.map(|hit| hit.value))
     }
 
-    /// Stores `entry` under `key` for `cache.ttl_secs`, replacing any previous entry.
+    /// Stores `entry` under `key` in both tiers, replacing any previous entry: in memory at once,
+    /// then in Redis for `cache.ttl_secs`. An error means Redis did not take it (this instance
+    /// still remembers it).
     pub async fn put(&self, key: &ContentKey, entry: &CacheEntry) -> Result<(), CacheError> {
-        match self {
-            VerdictCache::Memory(cache) => {
-                cache.put(key, entry);
-                Ok(())
-            }
-            VerdictCache::Redis(cache) => cache.put(key, entry).await,
+        self.memory.put(key, entry);
+        match &self.redis {
+            Some(redis) => redis.put(key, entry).await,
+            None => Ok(()),
         }
     }
 
-    /// `memory` or `redis`, for metrics, logs and `/status`.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            VerdictCache::Memory(_) => "memory",
-            VerdictCache::Redis(_) => "redis",
+    /// The resource entry for `key` and the tier that had it, like [`VerdictCache::lookup`].
+    pub async fn lookup_resource(&self, key: &ResourceKey) -> Result<Option<Hit<ResourceEntry>>, CacheError> {
+        if let Some(value) = self.memory.get_resource(key) {
+            return Ok(Some(Hit { value, tier: Tier::Memory }));
         }
+        let Some(redis) = &self.redis else { return Ok(None) };
+        let found = redis.get_resource(key).await?;
+        if let Some(entry) = &found {
+            self.memory.put_resource(key, entry);
+        }
+        Ok(found.map(|value| Hit { value, tier: Tier::Redis }))
+    }
+
+    /// Stores a resource entry in both tiers, like [`VerdictCache::put`].
+    pub async fn put_resource(&self, key: &ResourceKey, entry: &ResourceEntry) -> Result<(), CacheError> {
+        self.memory.put_resource(key, entry);
+        match &self.redis {
+            Some(redis) => redis.put_resource(key, entry).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Tries to take the cross-instance lock on `object` for `ttl` (at least 1 ms): `Acquired`
+    /// with the token to unlock it, `HeldElsewhere` if another holds it, `Local` without Redis.
+    /// An error (Redis away or slow, within `cache.redis_timeout_ms`) means nobody can say: the
+    /// caller scans by itself.
+    pub async fn try_lock(&self, object: &str, ttl: Duration) -> Result<LockAttempt, CacheError> {
+        match &self.redis {
+            Some(redis) => redis.try_lock(object, ttl).await,
+            None => Ok(LockAttempt::Local),
+        }
+    }
+
+    /// Releases the lock on `object` if it still holds `token`. A lock that expired, and perhaps
+    /// was taken by another caller since, is left alone; that is not an error.
+    pub async fn unlock(&self, object: &str, token: &LockToken) -> Result<(), CacheError> {
+        match &self.redis {
+            Some(redis) => redis.unlock(object, token).await.map(|_released| ()),
+            None => Ok(()),
+        }
+    }
+
+    /// Whether someone holds the lock on `object`: `false` once it was released or expired (its
+    /// holder finished or died), and always `false` without Redis.
+    pub async fn lock_held(&self, object: &str) -> Result<bool, CacheError> {
+        match &self.redis {
+            Some(redis) => redis.lock_held(object).await,
+            None => Ok(false),
+        }
+    }
+
+    /// `memory`, `redis` or `redis_cluster`, for metrics, logs and `/status`.
+    pub fn kind(&self) -> &'static str {
+        match &self.redis {
+            None => "memory",
+            Some(redis) if redis.is_cluster() => "redis_cluster",
+            Some(_) => "redis",
+        }
+    }
+
+    /// Whether entries and locks are shared with other instances (Redis is configured).
+    pub fn is_shared(&self) -> bool {
+        self.redis.is_some()
+    }
+
+    /// The Redis servers, without credentials, for logs; `None` without Redis.
+    pub fn redis_endpoint(&self) -> Option<&str> {
+        self.redis.as_ref().map(RedisCache::endpoint)
+    }
+
+    /// The in-process tier (for `/status`: its size and bound).
+    pub fn memory(&self) -> &MemoryCache {
+        &self.memory
     }
 }
 
 /// The Redis key of a content entry: `{key_prefix}v1:content:{sha256 hex}`.
 pub(crate) fn content_redis_key(key_prefix: &str, key: &ContentKey) -> String {
     format!("{key_prefix}v1:content:{}", key.hex())
+}
+
+/// The Redis key of a resource entry: `{key_prefix}v1:resource:{sha256 hex}`.
+pub(crate) fn resource_redis_key(key_prefix: &str, key: &ResourceKey) -> String {
+    format!("{key_prefix}v1:resource:{}", key.hex())
+}
+
+/// The Redis key of the lock on `object`: `{key_prefix}v1:lock:{object}`.
+pub(crate) fn lock_redis_key(key_prefix: &str, object: &str) -> String {
+    format!("{key_prefix}v1:lock:{object}")
 }
 
 #[cfg(test)]
@@ -165,6 +386,30 @@ mod tests {
             engine_version: "1.4.6".to_string(),
             database_version: Some(27000),
             scanned_at_unix_secs: 1_767_225_600,
+        }
+    }
+
+    fn resource() -> ResourceEntry {
+        ResourceEntry {
+            validator: "etag:\"v1\"".to_string(),
+            content: ContentKey::of(b"abc"),
+            entry: entry(),
+        }
+    }
+
+    /// Port 1 on loopback: nothing listens there.
+    fn unreachable(timeout_ms: u64) -> CacheConfig {
+        CacheConfig {
+            redis_url: Some("redis://127.0.0.1:1/".to_string()),
+            redis_timeout_ms: timeout_ms,
+            ..CacheConfig::default()
+        }
+    }
+
+    fn invalid_config_message(cfg: &CacheConfig) -> String {
+        match VerdictCache::from_config(cfg) {
+            Err(CacheError::InvalidConfig(message)) => message,
+            other => panic!("expected InvalidConfig, got {other:?}"),
         }
     }
 
@@ -183,17 +428,81 @@ mod tests {
     }
 
     #[test]
+    fn resource_and_lock_key_formats() {
+        // printf 'example.org\n/a?b=1' | sha256sum
+        let key = ResourceKey::new("example.org", "/a?b=1");
+        assert_eq!(
+            resource_redis_key("clamgate:", &key),
+            "clamgate:v1:resource:99f102d50edb1f4627ce22f2458c2c90678fa1ef34451266400d99bb79c6ac0f"
+        );
+        assert_eq!(lock_redis_key("clamgate:", "content:ab12"), "clamgate:v1:lock:content:ab12");
+    }
+
+    #[test]
     fn picks_memory_without_a_redis_url() {
         let cache = VerdictCache::from_config(&CacheConfig::default());
-        assert_eq!(cache.map(|c| c.kind()).ok(), Some("memory"));
+        assert_eq!(cache.as_ref().map(|c| c.kind()).ok(), Some("memory"));
+        assert_eq!(cache.as_ref().map(|c| c.is_shared()).ok(), Some(false));
+        assert_eq!(cache.as_ref().ok().and_then(|c| c.redis_endpoint()), None);
     }
 
     #[test]
     fn picks_redis_with_a_url_without_contacting_it() {
-        // Port 1 on loopback: nothing listens there; construction must not care, nor need Tokio.
-        let cfg =
-            CacheConfig { redis_url: Some("redis://127.0.0.1:1/".to_string()), ..CacheConfig::default() };
-        assert_eq!(VerdictCache::from_config(&cfg).map(|c| c.kind()).ok(), Some("redis"));
+        // Nothing listens on port 1; construction must not care, nor need Tokio.
+        let cache = VerdictCache::from_config(&unreachable(250));
+        assert_eq!(cache.as_ref().map(|c| c.kind()).ok(), Some("redis"));
+        assert_eq!(cache.as_ref().map(|c| c.is_shared()).ok(), Some(true));
+        assert_eq!(cache.as_ref().ok().and_then(|c| c.redis_endpoint()), Some("redis://127.0.0.1:1/0"));
+    }
+
+    #[test]
+    fn picks_redis_cluster_with_cluster_urls_without_contacting_them() {
+        let cfg = CacheConfig {
+            redis_cluster_urls: vec!["redis://127.0.0.1:1".to_string(), "redis://127.0.0.1:2".to_string()],
+            redis_password: Some("s3cret-pw".to_string()),
+            ..CacheConfig::default()
+        };
+        let cache = VerdictCache::from_config(&cfg);
+        assert_eq!(cache.as_ref().map(|c| c.kind()).ok(), Some("redis_cluster"));
+        assert_eq!(cache.as_ref().map(|c| c.is_shared()).ok(), Some(true));
+        assert_eq!(
+            cache.as_ref().ok().and_then(|c| c.redis_endpoint()),
+            Some("redis://127.0.0.1:1/0,redis://127.0.0.1:2/0")
+        );
+        let debug = format!("{cache:?}");
+        assert!(debug.contains("cluster"), "{debug}");
+        assert!(!debug.contains("s3cret"), "{debug}");
+    }
+
+    #[test]
+    fn credentials_never_show_in_debug_or_endpoint() {
+        let cfg = CacheConfig {
+            redis_url: Some("redis://urluser:url-pw-1@10.0.0.7:6380/2".to_string()),
+            redis_username: Some("clamgate".to_string()),
+            redis_password: Some("cfg-pw-2".to_string()),
+            ..CacheConfig::default()
+        };
+        let cache = VerdictCache::from_config(&cfg);
+        let debug = format!("{cache:?}");
+        assert!(debug.contains("redis://10.0.0.7:6380/2"), "{debug}");
+        for secret in ["url-pw-1", "cfg-pw-2", "urluser"] {
+            assert!(!debug.contains(secret), "{debug}");
+        }
+    }
+
+    #[test]
+    fn the_memory_tier_keeps_entries_the_shorter_of_its_ttl_and_the_cache_ttl() {
+        let alone = CacheConfig { ttl_secs: 60, memory_ttl_secs: 5, ..CacheConfig::default() };
+        let ttl = |cfg: &CacheConfig| VerdictCache::from_config(cfg).map(|c| c.memory().ttl()).ok();
+        assert_eq!(ttl(&alone), Some(Duration::from_secs(60)), "without Redis, entries live ttl_secs");
+        let tiered = CacheConfig { ttl_secs: 60, memory_ttl_secs: 5, ..unreachable(250) };
+        assert_eq!(ttl(&tiered), Some(Duration::from_secs(5)));
+        let short = CacheConfig { ttl_secs: 3, memory_ttl_secs: 5, ..unreachable(250) };
+        assert_eq!(ttl(&short), Some(Duration::from_secs(3)));
+        let off = CacheConfig { memory_ttl_secs: 0, ..unreachable(250) };
+        assert_eq!(ttl(&off), Some(Duration::ZERO));
+        let bounded = CacheConfig { memory_max_entries: 7, ..unreachable(250) };
+        assert_eq!(VerdictCache::from_config(&bounded).map(|c| c.memory().max_entries()).ok(), Some(7));
     }
 
     #[test]
@@ -206,6 +515,86 @@ mod tests {
         assert!(matches!(VerdictCache::from_config(&zero_entries), Err(CacheError::InvalidConfig(_))));
     }
 
+    #[test]
+    fn reports_every_redis_problem_at_once() {
+        let cfg = CacheConfig {
+            ttl_secs: 0,
+            redis_pool_size: 0,
+            memory_max_entries: 0,
+            redis_tls_ca_file: Some("/nonexistent/clamgate-ca.pem".to_string()),
+            ..unreachable(0)
+        };
+        let message = invalid_config_message(&cfg);
+        for key in [
+            "cache.ttl_secs",
+            "cache.redis_timeout_ms",
+            "cache.redis_pool_size",
+            "cache.memory_max_entries",
+            "cache.redis_tls_ca_file",
+        ] {
+            assert!(message.contains(key), "{key} missing from {message}");
+        }
+    }
+
+    #[test]
+    fn rejects_contradicting_redis_settings() {
+        let both =
+            CacheConfig { redis_cluster_urls: vec!["redis://127.0.0.1:2".to_string()], ..unreachable(250) };
+        assert!(invalid_config_message(&both).contains("not both"));
+
+        let ca = tempfile_with(b"-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n");
+        let ca_path = ca.to_string_lossy().to_string();
+        let ca_without_tls = CacheConfig { redis_tls_ca_file: Some(ca_path.clone()), ..unreachable(250) };
+        assert!(invalid_config_message(&ca_without_tls).contains("not rediss://"));
+        let cluster_ca_without_tls = CacheConfig {
+            redis_cluster_urls: vec!["redis://127.0.0.1:2".to_string()],
+            redis_tls_ca_file: Some(ca_path),
+            ..CacheConfig::default()
+        };
+        assert!(invalid_config_message(&cluster_ca_without_tls).contains("not rediss://"));
+
+        let not_pem = tempfile_with(b"hello");
+        let garbage_ca = CacheConfig {
+            redis_url: Some("rediss://127.0.0.1:1/".to_string()),
+            redis_tls_ca_file: Some(not_pem.to_string_lossy().to_string()),
+            ..CacheConfig::default()
+        };
+        assert!(invalid_config_message(&garbage_ca).contains("no PEM certificate"));
+
+        let mixed = CacheConfig {
+            redis_cluster_urls: vec!["redis://127.0.0.1:2".to_string(), "rediss://127.0.0.1:3".to_string()],
+            ..CacheConfig::default()
+        };
+        assert!(invalid_config_message(&mixed).contains("mixes"));
+        let unix = CacheConfig {
+            redis_cluster_urls: vec!["redis+unix:///run/redis.sock".to_string()],
+            ..CacheConfig::default()
+        };
+        assert!(invalid_config_message(&unix).contains("unix socket"));
+        let bad_seed = CacheConfig {
+            redis_cluster_urls: vec!["redis://127.0.0.1:2".to_string(), "nope".to_string()],
+            ..CacheConfig::default()
+        };
+        assert!(invalid_config_message(&bad_seed).contains("cache.redis_cluster_urls[1]"));
+        let user_without_password =
+            CacheConfig { redis_username: Some("clamgate".to_string()), ..unreachable(250) };
+        assert!(invalid_config_message(&user_without_password).contains("no password"));
+        std::fs::remove_file(ca).ok();
+        std::fs::remove_file(not_pem).ok();
+    }
+
+    /// A file with `contents` in the temp dir (unit tests have no `tempfile`).
+    fn tempfile_with(contents: &[u8]) -> std::path::PathBuf {
+        static N: AtomicU64 = AtomicU64::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "clamgate-cache-test-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::write(&path, contents).expect("write a temp file");
+        path
+    }
+
     #[tokio::test]
     async fn memory_cache_round_trips_through_the_enum() {
         let cache = VerdictCache::from_config(&CacheConfig::default()).ok();
@@ -215,16 +604,30 @@ mod tests {
         assert!(cache.put(&key, &entry()).await.is_ok());
         assert_eq!(cache.get(&key).await.ok(), Some(Some(entry())));
         assert_eq!(cache.get(&ContentKey::of(b"other")).await.ok(), Some(None));
+        let hit = cache.lookup(&key).await.ok().flatten();
+        assert_eq!(hit, Some(Hit { value: entry(), tier: Tier::Memory }));
+    }
+
+    #[tokio::test]
+    async fn memory_only_resource_entries_and_local_locks() {
+        let Ok(cache) = VerdictCache::from_config(&CacheConfig::default()) else { panic!("memory cache") };
+        let key = ResourceKey::new("example.org", "/file.iso");
+        assert_eq!(cache.lookup_resource(&key).await.ok(), Some(None));
+        assert!(cache.put_resource(&key, &resource()).await.is_ok());
+        let hit = cache.lookup_resource(&key).await.ok().flatten();
+        assert_eq!(hit, Some(Hit { value: resource(), tier: Tier::Memory }));
+
+        let attempt = cache.try_lock("content:x", Duration::from_secs(30)).await.ok();
+        assert_eq!(attempt, Some(LockAttempt::Local));
+        assert_eq!(cache.lock_held("content:x").await.ok(), Some(false));
+        // A second attempt is Local too: there is nothing shared to hold.
+        assert_eq!(cache.try_lock("content:x", Duration::from_secs(30)).await.ok(), Some(LockAttempt::Local));
+        assert!(cache.unlock("content:x", &LockToken::random()).await.is_ok());
     }
 
     #[tokio::test]
     async fn an_unreachable_redis_is_an_error_not_a_hang() {
-        let cfg = CacheConfig {
-            redis_url: Some("redis://127.0.0.1:1/".to_string()),
-            redis_timeout_ms: 200,
-            ..CacheConfig::default()
-        };
-        let Ok(cache) = VerdictCache::from_config(&cfg) else { panic!("from_config") };
+        let Ok(cache) = VerdictCache::from_config(&unreachable(200)) else { panic!("from_config") };
         let key = ContentKey::of(b"payload");
         let started = std::time::Instant::now();
         let got = cache.get(&key).await;
@@ -233,7 +636,45 @@ mod tests {
         // the network; either way it must fail as unavailable.
         let put = cache.put(&key, &entry()).await;
         assert!(put.as_ref().is_err_and(CacheError::is_unavailability), "{put:?}");
+        let lock = cache.try_lock("content:x", Duration::from_secs(1)).await;
+        assert!(lock.as_ref().is_err_and(CacheError::is_unavailability), "{lock:?}");
+        let held = cache.lock_held("content:x").await;
+        assert!(held.as_ref().is_err_and(CacheError::is_unavailability), "{held:?}");
         assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    #[tokio::test]
+    async fn the_memory_tier_answers_while_redis_is_unreachable() {
+        let Ok(cache) = VerdictCache::from_config(&unreachable(200)) else { panic!("from_config") };
+        let key = ContentKey::of(b"payload");
+        // The write reaches memory and reports that Redis did not take it.
+        let put = cache.put(&key, &entry()).await;
+        assert!(put.as_ref().is_err_and(CacheError::is_unavailability), "{put:?}");
+        let hit = cache.lookup(&key).await;
+        assert_eq!(hit.ok().flatten(), Some(Hit { value: entry(), tier: Tier::Memory }));
+        let resource_key = ResourceKey::new("example.org", "/a");
+        assert!(cache.put_resource(&resource_key, &resource()).await.is_err());
+        let hit = cache.lookup_resource(&resource_key).await;
+        assert_eq!(hit.ok().flatten(), Some(Hit { value: resource(), tier: Tier::Memory }));
+        // A key memory does not have goes to Redis, and its failure is reported.
+        let miss = cache.lookup(&ContentKey::of(b"other")).await;
+        assert!(miss.as_ref().is_err_and(CacheError::is_unavailability), "{miss:?}");
+    }
+
+    #[test]
+    fn lock_tokens_are_32_hex_digits_and_unique() {
+        let tokens: std::collections::HashSet<String> =
+            (0..1000).map(|_| LockToken::random().as_str().to_string()).collect();
+        assert_eq!(tokens.len(), 1000);
+        for token in tokens.iter().take(10) {
+            assert_eq!(token.len(), 32, "{token}");
+            assert!(token.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)), "{token}");
+        }
+    }
+
+    #[test]
+    fn tiers_have_stable_names() {
+        assert_eq!([Tier::Memory.as_str(), Tier::Redis.as_str()], ["memory", "redis"]);
     }
 
     #[test]
