@@ -58,6 +58,7 @@ pub fn build_scanner(config: &Config, metrics: Arc<Metrics>) -> Result<Scanner, 
         max_concurrent_scans: config.clamd.max_concurrent_scans,
         slot_wait: timeouts.reply,
         scan_timeout: Duration::from_millis(config.scan.timeout_ms),
+        lock_ttl: Duration::from_millis(config.cache.lock_ttl_ms),
     };
     Ok(Scanner::new(ClamdClient::new(address, timeouts), cache, settings, metrics))
 }
@@ -89,8 +90,7 @@ pub async fn run(
 
     let ext_proc = ExternalProcessorServer::new(ExtProcService::new(
         scanner.clone(),
-        config.policy.clone(),
-        config.response.clone(),
+        Arc::new(config.clone()),
         metrics.clone(),
     ))
     .max_decoding_message_size(config.ext_proc.max_message_bytes);

@@ -36,8 +36,19 @@ struct ReasonLabels {
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CacheLabels {
-    backend: &'static str,
+    key: &'static str,
+    tier: &'static str,
     result: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WaitLabels {
+    scope: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MessageLabels {
+    kind: &'static str,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -70,6 +81,9 @@ pub struct Metrics {
     scanned_bytes: Counter,
     cache_lookups: Family<CacheLabels, Counter>,
     cache_errors: Family<CacheErrorLabels, Counter>,
+    scan_waits: Family<WaitLabels, Counter>,
+    scan_wait_duration: Histogram,
+    ext_proc_messages: Family<MessageLabels, Counter>,
     blocked: Family<DecisionLabels, Counter>,
     stream_errors: Family<StreamErrorLabels, Counter>,
     clamd_up: Gauge,
@@ -101,7 +115,7 @@ impl Metrics {
         let cache_lookups = Family::<CacheLabels, Counter>::default();
         registry.register(
             "cache_lookups",
-            "Verdict cache lookups by backend and result (hit, miss, error)",
+            "Verdict cache lookups by key kind (content, resource), tier that answered (memory, redis) and result (hit, miss, stale, error)",
             cache_lookups.clone(),
         );
         let cache_errors = Family::<CacheErrorLabels, Counter>::default();
@@ -109,6 +123,24 @@ impl Metrics {
             "cache_errors",
             "Verdict cache failures (each one treated as a miss or a skipped write)",
             cache_errors.clone(),
+        );
+        let scan_waits = Family::<WaitLabels, Counter>::default();
+        registry.register(
+            "scan_waits",
+            "Scans not started because the same object was already being scanned, by scope (local: this instance, shared: another instance holding the Redis lock)",
+            scan_waits.clone(),
+        );
+        let scan_wait_duration = Histogram::new(exponential_buckets(0.001, 2.0, 17));
+        registry.register(
+            "scan_wait_duration_seconds",
+            "Time spent waiting for another scan of the same object",
+            scan_wait_duration.clone(),
+        );
+        let ext_proc_messages = Family::<MessageLabels, Counter>::default();
+        registry.register(
+            "ext_proc_messages",
+            "Messages received from Envoy, by kind (request_headers, request_body, response_headers, response_body, request_trailers, response_trailers)",
+            ext_proc_messages.clone(),
         );
         let blocked = Family::<DecisionLabels, Counter>::default();
         registry.register(
@@ -148,6 +180,9 @@ impl Metrics {
             scanned_bytes,
             cache_lookups,
             cache_errors,
+            scan_waits,
+            scan_wait_duration,
+            ext_proc_messages,
             blocked,
             stream_errors,
             clamd_up,
@@ -174,9 +209,21 @@ impl Metrics {
         self.scanned_bytes.inc_by(bytes);
     }
 
-    /// Counts a cache lookup: `result` is `hit`, `miss` or `error`.
-    pub fn record_cache_lookup(&self, backend: &'static str, result: &'static str) {
-        self.cache_lookups.get_or_create(&CacheLabels { backend, result }).inc();
+    /// Counts a cache lookup: `key` is `content` or `resource`; `tier` the tier that answered
+    /// (or the deepest one asked, for a miss); `result` is `hit`, `miss`, `stale` or `error`.
+    pub fn record_cache_lookup(&self, key: &'static str, tier: &'static str, result: &'static str) {
+        self.cache_lookups.get_or_create(&CacheLabels { key, tier, result }).inc();
+    }
+
+    /// Counts a wait for another scan of the same object; `scope` is `local` or `shared`.
+    pub fn record_scan_wait(&self, scope: &'static str, seconds: f64) {
+        self.scan_waits.get_or_create(&WaitLabels { scope }).inc();
+        self.scan_wait_duration.observe(seconds);
+    }
+
+    /// Counts one message from Envoy.
+    pub fn record_ext_proc_message(&self, kind: &'static str) {
+        self.ext_proc_messages.get_or_create(&MessageLabels { kind }).inc();
     }
 
     /// Counts a failed cache call: `operation` is `get` or `put`.
@@ -232,13 +279,13 @@ mod tests {
             Source::request,
             &Verdict::Unscanned { reason: UnscannedReason::EngineUnavailable },
         );
-        metrics.record_cache_lookup("memory", "hit");
+        metrics.record_cache_lookup("content", "memory", "hit");
         let text = metrics.encode();
         assert!(
             text.contains(r#"clamgate_verdicts_total{source="response",verdict="infected"} 1"#),
             "{text}"
         );
         assert!(text.contains(r#"clamgate_unscanned_total{reason="engine_unavailable"} 1"#), "{text}");
-        assert!(text.contains(r#"clamgate_cache_lookups_total{backend="memory",result="hit"} 1"#), "{text}");
+        assert!(text.contains(r#"clamgate_cache_lookups_total{key="content",tier="memory",result="hit"} 1"#), "{text}");
     }
 }

@@ -3,16 +3,29 @@
 //!
 //! Nothing here returns an error: every failure becomes `Verdict::Unscanned { reason }`, and the
 //! policy decides what the client gets. A cache failure is a miss, never a verdict.
+//!
+//! - **Staleness.** A Clean entry written under an older signature database than the one clamd
+//!   now reports is stale: the body is scanned again and the entry overwritten. Infected entries
+//!   stand until their TTL. The current database version comes from the health probe's `VERSION`
+//!   and from a `VERSION` after a failed scan, never per request.
+//! - **One scan per object at a time.** Concurrent scans of the same content wait for the first
+//!   (in process); with Redis, instances take a short lock so only one of them scans, and a
+//!   waiter scans itself if the holder dies (its lock expires).
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use sha2::{Digest, Sha256};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
-use crate::cache::{CacheEntry, CachedVerdict, ContentKey, VerdictCache};
+use crate::cache::{
+    CacheEntry, CachedVerdict, ContentKey, LockAttempt, ResourceEntry, ResourceKey, VerdictCache,
+};
 use crate::clamd::{ClamdClient, InstreamScan};
+use crate::config::CacheMode;
+use crate::ext_proc::state::Resource;
 use crate::metrics::{Metrics, Source};
 use crate::verdict::{EngineVersion, UnscannedReason, Verdict};
 
@@ -21,6 +34,12 @@ const CLAMD_CHUNK_BYTES: usize = 256 * 1024;
 
 /// How often, at most, a failing cache is reported in the log.
 const CACHE_ERROR_LOG_INTERVAL_SECS: u64 = 10;
+
+/// How often, at most, a failed scan triggers a `VERSION` refresh.
+const VERSION_REFRESH_MIN_INTERVAL_MS: u64 = 1_000;
+
+/// How often a waiter checks whether another instance's scan has finished.
+const SHARED_WAIT_POLL: Duration = Duration::from_millis(25);
 
 /// The result of one scan, with what an answer or an audit line needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,6 +55,17 @@ pub struct ScanReport {
     pub cached: bool,
 }
 
+/// What the cache knows about a resource (host + path + query).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ResourceLookup {
+    /// Known infected: refuse before the upstream is contacted.
+    Infected(ScanReport),
+    /// Known clean, valid while the response carries this validator.
+    Clean { validator: String },
+    /// Not known (or stale, or the cache failed).
+    Miss,
+}
+
 /// Limits for [`Scanner`].
 #[derive(Debug, Clone)]
 pub struct ScannerSettings {
@@ -45,9 +75,14 @@ pub struct ScannerSettings {
     pub max_concurrent_scans: usize,
     /// How long a scan may wait for a free clamd slot before it is `Unscanned { timeout }`.
     pub slot_wait: Duration,
-    /// Deadline for one whole buffered scan (slot wait, sending, reply).
+    /// Deadline for one whole buffered scan (waiting for another scan of the same object, a
+    /// clamd slot, sending, reply).
     pub scan_timeout: Duration,
+    /// Life of the cross-instance scan lock.
+    pub lock_ttl: Duration,
 }
+
+type Inflight = HashMap<ContentKey, watch::Receiver<Option<ScanReport>>>;
 
 /// Scans bodies with clamd through the verdict cache.
 pub struct Scanner {
@@ -57,16 +92,13 @@ pub struct Scanner {
     scan_slots: Arc<Semaphore>,
     metrics: Arc<Metrics>,
     engine: RwLock<Option<EngineVersion>>,
+    inflight: Mutex<Inflight>,
     last_cache_error_log_secs: AtomicU64,
+    last_version_refresh_ms: AtomicU64,
 }
 
 impl Scanner {
-    pub fn new(
-        clamd: ClamdClient,
-        cache: VerdictCache,
-        settings: ScannerSettings,
-        metrics: Arc<Metrics>,
-    ) -> Scanner {
+    pub fn new(clamd: ClamdClient, cache: VerdictCache, settings: ScannerSettings, metrics: Arc<Metrics>) -> Scanner {
         Scanner {
             clamd,
             cache,
@@ -74,7 +106,9 @@ impl Scanner {
             settings,
             metrics,
             engine: RwLock::new(None),
+            inflight: Mutex::new(HashMap::new()),
             last_cache_error_log_secs: AtomicU64::new(0),
+            last_version_refresh_ms: AtomicU64::new(0),
         }
     }
 
@@ -86,6 +120,13 @@ impl Scanner {
     /// Records the engine and database version clamd reports (learned by the health probe).
     pub fn set_engine_version(&self, version: EngineVersion) {
         if let Ok(mut engine) = self.engine.write() {
+            if engine.as_ref() != Some(&version) {
+                tracing::info!(
+                    engine = %version.engine,
+                    database_version = version.database_version.unwrap_or(0),
+                    "clamd signature database in use"
+                );
+            }
             *engine = Some(version);
         }
     }
@@ -97,38 +138,185 @@ impl Scanner {
 
     /// Scans a body that is already whole in memory (an Envoy BUFFERED body).
     ///
-    /// The cache is consulted first, so a body seen before is answered without clamd.
-    pub async fn scan_body(&self, body: &[u8], source: Source) -> ScanReport {
+    /// The cache is consulted first (unless `cache_mode` is `off`), so a body seen before is
+    /// answered without clamd; a scan of the same body already under way is waited for.
+    pub async fn scan_body(&self, body: &[u8], source: Source, cache_mode: CacheMode) -> ScanReport {
         let key = ContentKey::of(body);
         let body_bytes = body.len() as u64;
         let report = if body_bytes > self.settings.max_scan_bytes {
             self.unscanned(&key, body_bytes, UnscannedReason::TooLarge)
-        } else if let Some(cached) = self.cached_report(&key, body_bytes).await {
-            cached
+        } else if cache_mode == CacheMode::Off {
+            self.timed_scan(&key, body, false).await
         } else {
-            let verdict =
-                match tokio::time::timeout(self.settings.scan_timeout, self.scan_with_clamd(body)).await {
-                    Ok(verdict) => verdict,
-                    Err(_) => {
-                        tracing::warn!(
-                            timeout_ms = self.settings.scan_timeout.as_millis() as u64,
-                            bytes = body_bytes,
-                            "scan did not finish within scan.timeout_ms"
-                        );
-                        Verdict::Unscanned { reason: UnscannedReason::Timeout }
-                    }
-                };
-            self.store(&key, &verdict).await;
-            ScanReport {
-                verdict,
-                sha256: key.hex(),
-                body_bytes,
-                engine: self.engine_version(),
-                cached: false,
+            match tokio::time::timeout(self.settings.scan_timeout, self.scan_once(&key, body)).await {
+                Ok(report) => report,
+                Err(_) => {
+                    self.log_timeout(body_bytes);
+                    self.unscanned(&key, body_bytes, UnscannedReason::Timeout)
+                }
             }
         };
         self.metrics.record_verdict(source, &report.verdict);
         report
+    }
+
+    /// The cache, then one scan per content at a time: in process, then across instances.
+    async fn scan_once(&self, key: &ContentKey, body: &[u8]) -> ScanReport {
+        let body_bytes = body.len() as u64;
+        loop {
+            if let Some(cached) = self.cached_report(key, body_bytes).await {
+                return cached;
+            }
+            let leader = match self.join_or_lead(key) {
+                Role::Leader(leader) => leader,
+                Role::Waiter(mut results) => {
+                    let started = Instant::now();
+                    let outcome = results.wait_for(|result| result.is_some()).await.ok().and_then(|r| r.clone());
+                    self.metrics.record_scan_wait("local", started.elapsed().as_secs_f64());
+                    match outcome {
+                        Some(report) => return report,
+                        // The leader went away without a result (cancelled): try again.
+                        None => continue,
+                    }
+                }
+            };
+            let report = self.scan_as_leader(key, body).await;
+            leader.publish(report.clone());
+            return report;
+        }
+    }
+
+    /// Scans as this instance's leader for `key`, first taking the shared lock when the cache
+    /// is shared, or waiting for the instance that holds it.
+    async fn scan_as_leader(&self, key: &ContentKey, body: &[u8]) -> ScanReport {
+        let object = format!("content:{}", key.hex());
+        let token = match self.cache.try_lock(&object, self.settings.lock_ttl).await {
+            Ok(LockAttempt::Acquired(token)) => Some(token),
+            Ok(LockAttempt::Local) => None,
+            Ok(LockAttempt::HeldElsewhere) => {
+                if let Some(report) = self.wait_for_shared_scan(key, &object, body.len() as u64).await {
+                    return report;
+                }
+                None
+            }
+            Err(err) => {
+                self.note_cache_error("lock", &err);
+                None
+            }
+        };
+        let report = self.timed_scan(key, body, true).await;
+        if let Some(token) = token {
+            if let Err(err) = self.cache.unlock(&object, &token).await {
+                self.note_cache_error("unlock", &err);
+            }
+        }
+        report
+    }
+
+    /// Waits while another instance scans the same content; returns its verdict once cached, or
+    /// None when its lock is gone without one (it died, or its scan did not complete).
+    async fn wait_for_shared_scan(&self, key: &ContentKey, object: &str, body_bytes: u64) -> Option<ScanReport> {
+        let started = Instant::now();
+        let outcome = loop {
+            tokio::time::sleep(SHARED_WAIT_POLL).await;
+            if let Some(cached) = self.cached_report(key, body_bytes).await {
+                break Some(cached);
+            }
+            match self.cache.lock_held(object).await {
+                Ok(true) => continue,
+                Ok(false) => break self.cached_report(key, body_bytes).await,
+                Err(err) => {
+                    self.note_cache_error("lock", &err);
+                    break None;
+                }
+            }
+        };
+        self.metrics.record_scan_wait("shared", started.elapsed().as_secs_f64());
+        outcome
+    }
+
+    fn join_or_lead(&self, key: &ContentKey) -> Role<'_> {
+        let mut inflight = self.inflight.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(results) = inflight.get(key) {
+            // A receiver whose sender is gone belongs to a leader that was cancelled.
+            if results.has_changed().is_ok() {
+                return Role::Waiter(results.clone());
+            }
+        }
+        let (sender, receiver) = watch::channel(None);
+        inflight.insert(*key, receiver);
+        Role::Leader(Leader { scanner: self, key: *key, sender })
+    }
+
+    /// A clamd scan whose verdict is written to the cache (`store`) and whose failure refreshes
+    /// the engine version.
+    async fn timed_scan(&self, key: &ContentKey, body: &[u8], store: bool) -> ScanReport {
+        let verdict = match tokio::time::timeout(self.settings.scan_timeout, self.scan_with_clamd(body)).await {
+            Ok(verdict) => verdict,
+            Err(_) => {
+                self.log_timeout(body.len() as u64);
+                Verdict::Unscanned { reason: UnscannedReason::Timeout }
+            }
+        };
+        if matches!(&verdict, Verdict::Unscanned { reason } if reason.is_engine_trouble()) {
+            self.refresh_engine_version().await;
+        }
+        if store {
+            self.store(key, &verdict).await;
+        }
+        ScanReport {
+            verdict,
+            sha256: key.hex(),
+            body_bytes: body.len() as u64,
+            engine: self.engine_version(),
+            cached: false,
+        }
+    }
+
+    /// What the cache knows about a resource, for a decision at the request headers.
+    pub async fn lookup_resource(&self, resource: &Resource) -> ResourceLookup {
+        let key = ResourceKey::new(&resource.host, &resource.path_and_query);
+        let hit = match self.cache.lookup_resource(&key).await {
+            Ok(Some(hit)) => hit,
+            Ok(None) => {
+                self.metrics.record_cache_lookup("resource", self.cache.kind(), "miss");
+                return ResourceLookup::Miss;
+            }
+            Err(err) => {
+                self.metrics.record_cache_lookup("resource", self.cache.kind(), "error");
+                self.note_cache_error("get", &err);
+                return ResourceLookup::Miss;
+            }
+        };
+        let tier = hit.tier.as_str();
+        let ResourceEntry { validator, content, entry } = hit.value;
+        if self.is_stale(&entry) {
+            self.metrics.record_cache_lookup("resource", tier, "stale");
+            return ResourceLookup::Miss;
+        }
+        self.metrics.record_cache_lookup("resource", tier, "hit");
+        match entry.verdict {
+            CachedVerdict::Clean => ResourceLookup::Clean { validator },
+            CachedVerdict::Infected { signature } => ResourceLookup::Infected(ScanReport {
+                verdict: Verdict::Infected { signature },
+                sha256: content.hex(),
+                body_bytes: 0,
+                engine: Some(entry_engine(&entry.engine_version, entry.database_version)),
+                cached: true,
+            }),
+        }
+    }
+
+    /// Stores a verdict under a resource key too, tied to the response's validator.
+    pub async fn store_resource(&self, resource: &Resource, validator: &str, report: &ScanReport) {
+        let Some(entry) = self.entry_for(&report.verdict) else { return };
+        let Some(content) = ContentKey::from_hex(&report.sha256) else { return };
+        let key = ResourceKey::new(&resource.host, &resource.path_and_query);
+        let entry = ResourceEntry { validator: validator.to_string(), content, entry };
+        if let Err(err) = self.cache.put_resource(&key, &entry).await {
+            self.metrics.record_cache_error(self.cache.kind(), "put");
+            self.log_cache_error("put", &err);
+        }
     }
 
     /// Starts a scan whose body arrives in pieces: each piece goes to clamd as it arrives.
@@ -159,10 +347,7 @@ impl Scanner {
         let permit = tokio::time::timeout(self.settings.slot_wait, self.scan_slots.clone().acquire_owned())
             .await
             .map_err(|_| {
-                tracing::warn!(
-                    wait_ms = self.settings.slot_wait.as_millis() as u64,
-                    "no free clamd slot in time"
-                );
+                tracing::warn!(wait_ms = self.settings.slot_wait.as_millis() as u64, "no free clamd slot in time");
                 UnscannedReason::Timeout
             })?
             // The semaphore is never closed.
@@ -174,51 +359,87 @@ impl Scanner {
         Ok(ClamdSession { scan, _permit: permit, started: Instant::now(), sent_bytes: 0 })
     }
 
+    /// A fresh cached verdict for this content, counting the lookup.
     async fn cached_report(&self, key: &ContentKey, body_bytes: u64) -> Option<ScanReport> {
-        let backend = self.cache.kind();
-        match self.cache.get(key).await {
-            Ok(Some(entry)) => {
-                self.metrics.record_cache_lookup(backend, "hit");
-                Some(ScanReport {
-                    verdict: entry.verdict.into_verdict(),
-                    sha256: key.hex(),
-                    body_bytes,
-                    engine: Some(EngineVersion {
-                        engine: entry.engine_version,
-                        database_version: entry.database_version,
-                        database_date: None,
-                    }),
-                    cached: true,
-                })
-            }
+        let hit = match self.cache.lookup(key).await {
+            Ok(Some(hit)) => hit,
             Ok(None) => {
-                self.metrics.record_cache_lookup(backend, "miss");
-                None
+                self.metrics.record_cache_lookup("content", self.cache.kind(), "miss");
+                return None;
             }
             Err(err) => {
-                self.metrics.record_cache_lookup(backend, "error");
-                self.metrics.record_cache_error(backend, "get");
-                self.log_cache_error("get", &err);
-                None
+                self.metrics.record_cache_lookup("content", self.cache.kind(), "error");
+                self.note_cache_error("get", &err);
+                return None;
             }
+        };
+        let tier = hit.tier.as_str();
+        let entry = hit.value;
+        if self.is_stale(&entry) {
+            self.metrics.record_cache_lookup("content", tier, "stale");
+            return None;
+        }
+        self.metrics.record_cache_lookup("content", tier, "hit");
+        Some(ScanReport {
+            engine: Some(entry_engine(&entry.engine_version, entry.database_version)),
+            verdict: entry.verdict.into_verdict(),
+            sha256: key.hex(),
+            body_bytes,
+            cached: true,
+        })
+    }
+
+    /// A Clean entry from a signature database older than clamd's current one must be rescanned;
+    /// an Infected entry stands until its TTL.
+    fn is_stale(&self, entry: &CacheEntry) -> bool {
+        if !matches!(entry.verdict, CachedVerdict::Clean) {
+            return false;
+        }
+        let current = self.engine_version().and_then(|engine| engine.database_version);
+        match (entry.database_version, current) {
+            (Some(written), Some(current)) => written < current,
+            // Written without a daily database, and clamd has one now.
+            (None, Some(_)) => true,
+            // clamd's version is not known (yet), or neither has a daily database.
+            (_, None) => false,
         }
     }
 
     async fn store(&self, key: &ContentKey, verdict: &Verdict) {
-        let Some(cached) = CachedVerdict::from_verdict(verdict) else { return };
-        let engine = self.engine_version().unwrap_or_default();
-        let entry = CacheEntry {
-            verdict: cached,
-            engine_version: engine.engine,
-            database_version: engine.database_version,
-            scanned_at_unix_secs: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0),
-        };
+        let Some(entry) = self.entry_for(verdict) else { return };
         if let Err(err) = self.cache.put(key, &entry).await {
             self.metrics.record_cache_error(self.cache.kind(), "put");
             self.log_cache_error("put", &err);
+        }
+    }
+
+    /// The cache entry for a verdict, recording the engine and database that produced it.
+    fn entry_for(&self, verdict: &Verdict) -> Option<CacheEntry> {
+        let cached = CachedVerdict::from_verdict(verdict)?;
+        let engine = self.engine_version().unwrap_or_default();
+        Some(CacheEntry {
+            verdict: cached,
+            engine_version: engine.engine,
+            database_version: engine.database_version,
+            scanned_at_unix_secs: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+        })
+    }
+
+    /// Asks clamd for its version after a failed scan (at most once a second): a failed scan is
+    /// often clamd reloading its signatures.
+    async fn refresh_engine_version(&self) {
+        let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+        let last = self.last_version_refresh_ms.load(Ordering::Relaxed);
+        if now_ms.saturating_sub(last) < VERSION_REFRESH_MIN_INTERVAL_MS
+            || self
+                .last_version_refresh_ms
+                .compare_exchange(last, now_ms, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            return;
+        }
+        if let Ok(version) = self.clamd.version().await {
+            self.set_engine_version(version);
         }
     }
 
@@ -230,6 +451,19 @@ impl Scanner {
             engine: self.engine_version(),
             cached: false,
         }
+    }
+
+    fn log_timeout(&self, body_bytes: u64) {
+        tracing::warn!(
+            timeout_ms = self.settings.scan_timeout.as_millis() as u64,
+            bytes = body_bytes,
+            "scan did not finish within scan.timeout_ms"
+        );
+    }
+
+    fn note_cache_error(&self, operation: &'static str, err: &crate::cache::CacheError) {
+        self.metrics.record_cache_error(self.cache.kind(), operation);
+        self.log_cache_error(operation, err);
     }
 
     /// Logs a cache failure at most once per interval: Redis down must not flood the log.
@@ -249,6 +483,37 @@ impl Scanner {
                 "verdict cache unavailable; treating as a miss (logged at most every {CACHE_ERROR_LOG_INTERVAL_SECS} s)"
             );
         }
+    }
+}
+
+fn entry_engine(engine: &str, database_version: Option<u64>) -> EngineVersion {
+    EngineVersion { engine: engine.to_string(), database_version, database_date: None }
+}
+
+/// Whether this task scans an object, or waits for the task that does.
+enum Role<'a> {
+    Leader(Leader<'a>),
+    Waiter(watch::Receiver<Option<ScanReport>>),
+}
+
+/// The task scanning one content key in this instance. Dropping it (after publishing, or when
+/// cancelled) removes the key, so later requests find the cache or lead a new scan.
+struct Leader<'a> {
+    scanner: &'a Scanner,
+    key: ContentKey,
+    sender: watch::Sender<Option<ScanReport>>,
+}
+
+impl Leader<'_> {
+    fn publish(self, report: ScanReport) {
+        let _ = self.sender.send(Some(report));
+    }
+}
+
+impl Drop for Leader<'_> {
+    fn drop(&mut self) {
+        let mut inflight = self.scanner.inflight.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        inflight.remove(&self.key);
     }
 }
 
@@ -343,6 +608,9 @@ impl StreamingScan<'_> {
         };
         let report = match verdict {
             Verdict::Unscanned { reason } if reason != UnscannedReason::TooLarge => {
+                if reason.is_engine_trouble() {
+                    scanner.refresh_engine_version().await;
+                }
                 match scanner.cached_report(&key, body_bytes).await {
                     Some(cached) => cached,
                     None => scanner.unscanned(&key, body_bytes, reason),
@@ -364,3 +632,4 @@ impl StreamingScan<'_> {
         report
     }
 }
+

@@ -5,7 +5,7 @@ mod support;
 
 use std::sync::Arc;
 
-use clamgate::config::Config;
+use clamgate::config::{CacheMode, Config};
 use clamgate::metrics::{Metrics, Source};
 use clamgate::scanner::Scanner;
 use clamgate::verdict::{UnscannedReason, Verdict};
@@ -30,7 +30,7 @@ fn signature(verdict: &Verdict) -> &str {
 async fn every_sample_kind_gets_the_right_verdict() {
     let clamd = tokio::task::spawn_blocking(ClamdProcess::start).await.expect("clamd");
     let (scanner, _) = scanner(&test_config(&clamd.address()));
-    assert_eq!(scanner.scan_body(&samples::clean_sample(50_000), Source::api).await.verdict, Verdict::Clean);
+    assert_eq!(scanner.scan_body(&samples::clean_sample(50_000), Source::api, CacheMode::Content).await.verdict, Verdict::Clean);
     let cases = [
         (samples::eicar(), "Test.Eicar.Body"),
         (samples::eicar_zip(), "Test.Eicar.Body"),
@@ -38,7 +38,7 @@ async fn every_sample_kind_gets_the_right_verdict() {
         (samples::logical_sample(), "Test.Logical"),
     ];
     for (body, expected) in cases {
-        let report = scanner.scan_body(&body, Source::api).await;
+        let report = scanner.scan_body(&body, Source::api, CacheMode::Content).await;
         assert!(signature(&report.verdict).starts_with(expected), "{:?}", report.verdict);
         assert!(!report.cached);
     }
@@ -50,7 +50,7 @@ async fn clamd_stopped_is_unscanned_never_clean() {
     let (scanner, _) = scanner(&test_config(&clamd.address()));
     clamd.stop();
     for body in [samples::clean_sample(1000), samples::eicar(), Vec::new()] {
-        let report = scanner.scan_body(&body, Source::api).await;
+        let report = scanner.scan_body(&body, Source::api, CacheMode::Content).await;
         assert_eq!(report.verdict, Verdict::Unscanned { reason: UnscannedReason::EngineUnavailable });
     }
 }
@@ -61,10 +61,10 @@ async fn unscanned_verdicts_are_never_cached() {
     let (scanner, _) = scanner(&test_config(&clamd.address()));
     let body = samples::clean_sample(2000);
     clamd.stop();
-    assert!(matches!(scanner.scan_body(&body, Source::api).await.verdict, Verdict::Unscanned { .. }));
+    assert!(matches!(scanner.scan_body(&body, Source::api, CacheMode::Content).await.verdict, Verdict::Unscanned { .. }));
     // Nothing else runs on this runtime, so the blocking restart is harmless here.
     clamd.start_again();
-    let report = scanner.scan_body(&body, Source::api).await;
+    let report = scanner.scan_body(&body, Source::api, CacheMode::Content).await;
     assert_eq!(report.verdict, Verdict::Clean);
     assert!(!report.cached, "an Unscanned verdict must not have been cached");
 }
@@ -78,15 +78,15 @@ async fn redis_shares_verdicts_between_instances() {
     let (first, _) = scanner(&config);
     let (second, second_metrics) = scanner(&config);
     let eicar = samples::eicar();
-    assert!(signature(&first.scan_body(&eicar, Source::api).await.verdict).starts_with("Test.Eicar.Body"));
+    assert!(signature(&first.scan_body(&eicar, Source::api, CacheMode::Content).await.verdict).starts_with("Test.Eicar.Body"));
     clamd.stop();
-    let report = second.scan_body(&eicar, Source::api).await;
+    let report = second.scan_body(&eicar, Source::api, CacheMode::Content).await;
     assert!(report.cached, "the second instance must find the first one's verdict in Redis");
     assert!(signature(&report.verdict).starts_with("Test.Eicar.Body"));
     assert_eq!(
         metric_value(
             &second_metrics.encode(),
-            r#"clamgate_cache_lookups_total{backend="redis",result="hit"}"#
+            r#"clamgate_cache_lookups_total{key="content",tier="redis",result="hit"}"#
         ),
         1.0
     );
@@ -99,16 +99,16 @@ async fn redis_down_means_scans_go_on() {
     let mut config = test_config(&clamd.address());
     config.cache.redis_url = Some(redis.url());
     let (scanner, metrics) = scanner(&config);
-    assert_eq!(scanner.scan_body(&samples::clean_sample(1000), Source::api).await.verdict, Verdict::Clean);
+    assert_eq!(scanner.scan_body(&samples::clean_sample(1000), Source::api, CacheMode::Content).await.verdict, Verdict::Clean);
     redis.stop();
-    let report = scanner.scan_body(&samples::eicar(), Source::api).await;
+    let report = scanner.scan_body(&samples::eicar(), Source::api, CacheMode::Content).await;
     assert!(signature(&report.verdict).starts_with("Test.Eicar.Body"));
     assert!(!report.cached);
-    let report = scanner.scan_body(&samples::clean_sample(3000), Source::api).await;
+    let report = scanner.scan_body(&samples::clean_sample(3000), Source::api, CacheMode::Content).await;
     assert_eq!(report.verdict, Verdict::Clean);
     let text = metrics.encode();
     assert!(
-        metric_value(&text, r#"clamgate_cache_lookups_total{backend="redis",result="error"}"#) >= 2.0,
+        metric_value(&text, r#"clamgate_cache_lookups_total{key="content",tier="redis",result="error"}"#) >= 2.0,
         "{text}"
     );
 }

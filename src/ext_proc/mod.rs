@@ -1,6 +1,11 @@
 //! The Envoy ext_proc server: one task per stream drives the [`state`] machine, scans bodies
 //! through the shared [`Scanner`], and answers from a [`Decision`].
 //!
+//! The policy comes from the gRPC metadata `x-clamgate-policy` that Envoy adds per route
+//! (`ExtProcPerRoute.overrides.grpc_initial_metadata`): a client cannot set it. No metadata means
+//! the default `[policy]`; an unknown name fails the stream (Envoy answers 503), so a typo in
+//! either config fails closed.
+//!
 //! Rule 1 of `docs/envoy-ext-proc.md`: a stream that ends with grpc-status OK before clamgate has
 //! answered makes Envoy deliver the body unscanned. So the task ends the stream OK only after
 //! Envoy has closed its side; every failure (a protocol violation, a panic) sends an error status.
@@ -17,11 +22,15 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::config::{PolicyConfig, ResponseConfig};
+use crate::config::{Config, PolicyConfig, ResponseConfig};
+use crate::verdict::Verdict;
 use crate::metrics::{Metrics, Source};
 use crate::policy::{decide, Decision, DecisionContext, Direction};
-use crate::scanner::{ScanReport, Scanner};
-use state::{on_message, Action, StreamState};
+use crate::scanner::{ResourceLookup, ScanReport, Scanner};
+use state::{on_message, Action, StreamPolicy, StreamState};
+
+/// The gRPC metadata key that names the policy of a route.
+pub const POLICY_METADATA_KEY: &str = "x-clamgate-policy";
 
 pub use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::ExternalProcessorServer;
 
@@ -33,20 +42,31 @@ const STREAM_CHANNEL_CAPACITY: usize = 4;
 #[derive(Clone)]
 pub struct ExtProcService {
     scanner: Arc<Scanner>,
-    policy: Arc<PolicyConfig>,
-    response: Arc<ResponseConfig>,
+    config: Arc<Config>,
     metrics: Arc<Metrics>,
 }
 
 impl ExtProcService {
-    pub fn new(
-        scanner: Arc<Scanner>,
-        policy: PolicyConfig,
-        response: ResponseConfig,
-        metrics: Arc<Metrics>,
-    ) -> Self {
-        ExtProcService { scanner, policy: Arc::new(policy), response: Arc::new(response), metrics }
+    pub fn new(scanner: Arc<Scanner>, config: Arc<Config>, metrics: Arc<Metrics>) -> Self {
+        ExtProcService { scanner, config, metrics }
     }
+
+    /// The policy Envoy named for this stream's route.
+    fn policy_for(&self, metadata: &tonic::metadata::MetadataMap) -> Result<PolicyConfig, Status> {
+        let Some(value) = metadata.get(POLICY_METADATA_KEY) else { return Ok(self.config.policy.clone()) };
+        let name = value.to_str().unwrap_or_default();
+        self.config.policy_named(name).cloned().ok_or_else(|| {
+            tracing::warn!(policy = %name, "Envoy named a policy that is not configured; failing the stream");
+            self.metrics.record_stream_error("protocol");
+            Status::failed_precondition(format!("unknown clamgate policy {name:?}"))
+        })
+    }
+}
+
+/// The per-stream context: the policy in force and the answers it shapes.
+struct StreamContext {
+    policy: PolicyConfig,
+    response: ResponseConfig,
 }
 
 type AnswerStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<ProcessingResponse, Status>> + Send>>;
@@ -59,9 +79,11 @@ impl ExternalProcessor for ExtProcService {
         &self,
         request: Request<Streaming<ProcessingRequest>>,
     ) -> Result<Response<Self::ProcessStream>, Status> {
+        let policy = self.policy_for(request.metadata())?;
+        let context = StreamContext { policy, response: self.config.response.clone() };
         let inbound = request.into_inner();
         let (answers, receiver) = mpsc::channel(STREAM_CHANNEL_CAPACITY);
-        tokio::spawn(self.clone().run_stream(inbound, answers));
+        tokio::spawn(self.clone().run_stream(context, inbound, answers));
         Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
     }
 }
@@ -69,12 +91,13 @@ impl ExternalProcessor for ExtProcService {
 impl ExtProcService {
     async fn run_stream(
         self,
+        context: StreamContext,
         mut inbound: Streaming<ProcessingRequest>,
         answers: mpsc::Sender<Result<ProcessingResponse, Status>>,
     ) {
         let mut guard =
             UnansweredGuard { answers: answers.clone(), metrics: self.metrics.clone(), armed: true };
-        let mut state = StreamState::new(self.policy.scan_requests, self.policy.scan_responses);
+        let mut state = StreamState::new(StreamPolicy::from_config(&context.policy));
         loop {
             let message = match inbound.message().await {
                 Ok(Some(message)) => message,
@@ -96,13 +119,43 @@ impl ExtProcService {
                     return;
                 }
             };
+            if let Some(kind) = message_kind(&message) {
+                self.metrics.record_ext_proc_message(kind);
+            }
             let answer = match on_message(&mut state, message) {
                 Action::Reply(answer) => answer,
                 Action::PassBody { direction } => response::body_continue(direction, None),
+                Action::LookupResource { resource, answer } => {
+                    match self.scanner.lookup_resource(&resource).await {
+                        ResourceLookup::Infected(report) => {
+                            // Known infected: refused before the upstream is contacted.
+                            let decision = self.decide(&context, &state, Direction::Response, &report);
+                            response::body_decision(Direction::Response, &decision)
+                        }
+                        ResourceLookup::Clean { validator } => {
+                            state.record_clean_resource(validator);
+                            answer
+                        }
+                        ResourceLookup::Miss => answer,
+                    }
+                }
+                Action::PassCachedResource { remove_headers } => {
+                    let verdict_header = match decide(&Verdict::Clean, &context.policy, &context.response, self.context_for(&state, Direction::Response, None)) {
+                        Decision::Continue { verdict_header } => verdict_header,
+                        Decision::Block(_) => None,
+                    };
+                    tracing::debug!(request_id = %state.request_id, path = %state.path, "resource known clean; body passes unbuffered");
+                    response::response_headers_pass_unbuffered(remove_headers, verdict_header)
+                }
                 Action::Scan { direction, body } => {
-                    let report = self.scanner.scan_body(&body, source(direction)).await;
+                    let report = self.scanner.scan_body(&body, source(direction), context.policy.cache_mode).await;
                     drop(body);
-                    let decision = self.decide(&state, direction, &report);
+                    if direction == Direction::Response {
+                        if let Some((resource, validator)) = state.resource_to_store() {
+                            self.scanner.store_resource(resource, validator, &report).await;
+                        }
+                    }
+                    let decision = self.decide(&context, &state, direction, &report);
                     response::body_decision(direction, &decision)
                 }
                 Action::Fail(error) => {
@@ -121,16 +174,42 @@ impl ExtProcService {
         guard.armed = false;
     }
 
-    fn decide(&self, state: &StreamState, direction: Direction, report: &ScanReport) -> Decision {
-        let context =
-            DecisionContext { direction, request_id: &state.request_id, sha256: Some(&report.sha256) };
-        let decision = decide(&report.verdict, &self.policy, &self.response, context);
+    fn context_for<'a>(
+        &self,
+        state: &'a StreamState,
+        direction: Direction,
+        sha256: Option<&'a str>,
+    ) -> DecisionContext<'a> {
+        DecisionContext { direction, request_id: &state.request_id, sha256 }
+    }
+
+    fn decide(
+        &self,
+        context: &StreamContext,
+        state: &StreamState,
+        direction: Direction,
+        report: &ScanReport,
+    ) -> Decision {
+        let decision_context = self.context_for(state, direction, Some(&report.sha256));
+        let decision = decide(&report.verdict, &context.policy, &context.response, decision_context);
         audit(state, direction, report, &decision);
         if let Decision::Block(block) = &decision {
             self.metrics.record_blocked(block.status);
         }
         decision
     }
+}
+
+fn message_kind(message: &ProcessingRequest) -> Option<&'static str> {
+    use envoy_types::pb::envoy::service::ext_proc::v3::processing_request::Request as Message;
+    Some(match message.request.as_ref()? {
+        Message::RequestHeaders(_) => "request_headers",
+        Message::RequestBody(_) => "request_body",
+        Message::RequestTrailers(_) => "request_trailers",
+        Message::ResponseHeaders(_) => "response_headers",
+        Message::ResponseBody(_) => "response_body",
+        Message::ResponseTrailers(_) => "response_trailers",
+    })
 }
 
 fn source(direction: Direction) -> Source {

@@ -3,6 +3,10 @@
 
 use envoy_types::pb::envoy::config::core::v3::header_value_option::HeaderAppendAction;
 use envoy_types::pb::envoy::config::core::v3::{HeaderValue, HeaderValueOption};
+use envoy_types::pb::envoy::extensions::filters::http::ext_proc::v3::processing_mode::{
+    BodySendMode, HeaderSendMode,
+};
+use envoy_types::pb::envoy::extensions::filters::http::ext_proc::v3::ProcessingMode;
 use envoy_types::pb::envoy::r#type::v3::HttpStatus;
 use envoy_types::pb::envoy::service::ext_proc::v3::processing_response::Response;
 use envoy_types::pb::envoy::service::ext_proc::v3::{
@@ -25,6 +29,32 @@ pub fn headers_continue(direction: Direction, remove_headers: Vec<String>) -> Pr
         Direction::Request => Response::RequestHeaders(answer),
         Direction::Response => Response::ResponseHeaders(answer),
     })
+}
+
+/// Continue after the response headers of a resource the cache knows clean, and let its body
+/// through without sending it to clamgate: a `mode_override` to response body mode NONE.
+///
+/// `mode_override` has no "unchanged" value for body modes (0 is NONE), so every mode is restated;
+/// the request side is over by now, but a bare override would still say NONE for it.
+pub fn response_headers_pass_unbuffered(remove_headers: Vec<String>, verdict_header: Option<&str>) -> ProcessingResponse {
+    let header_mutation = HeaderMutation {
+        set_headers: verdict_header.map(|value| set_header(VERDICT_HEADER, value)).into_iter().collect(),
+        remove_headers,
+    };
+    let answer = HeadersResponse {
+        response: Some(CommonResponse { header_mutation: Some(header_mutation), ..CommonResponse::default() }),
+    };
+    ProcessingResponse {
+        mode_override: Some(ProcessingMode {
+            request_header_mode: HeaderSendMode::Send as i32,
+            response_header_mode: HeaderSendMode::Send as i32,
+            request_body_mode: BodySendMode::Buffered as i32,
+            response_body_mode: BodySendMode::None as i32,
+            request_trailer_mode: HeaderSendMode::Skip as i32,
+            response_trailer_mode: HeaderSendMode::Skip as i32,
+        }),
+        ..reply(Response::ResponseHeaders(answer))
+    }
 }
 
 /// Continue after trailers, unchanged.
@@ -138,5 +168,18 @@ mod tests {
             panic!("not a response body answer")
         };
         assert!(body.response.unwrap().header_mutation.is_none());
+    }
+
+    #[test]
+    fn a_cached_clean_resource_restates_every_mode_and_turns_only_the_response_body_off() {
+        let answer = response_headers_pass_unbuffered(vec!["x-clamgate-x".into()], Some("clean"));
+        let mode = answer.mode_override.expect("mode_override");
+        assert_eq!(mode.response_body_mode, BodySendMode::None as i32);
+        assert_eq!(mode.request_body_mode, BodySendMode::Buffered as i32, "rule 5: never leave a body mode at 0");
+        assert_eq!(mode.response_header_mode, HeaderSendMode::Send as i32);
+        let Some(Response::ResponseHeaders(headers)) = answer.response else { panic!("not a headers answer") };
+        let mutation = headers.response.unwrap().header_mutation.unwrap();
+        assert_eq!(mutation.remove_headers, vec!["x-clamgate-x"]);
+        assert_eq!(mutation.set_headers[0].header.as_ref().unwrap().raw_value, b"clean");
     }
 }

@@ -31,6 +31,12 @@ pub enum Action {
     Scan { direction: Direction, body: Vec<u8> },
     /// Pass this body without scanning (the policy does not scan this direction).
     PassBody { direction: Direction },
+    /// Look up the resource key of this request; then send `answer` (or 409 on an infected hit,
+    /// recording a clean hit with [`StreamState::record_clean_resource`]).
+    LookupResource { resource: Resource, answer: ProcessingResponse },
+    /// The response carries the validator of a resource known clean: let its body through
+    /// unbuffered (mode_override to body mode NONE), removing these control headers.
+    PassCachedResource { remove_headers: Vec<String> },
     /// End the stream with an error status: never answer, never end OK.
     Fail(StreamError),
 }
@@ -78,13 +84,50 @@ pub struct StreamState {
     pub request_id: String,
     /// The request path without its query string (queries may carry secrets), for logs.
     pub path: String,
-    /// Whether the policy scans uploads and downloads.
-    scan_requests: bool,
-    scan_responses: bool,
+    /// What this stream's policy asks for.
+    policy: StreamPolicy,
+    /// The resource (host + path and query) of a GET or HEAD, when the policy uses resource keys.
+    resource: Option<Resource>,
+    /// The validator of a resource the cache knows clean, once looked up.
+    clean_resource_validator: Option<String>,
+    /// The response's status and validator, from its headers.
+    response_status: u16,
+    response_validator: Option<String>,
+}
+
+/// The parts of a policy the state machine needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamPolicy {
+    pub scan_requests: bool,
+    pub scan_responses: bool,
+    /// The policy's cache mode is `resource`.
+    pub resource_keys: bool,
+    /// The policy says the upstream never changes an object under a URL.
+    pub immutable: bool,
+}
+
+impl StreamPolicy {
+    pub fn from_config(policy: &crate::config::PolicyConfig) -> StreamPolicy {
+        StreamPolicy {
+            scan_requests: policy.scan_requests,
+            scan_responses: policy.scan_responses,
+            resource_keys: policy.cache_mode == crate::config::CacheMode::Resource,
+            immutable: policy.immutable,
+        }
+    }
+}
+
+/// An object named by URL: the resource key's input.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resource {
+    /// `:authority`, lower-case.
+    pub host: String,
+    /// `:path` with its query (a different query may be a different object).
+    pub path_and_query: String,
 }
 
 impl StreamState {
-    pub fn new(scan_requests: bool, scan_responses: bool) -> StreamState {
+    pub fn new(policy: StreamPolicy) -> StreamState {
         StreamState {
             request: Phase::AwaitingHeaders,
             response: Phase::AwaitingHeaders,
@@ -92,9 +135,25 @@ impl StreamState {
             response_body_mode: None,
             request_id: String::new(),
             path: String::new(),
-            scan_requests,
-            scan_responses,
+            policy,
+            resource: None,
+            clean_resource_validator: None,
+            response_status: 0,
+            response_validator: None,
         }
+    }
+
+    /// Records that the cache knows this stream's resource as clean under `validator`.
+    pub fn record_clean_resource(&mut self, validator: String) {
+        self.clean_resource_validator = Some(validator);
+    }
+
+    /// The resource and validator under which a verdict on the response body may be stored:
+    /// only a whole (200) response to a GET under a resource-key policy, with a validator.
+    pub fn resource_to_store(&self) -> Option<(&Resource, &str)> {
+        let resource = self.resource.as_ref()?;
+        let validator = self.response_validator.as_deref()?;
+        (self.response_status == 200).then_some((resource, validator))
     }
 
     /// True once every message Envoy may send has been answered (nothing is pending).
@@ -118,8 +177,8 @@ impl StreamState {
 
     fn scans(&self, direction: Direction) -> bool {
         match direction {
-            Direction::Request => self.scan_requests,
-            Direction::Response => self.scan_responses,
+            Direction::Request => self.policy.scan_requests,
+            Direction::Response => self.policy.scan_responses,
         }
     }
 }
@@ -170,18 +229,58 @@ fn on_headers(state: &mut StreamState, direction: Direction, headers: HttpHeader
         return Action::Fail(StreamError::OutOfOrder(format!("{direction:?} headers twice")));
     }
     let map = headers.headers.unwrap_or_default();
-    if direction == Direction::Request {
-        state.request_id = attribute(&headers.attributes, "request.id")
-            .or_else(|| header_value(&map, "x-request-id"))
-            .unwrap_or_default();
-        let path = attribute(&headers.attributes, "request.path")
-            .or_else(|| header_value(&map, ":path"))
-            .unwrap_or_default();
-        state.path = path.split('?').next().unwrap_or_default().to_string();
-    }
-    // A request with headers only never sends its body; the request side is then finished.
+    // A message with headers only never sends its body; that side is then finished.
     *state.phase_mut(direction) = if headers.end_of_stream { Phase::Done } else { Phase::AwaitingBody };
-    Action::Reply(response::headers_continue(direction, control_headers(&map)))
+    let remove_headers = control_headers(&map);
+    match direction {
+        Direction::Request => {
+            state.request_id = attribute(&headers.attributes, "request.id")
+                .or_else(|| header_value(&map, "x-request-id"))
+                .unwrap_or_default();
+            let path_and_query = header_value(&map, ":path").unwrap_or_default();
+            state.path = path_and_query.split('?').next().unwrap_or_default().to_string();
+            let method = header_value(&map, ":method").unwrap_or_default();
+            let host = header_value(&map, ":authority").unwrap_or_default().to_ascii_lowercase();
+            let answer = response::headers_continue(direction, remove_headers);
+            if state.policy.resource_keys && (method == "GET" || method == "HEAD") && !host.is_empty() {
+                let resource = Resource { host, path_and_query };
+                state.resource = Some(resource.clone());
+                return Action::LookupResource { resource, answer };
+            }
+            Action::Reply(answer)
+        }
+        Direction::Response => {
+            state.response_status =
+                header_value(&map, ":status").and_then(|status| status.parse().ok()).unwrap_or(0);
+            state.response_validator = validator(&map, state.policy.immutable);
+            let known_clean = state.clean_resource_validator.is_some()
+                && state.clean_resource_validator == state.response_validator
+                && state.response_status == 200;
+            if known_clean && !headers.end_of_stream {
+                // The body will not be sent to clamgate at all.
+                state.response = Phase::Done;
+                return Action::PassCachedResource { remove_headers };
+            }
+            Action::Reply(response::headers_continue(direction, remove_headers))
+        }
+    }
+}
+
+/// The validator that ties a cached verdict to one version of a resource: a strong ETag, else
+/// Last-Modified with Content-Length; else, only for an immutable upstream, the URL alone.
+pub fn validator(headers: &HeaderMap, immutable: bool) -> Option<String> {
+    if let Some(etag) = header_value(headers, "etag") {
+        // A weak ETag promises equivalent content, not identical bytes.
+        if !etag.starts_with("W/") && !etag.is_empty() {
+            return Some(format!("etag:{etag}"));
+        }
+    }
+    let last_modified = header_value(headers, "last-modified");
+    let length = header_value(headers, "content-length");
+    if let (Some(last_modified), Some(length)) = (last_modified, length) {
+        return Some(format!("lm:{last_modified};len:{length}"));
+    }
+    immutable.then(|| "immutable".to_string())
 }
 
 fn on_body(state: &mut StreamState, direction: Direction, body: Vec<u8>, end_of_stream: bool) -> Action {
@@ -262,6 +361,10 @@ mod tests {
     use envoy_types::pb::envoy::service::ext_proc::v3::processing_response::Response;
     use envoy_types::pb::envoy::service::ext_proc::v3::{HttpBody, HttpTrailers, ProtocolConfiguration};
 
+    const SCAN_BOTH: StreamPolicy =
+        StreamPolicy { scan_requests: true, scan_responses: true, resource_keys: false, immutable: false };
+    const RESOURCE_KEYS: StreamPolicy = StreamPolicy { resource_keys: true, ..SCAN_BOTH };
+
     fn headers(pairs: &[(&str, &str)], end_of_stream: bool) -> HttpHeaders {
         HttpHeaders {
             headers: Some(HeaderMap {
@@ -309,7 +412,7 @@ mod tests {
 
     #[test]
     fn a_download_is_headers_then_scan() {
-        let mut state = StreamState::new(true, true);
+        let mut state = StreamState::new(SCAN_BOTH);
         let action = on_message(
             &mut state,
             buffered(Request::RequestHeaders(headers(
@@ -331,7 +434,7 @@ mod tests {
 
     #[test]
     fn an_upload_body_is_scanned() {
-        let mut state = StreamState::new(true, true);
+        let mut state = StreamState::new(SCAN_BOTH);
         on_message(&mut state, buffered(Request::RequestHeaders(headers(&[(":method", "POST")], false))));
         let action = on_message(&mut state, message(Request::RequestBody(body(b"upload", true))));
         assert_eq!(action, Action::Scan { direction: Direction::Request, body: b"upload".to_vec() });
@@ -339,7 +442,7 @@ mod tests {
 
     #[test]
     fn a_buffered_body_followed_by_trailers_is_whole() {
-        let mut state = StreamState::new(true, true);
+        let mut state = StreamState::new(SCAN_BOTH);
         on_message(&mut state, buffered(Request::RequestHeaders(headers(&[], false))));
         let action = on_message(&mut state, message(Request::RequestBody(body(b"grpc-web", false))));
         assert!(matches!(action, Action::Scan { .. }));
@@ -349,7 +452,7 @@ mod tests {
 
     #[test]
     fn a_partial_body_with_unknown_mode_fails_the_stream() {
-        let mut state = StreamState::new(true, true);
+        let mut state = StreamState::new(SCAN_BOTH);
         on_message(&mut state, message(Request::RequestHeaders(headers(&[], false))));
         let action = on_message(&mut state, message(Request::RequestBody(body(b"first part", false))));
         assert_eq!(action, Action::Fail(StreamError::PartialBody(Direction::Request)));
@@ -359,7 +462,7 @@ mod tests {
     fn streamed_and_partial_modes_are_refused_at_the_first_message() {
         for mode in [BodySendMode::Streamed, BodySendMode::BufferedPartial, BodySendMode::FullDuplexStreamed]
         {
-            let mut state = StreamState::new(true, true);
+            let mut state = StreamState::new(SCAN_BOTH);
             let first = ProcessingRequest {
                 protocol_config: Some(ProtocolConfiguration {
                     request_body_mode: BodySendMode::Buffered as i32,
@@ -381,15 +484,15 @@ mod tests {
 
     #[test]
     fn out_of_order_messages_fail_the_stream() {
-        let mut state = StreamState::new(true, true);
+        let mut state = StreamState::new(SCAN_BOTH);
         let action = on_message(&mut state, message(Request::ResponseBody(body(b"x", true))));
         assert!(matches!(action, Action::Fail(StreamError::OutOfOrder(_))), "{action:?}");
 
-        let mut state = StreamState::new(true, true);
+        let mut state = StreamState::new(SCAN_BOTH);
         let action = on_message(&mut state, message(Request::ResponseHeaders(headers(&[], false))));
         assert!(matches!(action, Action::Fail(StreamError::OutOfOrder(_))), "{action:?}");
 
-        let mut state = StreamState::new(true, true);
+        let mut state = StreamState::new(SCAN_BOTH);
         on_message(&mut state, buffered(Request::RequestHeaders(headers(&[], true))));
         let action = on_message(&mut state, message(Request::RequestHeaders(headers(&[], true))));
         assert!(matches!(action, Action::Fail(StreamError::OutOfOrder(_))), "{action:?}");
@@ -401,7 +504,7 @@ mod tests {
 
     #[test]
     fn an_empty_message_fails_the_stream() {
-        let mut state = StreamState::new(true, true);
+        let mut state = StreamState::new(SCAN_BOTH);
         assert_eq!(
             on_message(&mut state, ProcessingRequest::default()),
             Action::Fail(StreamError::EmptyMessage)
@@ -410,7 +513,7 @@ mod tests {
 
     #[test]
     fn client_and_upstream_control_headers_are_removed() {
-        let mut state = StreamState::new(true, true);
+        let mut state = StreamState::new(SCAN_BOTH);
         let action = on_message(
             &mut state,
             buffered(Request::RequestHeaders(headers(
@@ -428,7 +531,7 @@ mod tests {
 
     #[test]
     fn a_direction_the_policy_skips_passes_without_scan() {
-        let mut state = StreamState::new(false, true);
+        let mut state = StreamState::new(StreamPolicy { scan_requests: false, ..SCAN_BOTH });
         on_message(&mut state, buffered(Request::RequestHeaders(headers(&[], false))));
         let action = on_message(&mut state, message(Request::RequestBody(body(b"x", true))));
         assert_eq!(action, Action::PassBody { direction: Direction::Request });
@@ -441,8 +544,96 @@ mod tests {
         fields.insert("request.id".to_string(), Value { kind: Some(Kind::StringValue("from-envoy".into())) });
         let mut request_headers = headers(&[("x-request-id", "from-client")], true);
         request_headers.attributes.insert(ATTRIBUTE_NAMESPACE.to_string(), Struct { fields });
-        let mut state = StreamState::new(true, true);
+        let mut state = StreamState::new(SCAN_BOTH);
         on_message(&mut state, buffered(Request::RequestHeaders(request_headers)));
         assert_eq!(state.request_id, "from-envoy");
+    }
+
+    fn get(path: &str) -> ProcessingRequest {
+        buffered(Request::RequestHeaders(headers(
+            &[(":method", "GET"), (":authority", "Mirror.Example"), (":path", path)],
+            true,
+        )))
+    }
+
+    fn response_headers(pairs: &[(&str, &str)]) -> ProcessingRequest {
+        message(Request::ResponseHeaders(headers(pairs, false)))
+    }
+
+    #[test]
+    fn a_get_under_a_resource_policy_is_looked_up_by_host_and_path() {
+        let mut state = StreamState::new(RESOURCE_KEYS);
+        let action = on_message(&mut state, get("/pkg/a.tar.gz?v=2"));
+        let Action::LookupResource { resource, .. } = action else { panic!("expected a lookup, got {action:?}") };
+        assert_eq!(resource, Resource { host: "mirror.example".into(), path_and_query: "/pkg/a.tar.gz?v=2".into() });
+    }
+
+    #[test]
+    fn no_lookup_without_a_resource_policy_or_for_other_methods() {
+        let mut state = StreamState::new(SCAN_BOTH);
+        assert!(matches!(on_message(&mut state, get("/a")), Action::Reply(_)));
+        let mut state = StreamState::new(RESOURCE_KEYS);
+        let post = buffered(Request::RequestHeaders(headers(
+            &[(":method", "POST"), (":authority", "h"), (":path", "/a")],
+            false,
+        )));
+        assert!(matches!(on_message(&mut state, post), Action::Reply(_)));
+    }
+
+    #[test]
+    fn a_known_clean_resource_with_the_same_validator_passes_unbuffered() {
+        let mut state = StreamState::new(RESOURCE_KEYS);
+        on_message(&mut state, get("/a"));
+        state.record_clean_resource("etag:\"v1\"".into());
+        let action = on_message(
+            &mut state,
+            response_headers(&[(":status", "200"), ("etag", "\"v1\""), ("x-clamgate-verdict", "x")]),
+        );
+        assert_eq!(action, Action::PassCachedResource { remove_headers: vec!["x-clamgate-verdict".into()] });
+        assert!(state.is_complete(), "no body message may follow");
+    }
+
+    #[test]
+    fn a_changed_validator_or_a_partial_response_is_scanned() {
+        for response in [
+            vec![(":status", "200"), ("etag", "\"v2\"")],
+            vec![(":status", "206"), ("etag", "\"v1\"")],
+            vec![(":status", "200")],
+        ] {
+            let mut state = StreamState::new(RESOURCE_KEYS);
+            on_message(&mut state, get("/a"));
+            state.record_clean_resource("etag:\"v1\"".into());
+            assert!(matches!(on_message(&mut state, response_headers(&response)), Action::Reply(_)), "{response:?}");
+            let action = on_message(&mut state, message(Request::ResponseBody(body(b"new", true))));
+            assert!(matches!(action, Action::Scan { .. }), "{response:?}: {action:?}");
+        }
+    }
+
+    #[test]
+    fn validators_prefer_a_strong_etag_then_last_modified_and_length() {
+        let map = |pairs: &[(&str, &str)]| headers(pairs, false).headers.unwrap();
+        assert_eq!(validator(&map(&[("etag", "\"abc\"")]), false), Some("etag:\"abc\"".into()));
+        assert_eq!(validator(&map(&[("etag", "W/\"abc\"")]), false), None, "a weak ETag is no validator");
+        assert_eq!(
+            validator(&map(&[("etag", "W/\"x\""), ("last-modified", "Sat, 21 Nov 2026 10:00:00 GMT"), ("content-length", "5")]), false),
+            Some("lm:Sat, 21 Nov 2026 10:00:00 GMT;len:5".into())
+        );
+        assert_eq!(validator(&map(&[("last-modified", "x")]), false), None, "Last-Modified alone is not enough");
+        assert_eq!(validator(&map(&[]), true), Some("immutable".into()));
+        assert_eq!(validator(&map(&[]), false), None);
+    }
+
+    #[test]
+    fn only_whole_responses_with_a_validator_are_stored_by_resource() {
+        let mut state = StreamState::new(RESOURCE_KEYS);
+        on_message(&mut state, get("/a"));
+        on_message(&mut state, response_headers(&[(":status", "200"), ("etag", "\"v1\"")]));
+        let (resource, validator) = state.resource_to_store().expect("storable");
+        assert_eq!((resource.path_and_query.as_str(), validator), ("/a", "etag:\"v1\""));
+
+        let mut state = StreamState::new(RESOURCE_KEYS);
+        on_message(&mut state, get("/a"));
+        on_message(&mut state, response_headers(&[(":status", "206"), ("etag", "\"v1\"")]));
+        assert!(state.resource_to_store().is_none());
     }
 }

@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use clamgate::config::Config;
+use clamgate::config::{CacheMode, Config, PolicyConfig};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -16,12 +16,15 @@ pub struct ClamgateInstance {
     task: JoinHandle<()>,
 }
 
-/// Defaults tuned for tests: a fast health probe, the given clamd, the in-process cache.
+/// Defaults tuned for tests: a fast health probe, the given clamd, the in-process cache, and
+/// the `mirror` policy (resource keys) that the shipped envoy.yaml names for `/mirror/`.
 pub fn test_config(clamd_address: &str) -> Config {
     let mut config = Config::default();
     config.clamd.address = clamd_address.to_string();
     config.clamd.health_interval_ms = 200;
     config.clamd.reply_timeout_ms = 20_000;
+    let mirror = PolicyConfig { cache_mode: CacheMode::Resource, ..PolicyConfig::default() };
+    config.policies.insert("mirror".to_string(), mirror);
     config
 }
 

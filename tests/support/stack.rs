@@ -27,6 +27,11 @@ impl Stack {
     /// Starts everything, letting the test adjust clamgate's config first.
     pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> Stack {
         let clamd = tokio::task::spawn_blocking(ClamdProcess::start).await.expect("start clamd");
+        Stack::start_with_clamd(clamd, adjust).await
+    }
+
+    /// Starts everything around a clamd the test started (e.g. with a daily database).
+    pub async fn start_with_clamd(clamd: ClamdProcess, adjust: impl FnOnce(&mut Config)) -> Stack {
         let mut config = test_config(&clamd.address());
         adjust(&mut config);
         let clamgate = ClamgateInstance::start_ready(config).await;
@@ -55,6 +60,16 @@ impl Stack {
     /// POST a body through Envoy.
     pub async fn post(&self, path: &str, body: Vec<u8>) -> reqwest::Response {
         self.http.post(self.envoy.url(path)).body(body).send().await.expect("POST through Envoy")
+    }
+
+    /// clamd scans clamgate has completed so far (the scan-duration histogram's count).
+    pub async fn clamd_scans(&self) -> f64 {
+        self.clamgate.metric("clamgate_clamd_scan_duration_seconds_count").await
+    }
+
+    /// ext_proc messages of one kind clamgate has received (e.g. `response_body`).
+    pub async fn messages(&self, kind: &str) -> f64 {
+        self.clamgate.metric(&format!("clamgate_ext_proc_messages_total{{kind=\"{kind}\"}}")).await
     }
 
     /// Stops clamd (later scans cannot happen) and waits until clamgate has noticed.

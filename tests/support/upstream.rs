@@ -3,7 +3,8 @@
 //! client's `x-clamgate-*` header never arrived.
 //!
 //! Routes:
-//! - `GET|HEAD /files/{name}`: the bytes given to [`Upstream::put_file`], with
+//! - `GET|HEAD /files/{name}` and `/mirror/{name}` (the same files, for routes with another
+//!   policy): the bytes given to [`Upstream::put_file`], with
 //!   `content-type: application/octet-stream` (or the type given) and `content-length`; 404 if none.
 //! - `POST|PUT /upload/{name}`: stores the body (see [`Upstream::received`]) and answers
 //!   `201 Created` with a short text body.
@@ -135,7 +136,7 @@ async fn handle(State(state): State<Shared>, request: Request) -> Response {
         recorded.headers.insert(path.clone(), parts.headers.clone());
     }
 
-    if let Some(name) = path.strip_prefix("/files/") {
+    if let Some(name) = path.strip_prefix("/files/").or_else(|| path.strip_prefix("/mirror/")) {
         if parts.method != Method::GET && parts.method != Method::HEAD {
             return StatusCode::METHOD_NOT_ALLOWED.into_response();
         }

@@ -1,0 +1,195 @@
+//! The verdict cache through a real Envoy: resource keys decided at the headers, signature
+//! updates, one scan for many concurrent requests, Redis failing and returning, and the route
+//! policy chosen by Envoy.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+use support::clamd::ClamdProcess;
+use support::redis::RedisProcess;
+use support::samples;
+use support::stack::Stack;
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+fn verdict_header(response: &reqwest::Response) -> Option<String> {
+    response.headers().get("x-clamgate-verdict").map(|v| v.to_str().unwrap_or_default().to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_known_clean_resource_streams_through_without_clamgate_seeing_the_body() {
+    let mut stack = Stack::start().await;
+    let body = samples::clean_sample(2 * 1024 * 1024);
+    stack.upstream.put_file_with_headers("pkg.tar", body.clone(), &[("etag", "\"v1\"")]);
+
+    let response = stack.get("/mirror/pkg.tar").await;
+    assert_eq!(response.status(), 200, "{}", stack.envoy.logs());
+    assert_eq!(response.bytes().await.expect("body").len(), body.len());
+    let (bodies, scans) = (stack.messages("response_body").await, stack.clamd_scans().await);
+    assert_eq!((bodies, scans), (1.0, 1.0), "the first download is scanned");
+
+    // clamd gone: only the cache can vouch for the object now.
+    stack.stop_clamd().await;
+    let response = stack.get("/mirror/pkg.tar").await;
+    assert_eq!(response.status(), 200, "{}", stack.envoy.logs());
+    assert_eq!(verdict_header(&response).as_deref(), Some("clean"));
+    assert_eq!(sha256_hex(&response.bytes().await.expect("body")), sha256_hex(&body));
+    assert_eq!(stack.messages("response_body").await, 1.0, "no body message may reach clamgate on a hit");
+    assert_eq!(stack.clamd_scans().await, 1.0);
+    let hits = stack.clamgate.metric(r#"clamgate_cache_lookups_total{key="resource",tier="memory",result="hit"}"#).await;
+    assert_eq!(hits, 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_known_infected_resource_is_refused_before_the_upstream_is_contacted() {
+    let stack = Stack::start().await;
+    stack.upstream.put_file_with_headers("bad.exe", samples::eicar(), &[("etag", "\"bad\"")]);
+    assert_eq!(stack.get("/mirror/bad.exe").await.status(), 409);
+    assert_eq!(stack.upstream.hits("/mirror/bad.exe"), 1);
+
+    let response = stack.get("/mirror/bad.exe").await;
+    assert_eq!(response.status(), 409);
+    assert_eq!(verdict_header(&response).as_deref(), Some("infected"));
+    let body: serde_json::Value = serde_json::from_str(&response.text().await.expect("text")).expect("JSON");
+    assert_eq!(body["sha256"], sha256_hex(&samples::eicar()));
+    assert_eq!(stack.upstream.hits("/mirror/bad.exe"), 1, "the upstream must not be asked again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_etag_makes_clamgate_scan_again() {
+    let stack = Stack::start().await;
+    stack.upstream.put_file_with_headers("tool.bin", samples::clean_sample(50_000), &[("etag", "\"v1\"")]);
+    assert_eq!(stack.get("/mirror/tool.bin").await.status(), 200);
+    assert_eq!(stack.get("/mirror/tool.bin").await.status(), 200);
+    assert_eq!(stack.messages("response_body").await, 1.0, "the second download was a resource hit");
+
+    // The mirror now serves different bytes under a new ETag: the cached Clean does not apply.
+    stack.upstream.put_file_with_headers("tool.bin", samples::eicar(), &[("etag", "\"v2\"")]);
+    assert_eq!(stack.get("/mirror/tool.bin").await.status(), 409);
+    assert_eq!(stack.messages("response_body").await, 2.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_validator_no_resource_key_is_used() {
+    let stack = Stack::start().await;
+    // No ETag, no Last-Modified: the policy does not say the upstream is immutable.
+    stack.upstream.put_file("plain.bin", samples::clean_sample(10_000));
+    for _ in 0..2 {
+        assert_eq!(stack.get("/mirror/plain.bin").await.status(), 200);
+    }
+    assert_eq!(stack.messages("response_body").await, 2.0, "each download carries its body to clamgate");
+    assert_eq!(stack.clamd_scans().await, 1.0, "the second is a content-key hit");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signature_update_refuses_a_file_cached_clean() {
+    let clamd = tokio::task::spawn_blocking(|| ClamdProcess::start_with_daily(1)).await.expect("clamd");
+    let stack = Stack::start_with_clamd(clamd, |_| {}).await;
+    // Clean under database 1; database 2 will detect it.
+    let file = samples::daily_sample(2);
+    stack.upstream.put_file("update.txt", file.clone());
+    stack.upstream.put_file_with_headers("update-mirror.txt", file, &[("etag", "\"same\"")]);
+    assert_eq!(stack.get("/files/update.txt").await.status(), 200);
+    assert_eq!(stack.get("/mirror/update-mirror.txt").await.status(), 200);
+    assert_eq!(stack.get("/files/update.txt").await.status(), 200, "cached Clean under database 1");
+
+    let clamd = &stack.clamd;
+    clamd.install_daily(2);
+    clamd.reload();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while stack.clamgate.metric("clamgate_clamd_database_version").await != 2.0 {
+        assert!(Instant::now() < deadline, "clamgate never learned database version 2");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(stack.get("/files/update.txt").await.status(), 409, "a stale Clean entry must be rescanned");
+    assert_eq!(stack.get("/mirror/update-mirror.txt").await.status(), 409, "by content key and by resource key");
+    let stale = stack.clamgate.metric(r#"clamgate_cache_lookups_total{key="content",tier="memory",result="stale"}"#).await;
+    assert!(stale >= 1.0, "stale entries are counted");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_concurrent_first_requests_make_one_clamd_scan() {
+    let stack = Stack::start().await;
+    let body = samples::clean_sample(8 * 1024 * 1024);
+    stack.upstream.put_file("big.iso", body.clone());
+    let requests = (0..20).map(|_| {
+        let (http, url) = (stack.http.clone(), stack.envoy.url("/files/big.iso"));
+        tokio::spawn(async move {
+            let response = http.get(url).send().await.expect("GET");
+            (response.status().as_u16(), response.bytes().await.expect("body").len())
+        })
+    });
+    for request in requests.collect::<Vec<_>>() {
+        assert_eq!(request.await.expect("task"), (200, body.len()));
+    }
+    assert_eq!(stack.clamd_scans().await, 1.0, "20 requests for one object must cost one scan");
+    let waits = stack.clamgate.metric(r#"clamgate_scan_waits_total{scope="local"}"#).await;
+    let hits = stack.clamgate.metric(r#"clamgate_cache_lookups_total{key="content",tier="memory",result="hit"}"#).await;
+    assert_eq!(waits + hits, 19.0, "the others waited for the scan or found its verdict");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_killed_mid_test_scans_go_on_and_the_cache_resumes() {
+    let mut redis = tokio::task::spawn_blocking(RedisProcess::start).await.expect("redis");
+    let url = redis.url();
+    let url_again = url.clone();
+    let stack = Stack::start_with(|config| config.cache.redis_url = Some(url)).await;
+    stack.upstream.put_file("eicar.com", samples::eicar());
+    stack.upstream.put_file("clean.bin", samples::clean_sample(20_000));
+    assert_eq!(stack.get("/files/eicar.com").await.status(), 409);
+    assert_eq!(stack.get("/files/clean.bin").await.status(), 200);
+
+    redis = tokio::task::spawn_blocking(move || {
+        redis.stop();
+        redis
+    })
+    .await
+    .expect("stop redis");
+    stack.upstream.put_file("other.com", samples::eicar_zip());
+    stack.upstream.put_file("other.bin", samples::clean_sample(30_000));
+    assert_eq!(stack.get("/files/other.com").await.status(), 409, "scans go on with Redis down");
+    assert_eq!(stack.get("/files/other.bin").await.status(), 200);
+
+    let _redis = tokio::task::spawn_blocking(move || {
+        redis.start_again();
+        redis
+    })
+    .await
+    .expect("restart redis");
+    // Once Redis is back (clamgate reconnects after its back-off), new verdicts land in it again.
+    let client = redis::Client::open(url_again.as_str()).expect("redis URL");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for attempt in 0.. {
+        let body = samples::clean_sample(40_000 + attempt);
+        stack.upstream.put_file("fresh.bin", body.clone());
+        assert_eq!(stack.get("/files/fresh.bin").await.status(), 200);
+        let key = format!("clamgate:v1:content:{}", sha256_hex(&body));
+        let stored: bool = match client.get_multiplexed_async_connection().await {
+            Ok(mut connection) => redis::cmd("EXISTS").arg(&key).query_async(&mut connection).await.unwrap_or(false),
+            Err(_) => false,
+        };
+        if stored {
+            break;
+        }
+        assert!(Instant::now() < deadline, "verdicts never reached Redis again after its restart");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_clamgate_does_not_know_fails_closed() {
+    // The shipped envoy.yaml names "mirror" for /mirror/; this clamgate has no such policy.
+    let stack = Stack::start_with(|config| {
+        config.policies.clear();
+    })
+    .await;
+    stack.upstream.put_file("x.bin", samples::clean_sample(1_000));
+    let response = stack.get("/mirror/x.bin").await;
+    assert_eq!(response.status(), 503);
+    assert_eq!(stack.upstream.hits("/mirror/x.bin"), 0);
+    assert_eq!(stack.get("/files/x.bin").await.status(), 200, "other routes are unaffected");
+}
