@@ -112,3 +112,83 @@ async fn redis_down_means_scans_go_on() {
         "{text}"
     );
 }
+
+fn shared_config(clamd: &ClamdProcess, redis_url: &str) -> Config {
+    let mut config = test_config(&clamd.address());
+    config.cache.redis_url = Some(redis_url.to_string());
+    config
+}
+
+fn clamd_scans(metrics: &Metrics) -> f64 {
+    metric_value(&metrics.encode(), "clamgate_clamd_scan_duration_seconds_count")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_scan_the_same_body_once() {
+    let clamd = tokio::task::spawn_blocking(ClamdProcess::start).await.expect("clamd");
+    let redis = tokio::task::spawn_blocking(RedisProcess::start).await.expect("redis");
+    let config = shared_config(&clamd, &redis.url());
+    let (first, first_metrics) = scanner(&config);
+    let (second, second_metrics) = scanner(&config);
+    let body = samples::clean_sample(8 * 1024 * 1024);
+    let (a, b) = tokio::join!(
+        first.scan_body(&body, Source::api, CacheMode::Content),
+        second.scan_body(&body, Source::api, CacheMode::Content)
+    );
+    assert_eq!((a.verdict, b.verdict), (Verdict::Clean, Verdict::Clean));
+    assert_eq!(clamd_scans(&first_metrics) + clamd_scans(&second_metrics), 1.0, "one scan across two instances");
+    let waited = metric_value(&first_metrics.encode(), r#"clamgate_scan_waits_total{scope="shared"}"#)
+        + metric_value(&second_metrics.encode(), r#"clamgate_scan_waits_total{scope="shared"}"#);
+    let hits = metric_value(&first_metrics.encode(), r#"clamgate_cache_lookups_total{key="content",tier="redis",result="hit"}"#)
+        + metric_value(&second_metrics.encode(), r#"clamgate_cache_lookups_total{key="content",tier="redis",result="hit"}"#);
+    assert!(waited + hits >= 1.0, "the other instance waited for the lock holder or found its verdict");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_lock_holder_only_delays_the_scan() {
+    let clamd = tokio::task::spawn_blocking(ClamdProcess::start).await.expect("clamd");
+    let redis = tokio::task::spawn_blocking(RedisProcess::start).await.expect("redis");
+    let config = shared_config(&clamd, &redis.url());
+    let (scanner, metrics) = scanner(&config);
+    let body = samples::eicar_zip();
+    // Another instance took the lock for this content and died: nobody will release it.
+    let key = format!("clamgate:v1:lock:content:{}", hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&body)));
+    let client = redis::Client::open(redis.url()).expect("URL");
+    let mut connection = client.get_multiplexed_async_connection().await.expect("connect");
+    let _: () = redis::cmd("SET").arg(&key).arg("dead-holder").arg("PX").arg(1500).query_async(&mut connection).await.expect("SET");
+
+    let started = std::time::Instant::now();
+    let report = scanner.scan_body(&body, Source::api, CacheMode::Content).await;
+    assert!(signature(&report.verdict).starts_with("Test.Eicar.Body"), "{:?}", report.verdict);
+    assert!(started.elapsed() >= std::time::Duration::from_millis(1000), "it waited for the lock to expire");
+    assert_eq!(metric_value(&metrics.encode(), r#"clamgate_scan_waits_total{scope="shared"}"#), 1.0);
+    assert_eq!(clamd_scans(&metrics), 1.0, "then it scanned itself");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_share_verdicts_through_a_redis_cluster() {
+    let mut clamd = tokio::task::spawn_blocking(ClamdProcess::start).await.expect("clamd");
+    let cluster = tokio::task::spawn_blocking(|| support::redis::RedisCluster::start(3)).await.expect("cluster");
+    let mut config = test_config(&clamd.address());
+    config.cache.redis_cluster_urls = cluster.urls();
+    let (first, _) = scanner(&config);
+    let (second, second_metrics) = scanner(&config);
+    let bodies = [samples::eicar(), samples::eicar_zip(), samples::hash_only_sample()];
+    for body in &bodies {
+        assert!(matches!(first.scan_body(body, Source::api, CacheMode::Content).await.verdict, Verdict::Infected { .. }));
+    }
+    clamd = tokio::task::spawn_blocking(move || {
+        clamd.stop();
+        clamd
+    })
+    .await
+    .expect("stop clamd");
+    for body in &bodies {
+        let report = second.scan_body(body, Source::api, CacheMode::Content).await;
+        assert!(report.cached, "found through the cluster with clamd stopped");
+        assert!(matches!(report.verdict, Verdict::Infected { .. }));
+    }
+    let text = second_metrics.encode();
+    assert_eq!(metric_value(&text, r#"clamgate_cache_lookups_total{key="content",tier="redis",result="hit"}"#), 3.0, "{text}");
+    drop(clamd);
+}
