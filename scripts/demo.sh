@@ -185,6 +185,10 @@ address = "tcp://127.0.0.1:$CLAMD_PORT"
 
 [cache]
 redis_url = "redis://127.0.0.1:$REDIS_PORT"
+
+# envoy/envoy.yaml routes /mirror/ with this policy (gRPC metadata x-clamgate-policy: mirror).
+[policies.mirror]
+cache_mode = "resource"
 EOF
     start clamgate "$WORK/clamgate.log" target/release/clamgate serve --config "$WORK/clamgate.toml"
     wait_for clamgate "ready (/readyz 200)" http_ok "http://127.0.0.1:$ADMIN_PORT/readyz"

@@ -21,7 +21,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::cache::{
-    CacheEntry, CachedVerdict, ContentKey, LockAttempt, ResourceEntry, ResourceKey, VerdictCache,
+    CacheEntry, CachedVerdict, ContentKey, LockAttempt, ResourceEntry, ResourceKey, Tier, VerdictCache,
 };
 use crate::clamd::{ClamdClient, InstreamScan};
 use crate::config::CacheMode;
@@ -98,7 +98,12 @@ pub struct Scanner {
 }
 
 impl Scanner {
-    pub fn new(clamd: ClamdClient, cache: VerdictCache, settings: ScannerSettings, metrics: Arc<Metrics>) -> Scanner {
+    pub fn new(
+        clamd: ClamdClient,
+        cache: VerdictCache,
+        settings: ScannerSettings,
+        metrics: Arc<Metrics>,
+    ) -> Scanner {
         Scanner {
             clamd,
             cache,
@@ -171,7 +176,8 @@ impl Scanner {
                 Role::Leader(leader) => leader,
                 Role::Waiter(mut results) => {
                     let started = Instant::now();
-                    let outcome = results.wait_for(|result| result.is_some()).await.ok().and_then(|r| r.clone());
+                    let outcome =
+                        results.wait_for(|result| result.is_some()).await.ok().and_then(|r| r.clone());
                     self.metrics.record_scan_wait("local", started.elapsed().as_secs_f64());
                     match outcome {
                         Some(report) => return report,
@@ -215,7 +221,12 @@ impl Scanner {
 
     /// Waits while another instance scans the same content; returns its verdict once cached, or
     /// None when its lock is gone without one (it died, or its scan did not complete).
-    async fn wait_for_shared_scan(&self, key: &ContentKey, object: &str, body_bytes: u64) -> Option<ScanReport> {
+    async fn wait_for_shared_scan(
+        &self,
+        key: &ContentKey,
+        object: &str,
+        body_bytes: u64,
+    ) -> Option<ScanReport> {
         let started = Instant::now();
         let outcome = loop {
             tokio::time::sleep(SHARED_WAIT_POLL).await;
@@ -251,7 +262,8 @@ impl Scanner {
     /// A clamd scan whose verdict is written to the cache (`store`) and whose failure refreshes
     /// the engine version.
     async fn timed_scan(&self, key: &ContentKey, body: &[u8], store: bool) -> ScanReport {
-        let verdict = match tokio::time::timeout(self.settings.scan_timeout, self.scan_with_clamd(body)).await {
+        let verdict = match tokio::time::timeout(self.settings.scan_timeout, self.scan_with_clamd(body)).await
+        {
             Ok(verdict) => verdict,
             Err(_) => {
                 self.log_timeout(body.len() as u64);
@@ -279,11 +291,11 @@ impl Scanner {
         let hit = match self.cache.lookup_resource(&key).await {
             Ok(Some(hit)) => hit,
             Ok(None) => {
-                self.metrics.record_cache_lookup("resource", self.cache.kind(), "miss");
+                self.metrics.record_cache_lookup("resource", self.deepest_tier(), "miss");
                 return ResourceLookup::Miss;
             }
             Err(err) => {
-                self.metrics.record_cache_lookup("resource", self.cache.kind(), "error");
+                self.metrics.record_cache_lookup("resource", self.deepest_tier(), "error");
                 self.note_cache_error("get", &err);
                 return ResourceLookup::Miss;
             }
@@ -347,7 +359,10 @@ impl Scanner {
         let permit = tokio::time::timeout(self.settings.slot_wait, self.scan_slots.clone().acquire_owned())
             .await
             .map_err(|_| {
-                tracing::warn!(wait_ms = self.settings.slot_wait.as_millis() as u64, "no free clamd slot in time");
+                tracing::warn!(
+                    wait_ms = self.settings.slot_wait.as_millis() as u64,
+                    "no free clamd slot in time"
+                );
                 UnscannedReason::Timeout
             })?
             // The semaphore is never closed.
@@ -364,11 +379,11 @@ impl Scanner {
         let hit = match self.cache.lookup(key).await {
             Ok(Some(hit)) => hit,
             Ok(None) => {
-                self.metrics.record_cache_lookup("content", self.cache.kind(), "miss");
+                self.metrics.record_cache_lookup("content", self.deepest_tier(), "miss");
                 return None;
             }
             Err(err) => {
-                self.metrics.record_cache_lookup("content", self.cache.kind(), "error");
+                self.metrics.record_cache_lookup("content", self.deepest_tier(), "error");
                 self.note_cache_error("get", &err);
                 return None;
             }
@@ -387,6 +402,15 @@ impl Scanner {
             body_bytes,
             cached: true,
         })
+    }
+
+    /// The tier a miss or an error is counted against: the last one asked.
+    fn deepest_tier(&self) -> &'static str {
+        if self.cache.is_shared() {
+            Tier::Redis.as_str()
+        } else {
+            Tier::Memory.as_str()
+        }
     }
 
     /// A Clean entry from a signature database older than clamd's current one must be rescanned;
@@ -421,7 +445,10 @@ impl Scanner {
             verdict: cached,
             engine_version: engine.engine,
             database_version: engine.database_version,
-            scanned_at_unix_secs: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+            scanned_at_unix_secs: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
         })
     }
 
@@ -632,4 +659,3 @@ impl StreamingScan<'_> {
         report
     }
 }
-
