@@ -40,7 +40,10 @@ async fn a_known_clean_resource_streams_through_without_clamgate_seeing_the_body
     assert_eq!(sha256_hex(&response.bytes().await.expect("body")), sha256_hex(&body));
     assert_eq!(stack.messages("response_body").await, 1.0, "no body message may reach clamgate on a hit");
     assert_eq!(stack.clamd_scans().await, 1.0);
-    let hits = stack.clamgate.metric(r#"clamgate_cache_lookups_total{key="resource",tier="memory",result="hit"}"#).await;
+    let hits = stack
+        .clamgate
+        .metric(r#"clamgate_cache_lookups_total{key="resource",tier="memory",result="hit"}"#)
+        .await;
     assert_eq!(hits, 1.0);
 }
 
@@ -106,8 +109,15 @@ async fn a_signature_update_refuses_a_file_cached_clean() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(stack.get("/files/update.txt").await.status(), 409, "a stale Clean entry must be rescanned");
-    assert_eq!(stack.get("/mirror/update-mirror.txt").await.status(), 409, "by content key and by resource key");
-    let stale = stack.clamgate.metric(r#"clamgate_cache_lookups_total{key="content",tier="memory",result="stale"}"#).await;
+    assert_eq!(
+        stack.get("/mirror/update-mirror.txt").await.status(),
+        409,
+        "by content key and by resource key"
+    );
+    let stale = stack
+        .clamgate
+        .metric(r#"clamgate_cache_lookups_total{key="content",tier="memory",result="stale"}"#)
+        .await;
     assert!(stale >= 1.0, "stale entries are counted");
 }
 
@@ -128,7 +138,10 @@ async fn twenty_concurrent_first_requests_make_one_clamd_scan() {
     }
     assert_eq!(stack.clamd_scans().await, 1.0, "20 requests for one object must cost one scan");
     let waits = stack.clamgate.metric(r#"clamgate_scan_waits_total{scope="local"}"#).await;
-    let hits = stack.clamgate.metric(r#"clamgate_cache_lookups_total{key="content",tier="memory",result="hit"}"#).await;
+    let hits = stack
+        .clamgate
+        .metric(r#"clamgate_cache_lookups_total{key="content",tier="memory",result="hit"}"#)
+        .await;
     assert_eq!(waits + hits, 19.0, "the others waited for the scan or found its verdict");
 }
 
@@ -169,7 +182,9 @@ async fn redis_killed_mid_test_scans_go_on_and_the_cache_resumes() {
         assert_eq!(stack.get("/files/fresh.bin").await.status(), 200);
         let key = format!("clamgate:v1:content:{}", sha256_hex(&body));
         let stored: bool = match client.get_multiplexed_async_connection().await {
-            Ok(mut connection) => redis::cmd("EXISTS").arg(&key).query_async(&mut connection).await.unwrap_or(false),
+            Ok(mut connection) => {
+                redis::cmd("EXISTS").arg(&key).query_async(&mut connection).await.unwrap_or(false)
+            }
             Err(_) => false,
         };
         if stored {
@@ -192,4 +207,20 @@ async fn a_policy_clamgate_does_not_know_fails_closed() {
     assert_eq!(response.status(), 503);
     assert_eq!(stack.upstream.hits("/mirror/x.bin"), 0);
     assert_eq!(stack.get("/files/x.bin").await.status(), 200, "other routes are unaffected");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_route_names_its_policy_and_request_ids_are_envoys() {
+    let stack = Stack::start().await;
+    stack.upstream.put_file_with_headers("a.bin", samples::eicar(), &[("etag", "\"a\"")]);
+    // Only the /mirror/ route's metadata selects the resource-key policy.
+    let response = stack.get("/mirror/a.bin").await;
+    assert_eq!(response.status(), 409);
+    let body: serde_json::Value = serde_json::from_str(&response.text().await.expect("text")).expect("JSON");
+    let request_id = body["request_id"].as_str().unwrap_or_default().to_string();
+    assert_eq!(request_id.len(), 36, "Envoy's UUID request id, from the request.id attribute: {body}");
+    let hits = r#"clamgate_cache_lookups_total{key="resource",tier="memory",result="miss"}"#;
+    assert_eq!(stack.clamgate.metric(hits).await, 1.0, "the mirror policy looked the resource up");
+    assert_eq!(stack.get("/files/a.bin").await.status(), 409);
+    assert_eq!(stack.clamgate.metric(hits).await, 1.0, "the default policy uses no resource keys");
 }

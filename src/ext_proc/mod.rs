@@ -11,6 +11,7 @@
 //! Envoy has closed its side; every failure (a protocol violation, a panic) sends an error status.
 
 pub mod response;
+pub mod route_policy;
 pub mod state;
 
 use std::pin::Pin;
@@ -23,10 +24,10 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::config::{Config, PolicyConfig, ResponseConfig};
-use crate::verdict::Verdict;
 use crate::metrics::{Metrics, Source};
 use crate::policy::{decide, Decision, DecisionContext, Direction};
 use crate::scanner::{ResourceLookup, ScanReport, Scanner};
+use crate::verdict::Verdict;
 use state::{on_message, Action, StreamPolicy, StreamState};
 
 /// The gRPC metadata key that names the policy of a route.
@@ -51,15 +52,19 @@ impl ExtProcService {
         ExtProcService { scanner, config, metrics }
     }
 
-    /// The policy Envoy named for this stream's route.
-    fn policy_for(&self, metadata: &tonic::metadata::MetadataMap) -> Result<PolicyConfig, Status> {
-        let Some(value) = metadata.get(POLICY_METADATA_KEY) else { return Ok(self.config.policy.clone()) };
-        let name = value.to_str().unwrap_or_default();
-        self.config.policy_named(name).cloned().ok_or_else(|| {
-            tracing::warn!(policy = %name, "Envoy named a policy that is not configured; failing the stream");
+    /// The policy Envoy named for this stream's route (route metadata or gRPC metadata).
+    fn policy_for(&self, first: &ProcessingRequest, grpc_metadata_policy: Option<&str>) -> Result<PolicyConfig, Status> {
+        let fail = |message: String| {
+            tracing::warn!(error = %message, "cannot tell which policy the route uses; failing the stream");
             self.metrics.record_stream_error("protocol");
-            Status::failed_precondition(format!("unknown clamgate policy {name:?}"))
-        })
+            Status::failed_precondition(message)
+        };
+        let name = route_policy::select(&first.attributes, grpc_metadata_policy).map_err(|err| fail(err.to_string()))?;
+        let Some(name) = name else { return Ok(self.config.policy.clone()) };
+        self.config
+            .policy_named(&name)
+            .cloned()
+            .ok_or_else(|| fail(format!("Envoy named clamgate policy {name:?}, which is not configured")))
     }
 }
 
@@ -79,11 +84,13 @@ impl ExternalProcessor for ExtProcService {
         &self,
         request: Request<Streaming<ProcessingRequest>>,
     ) -> Result<Response<Self::ProcessStream>, Status> {
-        let policy = self.policy_for(request.metadata())?;
-        let context = StreamContext { policy, response: self.config.response.clone() };
+        let grpc_metadata_policy = request
+            .metadata()
+            .get(POLICY_METADATA_KEY)
+            .map(|value| value.to_str().map(str::to_string).unwrap_or_default());
         let inbound = request.into_inner();
         let (answers, receiver) = mpsc::channel(STREAM_CHANNEL_CAPACITY);
-        tokio::spawn(self.clone().run_stream(context, inbound, answers));
+        tokio::spawn(self.clone().run_stream(grpc_metadata_policy, inbound, answers));
         Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
     }
 }
@@ -91,33 +98,49 @@ impl ExternalProcessor for ExtProcService {
 impl ExtProcService {
     async fn run_stream(
         self,
-        context: StreamContext,
+        grpc_metadata_policy: Option<String>,
         mut inbound: Streaming<ProcessingRequest>,
         answers: mpsc::Sender<Result<ProcessingResponse, Status>>,
     ) {
         let mut guard =
             UnansweredGuard { answers: answers.clone(), metrics: self.metrics.clone(), armed: true };
-        let mut state = StreamState::new(StreamPolicy::from_config(&context.policy));
+        // The policy comes with the first message (its route metadata attribute).
+        let first = match self.receive(&mut inbound, None).await {
+            Ok(Some(message)) => message,
+            Ok(None) => {
+                guard.armed = false;
+                return;
+            }
+            Err(status) => {
+                guard.armed = false;
+                let _ = answers.send(Err(status)).await;
+                return;
+            }
+        };
+        let policy = match self.policy_for(&first, grpc_metadata_policy.as_deref()) {
+            Ok(policy) => policy,
+            Err(status) => {
+                guard.armed = false;
+                let _ = answers.send(Err(status)).await;
+                return;
+            }
+        };
+        let mut state = StreamState::new(StreamPolicy::from_config(&policy));
+        let context = StreamContext { policy, response: self.config.response.clone() };
+        let mut next = Some(first);
         loop {
-            let message = match inbound.message().await {
-                Ok(Some(message)) => message,
-                // Envoy closed its side: nothing is waiting for an answer.
-                Ok(None) => break,
-                Err(status) => {
-                    // Either Envoy reset the stream (normal after every finished request: then
-                    // nobody reads what follows) or a message could not be decoded, e.g. a body
-                    // over `ext_proc.max_message_bytes`. Ending OK here would let Envoy deliver
-                    // that body unscanned, so the stream always ends with an error status.
-                    if !state.is_complete() && status.code() != tonic::Code::Cancelled {
-                        tracing::warn!(request_id = %state.request_id, error = %status.message(), "inbound ext_proc stream failed before a decision");
-                        self.metrics.record_stream_error("inbound");
+            let message = match next.take() {
+                Some(message) => message,
+                None => match self.receive(&mut inbound, Some(&state)).await {
+                    Ok(Some(message)) => message,
+                    // Envoy closed its side: nothing is waiting for an answer.
+                    Ok(None) => break,
+                    Err(status) => {
+                        guard.armed = false;
+                        let _ = answers.send(Err(status)).await;
+                        return;
                     }
-                    guard.armed = false;
-                    let _ = answers
-                        .send(Err(Status::aborted(format!("inbound stream failed: {}", status.message()))))
-                        .await;
-                    return;
-                }
+                },
             };
             if let Some(kind) = message_kind(&message) {
                 self.metrics.record_ext_proc_message(kind);
@@ -140,7 +163,12 @@ impl ExtProcService {
                     }
                 }
                 Action::PassCachedResource { remove_headers } => {
-                    let verdict_header = match decide(&Verdict::Clean, &context.policy, &context.response, self.context_for(&state, Direction::Response, None)) {
+                    let verdict_header = match decide(
+                        &Verdict::Clean,
+                        &context.policy,
+                        &context.response,
+                        self.context_for(&state, Direction::Response, None),
+                    ) {
                         Decision::Continue { verdict_header } => verdict_header,
                         Decision::Block(_) => None,
                     };
@@ -148,7 +176,8 @@ impl ExtProcService {
                     response::response_headers_pass_unbuffered(remove_headers, verdict_header)
                 }
                 Action::Scan { direction, body } => {
-                    let report = self.scanner.scan_body(&body, source(direction), context.policy.cache_mode).await;
+                    let report =
+                        self.scanner.scan_body(&body, source(direction), context.policy.cache_mode).await;
                     drop(body);
                     if direction == Direction::Response {
                         if let Some((resource, validator)) = state.resource_to_store() {
@@ -172,6 +201,28 @@ impl ExtProcService {
             }
         }
         guard.armed = false;
+    }
+
+    /// The next message from Envoy; an inbound failure becomes the error status to end with.
+    ///
+    /// Either Envoy reset the stream (normal after every finished request: then nobody reads what
+    /// follows) or a message could not be decoded, e.g. a body over `ext_proc.max_message_bytes`.
+    /// Ending OK then would let Envoy deliver that body unscanned, so the stream always ends with
+    /// an error status.
+    async fn receive(
+        &self,
+        inbound: &mut Streaming<ProcessingRequest>,
+        state: Option<&StreamState>,
+    ) -> Result<Option<ProcessingRequest>, Status> {
+        inbound.message().await.map_err(|status| {
+            let finished = state.is_some_and(StreamState::is_complete);
+            if !finished && status.code() != tonic::Code::Cancelled {
+                let request_id = state.map(|state| state.request_id.as_str()).unwrap_or_default();
+                tracing::warn!(request_id = %request_id, error = %status.message(), "inbound ext_proc stream failed before a decision");
+                self.metrics.record_stream_error("inbound");
+            }
+            Status::aborted(format!("inbound stream failed: {}", status.message()))
+        })
     }
 
     fn context_for<'a>(

@@ -17,8 +17,7 @@ use super::response;
 /// Headers clamgate owns. Any a client or an upstream sends are removed.
 pub const CONTROL_HEADER_PREFIX: &str = "x-clamgate-";
 
-/// The attribute namespace Envoy uses for `request_attributes`.
-const ATTRIBUTE_NAMESPACE: &str = "envoy.filters.http.ext_proc";
+use super::route_policy::ATTRIBUTE_NAMESPACE;
 
 /// What the stream task must do next.
 // One short-lived Action per message; boxing the reply would only add an allocation.
@@ -195,9 +194,10 @@ pub fn on_message(state: &mut StreamState, message: ProcessingRequest) -> Action
         }
     }
     let Some(request) = message.request else { return Action::Fail(StreamError::EmptyMessage) };
+    let attributes = message.attributes;
     match request {
-        Request::RequestHeaders(headers) => on_headers(state, Direction::Request, headers),
-        Request::ResponseHeaders(headers) => on_headers(state, Direction::Response, headers),
+        Request::RequestHeaders(headers) => on_headers(state, Direction::Request, headers, &attributes),
+        Request::ResponseHeaders(headers) => on_headers(state, Direction::Response, headers, &attributes),
         Request::RequestBody(body) => on_body(state, Direction::Request, body.body, body.end_of_stream),
         Request::ResponseBody(body) => on_body(state, Direction::Response, body.body, body.end_of_stream),
         Request::RequestTrailers(_) => on_trailers(state, Direction::Request),
@@ -221,7 +221,7 @@ fn unsupported_mode(state: &StreamState, direction: Direction) -> Option<StreamE
     }
 }
 
-fn on_headers(state: &mut StreamState, direction: Direction, headers: HttpHeaders) -> Action {
+fn on_headers(state: &mut StreamState, direction: Direction, headers: HttpHeaders, attributes: &Attributes) -> Action {
     if direction == Direction::Response && state.request == Phase::AwaitingHeaders {
         return Action::Fail(StreamError::OutOfOrder("response headers before request headers".into()));
     }
@@ -234,7 +234,9 @@ fn on_headers(state: &mut StreamState, direction: Direction, headers: HttpHeader
     let remove_headers = control_headers(&map);
     match direction {
         Direction::Request => {
-            state.request_id = attribute(&headers.attributes, "request.id")
+            // Envoy 1.40 sends attributes on the ProcessingRequest; older ones on the headers.
+            state.request_id = attribute(attributes, "request.id")
+                .or_else(|| attribute(&headers.attributes, "request.id"))
                 .or_else(|| header_value(&map, "x-request-id"))
                 .unwrap_or_default();
             let path_and_query = header_value(&map, ":path").unwrap_or_default();
@@ -342,10 +344,9 @@ fn header_value(map: &HeaderMap, name: &str) -> Option<String> {
     })
 }
 
-fn attribute(
-    attributes: &std::collections::HashMap<String, envoy_types::pb::google::protobuf::Struct>,
-    name: &str,
-) -> Option<String> {
+type Attributes = std::collections::HashMap<String, envoy_types::pb::google::protobuf::Struct>;
+
+fn attribute(attributes: &Attributes, name: &str) -> Option<String> {
     use envoy_types::pb::google::protobuf::value::Kind;
     let value = attributes.get(ATTRIBUTE_NAMESPACE)?.fields.get(name)?;
     match &value.kind {
@@ -542,10 +543,11 @@ mod tests {
         use envoy_types::pb::google::protobuf::{value::Kind, Struct, Value};
         let mut fields = std::collections::HashMap::new();
         fields.insert("request.id".to_string(), Value { kind: Some(Kind::StringValue("from-envoy".into())) });
-        let mut request_headers = headers(&[("x-request-id", "from-client")], true);
-        request_headers.attributes.insert(ATTRIBUTE_NAMESPACE.to_string(), Struct { fields });
+        let request_headers = headers(&[("x-request-id", "from-client")], true);
+        let mut first = buffered(Request::RequestHeaders(request_headers));
+        first.attributes.insert(ATTRIBUTE_NAMESPACE.to_string(), Struct { fields });
         let mut state = StreamState::new(SCAN_BOTH);
-        on_message(&mut state, buffered(Request::RequestHeaders(request_headers)));
+        on_message(&mut state, first);
         assert_eq!(state.request_id, "from-envoy");
     }
 
@@ -564,8 +566,13 @@ mod tests {
     fn a_get_under_a_resource_policy_is_looked_up_by_host_and_path() {
         let mut state = StreamState::new(RESOURCE_KEYS);
         let action = on_message(&mut state, get("/pkg/a.tar.gz?v=2"));
-        let Action::LookupResource { resource, .. } = action else { panic!("expected a lookup, got {action:?}") };
-        assert_eq!(resource, Resource { host: "mirror.example".into(), path_and_query: "/pkg/a.tar.gz?v=2".into() });
+        let Action::LookupResource { resource, .. } = action else {
+            panic!("expected a lookup, got {action:?}")
+        };
+        assert_eq!(
+            resource,
+            Resource { host: "mirror.example".into(), path_and_query: "/pkg/a.tar.gz?v=2".into() }
+        );
     }
 
     #[test]
@@ -603,7 +610,10 @@ mod tests {
             let mut state = StreamState::new(RESOURCE_KEYS);
             on_message(&mut state, get("/a"));
             state.record_clean_resource("etag:\"v1\"".into());
-            assert!(matches!(on_message(&mut state, response_headers(&response)), Action::Reply(_)), "{response:?}");
+            assert!(
+                matches!(on_message(&mut state, response_headers(&response)), Action::Reply(_)),
+                "{response:?}"
+            );
             let action = on_message(&mut state, message(Request::ResponseBody(body(b"new", true))));
             assert!(matches!(action, Action::Scan { .. }), "{response:?}: {action:?}");
         }
@@ -615,10 +625,21 @@ mod tests {
         assert_eq!(validator(&map(&[("etag", "\"abc\"")]), false), Some("etag:\"abc\"".into()));
         assert_eq!(validator(&map(&[("etag", "W/\"abc\"")]), false), None, "a weak ETag is no validator");
         assert_eq!(
-            validator(&map(&[("etag", "W/\"x\""), ("last-modified", "Sat, 21 Nov 2026 10:00:00 GMT"), ("content-length", "5")]), false),
+            validator(
+                &map(&[
+                    ("etag", "W/\"x\""),
+                    ("last-modified", "Sat, 21 Nov 2026 10:00:00 GMT"),
+                    ("content-length", "5")
+                ]),
+                false
+            ),
             Some("lm:Sat, 21 Nov 2026 10:00:00 GMT;len:5".into())
         );
-        assert_eq!(validator(&map(&[("last-modified", "x")]), false), None, "Last-Modified alone is not enough");
+        assert_eq!(
+            validator(&map(&[("last-modified", "x")]), false),
+            None,
+            "Last-Modified alone is not enough"
+        );
         assert_eq!(validator(&map(&[]), true), Some("immutable".into()));
         assert_eq!(validator(&map(&[]), false), None);
     }
