@@ -104,7 +104,13 @@ pub async fn run(
         }
         stream
     });
+    // A BUFFERED body is one gRPC message from Envoy: with h2's default 64 KiB receive window it
+    // needs a window update round trip every 64 KiB. Windows as large as the largest message let
+    // a body arrive in one flight; memory stays bounded by Envoy's buffer limit per stream.
+    let stream_window = u32::try_from(config.ext_proc.max_message_bytes).unwrap_or(u32::MAX);
     let grpc = tonic::transport::Server::builder()
+        .initial_stream_window_size(stream_window)
+        .initial_connection_window_size(stream_window.saturating_mul(4))
         .add_service(health_service)
         .add_service(ext_proc)
         .add_service(scan_api)

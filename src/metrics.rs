@@ -286,6 +286,9 @@ mod tests {
             "{text}"
         );
         assert!(text.contains(r#"clamgate_unscanned_total{reason="engine_unavailable"} 1"#), "{text}");
-        assert!(text.contains(r#"clamgate_cache_lookups_total{key="content",tier="memory",result="hit"} 1"#), "{text}");
+        assert!(
+            text.contains(r#"clamgate_cache_lookups_total{key="content",tier="memory",result="hit"} 1"#),
+            "{text}"
+        );
     }
 }

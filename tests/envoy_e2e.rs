@@ -116,16 +116,20 @@ async fn known_infected_content_is_refused_from_the_cache_while_clamd_is_down() 
     stack.upstream.put_file("first.com", eicar.clone());
     stack.upstream.put_file("second-name.com", eicar);
     assert_eq!(stack.get("/files/first.com").await.status(), 409);
-    let hits_before =
-        stack.clamgate.metric(r#"clamgate_cache_lookups_total{key="content",tier="memory",result="hit"}"#).await;
+    let hits_before = stack
+        .clamgate
+        .metric(r#"clamgate_cache_lookups_total{key="content",tier="memory",result="hit"}"#)
+        .await;
 
     // With clamd gone, only the cache can know this content is infected.
     stack.stop_clamd().await;
     let response = stack.get("/files/second-name.com").await;
     assert_eq!(response.status(), 409);
     assert_eq!(json_body(response).await["verdict"], "infected");
-    let hits_after =
-        stack.clamgate.metric(r#"clamgate_cache_lookups_total{key="content",tier="memory",result="hit"}"#).await;
+    let hits_after = stack
+        .clamgate
+        .metric(r#"clamgate_cache_lookups_total{key="content",tier="memory",result="hit"}"#)
+        .await;
     assert_eq!(hits_after, hits_before + 1.0, "the second answer must come from the cache");
 }
 

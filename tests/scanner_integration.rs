@@ -30,7 +30,10 @@ fn signature(verdict: &Verdict) -> &str {
 async fn every_sample_kind_gets_the_right_verdict() {
     let clamd = tokio::task::spawn_blocking(ClamdProcess::start).await.expect("clamd");
     let (scanner, _) = scanner(&test_config(&clamd.address()));
-    assert_eq!(scanner.scan_body(&samples::clean_sample(50_000), Source::api, CacheMode::Content).await.verdict, Verdict::Clean);
+    assert_eq!(
+        scanner.scan_body(&samples::clean_sample(50_000), Source::api, CacheMode::Content).await.verdict,
+        Verdict::Clean
+    );
     let cases = [
         (samples::eicar(), "Test.Eicar.Body"),
         (samples::eicar_zip(), "Test.Eicar.Body"),
@@ -61,7 +64,10 @@ async fn unscanned_verdicts_are_never_cached() {
     let (scanner, _) = scanner(&test_config(&clamd.address()));
     let body = samples::clean_sample(2000);
     clamd.stop();
-    assert!(matches!(scanner.scan_body(&body, Source::api, CacheMode::Content).await.verdict, Verdict::Unscanned { .. }));
+    assert!(matches!(
+        scanner.scan_body(&body, Source::api, CacheMode::Content).await.verdict,
+        Verdict::Unscanned { .. }
+    ));
     // Nothing else runs on this runtime, so the blocking restart is harmless here.
     clamd.start_again();
     let report = scanner.scan_body(&body, Source::api, CacheMode::Content).await;
@@ -78,7 +84,8 @@ async fn redis_shares_verdicts_between_instances() {
     let (first, _) = scanner(&config);
     let (second, second_metrics) = scanner(&config);
     let eicar = samples::eicar();
-    assert!(signature(&first.scan_body(&eicar, Source::api, CacheMode::Content).await.verdict).starts_with("Test.Eicar.Body"));
+    assert!(signature(&first.scan_body(&eicar, Source::api, CacheMode::Content).await.verdict)
+        .starts_with("Test.Eicar.Body"));
     clamd.stop();
     let report = second.scan_body(&eicar, Source::api, CacheMode::Content).await;
     assert!(report.cached, "the second instance must find the first one's verdict in Redis");
@@ -99,7 +106,10 @@ async fn redis_down_means_scans_go_on() {
     let mut config = test_config(&clamd.address());
     config.cache.redis_url = Some(redis.url());
     let (scanner, metrics) = scanner(&config);
-    assert_eq!(scanner.scan_body(&samples::clean_sample(1000), Source::api, CacheMode::Content).await.verdict, Verdict::Clean);
+    assert_eq!(
+        scanner.scan_body(&samples::clean_sample(1000), Source::api, CacheMode::Content).await.verdict,
+        Verdict::Clean
+    );
     redis.stop();
     let report = scanner.scan_body(&samples::eicar(), Source::api, CacheMode::Content).await;
     assert!(signature(&report.verdict).starts_with("Test.Eicar.Body"));
@@ -108,7 +118,8 @@ async fn redis_down_means_scans_go_on() {
     assert_eq!(report.verdict, Verdict::Clean);
     let text = metrics.encode();
     assert!(
-        metric_value(&text, r#"clamgate_cache_lookups_total{key="content",tier="redis",result="error"}"#) >= 2.0,
+        metric_value(&text, r#"clamgate_cache_lookups_total{key="content",tier="redis",result="error"}"#)
+            >= 2.0,
         "{text}"
     );
 }
@@ -136,11 +147,20 @@ async fn two_instances_scan_the_same_body_once() {
         second.scan_body(&body, Source::api, CacheMode::Content)
     );
     assert_eq!((a.verdict, b.verdict), (Verdict::Clean, Verdict::Clean));
-    assert_eq!(clamd_scans(&first_metrics) + clamd_scans(&second_metrics), 1.0, "one scan across two instances");
+    assert_eq!(
+        clamd_scans(&first_metrics) + clamd_scans(&second_metrics),
+        1.0,
+        "one scan across two instances"
+    );
     let waited = metric_value(&first_metrics.encode(), r#"clamgate_scan_waits_total{scope="shared"}"#)
         + metric_value(&second_metrics.encode(), r#"clamgate_scan_waits_total{scope="shared"}"#);
-    let hits = metric_value(&first_metrics.encode(), r#"clamgate_cache_lookups_total{key="content",tier="redis",result="hit"}"#)
-        + metric_value(&second_metrics.encode(), r#"clamgate_cache_lookups_total{key="content",tier="redis",result="hit"}"#);
+    let hits = metric_value(
+        &first_metrics.encode(),
+        r#"clamgate_cache_lookups_total{key="content",tier="redis",result="hit"}"#,
+    ) + metric_value(
+        &second_metrics.encode(),
+        r#"clamgate_cache_lookups_total{key="content",tier="redis",result="hit"}"#,
+    );
     assert!(waited + hits >= 1.0, "the other instance waited for the lock holder or found its verdict");
 }
 
@@ -152,10 +172,18 @@ async fn a_dead_lock_holder_only_delays_the_scan() {
     let (scanner, metrics) = scanner(&config);
     let body = samples::eicar_zip();
     // Another instance took the lock for this content and died: nobody will release it.
-    let key = format!("clamgate:v1:lock:content:{}", hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&body)));
+    let key =
+        format!("clamgate:v1:lock:content:{}", hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&body)));
     let client = redis::Client::open(redis.url()).expect("URL");
     let mut connection = client.get_multiplexed_async_connection().await.expect("connect");
-    let _: () = redis::cmd("SET").arg(&key).arg("dead-holder").arg("PX").arg(1500).query_async(&mut connection).await.expect("SET");
+    let _: () = redis::cmd("SET")
+        .arg(&key)
+        .arg("dead-holder")
+        .arg("PX")
+        .arg(1500)
+        .query_async(&mut connection)
+        .await
+        .expect("SET");
 
     let started = std::time::Instant::now();
     let report = scanner.scan_body(&body, Source::api, CacheMode::Content).await;
@@ -168,14 +196,18 @@ async fn a_dead_lock_holder_only_delays_the_scan() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_share_verdicts_through_a_redis_cluster() {
     let mut clamd = tokio::task::spawn_blocking(ClamdProcess::start).await.expect("clamd");
-    let cluster = tokio::task::spawn_blocking(|| support::redis::RedisCluster::start(3)).await.expect("cluster");
+    let cluster =
+        tokio::task::spawn_blocking(|| support::redis::RedisCluster::start(3)).await.expect("cluster");
     let mut config = test_config(&clamd.address());
     config.cache.redis_cluster_urls = cluster.urls();
     let (first, _) = scanner(&config);
     let (second, second_metrics) = scanner(&config);
     let bodies = [samples::eicar(), samples::eicar_zip(), samples::hash_only_sample()];
     for body in &bodies {
-        assert!(matches!(first.scan_body(body, Source::api, CacheMode::Content).await.verdict, Verdict::Infected { .. }));
+        assert!(matches!(
+            first.scan_body(body, Source::api, CacheMode::Content).await.verdict,
+            Verdict::Infected { .. }
+        ));
     }
     clamd = tokio::task::spawn_blocking(move || {
         clamd.stop();
@@ -189,6 +221,10 @@ async fn two_instances_share_verdicts_through_a_redis_cluster() {
         assert!(matches!(report.verdict, Verdict::Infected { .. }));
     }
     let text = second_metrics.encode();
-    assert_eq!(metric_value(&text, r#"clamgate_cache_lookups_total{key="content",tier="redis",result="hit"}"#), 3.0, "{text}");
+    assert_eq!(
+        metric_value(&text, r#"clamgate_cache_lookups_total{key="content",tier="redis",result="hit"}"#),
+        3.0,
+        "{text}"
+    );
     drop(clamd);
 }

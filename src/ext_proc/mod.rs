@@ -53,13 +53,18 @@ impl ExtProcService {
     }
 
     /// The policy Envoy named for this stream's route (route metadata or gRPC metadata).
-    fn policy_for(&self, first: &ProcessingRequest, grpc_metadata_policy: Option<&str>) -> Result<PolicyConfig, Status> {
+    fn policy_for(
+        &self,
+        first: &ProcessingRequest,
+        grpc_metadata_policy: Option<&str>,
+    ) -> Result<PolicyConfig, Status> {
         let fail = |message: String| {
             tracing::warn!(error = %message, "cannot tell which policy the route uses; failing the stream");
             self.metrics.record_stream_error("protocol");
             Status::failed_precondition(message)
         };
-        let name = route_policy::select(&first.attributes, grpc_metadata_policy).map_err(|err| fail(err.to_string()))?;
+        let name = route_policy::select(&first.attributes, grpc_metadata_policy)
+            .map_err(|err| fail(err.to_string()))?;
         let Some(name) = name else { return Ok(self.config.policy.clone()) };
         self.config
             .policy_named(&name)

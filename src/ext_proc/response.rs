@@ -36,13 +36,19 @@ pub fn headers_continue(direction: Direction, remove_headers: Vec<String>) -> Pr
 ///
 /// `mode_override` has no "unchanged" value for body modes (0 is NONE), so every mode is restated;
 /// the request side is over by now, but a bare override would still say NONE for it.
-pub fn response_headers_pass_unbuffered(remove_headers: Vec<String>, verdict_header: Option<&str>) -> ProcessingResponse {
+pub fn response_headers_pass_unbuffered(
+    remove_headers: Vec<String>,
+    verdict_header: Option<&str>,
+) -> ProcessingResponse {
     let header_mutation = HeaderMutation {
         set_headers: verdict_header.map(|value| set_header(VERDICT_HEADER, value)).into_iter().collect(),
         remove_headers,
     };
     let answer = HeadersResponse {
-        response: Some(CommonResponse { header_mutation: Some(header_mutation), ..CommonResponse::default() }),
+        response: Some(CommonResponse {
+            header_mutation: Some(header_mutation),
+            ..CommonResponse::default()
+        }),
     };
     ProcessingResponse {
         mode_override: Some(ProcessingMode {
@@ -175,9 +181,15 @@ mod tests {
         let answer = response_headers_pass_unbuffered(vec!["x-clamgate-x".into()], Some("clean"));
         let mode = answer.mode_override.expect("mode_override");
         assert_eq!(mode.response_body_mode, BodySendMode::None as i32);
-        assert_eq!(mode.request_body_mode, BodySendMode::Buffered as i32, "rule 5: never leave a body mode at 0");
+        assert_eq!(
+            mode.request_body_mode,
+            BodySendMode::Buffered as i32,
+            "rule 5: never leave a body mode at 0"
+        );
         assert_eq!(mode.response_header_mode, HeaderSendMode::Send as i32);
-        let Some(Response::ResponseHeaders(headers)) = answer.response else { panic!("not a headers answer") };
+        let Some(Response::ResponseHeaders(headers)) = answer.response else {
+            panic!("not a headers answer")
+        };
         let mutation = headers.response.unwrap().header_mutation.unwrap();
         assert_eq!(mutation.remove_headers, vec!["x-clamgate-x"]);
         assert_eq!(mutation.set_headers[0].header.as_ref().unwrap().raw_value, b"clean");

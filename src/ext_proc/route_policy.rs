@@ -136,7 +136,9 @@ fn parse_fields(tokens: &[Token], position: &mut usize) -> Result<Message, Route
         let name = match token {
             Token::Close => break,
             Token::Word(name) => name.clone(),
-            other => return Err(RouteMetadataError::Syntax(format!("expected a field name, found {other:?}"))),
+            other => {
+                return Err(RouteMetadataError::Syntax(format!("expected a field name, found {other:?}")))
+            }
         };
         *position += 1;
         if tokens.get(*position) == Some(&Token::Colon) {
@@ -205,7 +207,10 @@ fn tokenize(text: &str) -> Result<Vec<Token>, RouteMetadataError> {
 }
 
 /// A quoted string with C-style escapes (`\"`, `\\`, `\n`, `\t`, octal `\ooo`).
-fn quoted(chars: &mut std::iter::Peekable<std::str::Chars<'_>>, quote: char) -> Result<String, RouteMetadataError> {
+fn quoted(
+    chars: &mut std::iter::Peekable<std::str::Chars<'_>>,
+    quote: char,
+) -> Result<String, RouteMetadataError> {
     let mut bytes = Vec::new();
     loop {
         let c = chars.next().ok_or_else(|| RouteMetadataError::Syntax("unterminated string".into()))?;
@@ -233,7 +238,10 @@ fn quoted(chars: &mut std::iter::Peekable<std::str::Chars<'_>>, quote: char) -> 
                         None => break,
                     }
                 }
-                bytes.push(u8::try_from(value).map_err(|_| RouteMetadataError::Syntax("octal escape over 255".into()))?);
+                bytes.push(
+                    u8::try_from(value)
+                        .map_err(|_| RouteMetadataError::Syntax("octal escape over 255".into()))?,
+                );
             }
             other => {
                 let mut buffer = [0u8; 4];
@@ -283,7 +291,10 @@ mod tests {
     fn unreadable_clamgate_metadata_is_an_error_not_the_default() {
         let number = "filter_metadata { key: \"clamgate\" value { fields { key: \"policy\" value { number_value: 3 } } } }";
         assert_eq!(policy_in_route_metadata(number), Err(RouteMetadataError::NoPolicy));
-        assert!(matches!(policy_in_route_metadata("filter_metadata { key: \"clamgate\""), Err(RouteMetadataError::Syntax(_))));
+        assert!(matches!(
+            policy_in_route_metadata("filter_metadata { key: \"clamgate\""),
+            Err(RouteMetadataError::Syntax(_))
+        ));
         assert!(matches!(policy_in_route_metadata("a { b: \"c } }"), Err(RouteMetadataError::Syntax(_))));
         assert!(matches!(policy_in_route_metadata("a } b"), Err(RouteMetadataError::Syntax(_))));
     }
@@ -300,6 +311,9 @@ mod tests {
         assert_eq!(select(&attributes(OBSERVED), Some("mirror")), Ok(Some("mirror".into())));
         assert_eq!(select(&HashMap::new(), Some("mirror")), Ok(Some("mirror".into())));
         assert_eq!(select(&HashMap::new(), None), Ok(None));
-        assert!(matches!(select(&attributes(OBSERVED), Some("other")), Err(RouteMetadataError::Conflict { .. })));
+        assert!(matches!(
+            select(&attributes(OBSERVED), Some("other")),
+            Err(RouteMetadataError::Conflict { .. })
+        ));
     }
 }

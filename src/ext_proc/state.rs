@@ -221,7 +221,12 @@ fn unsupported_mode(state: &StreamState, direction: Direction) -> Option<StreamE
     }
 }
 
-fn on_headers(state: &mut StreamState, direction: Direction, headers: HttpHeaders, attributes: &Attributes) -> Action {
+fn on_headers(
+    state: &mut StreamState,
+    direction: Direction,
+    headers: HttpHeaders,
+    attributes: &Attributes,
+) -> Action {
     if direction == Direction::Response && state.request == Phase::AwaitingHeaders {
         return Action::Fail(StreamError::OutOfOrder("response headers before request headers".into()));
     }
