@@ -1,0 +1,462 @@
+//! `cargo bench --bench proxy` (or `scripts/bench.sh`): request latency percentiles and throughput
+//! through the real stack on loopback (clamd with the test signatures, the clamgate release
+//! binary, a sample origin, Envoy 1.40 with the shipped `envoy/envoy.yaml` plus bench-only routes),
+//! for a route without ext_proc, a content-key cache hit, a resource-key cache hit and a cache
+//! miss. A benchmark, not a test: it never fails on a number. `docs/benchmarks.md` says how to run
+//! and read it; `--write-report` rewrites that file.
+//!
+//! Started by anything but `cargo bench` (no `--bench` argument: `cargo test --benches`, a test
+//! lister's `--list`) it does nothing and exits 0.
+
+#[path = "../../tests/support/mod.rs"]
+mod support;
+
+mod clamgate_bin;
+mod envoy;
+mod load;
+mod machine;
+mod report;
+mod scenario;
+mod upstream;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use clap::Parser;
+
+use clamgate_bin::{ClamgateProcess, MIRROR_POLICY};
+use envoy::BenchEnvoy;
+use load::{Connection, PhaseResult};
+use machine::CpuSample;
+use scenario::{Scenario, Selection};
+use support::clamd::ClamdProcess;
+use support::redis::RedisProcess;
+use upstream::Origin;
+
+/// Envoy's counter of downstream connections accepted (keep-alive check).
+const DOWNSTREAM_CX: &str = "http.ingress_http.downstream_cx_total";
+
+#[derive(Parser, Debug, Clone)]
+#[command(
+    name = "proxy",
+    about = "clamgate benchmark: latency and throughput through Envoy on loopback (see docs/benchmarks.md)"
+)]
+pub struct Options {
+    /// Scenarios to run, comma-separated: baseline, content, resource, miss. `resource` runs the
+    /// `/mirror/` route and its copy without ext_proc; it is skipped (with a line saying why)
+    /// while the shipped config or clamgate lacks resource-key support.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "baseline,content,resource,miss")]
+    pub scenarios: Vec<Selection>,
+    /// Body sizes, comma-separated: bytes, or with a k / m suffix (KiB, MiB).
+    #[arg(long, value_delimiter = ',', default_value = "1k,16k,1m", value_parser = parse_size)]
+    pub sizes: Vec<usize>,
+    /// Client concurrencies (workers, one keep-alive connection each), comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,8")]
+    pub concurrency: Vec<usize>,
+    /// Multiplies every warm-up and measured request count (e.g. 0.1 for a quick look).
+    #[arg(long, default_value_t = 1.0)]
+    pub scale: f64,
+    /// Time bound of each warm-up and each measured phase, in seconds: a phase stops there and
+    /// reports what it completed.
+    #[arg(long, default_value_t = 60)]
+    pub phase_secs: u64,
+    /// Time bound of the whole run, in seconds: cells not started by then are skipped.
+    #[arg(long, default_value_t = 1800)]
+    pub max_secs: u64,
+    /// Envoy's worker threads (--concurrency); default: the number of CPUs.
+    #[arg(long)]
+    pub envoy_concurrency: Option<usize>,
+    /// Give clamgate a Redis verdict cache (a real redis-server) behind its in-process tier.
+    #[arg(long)]
+    pub redis: bool,
+    /// Rewrite docs/benchmarks.md with this run's results.
+    #[arg(long)]
+    pub write_report: bool,
+    /// A note for the report (e.g. what else ran on the machine).
+    #[arg(long)]
+    pub note: Option<String>,
+    /// Passed by `cargo bench`.
+    #[arg(long, hide = true)]
+    pub bench: bool,
+}
+
+fn parse_size(text: &str) -> Result<usize, String> {
+    let lower = text.trim().to_ascii_lowercase();
+    let lower = lower.trim_end_matches("ib").trim_end_matches('b');
+    let (digits, unit) = match lower.chars().last() {
+        Some('k') => (&lower[..lower.len() - 1], 1024),
+        Some('m') => (&lower[..lower.len() - 1], 1024 * 1024),
+        _ => (lower, 1),
+    };
+    let size =
+        digits.trim().parse::<usize>().map_err(|_| format!("not a size: {text:?} (e.g. 1k, 16k, 1m)"))?
+            * unit;
+    if !(64..=16 * 1024 * 1024).contains(&size) {
+        return Err(format!("{text}: sizes go from 64 bytes to 16 MiB (Envoy's buffer limit)"));
+    }
+    Ok(size)
+}
+
+/// Warm-up and measured request counts for one cell.
+fn counts(size: usize, concurrency: usize, scale: f64) -> (u64, u64) {
+    let (warmup, measured) = match (size <= 64 * 1024, concurrency <= 1) {
+        (true, true) => (200, 2000),
+        (true, false) => (400, 4000),
+        (false, _) => (50, 1000),
+    };
+    let scaled = |n: u64| ((n as f64 * scale).round() as u64).max(1);
+    (scaled(warmup), scaled(measured).max(concurrency as u64))
+}
+
+/// One measured (scenario, size, concurrency).
+pub struct Cell {
+    pub scenario: Scenario,
+    pub size: usize,
+    pub concurrency: usize,
+    pub warmup: PhaseResult,
+    pub measured: PhaseResult,
+    /// Non-zero changes of clamgate's counters during the measured phase.
+    pub metrics: Vec<(String, f64)>,
+    /// Downstream connections Envoy accepted during the cell (warm-up included).
+    pub connections: Option<u64>,
+    /// Connections the client opened during the cell (warm-up included).
+    pub client_connects: u64,
+    /// Cores' worth of CPU used by other processes during the measured phase.
+    pub other_cores: Option<f64>,
+}
+
+/// Everything the report says about the run besides the cells.
+pub struct RunInfo {
+    pub date: String,
+    pub command: String,
+    pub cores: usize,
+    pub cpu_model: String,
+    pub memory: String,
+    pub kernel: String,
+    pub load_start: String,
+    pub load_end: String,
+    pub envoy_version: String,
+    pub envoy_workers: usize,
+    pub clamd_version: String,
+    pub clamgate_version: String,
+    pub git_revision: String,
+    pub cache: String,
+    /// The bench-only routes inserted into the shipped envoy.yaml.
+    pub envoy_routes: String,
+    pub duration: Duration,
+    pub notes: Vec<String>,
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    // A test lister (`--list`, e.g. nextest with --all-targets) must find no tests here, and
+    // `cargo test --benches` (no `--bench`) must not start a benchmark.
+    if args.iter().any(|arg| arg == "--list") {
+        return ExitCode::SUCCESS;
+    }
+    if !args.iter().any(|arg| arg == "--bench") {
+        eprintln!(
+            "proxy: a benchmark, not a test; run it with `scripts/bench.sh` or `cargo bench --bench proxy`"
+        );
+        return ExitCode::SUCCESS;
+    }
+    let options = Options::parse_from(&args);
+    let command = std::env::var("PROXY_BENCH_COMMAND").unwrap_or_else(|_| {
+        let passed: Vec<String> =
+            args.iter().skip(1).filter(|arg| *arg != "--bench").map(|arg| shell_quote(arg)).collect();
+        format!("cargo bench --bench proxy -- {}", passed.join(" ")).trim_end().to_string()
+    });
+    match run(&options, command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("proxy bench: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `arg` as a POSIX shell word.
+fn shell_quote(arg: &str) -> String {
+    let plain = !arg.is_empty() && arg.chars().all(|c| c.is_ascii_alphanumeric() || "_./,=:+-".contains(c));
+    if plain {
+        arg.to_string()
+    } else {
+        format!("'{}'", arg.replace('\'', "'\\''"))
+    }
+}
+
+fn run(options: &Options, command: String) -> Result<(), String> {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let started = Instant::now();
+    let run_deadline = started + Duration::from_secs(options.max_secs);
+    let phase_bound = Duration::from_secs(options.phase_secs);
+    let cores = machine::cores();
+    let envoy_workers = options.envoy_concurrency.unwrap_or(cores).max(1);
+    let load_start = machine::loadavg();
+    let date = machine::utc_now();
+    let run_nonce = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
+    let mut notes: Vec<String> = options.note.iter().cloned().collect();
+    let mut scenarios: Vec<Scenario> =
+        scenario::ALL.into_iter().filter(|scenario| scenario.selected_by(&options.scenarios)).collect();
+
+    eprintln!(
+        "proxy bench: starting clamd,{} clamgate, the origin and Envoy",
+        if options.redis { " redis," } else { "" }
+    );
+    let clamd = ClamdProcess::start();
+    let redis = options.redis.then(RedisProcess::start);
+    let mut extra = String::new();
+    if let Some(redis) = &redis {
+        extra.push_str(&format!("[cache]\nredis_url = \"{}\"\n\n", redis.url()));
+    }
+    // Resource keys need clamgate's named policies; the config is accepted or not.
+    let unbound = std::net::SocketAddr::from(([127, 0, 0, 1], 1));
+    let policy_check = clamgate_bin::check_config(&clamgate_bin::config_text(
+        unbound,
+        std::net::SocketAddr::from(([127, 0, 0, 1], 2)),
+        &clamd.address(),
+        &format!("{extra}{MIRROR_POLICY}"),
+    ));
+    if policy_check.is_ok() {
+        extra.push_str(MIRROR_POLICY);
+    }
+    let gate = ClamgateProcess::start(&clamd.address(), &extra)?;
+    let origin = Origin::start(&options.sizes)?;
+    let config = envoy::bench_config(gate.grpc_addr, origin.addr())?;
+    let envoy = BenchEnvoy::start(&config.yaml, envoy_workers)?;
+
+    let mut resource_unavailable = match (config.has_mirror, &policy_check) {
+        (true, Ok(())) => None,
+        (false, Ok(())) => Some("the shipped envoy/envoy.yaml has no `/mirror/` route".to_string()),
+        (true, Err(err)) => {
+            Some(format!("clamgate rejects `[policies.mirror] cache_mode = \"resource\"` ({err})"))
+        }
+        (false, Err(err)) => Some(format!(
+            "the shipped envoy/envoy.yaml has no `/mirror/` route, and clamgate rejects \
+             `[policies.mirror] cache_mode = \"resource\"` ({err})"
+        )),
+    };
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|err| format!("client runtime: {err}"))?;
+
+    // One request per scenario through its route: the copies without ext_proc must answer without
+    // a verdict header (the route matched and ext_proc was skipped), the scanned ones with one.
+    let smallest = options.sizes.iter().copied().min().unwrap_or(1024);
+    let listener = envoy.addr();
+    if resource_unavailable.is_none() && scenarios.contains(&Scenario::ResourceHit) {
+        resource_unavailable = runtime.block_on(check_resource_hits(listener, &gate, smallest)).err();
+    }
+    if let Some(reason) = &resource_unavailable {
+        if scenarios.contains(&Scenario::ResourceHit) {
+            println!("resource-hit: not available: {reason}. Skipped; re-run once resource keys work.\n");
+            notes.push(format!("resource-hit and mirror-noscan: not available: {reason}."));
+            scenarios.retain(|scenario| !matches!(scenario, Scenario::ResourceHit | Scenario::MirrorNoscan));
+        }
+    }
+    for scenario in [Scenario::Baseline, Scenario::ContentHit] {
+        runtime
+            .block_on(smoke(listener, scenario, smallest))
+            .map_err(|err| format!("set-up check: {err}"))?;
+    }
+
+    let mut pids = vec![std::process::id(), envoy.pid(), gate.pid()];
+    pids.extend(machine::pids_mentioning(clamd.dir()));
+    if let Some(redis) = &redis {
+        pids.extend(machine::pids_mentioning(redis.dir()));
+    }
+
+    let mut cells = Vec::new();
+    let mut series = 0;
+    for &size in &options.sizes {
+        for &concurrency in &options.concurrency {
+            for &scenario in &scenarios {
+                let label = format!("{} {} c={concurrency}", scenario.name(), report::size_label(size));
+                if Instant::now() >= run_deadline {
+                    notes.push(format!("{label}: skipped, the run reached its time bound (--max-secs)"));
+                    continue;
+                }
+                series += 1;
+                let (warmup, measured) = counts(size, concurrency.max(1), options.scale);
+                eprint!("proxy bench: {label}: {warmup} warm-up + {measured} measured ... ");
+                let connections: Vec<Connection> =
+                    (0..concurrency.max(1)).map(|_| Connection::new(listener)).collect();
+                let path_of = |offset: u64| -> Arc<dyn Fn(u64) -> String + Send + Sync> {
+                    Arc::new(move |i| scenario.path(run_nonce, series, size, offset + i))
+                };
+                let connections_before = envoy.stat(DOWNSTREAM_CX);
+                let (connections, warm) =
+                    runtime.block_on(load::run_phase(connections, path_of(0), warmup, size, phase_bound));
+                let metrics_before = gate.metrics().unwrap_or_default();
+                let cpu_before = CpuSample::take(&pids);
+                let (connections, result) = runtime.block_on(load::run_phase(
+                    connections,
+                    path_of(warmup),
+                    measured,
+                    size,
+                    phase_bound,
+                ));
+                let cpu_after = CpuSample::take(&pids);
+                let metrics_after = gate.metrics().unwrap_or_default();
+                let connections_accepted =
+                    envoy.stat(DOWNSTREAM_CX).zip(connections_before).map(|(a, b)| a.saturating_sub(b));
+                let client_connects = connections.iter().map(|c| c.connects).sum();
+                drop(connections);
+                let cell = Cell {
+                    scenario,
+                    size,
+                    concurrency,
+                    warmup: warm,
+                    measured: result,
+                    metrics: metric_deltas(&metrics_before, &metrics_after),
+                    connections: connections_accepted,
+                    client_connects,
+                    other_cores: cpu_after.other_cores_since(&cpu_before, cores),
+                };
+                eprintln!("{}", report::one_line(&cell));
+                cells.push(cell);
+            }
+        }
+    }
+
+    if cells.iter().any(|cell| cell.scenario == Scenario::ResourceHit)
+        && !cells
+            .iter()
+            .filter(|cell| cell.scenario == Scenario::ResourceHit)
+            .any(|cell| cell.metrics.iter().any(|(sample, value)| *value > 0.0 && is_resource_hit(sample)))
+    {
+        notes.push(
+            "resource-hit: clamgate's /metrics show no resource-key hit during the measured phases, so these \
+             requests were not served from resource keys; check the /mirror/ route and policy."
+                .to_string(),
+        );
+    }
+
+    let info = RunInfo {
+        date,
+        command,
+        cores,
+        cpu_model: machine::cpu_model(),
+        memory: machine::memory(),
+        kernel: machine::kernel(),
+        load_start,
+        load_end: machine::loadavg(),
+        envoy_version: envoy::envoy_version(&envoy.binary),
+        envoy_workers,
+        clamd_version: clamd.version_string(),
+        clamgate_version: clamgate_bin::version(),
+        git_revision: machine::git_revision(repo),
+        cache: if redis.is_some() {
+            "Redis (a local redis-server) behind the in-process tier".to_string()
+        } else {
+            "in-process (the default: no `cache.redis_url`)".to_string()
+        },
+        envoy_routes: config.inserted.clone(),
+        duration: started.elapsed(),
+        notes,
+    };
+    let results = report::results(&info, &cells);
+    println!("{results}");
+    if options.write_report {
+        let path = repo.join("docs").join("benchmarks.md");
+        std::fs::write(&path, format!("{}\n{results}", report::HEADER))
+            .map_err(|err| format!("write {}: {err}", path.display()))?;
+        eprintln!("proxy bench: wrote {}", path.display());
+    }
+    Ok(())
+}
+
+/// One request through `scenario`'s route, checking the route is the one we think.
+async fn smoke(listener: SocketAddr, scenario: Scenario, size: usize) -> Result<(), String> {
+    let mut connection = Connection::new(listener);
+    let path = scenario.path(0, 0, size, 0);
+    let response = connection.get(&path).await?;
+    if response.status != 200 || response.body_len != size {
+        return Err(format!(
+            "GET {path}: status {}, {} bytes, expected 200 and {size}: {}",
+            response.status,
+            response.body_len,
+            connection.body_start(&response)
+        ));
+    }
+    match (scenario.scanned(), response.verdict) {
+        (true, None) => Err(format!("GET {path}: no x-clamgate-verdict header: ext_proc did not run")),
+        (false, Some(verdict)) => Err(format!(
+            "GET {path}: x-clamgate-verdict: {verdict}: ext_proc ran on a route where it is disabled"
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Whether the `/mirror/` routes work and clamgate answers repeated requests from resource keys:
+/// the copy without ext_proc answers without a verdict header, the first `/mirror/` request is
+/// scanned, and the next ones show up in `/metrics` as resource-key hits.
+async fn check_resource_hits(
+    listener: SocketAddr,
+    gate: &ClamgateProcess,
+    size: usize,
+) -> Result<(), String> {
+    smoke(listener, Scenario::MirrorNoscan, size).await?;
+    smoke(listener, Scenario::ResourceHit, size).await?;
+    let before = gate.metrics()?;
+    let mut connection = Connection::new(listener);
+    let path = Scenario::ResourceHit.path(0, 0, size, 0);
+    for _ in 0..3 {
+        let response = connection.get(&path).await?;
+        if response.status != 200 || response.body_len != size {
+            return Err(format!("GET {path}: status {}, {} bytes", response.status, response.body_len));
+        }
+    }
+    let moved = metric_deltas(&before, &gate.metrics()?);
+    if moved.iter().any(|(sample, _)| is_resource_hit(sample)) {
+        Ok(())
+    } else {
+        Err(format!(
+            "clamgate accepts the `mirror` policy, but 3 repeated GETs of {path} made no resource-key hit \
+             in /metrics (counters that moved: {})",
+            moved.iter().map(|(sample, delta)| format!("{sample} +{delta}")).collect::<Vec<_>>().join(", ")
+        ))
+    }
+}
+
+/// A `/metrics` sample counting resource-key cache hits.
+pub fn is_resource_hit(sample: &str) -> bool {
+    sample.contains("resource") && sample.contains("\"hit\"")
+}
+
+/// Counter samples (`…_total`, histogram `…_count`) of a Prometheus exposition, clamd health
+/// probes left out.
+fn counter_samples(exposition: &str) -> BTreeMap<String, f64> {
+    exposition
+        .lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| {
+            let (sample, value) = line.rsplit_once(' ')?;
+            let name = sample.split('{').next()?;
+            let counter = name.ends_with("_total") || name.ends_with("_count");
+            if !counter || name == "clamgate_clamd_probes_total" {
+                return None;
+            }
+            Some((sample.to_string(), value.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// The counters that changed between two expositions, and by how much.
+fn metric_deltas(before: &str, after: &str) -> Vec<(String, f64)> {
+    let before = counter_samples(before);
+    counter_samples(after)
+        .into_iter()
+        .map(|(sample, value)| {
+            let delta = value - before.get(&sample).copied().unwrap_or(0.0);
+            (sample, delta)
+        })
+        .filter(|(_, delta)| *delta != 0.0)
+        .collect()
+}

@@ -1,0 +1,134 @@
+//! The benchmark's origin server: the same objects under every path prefix, with an ETag.
+//!
+//! The object is named by the LAST path segment, whatever comes before it, so that every route of
+//! the benchmark (`/files/…`, `/noscan/files/…`, `/mirror/…`, `/mirror-noscan/…`, with or without
+//! a `prefix_rewrite`) reaches the same bytes with the same headers:
+//!
+//! - `obj-{size}.bin`: one fixed object of `size` bytes (pseudo-random, so clamd cannot shortcut
+//!   it), `etag: "obj-{size}-v1"`. The same `Bytes` is served every time.
+//! - `u-{run}s{series}-{size}-{n}.bin`: a unique object of `size` bytes (the fixed one with its name
+//!   written over its first bytes, so its SHA-256 is new), `etag: "{name}"`.
+//! - anything else: 404.
+//!
+//! It runs on its own tokio runtime (one worker thread), apart from the load generator.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::serve::ListenerExt;
+use axum::Router;
+use tokio::runtime::Runtime;
+
+/// The running origin. Its runtime (and the server) stop on drop.
+pub struct Origin {
+    addr: SocketAddr,
+    runtime: Option<Runtime>,
+}
+
+type Objects = Arc<HashMap<usize, Bytes>>;
+
+impl Origin {
+    /// Starts the origin on `127.0.0.1:0` with one fixed object per size in `sizes`.
+    pub fn start(sizes: &[usize]) -> Result<Origin, String> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("bench-origin")
+            .enable_all()
+            .build()
+            .map_err(|err| format!("origin runtime: {err}"))?;
+        let objects: Objects =
+            Arc::new(sizes.iter().map(|&size| (size, Bytes::from(object_bytes(size)))).collect());
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .map_err(|err| format!("origin: bind 127.0.0.1:0: {err}"))?;
+        let addr = listener.local_addr().map_err(|err| format!("origin: local_addr: {err}"))?;
+        // Envoy keeps its upstream connections: no Nagle delay on small responses.
+        let listener = listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
+        let app = Router::new().fallback(serve_object).with_state(objects);
+        runtime.spawn(async move {
+            if let Err(err) = axum::serve(listener, app).await {
+                eprintln!("bench origin: server error: {err}");
+            }
+        });
+        Ok(Origin { addr, runtime: Some(runtime) })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+impl Drop for Origin {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// The name of the fixed object of `size` bytes.
+pub fn fixed_name(size: usize) -> String {
+    format!("obj-{size}.bin")
+}
+
+/// The name of unique object number `n` of series `series` (one per measured cell) with `size`
+/// bytes, in run `run` (a nonce: no two runs share a name).
+pub fn unique_name(run: u64, series: usize, size: usize, n: u64) -> String {
+    format!("u-{run:x}s{series}-{size}-{n}.bin")
+}
+
+/// `size` pseudo-random bytes (xorshift64*, fixed seed): incompressible, and no signature of
+/// the test database can match them.
+fn object_bytes(size: usize) -> Vec<u8> {
+    let mut state: u64 = 0x9e37_79b9_7f4a_7c15 ^ size as u64;
+    let mut bytes = Vec::with_capacity(size + 8);
+    while bytes.len() < size {
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        bytes.extend_from_slice(&state.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes());
+    }
+    bytes.truncate(size);
+    bytes
+}
+
+async fn serve_object(State(objects): State<Objects>, request: Request) -> Response {
+    let name = request.uri().path().rsplit('/').next().unwrap_or_default().to_string();
+    let object = if let Some(size) = name.strip_prefix("obj-").and_then(|rest| rest.strip_suffix(".bin")) {
+        size.parse().ok().and_then(|size: usize| objects.get(&size)).map(|bytes| {
+            let size = bytes.len();
+            (bytes.clone(), format!("\"obj-{size}-v1\""))
+        })
+    } else if name.starts_with("u-") {
+        // u-{run}s{series}-{size}-{n}.bin
+        name.split('-').nth(2).and_then(|size| size.parse().ok()).and_then(|size: usize| {
+            let base = objects.get(&size)?;
+            let mut bytes = base.to_vec();
+            let stamp = name.as_bytes();
+            let len = stamp.len().min(bytes.len());
+            bytes[..len].copy_from_slice(&stamp[..len]);
+            Some((Bytes::from(bytes), format!("\"{name}\"")))
+        })
+    } else {
+        None
+    };
+    match object {
+        Some((bytes, etag)) => {
+            let mut response = Body::from(bytes).into_response();
+            let headers = response.headers_mut();
+            headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+            if let Ok(etag) = HeaderValue::from_str(&etag) {
+                headers.insert(header::ETAG, etag);
+            }
+            response
+        }
+        None => (StatusCode::NOT_FOUND, "no such object\n").into_response(),
+    }
+}
