@@ -46,7 +46,8 @@ pub struct Config {
     pub response: ResponseConfig,
     /// The default policy: routes that name no policy use it.
     pub policy: PolicyConfig,
-    /// Named policies, selected per route by Envoy (gRPC metadata `x-clamgate-policy`). Each
+    /// Named policies, selected per route by Envoy (route metadata `clamgate.policy`, or gRPC
+    /// metadata `x-clamgate-policy`). Each
     /// starts from `[policy]` and overrides what it sets. Names: lower-case letters and digits.
     /// [`Config::policy_named`] finds one.
     pub policies: BTreeMap<String, PolicyConfig>,
@@ -2879,7 +2880,7 @@ mod tests {
             }
         }
         for needed in
-            ["## Named policies", "x-clamgate-policy", "grpc_initial_metadata", "ExtProcPerRoute", "503"]
+            ["## Named policies", "xds.route_metadata", "x-clamgate-policy", "grpc_initial_metadata", "503"]
         {
             assert!(DOCS.contains(needed), "docs/configuration.md does not mention {needed}");
         }

@@ -1,8 +1,9 @@
 //! The Envoy ext_proc server: one task per stream drives the [`state`] machine, scans bodies
 //! through the shared [`Scanner`], and answers from a [`Decision`].
 //!
-//! The policy comes from the gRPC metadata `x-clamgate-policy` that Envoy adds per route
-//! (`ExtProcPerRoute.overrides.grpc_initial_metadata`): a client cannot set it. No metadata means
+//! The policy comes from the route (see [`route_policy`]): its metadata, sent as the
+//! `xds.route_metadata` attribute, or the gRPC metadata `x-clamgate-policy` that Envoy adds per
+//! route (`ExtProcPerRoute.overrides.grpc_initial_metadata`); a client can set neither. None means
 //! the default `[policy]`; an unknown name fails the stream (Envoy answers 503), so a typo in
 //! either config fails closed.
 //!
