@@ -146,7 +146,7 @@ impl Scanner {
     /// The cache is consulted first (unless `cache_mode` is `off`), so a body seen before is
     /// answered without clamd; a scan of the same body already under way is waited for.
     pub async fn scan_body(&self, body: &[u8], source: Source, cache_mode: CacheMode) -> ScanReport {
-        let key = ContentKey::of(body);
+        let key = content_key(body);
         let body_bytes = body.len() as u64;
         let report = if body_bytes > self.settings.max_scan_bytes {
             self.unscanned(&key, body_bytes, UnscannedReason::TooLarge)
@@ -510,6 +510,23 @@ impl Scanner {
                 "verdict cache unavailable; treating as a miss (logged at most every {CACHE_ERROR_LOG_INTERVAL_SECS} s)"
             );
         }
+    }
+}
+
+/// Bodies at least this large are hashed off the async worker (see [`content_key`]).
+const BLOCKING_HASH_BYTES: usize = 256 * 1024;
+
+/// The content key of a body. Hashing megabytes takes milliseconds; on the multi-thread runtime a
+/// large body is hashed under `block_in_place`, so the worker's other tasks (other streams, the
+/// Redis connection) move to another thread instead of waiting behind it.
+fn content_key(body: &[u8]) -> ContentKey {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    let multi_thread =
+        Handle::try_current().is_ok_and(|handle| handle.runtime_flavor() == RuntimeFlavor::MultiThread);
+    if body.len() >= BLOCKING_HASH_BYTES && multi_thread {
+        tokio::task::block_in_place(|| ContentKey::of(body))
+    } else {
+        ContentKey::of(body)
     }
 }
 

@@ -138,29 +138,36 @@ fn clamd_scans(metrics: &Metrics) -> f64 {
 async fn two_instances_scan_the_same_body_once() {
     let clamd = tokio::task::spawn_blocking(ClamdProcess::start).await.expect("clamd");
     let redis = tokio::task::spawn_blocking(RedisProcess::start).await.expect("redis");
-    let config = shared_config(&clamd, &redis.url());
+    let mut config = shared_config(&clamd, &redis.url());
+    // This test is about the lock, not about slow Redis answers (those are misses by design).
+    config.cache.redis_timeout_ms = 5_000;
     let (first, first_metrics) = scanner(&config);
     let (second, second_metrics) = scanner(&config);
+    // Open both instances' lazy Redis connections before the race.
+    for instance in [&first, &second] {
+        instance.scan_body(&samples::marker_sample(), Source::api, CacheMode::Content).await;
+    }
+    let scans_before = clamd_scans(&first_metrics) + clamd_scans(&second_metrics);
     let body = samples::clean_sample(8 * 1024 * 1024);
     let (a, b) = tokio::join!(
         first.scan_body(&body, Source::api, CacheMode::Content),
         second.scan_body(&body, Source::api, CacheMode::Content)
     );
     assert_eq!((a.verdict, b.verdict), (Verdict::Clean, Verdict::Clean));
+    let scans = clamd_scans(&first_metrics) + clamd_scans(&second_metrics) - scans_before;
     assert_eq!(
-        clamd_scans(&first_metrics) + clamd_scans(&second_metrics),
+        scans,
         1.0,
-        "one scan across two instances"
+        "one scan across two instances\n{}\n{}",
+        first_metrics.encode(),
+        second_metrics.encode()
     );
-    let waited = metric_value(&first_metrics.encode(), r#"clamgate_scan_waits_total{scope="shared"}"#)
-        + metric_value(&second_metrics.encode(), r#"clamgate_scan_waits_total{scope="shared"}"#);
-    let hits = metric_value(
-        &first_metrics.encode(),
-        r#"clamgate_cache_lookups_total{key="content",tier="redis",result="hit"}"#,
-    ) + metric_value(
-        &second_metrics.encode(),
-        r#"clamgate_cache_lookups_total{key="content",tier="redis",result="hit"}"#,
-    );
+    let shared_waits = r#"clamgate_scan_waits_total{scope="shared"}"#;
+    let redis_hits = r#"clamgate_cache_lookups_total{key="content",tier="redis",result="hit"}"#;
+    let waited = metric_value(&first_metrics.encode(), shared_waits)
+        + metric_value(&second_metrics.encode(), shared_waits);
+    let hits = metric_value(&first_metrics.encode(), redis_hits)
+        + metric_value(&second_metrics.encode(), redis_hits);
     assert!(waited + hits >= 1.0, "the other instance waited for the lock holder or found its verdict");
 }
 
@@ -168,7 +175,8 @@ async fn two_instances_scan_the_same_body_once() {
 async fn a_dead_lock_holder_only_delays_the_scan() {
     let clamd = tokio::task::spawn_blocking(ClamdProcess::start).await.expect("clamd");
     let redis = tokio::task::spawn_blocking(RedisProcess::start).await.expect("redis");
-    let config = shared_config(&clamd, &redis.url());
+    let mut config = shared_config(&clamd, &redis.url());
+    config.cache.redis_timeout_ms = 5_000;
     let (scanner, metrics) = scanner(&config);
     let body = samples::eicar_zip();
     // Another instance took the lock for this content and died: nobody will release it.
