@@ -21,6 +21,9 @@ pub const EXT_PROC_SERVICE_NAME: &str = "envoy.service.ext_proc.v3.ExternalProce
 /// The gRPC health service name of clamgate's own scan API.
 pub const SCAN_API_SERVICE_NAME: &str = "clamgate.v1.Scanner";
 
+/// Every gRPC health service name clamgate reports; `""` is the server as a whole.
+const HEALTH_SERVICES: [&str; 3] = ["", EXT_PROC_SERVICE_NAME, SCAN_API_SERVICE_NAME];
+
 /// Readiness shared with the admin listener.
 #[derive(Debug, Default)]
 pub struct Readiness {
@@ -92,7 +95,7 @@ pub async fn run_probe(
         readiness.set(usable);
         if previous != Some(usable) {
             let status = if usable { ServingStatus::Serving } else { ServingStatus::NotServing };
-            for service in ["", EXT_PROC_SERVICE_NAME, SCAN_API_SERVICE_NAME] {
+            for service in HEALTH_SERVICES {
                 reporter.set_service_status(service, status).await;
             }
             if usable {
@@ -108,7 +111,7 @@ pub async fn run_probe(
 
 /// Marks every service NOT_SERVING (at shutdown, so Envoy drains this instance first).
 pub async fn set_not_serving(reporter: &HealthReporter) {
-    for service in ["", EXT_PROC_SERVICE_NAME, SCAN_API_SERVICE_NAME] {
+    for service in HEALTH_SERVICES {
         reporter.set_service_status(service, ServingStatus::NotServing).await;
     }
 }

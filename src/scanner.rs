@@ -93,8 +93,8 @@ pub struct Scanner {
     metrics: Arc<Metrics>,
     engine: RwLock<Option<EngineVersion>>,
     inflight: Mutex<Inflight>,
-    last_cache_error_log_secs: AtomicU64,
-    last_version_refresh_ms: AtomicU64,
+    cache_error_log: Throttle,
+    version_refresh: Throttle,
 }
 
 impl Scanner {
@@ -112,8 +112,8 @@ impl Scanner {
             metrics,
             engine: RwLock::new(None),
             inflight: Mutex::new(HashMap::new()),
-            last_cache_error_log_secs: AtomicU64::new(0),
-            last_version_refresh_ms: AtomicU64::new(0),
+            cache_error_log: Throttle::new(Duration::from_secs(CACHE_ERROR_LOG_INTERVAL_SECS)),
+            version_refresh: Throttle::new(Duration::from_millis(VERSION_REFRESH_MIN_INTERVAL_MS)),
         }
     }
 
@@ -150,13 +150,21 @@ impl Scanner {
         let body_bytes = body.len() as u64;
         let report = if body_bytes > self.settings.max_scan_bytes {
             self.unscanned(&key, body_bytes, UnscannedReason::TooLarge)
-        } else if cache_mode == CacheMode::Off {
-            self.timed_scan(&key, body, false).await
         } else {
-            match tokio::time::timeout(self.settings.scan_timeout, self.scan_once(&key, body)).await {
+            let scan = async {
+                match cache_mode {
+                    CacheMode::Off => self.clamd_scan(&key, body, false).await,
+                    CacheMode::Content | CacheMode::Resource => self.scan_once(&key, body).await,
+                }
+            };
+            match tokio::time::timeout(self.settings.scan_timeout, scan).await {
                 Ok(report) => report,
                 Err(_) => {
-                    self.log_timeout(body_bytes);
+                    tracing::warn!(
+                        timeout_ms = self.settings.scan_timeout.as_millis() as u64,
+                        bytes = body_bytes,
+                        "scan did not finish within scan.timeout_ms"
+                    );
                     self.unscanned(&key, body_bytes, UnscannedReason::Timeout)
                 }
             }
@@ -210,7 +218,7 @@ impl Scanner {
                 None
             }
         };
-        let report = self.timed_scan(key, body, true).await;
+        let report = self.clamd_scan(key, body, true).await;
         if let Some(token) = token {
             if let Err(err) = self.cache.unlock(&object, &token).await {
                 self.note_cache_error("unlock", &err);
@@ -260,16 +268,9 @@ impl Scanner {
     }
 
     /// A clamd scan whose verdict is written to the cache (`store`) and whose failure refreshes
-    /// the engine version.
-    async fn timed_scan(&self, key: &ContentKey, body: &[u8], store: bool) -> ScanReport {
-        let verdict = match tokio::time::timeout(self.settings.scan_timeout, self.scan_with_clamd(body)).await
-        {
-            Ok(verdict) => verdict,
-            Err(_) => {
-                self.log_timeout(body.len() as u64);
-                Verdict::Unscanned { reason: UnscannedReason::Timeout }
-            }
-        };
+    /// the engine version. The caller bounds it by `scan.timeout_ms`.
+    async fn clamd_scan(&self, key: &ContentKey, body: &[u8], store: bool) -> ScanReport {
+        let verdict = self.scan_with_clamd(body).await;
         if matches!(&verdict, Verdict::Unscanned { reason } if reason.is_engine_trouble()) {
             self.refresh_engine_version().await;
         }
@@ -326,8 +327,7 @@ impl Scanner {
         let key = ResourceKey::new(&resource.host, &resource.path_and_query);
         let entry = ResourceEntry { validator: validator.to_string(), content, entry };
         if let Err(err) = self.cache.put_resource(&key, &entry).await {
-            self.metrics.record_cache_error(self.cache.kind(), "put");
-            self.log_cache_error("put", &err);
+            self.note_cache_error("put", &err);
         }
     }
 
@@ -432,8 +432,7 @@ impl Scanner {
     async fn store(&self, key: &ContentKey, verdict: &Verdict) {
         let Some(entry) = self.entry_for(verdict) else { return };
         if let Err(err) = self.cache.put(key, &entry).await {
-            self.metrics.record_cache_error(self.cache.kind(), "put");
-            self.log_cache_error("put", &err);
+            self.note_cache_error("put", &err);
         }
     }
 
@@ -455,14 +454,7 @@ impl Scanner {
     /// Asks clamd for its version after a failed scan (at most once a second): a failed scan is
     /// often clamd reloading its signatures.
     async fn refresh_engine_version(&self) {
-        let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
-        let last = self.last_version_refresh_ms.load(Ordering::Relaxed);
-        if now_ms.saturating_sub(last) < VERSION_REFRESH_MIN_INTERVAL_MS
-            || self
-                .last_version_refresh_ms
-                .compare_exchange(last, now_ms, Ordering::Relaxed, Ordering::Relaxed)
-                .is_err()
-        {
+        if !self.version_refresh.ready() {
             return;
         }
         if let Ok(version) = self.clamd.version().await {
@@ -480,14 +472,6 @@ impl Scanner {
         }
     }
 
-    fn log_timeout(&self, body_bytes: u64) {
-        tracing::warn!(
-            timeout_ms = self.settings.scan_timeout.as_millis() as u64,
-            bytes = body_bytes,
-            "scan did not finish within scan.timeout_ms"
-        );
-    }
-
     fn note_cache_error(&self, operation: &'static str, err: &crate::cache::CacheError) {
         self.metrics.record_cache_error(self.cache.kind(), operation);
         self.log_cache_error(operation, err);
@@ -495,14 +479,7 @@ impl Scanner {
 
     /// Logs a cache failure at most once per interval: Redis down must not flood the log.
     fn log_cache_error(&self, operation: &'static str, err: &dyn std::fmt::Display) {
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-        let last = self.last_cache_error_log_secs.load(Ordering::Relaxed);
-        if now.saturating_sub(last) >= CACHE_ERROR_LOG_INTERVAL_SECS
-            && self
-                .last_cache_error_log_secs
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
+        if self.cache_error_log.ready() {
             tracing::warn!(
                 backend = self.cache.kind(),
                 operation,
@@ -510,6 +487,26 @@ impl Scanner {
                 "verdict cache unavailable; treating as a miss (logged at most every {CACHE_ERROR_LOG_INTERVAL_SECS} s)"
             );
         }
+    }
+}
+
+/// Lets something happen at most once per interval, across threads, without a lock.
+struct Throttle {
+    interval_ms: u64,
+    last_ms: AtomicU64,
+}
+
+impl Throttle {
+    fn new(interval: Duration) -> Throttle {
+        Throttle { interval_ms: interval.as_millis() as u64, last_ms: AtomicU64::new(0) }
+    }
+
+    /// True for the one caller that may act now.
+    fn ready(&self) -> bool {
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+        let last = self.last_ms.load(Ordering::Relaxed);
+        now.saturating_sub(last) >= self.interval_ms
+            && self.last_ms.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()
     }
 }
 

@@ -18,7 +18,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::support::envoy::{envoy_binary, http_get, render_config};
+use crate::support::envoy::{envoy_binary, http_get, listener_address, render_config};
 
 /// The name of the ext_proc filter in the shipped `http_filters` (the per-route config key).
 const EXT_PROC_FILTER: &str = "envoy.filters.http.ext_proc";
@@ -359,13 +359,4 @@ pub fn envoy_version(binary: &PathBuf) -> String {
         .map(|out| String::from_utf8_lossy(&out.stdout).into_owned())
         .and_then(|text| text.split("version:").nth(1).map(|v| v.trim().to_string()))
         .unwrap_or_else(|| "unknown".to_string())
-}
-
-fn listener_address(json: &str, name: &str) -> Option<SocketAddr> {
-    let value: serde_json::Value = serde_json::from_str(json).ok()?;
-    let listener = value["listener_statuses"].as_array()?.iter().find(|listener| listener["name"] == name)?;
-    let socket = &listener["local_address"]["socket_address"];
-    let port = u16::try_from(socket["port_value"].as_u64()?).ok()?;
-    let ip = socket["address"].as_str()?.parse().ok()?;
-    (port != 0).then_some(SocketAddr::new(ip, port))
 }

@@ -105,108 +105,111 @@ impl ExtProcService {
     async fn run_stream(
         self,
         grpc_metadata_policy: Option<String>,
-        mut inbound: Streaming<ProcessingRequest>,
+        inbound: Streaming<ProcessingRequest>,
         answers: mpsc::Sender<Result<ProcessingResponse, Status>>,
     ) {
         let mut guard =
             UnansweredGuard { answers: answers.clone(), metrics: self.metrics.clone(), armed: true };
+        let outcome = self.drive(grpc_metadata_policy, inbound, &answers).await;
+        guard.armed = false;
+        if let Err(status) = outcome {
+            let _ = answers.send(Err(status)).await;
+        }
+    }
+
+    /// Answers Envoy's messages in order. Ok: Envoy closed its side (or went away), nothing is
+    /// waiting. Err: the status to end the stream with.
+    async fn drive(
+        &self,
+        grpc_metadata_policy: Option<String>,
+        mut inbound: Streaming<ProcessingRequest>,
+        answers: &mpsc::Sender<Result<ProcessingResponse, Status>>,
+    ) -> Result<(), Status> {
         // The policy comes with the first message (its route metadata attribute).
-        let first = match self.receive(&mut inbound, None).await {
-            Ok(Some(message)) => message,
-            Ok(None) => {
-                guard.armed = false;
-                return;
-            }
-            Err(status) => {
-                guard.armed = false;
-                let _ = answers.send(Err(status)).await;
-                return;
-            }
-        };
-        let policy = match self.policy_for(&first, grpc_metadata_policy.as_deref()) {
-            Ok(policy) => policy,
-            Err(status) => {
-                guard.armed = false;
-                let _ = answers.send(Err(status)).await;
-                return;
-            }
-        };
+        let Some(first) = self.receive(&mut inbound, None).await? else { return Ok(()) };
+        let policy = self.policy_for(&first, grpc_metadata_policy.as_deref())?;
         let mut state = StreamState::new(StreamPolicy::from_config(&policy));
         let context = StreamContext { policy, response: self.config.response.clone() };
         let mut next = Some(first);
         loop {
             let message = match next.take() {
                 Some(message) => message,
-                None => match self.receive(&mut inbound, Some(&state)).await {
-                    Ok(Some(message)) => message,
-                    // Envoy closed its side: nothing is waiting for an answer.
-                    Ok(None) => break,
-                    Err(status) => {
-                        guard.armed = false;
-                        let _ = answers.send(Err(status)).await;
-                        return;
-                    }
+                None => match self.receive(&mut inbound, Some(&state)).await? {
+                    Some(message) => message,
+                    None => return Ok(()),
                 },
             };
-            if let Some(kind) = message_kind(&message) {
-                self.metrics.record_ext_proc_message(kind);
-            }
-            let answer = match on_message(&mut state, message) {
-                Action::Reply(answer) => answer,
-                Action::PassBody { direction } => response::body_continue(direction, None),
-                Action::LookupResource { resource, answer } => {
-                    match self.scanner.lookup_resource(&resource).await {
-                        ResourceLookup::Infected(report) => {
-                            // Known infected: refused before the upstream is contacted.
-                            let decision = self.decide(&context, &state, Direction::Response, &report);
-                            response::body_decision(Direction::Response, &decision)
-                        }
-                        ResourceLookup::Clean { validator } => {
-                            state.record_clean_resource(validator);
-                            answer
-                        }
-                        ResourceLookup::Miss => answer,
-                    }
-                }
-                Action::PassCachedResource { remove_headers } => {
-                    let verdict_header = match decide(
-                        &Verdict::Clean,
-                        &context.policy,
-                        &context.response,
-                        self.context_for(&state, Direction::Response, None),
-                    ) {
-                        Decision::Continue { verdict_header } => verdict_header,
-                        Decision::Block(_) => None,
-                    };
-                    tracing::debug!(request_id = %state.request_id, path = %state.path, "resource known clean; body passes unbuffered");
-                    response::response_headers_pass_unbuffered(remove_headers, verdict_header)
-                }
-                Action::Scan { direction, body } => {
-                    let report =
-                        self.scanner.scan_body(&body, source(direction), context.policy.cache_mode).await;
-                    drop(body);
-                    if direction == Direction::Response {
-                        if let Some((resource, validator)) = state.resource_to_store() {
-                            self.scanner.store_resource(resource, validator, &report).await;
-                        }
-                    }
-                    let decision = self.decide(&context, &state, direction, &report);
-                    response::body_decision(direction, &decision)
-                }
-                Action::Fail(error) => {
-                    tracing::warn!(request_id = %state.request_id, error = %error, "ending ext_proc stream with an error");
-                    self.metrics.record_stream_error("protocol");
-                    guard.armed = false;
-                    let _ = answers.send(Err(error.to_status())).await;
-                    return;
-                }
-            };
+            let answer = self.answer(&context, &mut state, message).await?;
             if answers.send(Ok(answer)).await.is_err() {
                 // Envoy went away; nobody is left to answer.
-                break;
+                return Ok(());
             }
         }
-        guard.armed = false;
+    }
+
+    /// The answer to one message; an error is the status to end the stream with.
+    async fn answer(
+        &self,
+        context: &StreamContext,
+        state: &mut StreamState,
+        message: ProcessingRequest,
+    ) -> Result<ProcessingResponse, Status> {
+        if let Some(kind) = message_kind(&message) {
+            self.metrics.record_ext_proc_message(kind);
+        }
+        let answer = match on_message(state, message) {
+            Action::Reply(answer) => answer,
+            Action::PassBody { direction } => response::body_continue(direction, None),
+            Action::LookupResource { resource, answer } => {
+                match self.scanner.lookup_resource(&resource).await {
+                    ResourceLookup::Infected(report) => {
+                        // Known infected: refused before the upstream is contacted.
+                        let decision = self.decide(context, state, Direction::Response, &report);
+                        response::body_decision(Direction::Response, &decision)
+                    }
+                    ResourceLookup::Clean { validator } => {
+                        state.record_clean_resource(validator);
+                        answer
+                    }
+                    ResourceLookup::Miss => answer,
+                }
+            }
+            Action::PassCachedResource { remove_headers } => {
+                let verdict_header = match decide(
+                    &Verdict::Clean,
+                    &context.policy,
+                    &context.response,
+                    DecisionContext {
+                        direction: Direction::Response,
+                        request_id: &state.request_id,
+                        sha256: None,
+                    },
+                ) {
+                    Decision::Continue { verdict_header } => verdict_header,
+                    Decision::Block(_) => None,
+                };
+                tracing::debug!(request_id = %state.request_id, path = %state.path, "resource known clean; body passes unbuffered");
+                response::response_headers_pass_unbuffered(remove_headers, verdict_header)
+            }
+            Action::Scan { direction, body } => {
+                let report =
+                    self.scanner.scan_body(&body, source(direction), context.policy.cache_mode).await;
+                drop(body);
+                if direction == Direction::Response {
+                    if let Some((resource, validator)) = state.resource_to_store() {
+                        self.scanner.store_resource(resource, validator, &report).await;
+                    }
+                }
+                let decision = self.decide(context, state, direction, &report);
+                response::body_decision(direction, &decision)
+            }
+            Action::Fail(error) => {
+                tracing::warn!(request_id = %state.request_id, error = %error, "ending ext_proc stream with an error");
+                self.metrics.record_stream_error("protocol");
+                return Err(error.to_status());
+            }
+        };
+        Ok(answer)
     }
 
     /// The next message from Envoy; an inbound failure becomes the error status to end with.
@@ -231,15 +234,6 @@ impl ExtProcService {
         })
     }
 
-    fn context_for<'a>(
-        &self,
-        state: &'a StreamState,
-        direction: Direction,
-        sha256: Option<&'a str>,
-    ) -> DecisionContext<'a> {
-        DecisionContext { direction, request_id: &state.request_id, sha256 }
-    }
-
     fn decide(
         &self,
         context: &StreamContext,
@@ -247,7 +241,8 @@ impl ExtProcService {
         direction: Direction,
         report: &ScanReport,
     ) -> Decision {
-        let decision_context = self.context_for(state, direction, Some(&report.sha256));
+        let decision_context =
+            DecisionContext { direction, request_id: &state.request_id, sha256: Some(&report.sha256) };
         let decision = decide(&report.verdict, &context.policy, &context.response, decision_context);
         audit(state, direction, report, &decision);
         if let Decision::Block(block) = &decision {

@@ -271,7 +271,7 @@ pub fn render_config(clamgate_grpc: SocketAddr, upstream: SocketAddr) -> String 
 }
 
 /// The bound address of the listener called `name` in admin `/listeners?format=json`.
-fn listener_address(json: &str, name: &str) -> Option<SocketAddr> {
+pub fn listener_address(json: &str, name: &str) -> Option<SocketAddr> {
     let value: serde_json::Value = serde_json::from_str(json).ok()?;
     let listener = value["listener_statuses"].as_array()?.iter().find(|listener| listener["name"] == name)?;
     let socket = &listener["local_address"]["socket_address"];
