@@ -90,9 +90,10 @@ pub struct ScanConfig {
     /// Largest body sent to clamd. Must not exceed clamd's `StreamMaxLength`; larger bodies are
     /// `Unscanned { too_large }` without contacting clamd.
     pub max_scan_bytes: u64,
-    /// Deadline for one whole scan of a buffered body: waiting for a free clamd slot, sending
-    /// the body, and clamd's reply. Past it the body is `Unscanned { timeout }`. Keep it below
-    /// Envoy's `message_timeout` so the client gets clamgate's 503 with `retry-after`, not 504.
+    /// Deadline for one whole scan of a buffered body: the cache lookup, waiting for another
+    /// scan of the same body, waiting for a free clamd slot, sending the body, and clamd's reply.
+    /// Past it the body is `Unscanned { timeout }`. Keep it below Envoy's `message_timeout` so
+    /// the client gets clamgate's 503 with `retry-after`, not 504.
     pub timeout_ms: u64,
 }
 
