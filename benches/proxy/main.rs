@@ -15,6 +15,7 @@ mod clamgate_bin;
 mod envoy;
 mod load;
 mod machine;
+mod noop;
 mod report;
 mod scenario;
 mod upstream;
@@ -32,6 +33,7 @@ use clamgate_bin::{ClamgateProcess, MIRROR_POLICY};
 use envoy::BenchEnvoy;
 use load::{Connection, PhaseResult};
 use machine::CpuSample;
+use noop::NoopProcessor;
 use scenario::{Scenario, Selection};
 use support::clamd::ClamdProcess;
 use support::redis::RedisProcess;
@@ -46,10 +48,11 @@ const DOWNSTREAM_CX: &str = "http.ingress_http.downstream_cx_total";
     about = "clamgate benchmark: latency and throughput through Envoy on loopback (see docs/benchmarks.md)"
 )]
 pub struct Options {
-    /// Scenarios to run, comma-separated: baseline, content, resource, miss. `resource` runs the
-    /// `/mirror/` route and its copy without ext_proc; it is skipped (with a line saying why)
-    /// while the shipped config or clamgate lacks resource-key support.
-    #[arg(long, value_enum, value_delimiter = ',', default_value = "baseline,content,resource,miss")]
+    /// Scenarios to run, comma-separated: baseline, content, resource, miss, noop. `resource` runs
+    /// the `/mirror/` route and its copy without ext_proc; it is skipped (with a line saying why)
+    /// while the shipped config or clamgate lacks resource-key support. `noop` runs the `/mirror/`
+    /// route through a second Envoy whose processor does nothing (the floor of a resource hit).
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "baseline,content,resource,noop,miss")]
     pub scenarios: Vec<Selection>,
     /// Body sizes, comma-separated: bytes, or with a k / m suffix (KiB, MiB).
     #[arg(long, value_delimiter = ',', default_value = "1k,16k,1m", value_parser = parse_size)]
@@ -228,6 +231,20 @@ fn run(options: &Options, command: String) -> Result<(), String> {
     let origin = Origin::start(&options.sizes)?;
     let config = envoy::bench_config(gate.grpc_addr, origin.addr())?;
     let envoy = BenchEnvoy::start(&config.yaml, envoy_workers)?;
+    // The noop-hit scenario: the same shipped config, its processor a do-nothing one.
+    let noop = match scenarios.contains(&Scenario::NoopHit) {
+        true => {
+            let processor = NoopProcessor::start(cores)?;
+            let noop_config = envoy::bench_config(processor.addr, origin.addr())?;
+            let noop_envoy = BenchEnvoy::start(&noop_config.yaml, envoy_workers)?;
+            Some((processor, noop_envoy))
+        }
+        false => None,
+    };
+    let envoy_of = |scenario: Scenario| match (&noop, scenario) {
+        (Some((_, noop_envoy)), Scenario::NoopHit) => noop_envoy,
+        _ => &envoy,
+    };
 
     let mut resource_unavailable = match (config.has_mirror, &policy_check) {
         (true, Ok(())) => None,
@@ -257,7 +274,12 @@ fn run(options: &Options, command: String) -> Result<(), String> {
         if scenarios.contains(&Scenario::ResourceHit) {
             println!("resource-hit: not available: {reason}. Skipped; re-run once resource keys work.\n");
             notes.push(format!("resource-hit and mirror-noscan: not available: {reason}."));
-            scenarios.retain(|scenario| !matches!(scenario, Scenario::ResourceHit | Scenario::MirrorNoscan));
+            let keep_noscan = scenarios.contains(&Scenario::NoopHit);
+            scenarios.retain(|scenario| match scenario {
+                Scenario::ResourceHit => false,
+                Scenario::MirrorNoscan => keep_noscan,
+                _ => true,
+            });
         }
     }
     for scenario in [Scenario::Baseline, Scenario::ContentHit] {
@@ -265,8 +287,14 @@ fn run(options: &Options, command: String) -> Result<(), String> {
             .block_on(smoke(listener, scenario, smallest))
             .map_err(|err| format!("set-up check: {err}"))?;
     }
+    if scenarios.contains(&Scenario::NoopHit) {
+        runtime
+            .block_on(smoke(envoy_of(Scenario::NoopHit).addr(), Scenario::NoopHit, smallest))
+            .map_err(|err| format!("set-up check: {err}"))?;
+    }
 
     let mut pids = vec![std::process::id(), envoy.pid(), gate.pid()];
+    pids.extend(noop.iter().map(|(_, noop_envoy)| noop_envoy.pid()));
     pids.extend(machine::pids_mentioning(clamd.dir()));
     if let Some(redis) = &redis {
         pids.extend(machine::pids_mentioning(redis.dir()));
@@ -285,8 +313,9 @@ fn run(options: &Options, command: String) -> Result<(), String> {
                 series += 1;
                 let (warmup, measured) = counts(size, concurrency.max(1), options.scale);
                 eprint!("proxy bench: {label}: {warmup} warm-up + {measured} measured ... ");
+                let envoy = envoy_of(scenario);
                 let connections: Vec<Connection> =
-                    (0..concurrency.max(1)).map(|_| Connection::new(listener)).collect();
+                    (0..concurrency.max(1)).map(|_| Connection::new(envoy.addr())).collect();
                 let path_of = |offset: u64| -> Arc<dyn Fn(u64) -> String + Send + Sync> {
                     Arc::new(move |i| scenario.path(run_nonce, series, size, offset + i))
                 };

@@ -80,11 +80,13 @@ bodies); here a worker's connection count is exact, and checked (**conns** below
 | `content-hit` | `/files/obj-N.bin`, the same object every time: a content-key (SHA-256) verdict-cache hit after the first scan, but the whole body still travels through ext_proc BUFFERED | `baseline` |
 | `mirror-noscan` | `/mirror-noscan/obj-N.bin`: the `/mirror/` route's copy without ext_proc | |
 | `resource-hit` | `/mirror/obj-N.bin` (policy `mirror`, `cache_mode = "resource"`), the same object and ETag every time: a resource-key hit answered at the response headers with a `mode_override`, the body streaming past ext_proc | `mirror-noscan` (issue target: under 1 ms added at p99) |
+| `noop-hit` | `/mirror/obj-N.bin` through a second Envoy, same config, whose processor is a do-nothing one in the bench process (`benches/proxy/noop.rs`): it gives the same two answers clamgate gives on a resource-key hit, with no lookup, state, task or metric. The floor any processor pays for Envoy's two ext_proc round trips on this machine; resource-hit over noop-hit is clamgate's own share | `mirror-noscan` |
 | `miss` | `/files/u-…-N-i.bin`, a new object every request: a real clamd scan each | `baseline` |
 
 `--scenarios resource` runs `mirror-noscan` and `resource-hit`. Until the shipped config has the
 `/mirror/` route and clamgate accepts `[policies.mirror]`, they are skipped with a line saying
-which is missing; nothing else needs changing for them to run.
+which is missing; nothing else needs changing for them to run. `--scenarios noop` runs
+`mirror-noscan` and `noop-hit` (it starts the second Envoy and the do-nothing processor).
 
 Requests per cell (times `--scale`): bodies up to 64 KiB, 200 warm-up + 2000 measured at c=1 and
 400 + 4000 at higher concurrency; larger bodies 50 + 1000. Warm-up requests use the same
@@ -271,6 +273,7 @@ pub fn results(info: &RunInfo, cells: &[Cell]) -> String {
             }
             let _ = writeln!(out);
         }
+        clamgate_share(&mut out, cells);
     }
 
     let _ = writeln!(out, "\n### clamgate's counters during each measured phase\n");
@@ -310,4 +313,40 @@ pub fn results(info: &RunInfo, cells: &[Cell]) -> String {
         }
     }
     out
+}
+
+/// resource-hit over noop-hit: what clamgate itself adds to a resource-key hit, beyond what any
+/// processor answering the same messages costs.
+fn clamgate_share(out: &mut String, cells: &[Cell]) {
+    let pairs: Vec<(&Cell, &Cell)> = cells
+        .iter()
+        .filter(|cell| cell.scenario == Scenario::ResourceHit)
+        .filter_map(|cell| {
+            let noop = cells.iter().find(|other| {
+                other.scenario == Scenario::NoopHit
+                    && other.size == cell.size
+                    && other.concurrency == cell.concurrency
+            })?;
+            Some((cell, noop))
+        })
+        .collect();
+    if pairs.is_empty() {
+        return;
+    }
+    let _ = writeln!(out, "resource-hit over noop-hit (clamgate's own share of a resource-key hit):\n");
+    for (cell, noop) in pairs {
+        let delta = |p: f64| {
+            let (a, b) = (cell.measured.percentile(p)?, noop.measured.percentile(p)?);
+            Some(format!("{:+.3} ms", (a.as_secs_f64() - b.as_secs_f64()) * 1000.0))
+        };
+        let _ = writeln!(
+            out,
+            "- {} c={}: {} at p50, {} at p99",
+            size_label(cell.size),
+            cell.concurrency,
+            delta(50.0).unwrap_or_else(|| "–".to_string()),
+            delta(99.0).unwrap_or_else(|| "–".to_string()),
+        );
+    }
+    let _ = writeln!(out);
 }

@@ -15,6 +15,9 @@ pub enum Selection {
     Resource,
     /// The scanned route, a new object every request (a clamd scan each).
     Miss,
+    /// The `/mirror/` route through a second Envoy whose processor is a do-nothing one
+    /// (`noop.rs`): the floor any processor pays on the resource-hit path.
+    Noop,
 }
 
 /// One measured scenario, in the order they run for each body size and concurrency.
@@ -24,19 +27,31 @@ pub enum Scenario {
     ContentHit,
     MirrorNoscan,
     ResourceHit,
+    NoopHit,
     Miss,
 }
 
-pub const ALL: [Scenario; 5] =
-    [Scenario::Baseline, Scenario::ContentHit, Scenario::MirrorNoscan, Scenario::ResourceHit, Scenario::Miss];
+pub const ALL: [Scenario; 6] = [
+    Scenario::Baseline,
+    Scenario::ContentHit,
+    Scenario::MirrorNoscan,
+    Scenario::ResourceHit,
+    Scenario::NoopHit,
+    Scenario::Miss,
+];
 
 impl Scenario {
     pub fn selected_by(self, selection: &[Selection]) -> bool {
         let needed = match self {
             Scenario::Baseline => Selection::Baseline,
             Scenario::ContentHit => Selection::Content,
-            Scenario::MirrorNoscan | Scenario::ResourceHit => Selection::Resource,
+            Scenario::ResourceHit => Selection::Resource,
+            Scenario::NoopHit => Selection::Noop,
             Scenario::Miss => Selection::Miss,
+            // The baseline of both resource-hit and noop-hit.
+            Scenario::MirrorNoscan => {
+                return selection.contains(&Selection::Resource) || selection.contains(&Selection::Noop);
+            }
         };
         selection.contains(&needed)
     }
@@ -47,6 +62,7 @@ impl Scenario {
             Scenario::ContentHit => "content-hit",
             Scenario::MirrorNoscan => "mirror-noscan",
             Scenario::ResourceHit => "resource-hit",
+            Scenario::NoopHit => "noop-hit",
             Scenario::Miss => "miss",
         }
     }
@@ -73,6 +89,13 @@ impl Scenario {
                  resource-key hit clamgate answers the response headers with a mode_override and \
                  the body streams through without ext_proc buffering it."
             }
+            Scenario::NoopHit => {
+                "`GET /mirror/obj-N.bin` through a second Envoy with the same config whose \
+                 processor is a do-nothing one (benches/proxy/noop.rs): it answers the request \
+                 headers and the response headers exactly as clamgate does on a resource-key hit, \
+                 with no lookup, state or metrics. The floor of Envoy's two ext_proc round trips \
+                 on this machine."
+            }
             Scenario::Miss => {
                 "`GET /files/u-…-N-i.bin` on the shipped `/` route, a new object (new bytes, new \
                  SHA-256) every request: each is a real clamd scan (INSTREAM over TCP)."
@@ -84,7 +107,7 @@ impl Scenario {
     pub fn compared_with(self) -> Option<Scenario> {
         match self {
             Scenario::ContentHit | Scenario::Miss => Some(Scenario::Baseline),
-            Scenario::ResourceHit => Some(Scenario::MirrorNoscan),
+            Scenario::ResourceHit | Scenario::NoopHit => Some(Scenario::MirrorNoscan),
             Scenario::Baseline | Scenario::MirrorNoscan => None,
         }
     }
@@ -102,7 +125,7 @@ impl Scenario {
             Scenario::Baseline => format!("{noscan}/files/{}", fixed_name(size)),
             Scenario::ContentHit => format!("/files/{}", fixed_name(size)),
             Scenario::MirrorNoscan => format!("{MIRROR_NOSCAN_PREFIX}{}", fixed_name(size)),
-            Scenario::ResourceHit => format!("{MIRROR_PREFIX}{}", fixed_name(size)),
+            Scenario::ResourceHit | Scenario::NoopHit => format!("{MIRROR_PREFIX}{}", fixed_name(size)),
             Scenario::Miss => format!("/files/{}", unique_name(run, series, size, i)),
         }
     }
