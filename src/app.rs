@@ -58,6 +58,7 @@ pub fn build_scanner(config: &Config, metrics: Arc<Metrics>) -> Result<Scanner, 
         max_concurrent_scans: config.clamd.max_concurrent_scans,
         slot_wait: timeouts.reply,
         scan_timeout: Duration::from_millis(config.scan.timeout_ms),
+        scan_timeout_per_mib: Duration::from_millis(config.scan.timeout_per_mib_ms),
         lock_ttl: Duration::from_millis(config.cache.lock_ttl_ms),
     };
     Ok(Scanner::new(ClamdClient::new(address, timeouts), cache, settings, metrics))

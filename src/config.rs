@@ -43,6 +43,7 @@ pub struct Config {
     pub scan: ScanConfig,
     pub cache: CacheConfig,
     pub ext_proc: ExtProcConfig,
+    pub bodies: BodiesConfig,
     pub response: ResponseConfig,
     /// The default policy: routes that name no policy use it.
     pub policy: PolicyConfig,
@@ -95,8 +96,27 @@ pub struct ScanConfig {
     /// Past it the body is `Unscanned { timeout }`. Keep it below Envoy's `message_timeout` so
     /// the client gets clamgate's 503 with `retry-after`, not 504.
     pub timeout_ms: u64,
+    /// Added to `timeout_ms` for every MiB of the body, so a large body gets the time clamd needs
+    /// for it (clamd scans ~70 MB/s with a small database, 3-10x slower with the official one).
+    pub timeout_per_mib_ms: u64,
 }
 
+/// How bodies are held while they are scanned (see README, "Bodies of any size").
+///
+/// Scanned downloads use FULL_DUPLEX_STREAMED: Envoy streams the body to clamgate, which holds it
+/// (in memory up to the budgets, in an unlinked temp file beyond), scans it whole, then answers
+/// 409 or sends it back. Uploads stay BUFFERED (Envoy's buffer limit applies).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BodiesConfig {
+    /// Body bytes held in memory by all streams together; past it bodies go to temp files.
+    pub memory_budget_bytes: u64,
+    /// Body bytes one stream holds in memory before it moves its body to a temp file.
+    pub stream_memory_bytes: u64,
+    /// Directory for temp files (empty: the system's temp directory). Files are unlinked when
+    /// created, so none outlives its stream, even if clamgate is killed.
+    pub spool_dir: String,
+}
 /// The verdict cache. `Debug` redacts `redis_password` and the passwords in the URLs.
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -314,7 +334,28 @@ impl Default for ClamdConfig {
 impl Default for ScanConfig {
     fn default() -> Self {
         // Matches `StreamMaxLength 25M` in the shipped clamd.conf.
-        ScanConfig { max_scan_bytes: 25 * 1024 * 1024, timeout_ms: 25_000 }
+        ScanConfig { max_scan_bytes: 25 * 1024 * 1024, timeout_ms: 25_000, timeout_per_mib_ms: 100 }
+    }
+}
+
+impl Default for BodiesConfig {
+    fn default() -> Self {
+        BodiesConfig {
+            memory_budget_bytes: 256 * 1024 * 1024,
+            stream_memory_bytes: 8 * 1024 * 1024,
+            spool_dir: String::new(),
+        }
+    }
+}
+
+impl BodiesConfig {
+    /// The directory for temp files.
+    pub fn spool_dir(&self) -> std::path::PathBuf {
+        if self.spool_dir.is_empty() {
+            std::env::temp_dir()
+        } else {
+            std::path::PathBuf::from(&self.spool_dir)
+        }
     }
 }
 
@@ -1380,7 +1421,7 @@ impl Checker<'_> {
 
 /// Every check of a value's meaning, in schema order.
 fn check_values(config: &Config, checker: &mut Checker<'_>) {
-    let Config { listen, clamd, scan, cache, ext_proc, response, policy: _, policies, log } = config;
+    let Config { listen, clamd, scan, cache, ext_proc, bodies, response, policy: _, policies, log } = config;
     if !checker.rejected.contains("listen.grpc_addr") {
         checker.check("listen.admin_addr", distinct_listeners(listen.grpc_addr, listen.admin_addr));
     }
@@ -1395,6 +1436,8 @@ fn check_values(config: &Config, checker: &mut Checker<'_>) {
     checker.check("clamd.health_interval_ms", within(clamd.health_interval_ms, 1, MAX_DURATION_MS));
     checker.check("scan.max_scan_bytes", within(scan.max_scan_bytes, 1, MAX_SCAN_BYTES));
     checker.check("scan.timeout_ms", within(scan.timeout_ms, 1, MAX_DURATION_MS));
+    checker.check("scan.timeout_per_mib_ms", within(scan.timeout_per_mib_ms, 0, MAX_DURATION_MS));
+    check_bodies(bodies, checker);
     check_cache(cache, checker);
     checker.check(
         "ext_proc.max_message_bytes",
@@ -1407,6 +1450,25 @@ fn check_values(config: &Config, checker: &mut Checker<'_>) {
         checker.check(&format!("policies.{name}"), policy_name(name).map_err(NameError::message));
     }
     checker.check("log.level", log_filter(&log.level));
+}
+
+fn check_bodies(bodies: &BodiesConfig, checker: &mut Checker<'_>) {
+    checker.check(
+        "bodies.stream_memory_bytes",
+        within(bodies.stream_memory_bytes, 0, bodies.memory_budget_bytes)
+            .map_err(|err| format!("{err} (one stream cannot hold more than bodies.memory_budget_bytes)")),
+    );
+    if !bodies.spool_dir.is_empty() {
+        let dir = std::path::Path::new(&bodies.spool_dir);
+        let problem = match std::fs::metadata(dir) {
+            Ok(meta) if meta.is_dir() => None,
+            Ok(_) => Some("is not a directory".to_string()),
+            Err(err) => Some(format!("cannot be used: {err}")),
+        };
+        if let Some(problem) = problem {
+            checker.check("bodies.spool_dir", Err(format!("{:?} {problem}", bodies.spool_dir)));
+        }
+    }
 }
 
 fn check_cache(cache: &CacheConfig, checker: &mut Checker<'_>) {

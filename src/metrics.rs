@@ -89,6 +89,11 @@ pub struct Metrics {
     clamd_up: Gauge,
     clamd_probes: Family<ProbeLabels, Counter>,
     clamd_database_version: Gauge,
+    held_memory: Gauge,
+    held_memory_peak: Gauge,
+    held_disk: Gauge,
+    spilled_bodies: Counter,
+    streams_open: Gauge,
 }
 
 impl Metrics {
@@ -172,8 +177,39 @@ impl Metrics {
             "The signature database version clamd last reported (0 when none)",
             clamd_database_version.clone(),
         );
+        let held_memory = Gauge::default();
+        registry.register(
+            "held_body_memory_bytes",
+            "Body bytes held in memory by streams waiting for a verdict (bounded by bodies.memory_budget_bytes)",
+            held_memory.clone(),
+        );
+        let held_memory_peak = Gauge::default();
+        registry.register(
+            "held_body_memory_peak_bytes",
+            "The most body bytes ever held in memory at once since start",
+            held_memory_peak.clone(),
+        );
+        let held_disk = Gauge::default();
+        registry.register(
+            "held_body_disk_bytes",
+            "Body bytes held in unlinked temp files by streams waiting for a verdict",
+            held_disk.clone(),
+        );
+        let spilled_bodies = Counter::default();
+        registry.register(
+            "spilled_bodies",
+            "Bodies moved to a temp file (over bodies.stream_memory_bytes, or the memory budget full)",
+            spilled_bodies.clone(),
+        );
+        let streams_open = Gauge::default();
+        registry.register("ext_proc_streams_open", "ext_proc streams being served now", streams_open.clone());
         Metrics {
             registry,
+            held_memory,
+            held_memory_peak,
+            held_disk,
+            spilled_bodies,
+            streams_open,
             verdicts,
             unscanned,
             scan_duration,
@@ -189,6 +225,28 @@ impl Metrics {
             clamd_probes,
             clamd_database_version,
         }
+    }
+
+    /// Body bytes held in memory now, across streams (and the peak so far).
+    pub fn set_held_memory(&self, bytes: u64) {
+        self.held_memory.set(bytes as i64);
+        if bytes as i64 > self.held_memory_peak.get() {
+            self.held_memory_peak.set(bytes as i64);
+        }
+    }
+
+    /// Body bytes added to (or, negative, removed from) temp files.
+    pub fn add_held_disk(&self, bytes: i64) {
+        self.held_disk.inc_by(bytes);
+    }
+
+    pub fn record_spilled_body(&self) {
+        self.spilled_bodies.inc();
+    }
+
+    /// An ext_proc stream opened (+1) or ended (-1).
+    pub fn add_open_stream(&self, delta: i64) {
+        self.streams_open.inc_by(delta);
     }
 
     /// Counts one verdict, and its reason when unscanned.

@@ -27,6 +27,7 @@ use crate::clamd::{ClamdClient, InstreamScan};
 use crate::config::CacheMode;
 use crate::ext_proc::state::Resource;
 use crate::metrics::{Metrics, Source};
+use crate::spool::HeldBody;
 use crate::verdict::{EngineVersion, UnscannedReason, Verdict};
 
 /// Bodies are sent to clamd in pieces of this size (clamd does not care; this bounds each write).
@@ -75,9 +76,10 @@ pub struct ScannerSettings {
     pub max_concurrent_scans: usize,
     /// How long a scan may wait for a free clamd slot before it is `Unscanned { timeout }`.
     pub slot_wait: Duration,
-    /// Deadline for one whole buffered scan (waiting for another scan of the same object, a
-    /// clamd slot, sending, reply).
+    /// Deadline for one whole scan (waiting for another scan of the same object, a clamd slot,
+    /// sending, reply), plus `scan_timeout_per_mib` for every MiB of the body.
     pub scan_timeout: Duration,
+    pub scan_timeout_per_mib: Duration,
     /// Life of the cross-instance scan lock.
     pub lock_ttl: Duration,
 }
@@ -147,25 +149,73 @@ impl Scanner {
     /// answered without clamd; a scan of the same body already under way is waited for.
     pub async fn scan_body(&self, body: &[u8], source: Source, cache_mode: CacheMode) -> ScanReport {
         let key = content_key(body);
-        let body_bytes = body.len() as u64;
+        self.scan(ScanInput::Memory(body), &key, source, cache_mode).await
+    }
+
+    /// Scans a body a stream has held whole (FULL_DUPLEX_STREAMED), whose SHA-256 the stream
+    /// computed as the pieces arrived. Same cache and single-flight rules as [`Self::scan_body`].
+    pub async fn scan_held(
+        &self,
+        body: &HeldBody,
+        key: &ContentKey,
+        source: Source,
+        cache_mode: CacheMode,
+    ) -> ScanReport {
+        self.scan(ScanInput::Held(body), key, source, cache_mode).await
+    }
+
+    /// The report for a body that will not be scanned (the caller knows why: too large by its
+    /// `content-length`, or partial content), counted like any verdict.
+    pub fn report_unscanned(
+        &self,
+        sha256: &str,
+        body_bytes: u64,
+        reason: UnscannedReason,
+        source: Source,
+    ) -> ScanReport {
+        let report = ScanReport {
+            verdict: Verdict::Unscanned { reason },
+            sha256: sha256.to_string(),
+            body_bytes,
+            engine: self.engine_version(),
+            cached: false,
+        };
+        self.metrics.record_verdict(source, &report.verdict);
+        report
+    }
+
+    /// Bodies above this are `Unscanned { too_large }`.
+    pub fn max_scan_bytes(&self) -> u64 {
+        self.settings.max_scan_bytes
+    }
+
+    async fn scan(
+        &self,
+        body: ScanInput<'_>,
+        key: &ContentKey,
+        source: Source,
+        cache_mode: CacheMode,
+    ) -> ScanReport {
+        let body_bytes = body.len();
         let report = if body_bytes > self.settings.max_scan_bytes {
-            self.unscanned(&key, body_bytes, UnscannedReason::TooLarge)
+            self.unscanned(key, body_bytes, UnscannedReason::TooLarge)
         } else {
             let scan = async {
                 match cache_mode {
-                    CacheMode::Off => self.clamd_scan(&key, body, false).await,
-                    CacheMode::Content | CacheMode::Resource => self.scan_once(&key, body).await,
+                    CacheMode::Off => self.clamd_scan(key, body, false).await,
+                    CacheMode::Content | CacheMode::Resource => self.scan_once(key, body).await,
                 }
             };
-            match tokio::time::timeout(self.settings.scan_timeout, scan).await {
+            let deadline = self.deadline_for(body_bytes);
+            match tokio::time::timeout(deadline, scan).await {
                 Ok(report) => report,
                 Err(_) => {
                     tracing::warn!(
-                        timeout_ms = self.settings.scan_timeout.as_millis() as u64,
+                        timeout_ms = deadline.as_millis() as u64,
                         bytes = body_bytes,
-                        "scan did not finish within scan.timeout_ms"
+                        "scan did not finish within scan.timeout_ms (+ scan.timeout_per_mib_ms per MiB)"
                     );
-                    self.unscanned(&key, body_bytes, UnscannedReason::Timeout)
+                    self.unscanned(key, body_bytes, UnscannedReason::Timeout)
                 }
             }
         };
@@ -173,9 +223,15 @@ impl Scanner {
         report
     }
 
+    /// The whole-scan deadline for a body of `body_bytes`.
+    fn deadline_for(&self, body_bytes: u64) -> Duration {
+        let mib = body_bytes.div_ceil(1024 * 1024) as u32;
+        self.settings.scan_timeout + self.settings.scan_timeout_per_mib * mib
+    }
+
     /// The cache, then one scan per content at a time: in process, then across instances.
-    async fn scan_once(&self, key: &ContentKey, body: &[u8]) -> ScanReport {
-        let body_bytes = body.len() as u64;
+    async fn scan_once(&self, key: &ContentKey, body: ScanInput<'_>) -> ScanReport {
+        let body_bytes = body.len();
         loop {
             if let Some(cached) = self.cached_report(key, body_bytes).await {
                 return cached;
@@ -202,13 +258,13 @@ impl Scanner {
 
     /// Scans as this instance's leader for `key`, first taking the shared lock when the cache
     /// is shared, or waiting for the instance that holds it.
-    async fn scan_as_leader(&self, key: &ContentKey, body: &[u8]) -> ScanReport {
+    async fn scan_as_leader(&self, key: &ContentKey, body: ScanInput<'_>) -> ScanReport {
         let object = format!("content:{}", key.hex());
         let token = match self.cache.try_lock(&object, self.settings.lock_ttl).await {
             Ok(LockAttempt::Acquired(token)) => Some(token),
             Ok(LockAttempt::Local) => None,
             Ok(LockAttempt::HeldElsewhere) => {
-                if let Some(report) = self.wait_for_shared_scan(key, &object, body.len() as u64).await {
+                if let Some(report) = self.wait_for_shared_scan(key, &object, body.len()).await {
                     return report;
                 }
                 None
@@ -269,7 +325,7 @@ impl Scanner {
 
     /// A clamd scan whose verdict is written to the cache (`store`) and whose failure refreshes
     /// the engine version. The caller bounds it by `scan.timeout_ms`.
-    async fn clamd_scan(&self, key: &ContentKey, body: &[u8], store: bool) -> ScanReport {
+    async fn clamd_scan(&self, key: &ContentKey, body: ScanInput<'_>, store: bool) -> ScanReport {
         let verdict = self.scan_with_clamd(body).await;
         if matches!(&verdict, Verdict::Unscanned { reason } if reason.is_engine_trouble()) {
             self.refresh_engine_version().await;
@@ -280,7 +336,7 @@ impl Scanner {
         ScanReport {
             verdict,
             sha256: key.hex(),
-            body_bytes: body.len() as u64,
+            body_bytes: body.len(),
             engine: self.engine_version(),
             cached: false,
         }
@@ -342,14 +398,35 @@ impl Scanner {
         }
     }
 
-    async fn scan_with_clamd(&self, body: &[u8]) -> Verdict {
+    async fn scan_with_clamd(&self, body: ScanInput<'_>) -> Verdict {
         let mut session = match self.open_session().await {
             Ok(session) => session,
             Err(reason) => return Verdict::Unscanned { reason },
         };
-        for piece in body.chunks(CLAMD_CHUNK_BYTES) {
-            if let Err(reason) = session.send(piece).await {
-                return Verdict::Unscanned { reason };
+        match body {
+            ScanInput::Memory(bytes) => {
+                for piece in bytes.chunks(CLAMD_CHUNK_BYTES) {
+                    if let Err(reason) = session.send(piece).await {
+                        return Verdict::Unscanned { reason };
+                    }
+                }
+            }
+            ScanInput::Held(held) => {
+                let mut offset = 0u64;
+                while offset < held.len() {
+                    let piece = match held.read_at(offset, CLAMD_CHUNK_BYTES).await {
+                        Ok(piece) if !piece.is_empty() => piece,
+                        Ok(_) => break,
+                        Err(err) => {
+                            tracing::warn!(error = %err, "cannot read a held body back from its temp file");
+                            return Verdict::Unscanned { reason: UnscannedReason::EngineError };
+                        }
+                    };
+                    offset += piece.len() as u64;
+                    if let Err(reason) = session.send(&piece).await {
+                        return Verdict::Unscanned { reason };
+                    }
+                }
             }
         }
         session.finish(&self.metrics).await
@@ -531,6 +608,22 @@ fn entry_engine(engine: &str, database_version: Option<u64>) -> EngineVersion {
     EngineVersion { engine: engine.to_string(), database_version, database_date: None }
 }
 
+/// A body to scan: whole in memory, or held by a stream (in memory or in a temp file).
+#[derive(Clone, Copy)]
+enum ScanInput<'a> {
+    Memory(&'a [u8]),
+    Held(&'a HeldBody),
+}
+
+impl ScanInput<'_> {
+    fn len(&self) -> u64 {
+        match self {
+            ScanInput::Memory(bytes) => bytes.len() as u64,
+            ScanInput::Held(held) => held.len(),
+        }
+    }
+}
+
 /// Whether this task scans an object, or waits for the task that does.
 enum Role<'a> {
     Leader(Leader<'a>),
@@ -644,7 +737,7 @@ impl StreamingScan<'_> {
         let verdict = match state {
             StreamState::Sending(session) => session.finish(&scanner.metrics).await,
             // An empty body still gets a real scan, so that no path reports Clean unscanned.
-            StreamState::NotStarted => scanner.scan_with_clamd(&[]).await,
+            StreamState::NotStarted => scanner.scan_with_clamd(ScanInput::Memory(&[])).await,
             StreamState::Failed(reason) => Verdict::Unscanned { reason },
         };
         let report = match verdict {

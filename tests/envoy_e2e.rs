@@ -223,16 +223,23 @@ async fn a_body_clamgate_cannot_read_is_never_delivered() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_body_over_envoys_buffer_limit_is_refused_not_passed() {
-    // BUFFERED mode caps bodies at Envoy's buffer limit (16 MiB in the shipped config); past it
-    // Envoy itself refuses (download 500, upload 413) and clamgate never sees the body.
+async fn a_body_over_envoys_buffer_limit_is_streamed_and_scanned_whole() {
+    // BUFFERED mode caps bodies at Envoy's buffer limit (16 MiB in the shipped config). clamgate
+    // switches downloads to FULL_DUPLEX_STREAMED and holds them itself: the whole body is
+    // scanned, and a clean one arrives whole. Uploads stay BUFFERED: over the limit Envoy
+    // refuses them (413) and they never reach the upstream.
     let stack = Stack::start().await;
-    stack.upstream.put_file("huge.bin", samples::clean_sample(17 * 1024 * 1024));
+    let clean = samples::clean_sample(17 * 1024 * 1024);
+    stack.upstream.put_file("huge.bin", clean.clone());
+    stack.upstream.put_file("huge-infected.bin", eicar_at_the_end(17 * 1024 * 1024));
     let response = stack.get("/files/huge.bin").await;
-    assert_eq!(response.status(), 500);
+    assert_eq!(response.status(), 200, "{}", stack.envoy.logs());
+    assert_eq!(verdict_header(&response).as_deref(), Some("clean"));
+    assert_eq!(sha256_hex(&response.bytes().await.expect("body")), sha256_hex(&clean));
+    assert_eq!(stack.get("/files/huge-infected.bin").await.status(), 409);
 
-    let response = stack.post("/upload/huge.bin", samples::clean_sample(17 * 1024 * 1024)).await;
-    assert_eq!(response.status(), 413);
+    let response = stack.post("/upload/huge.bin", clean.clone()).await;
+    assert_eq!(response.status(), 413, "{}", stack.envoy.logs());
     assert_eq!(stack.upstream.received("huge.bin"), None);
 }
 

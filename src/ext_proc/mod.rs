@@ -24,11 +24,15 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use sha2::{Digest, Sha256};
+
+use crate::cache::ContentKey;
 use crate::config::{Config, PolicyConfig, ResponseConfig};
 use crate::metrics::{Metrics, Source};
 use crate::policy::{decide, Decision, DecisionContext, Direction};
 use crate::scanner::{ResourceLookup, ScanReport, Scanner};
-use crate::verdict::Verdict;
+use crate::spool::{HeldBody, Spool, READ_PIECE_BYTES};
+use crate::verdict::{UnscannedReason, Verdict};
 use state::{on_message, Action, StreamPolicy, StreamState};
 
 /// The gRPC metadata key that names the policy of a route.
@@ -46,11 +50,19 @@ pub struct ExtProcService {
     scanner: Arc<Scanner>,
     config: Arc<Config>,
     metrics: Arc<Metrics>,
+    spool: Spool,
 }
 
 impl ExtProcService {
     pub fn new(scanner: Arc<Scanner>, config: Arc<Config>, metrics: Arc<Metrics>) -> Self {
-        ExtProcService { scanner, config, metrics }
+        let bodies = &config.bodies;
+        let spool = Spool::new(
+            bodies.memory_budget_bytes,
+            bodies.stream_memory_bytes,
+            bodies.spool_dir(),
+            metrics.clone(),
+        );
+        ExtProcService { scanner, config, metrics, spool }
     }
 
     /// The policy Envoy named for this stream's route (route metadata or gRPC metadata).
@@ -108,6 +120,7 @@ impl ExtProcService {
         inbound: Streaming<ProcessingRequest>,
         answers: mpsc::Sender<Result<ProcessingResponse, Status>>,
     ) {
+        let _open = OpenStream::count(self.metrics.clone());
         let mut guard =
             UnansweredGuard { answers: answers.clone(), metrics: self.metrics.clone(), armed: true };
         let outcome = self.drive(grpc_metadata_policy, inbound, &answers).await;
@@ -128,8 +141,11 @@ impl ExtProcService {
         // The policy comes with the first message (its route metadata attribute).
         let Some(first) = self.receive(&mut inbound, None).await? else { return Ok(()) };
         let policy = self.policy_for(&first, grpc_metadata_policy.as_deref())?;
-        let mut state = StreamState::new(StreamPolicy::from_config(&policy));
+        let stream_policy = StreamPolicy::from_config(&policy, self.scanner.max_scan_bytes());
+        let mut state = StreamState::new(stream_policy);
         let context = StreamContext { policy, response: self.config.response.clone() };
+        let out = Outbox { answers };
+        let mut duplex = [None, None];
         let mut next = Some(first);
         loop {
             let message = match next.take() {
@@ -139,55 +155,45 @@ impl ExtProcService {
                     None => return Ok(()),
                 },
             };
-            let answer = self.answer(&context, &mut state, message).await?;
-            if answers.send(Ok(answer)).await.is_err() {
+            match self.handle(&context, &mut state, &mut duplex, message, &out).await {
+                Ok(()) => {}
                 // Envoy went away; nobody is left to answer.
-                return Ok(());
+                Err(Stop::Gone) => return Ok(()),
+                Err(Stop::Fail(status)) => return Err(status),
             }
         }
     }
 
-    /// The answer to one message; an error is the status to end the stream with.
-    async fn answer(
+    /// Handles one message: sends its answers (none while a FULL_DUPLEX body is held, many when
+    /// it is sent back).
+    async fn handle(
         &self,
         context: &StreamContext,
         state: &mut StreamState,
+        duplex: &mut [Option<Duplex>; 2],
         message: ProcessingRequest,
-    ) -> Result<ProcessingResponse, Status> {
+        out: &Outbox<'_>,
+    ) -> Result<(), Stop> {
         if let Some(kind) = message_kind(&message) {
             self.metrics.record_ext_proc_message(kind);
         }
         let answer = match on_message(state, message) {
             Action::Reply(answer) => answer,
             Action::PassBody { direction } => response::body_continue(direction, None),
-            Action::LookupResource { resource, answer } => {
-                match self.scanner.lookup_resource(&resource).await {
-                    ResourceLookup::Infected(report) => {
-                        // Known infected: refused before the upstream is contacted.
-                        let decision = self.decide(context, state, Direction::Response, &report);
-                        response::body_decision(Direction::Response, &decision)
-                    }
-                    ResourceLookup::Clean { validator } => {
-                        state.record_clean_resource(validator);
-                        answer
-                    }
-                    ResourceLookup::Miss => answer,
+            Action::LookupResource { resource } => match self.scanner.lookup_resource(&resource).await {
+                ResourceLookup::Infected(report) => {
+                    // Known infected: refused before the upstream is contacted.
+                    let decision = self.decide(context, state, Direction::Response, &report);
+                    response::body_decision(Direction::Response, &decision)
                 }
-            }
+                ResourceLookup::Clean { validator } => {
+                    state.record_clean_resource(validator);
+                    state::request_headers_answer(state)
+                }
+                ResourceLookup::Miss => state::request_headers_answer(state),
+            },
             Action::PassCachedResource { remove_headers } => {
-                let verdict_header = match decide(
-                    &Verdict::Clean,
-                    &context.policy,
-                    &context.response,
-                    DecisionContext {
-                        direction: Direction::Response,
-                        request_id: &state.request_id,
-                        sha256: None,
-                    },
-                ) {
-                    Decision::Continue { verdict_header } => verdict_header,
-                    Decision::Block(_) => None,
-                };
+                let verdict_header = self.clean_verdict_header(context, state);
                 tracing::debug!(request_id = %state.request_id, path = %state.path, "resource known clean; body passes unbuffered");
                 response::response_headers_pass_unbuffered(remove_headers, verdict_header)
             }
@@ -195,21 +201,181 @@ impl ExtProcService {
                 let report =
                     self.scanner.scan_body(&body, source(direction), context.policy.cache_mode).await;
                 drop(body);
-                if direction == Direction::Response {
-                    if let Some((resource, validator)) = state.resource_to_store() {
-                        self.scanner.store_resource(resource, validator, &report).await;
-                    }
-                }
+                self.store_resource(state, direction, &report).await;
                 let decision = self.decide(context, state, direction, &report);
                 response::body_decision(direction, &decision)
+            }
+            Action::Hold { direction, remove_headers } => {
+                duplex[direction as usize] =
+                    Some(Duplex::Holding(Holding::new(self.spool.hold(), remove_headers, true)));
+                return Ok(());
+            }
+            Action::Echo { direction, remove_headers } => {
+                duplex[direction as usize] = Some(Duplex::Echoing);
+                response::headers_continue(direction, remove_headers)
+            }
+            Action::Unscannable { direction, reason, bytes, if_allowed, echo } => {
+                let report = self.scanner.report_unscanned("", bytes, reason, source(direction));
+                match self.decide(context, state, direction, &report) {
+                    Decision::Block(block) => {
+                        duplex[direction as usize] = Some(Duplex::Refused);
+                        response::immediate(&block)
+                    }
+                    Decision::Continue { .. } => {
+                        state.pass_unscanned(direction);
+                        if echo {
+                            duplex[direction as usize] = Some(Duplex::Echoing);
+                        }
+                        if_allowed
+                    }
+                }
+            }
+            Action::Piece { direction, body, end_of_stream } => {
+                return self.on_piece(context, state, duplex, direction, body, end_of_stream, out).await;
+            }
+            Action::DuplexTrailers { direction } => {
+                if let Some(Duplex::Holding(holding)) = duplex[direction as usize].take() {
+                    self.finish_held(context, state, direction, holding, true, out).await?;
+                    duplex[direction as usize] = Some(Duplex::Refused);
+                    // Answered by finish_held (after the body), unless it blocked.
+                    return Ok(());
+                }
+                if matches!(duplex[direction as usize], Some(Duplex::Refused)) {
+                    return Ok(());
+                }
+                response::trailers_continue(direction)
             }
             Action::Fail(error) => {
                 tracing::warn!(request_id = %state.request_id, error = %error, "ending ext_proc stream with an error");
                 self.metrics.record_stream_error("protocol");
-                return Err(error.to_status());
+                return Err(Stop::Fail(error.to_status()));
             }
         };
-        Ok(answer)
+        out.send(answer).await
+    }
+
+    /// One piece of a FULL_DUPLEX body: held, sent straight back, or ignored after a block.
+    #[allow(clippy::too_many_arguments)]
+    async fn on_piece(
+        &self,
+        context: &StreamContext,
+        state: &mut StreamState,
+        duplex: &mut [Option<Duplex>; 2],
+        direction: Direction,
+        body: Vec<u8>,
+        end_of_stream: bool,
+        out: &Outbox<'_>,
+    ) -> Result<(), Stop> {
+        let slot = &mut duplex[direction as usize];
+        if slot.is_none() {
+            // A body switched to FULL_DUPLEX by clamgate's override: its headers were answered
+            // with the override, so only the body is owed.
+            *slot = Some(Duplex::Holding(Holding::new(self.spool.hold(), Vec::new(), false)));
+        }
+        match slot {
+            Some(Duplex::Echoing) => out.send(response::streamed_body(direction, body, end_of_stream)).await,
+            Some(Duplex::Refused) | None => Ok(()),
+            Some(Duplex::Holding(holding)) => {
+                if holding.body.len() + body.len() as u64 > self.scanner.max_scan_bytes() {
+                    let Some(Duplex::Holding(holding)) = slot.take() else { unreachable!() };
+                    *slot = Some(self.release_too_large(context, state, direction, holding, out).await?);
+                    if matches!(slot, Some(Duplex::Echoing)) {
+                        out.send(response::streamed_body(direction, body, end_of_stream)).await?;
+                    }
+                    return Ok(());
+                }
+                if let Err(err) = holding.push(body).await {
+                    tracing::error!(request_id = %state.request_id, error = %err, "cannot hold a body (temp file); failing the stream");
+                    self.metrics.record_stream_error("spool");
+                    return Err(Stop::Fail(Status::internal("clamgate could not hold the body")));
+                }
+                if end_of_stream {
+                    let Some(Duplex::Holding(holding)) = slot.take() else { unreachable!() };
+                    *slot = Some(Duplex::Refused);
+                    self.finish_held(context, state, direction, holding, false, out).await?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// A held body grew past `max_scan_bytes`: `Unscanned { too_large }`. Blocked: the immediate
+    /// response. Allowed: the headers (if still held) and the bytes held so far go out, and the
+    /// rest is sent straight back.
+    async fn release_too_large(
+        &self,
+        context: &StreamContext,
+        state: &mut StreamState,
+        direction: Direction,
+        holding: Holding,
+        out: &Outbox<'_>,
+    ) -> Result<Duplex, Stop> {
+        let report = self.scanner.report_unscanned(
+            "",
+            holding.body.len(),
+            UnscannedReason::TooLarge,
+            source(direction),
+        );
+        match self.decide(context, state, direction, &report) {
+            Decision::Block(block) => {
+                out.send(response::immediate(&block)).await?;
+                Ok(Duplex::Refused)
+            }
+            Decision::Continue { verdict_header } => {
+                state.pass_unscanned(direction);
+                holding.send_back(direction, verdict_header, false, out).await?;
+                Ok(Duplex::Echoing)
+            }
+        }
+    }
+
+    /// The end of a held body: scan it whole, then block, or send the headers (if held) and the
+    /// body back in pieces, and the trailers' answer if trailers ended it.
+    async fn finish_held(
+        &self,
+        context: &StreamContext,
+        state: &mut StreamState,
+        direction: Direction,
+        holding: Holding,
+        trailers: bool,
+        out: &Outbox<'_>,
+    ) -> Result<(), Stop> {
+        let key = ContentKey::from_digest(holding.hasher.clone().finalize().into());
+        let scan = self.scanner.scan_held(&holding.body, &key, source(direction), context.policy.cache_mode);
+        // A client that goes away (Envoy resets the stream) ends the scan and frees clamd.
+        let report = tokio::select! {
+            report = scan => report,
+            _ = out.answers.closed() => return Err(Stop::Gone),
+        };
+        self.store_resource(state, direction, &report).await;
+        match self.decide(context, state, direction, &report) {
+            Decision::Block(block) => out.send(response::immediate(&block)).await,
+            Decision::Continue { verdict_header } => {
+                holding.send_back(direction, verdict_header, true, out).await?;
+                if trailers {
+                    out.send(response::trailers_continue(direction)).await?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    async fn store_resource(&self, state: &StreamState, direction: Direction, report: &ScanReport) {
+        if direction == Direction::Response {
+            if let Some((resource, validator)) = state.resource_to_store() {
+                self.scanner.store_resource(resource, validator, report).await;
+            }
+        }
+    }
+
+    /// The verdict header for a body passed as clean (none if the config turns it off).
+    fn clean_verdict_header(&self, context: &StreamContext, state: &StreamState) -> Option<&'static str> {
+        let decision_context =
+            DecisionContext { direction: Direction::Response, request_id: &state.request_id, sha256: None };
+        match decide(&Verdict::Clean, &context.policy, &context.response, decision_context) {
+            Decision::Continue { verdict_header } => verdict_header,
+            Decision::Block(_) => None,
+        }
     }
 
     /// The next message from Envoy; an inbound failure becomes the error status to end with.
@@ -312,6 +478,114 @@ fn audit(state: &StreamState, direction: Direction, report: &ScanReport, decisio
             cached = report.cached,
             "clean body"
         ),
+    }
+}
+
+/// Why the stream task stops answering.
+enum Stop {
+    /// Envoy went away (the client left, or the stream was reset): nobody is waiting.
+    Gone,
+    /// End the stream with this error status.
+    Fail(Status),
+}
+
+/// Where answers go, in order.
+struct Outbox<'a> {
+    answers: &'a mpsc::Sender<Result<ProcessingResponse, Status>>,
+}
+
+impl Outbox<'_> {
+    async fn send(&self, answer: ProcessingResponse) -> Result<(), Stop> {
+        self.answers.send(Ok(answer)).await.map_err(|_| Stop::Gone)
+    }
+}
+
+/// What clamgate does with one direction's FULL_DUPLEX body.
+enum Duplex {
+    /// Held whole until its end, then scanned and answered.
+    Holding(Holding),
+    /// Sent straight back piece by piece (the policy does not scan it, or allowed it unscanned).
+    Echoing,
+    /// Answered already (a block, or the body was sent back): later pieces are ignored.
+    Refused,
+}
+
+/// A FULL_DUPLEX body being held, with its running SHA-256 and the headers' pending answer.
+struct Holding {
+    body: HeldBody,
+    hasher: Sha256,
+    /// Control headers to remove when the headers are answered.
+    remove_headers: Vec<String>,
+    /// The headers wait for their answer (false: they were answered with the mode override).
+    headers_pending: bool,
+}
+
+/// Pieces at least this large are hashed off the async worker.
+const BLOCKING_HASH_BYTES: usize = 256 * 1024;
+
+impl Holding {
+    fn new(body: HeldBody, remove_headers: Vec<String>, headers_pending: bool) -> Holding {
+        Holding { body, hasher: Sha256::new(), remove_headers, headers_pending }
+    }
+
+    async fn push(&mut self, piece: Vec<u8>) -> std::io::Result<()> {
+        if piece.len() >= BLOCKING_HASH_BYTES {
+            tokio::task::block_in_place(|| self.hasher.update(&piece));
+        } else {
+            self.hasher.update(&piece);
+        }
+        self.body.push(bytes::Bytes::from(piece)).await
+    }
+
+    /// Sends the headers' answer (if pending) and the held body back in pieces of at most 64 KiB;
+    /// the last piece ends the stream when `complete` (the whole body is here and no trailers
+    /// follow it... trailers are answered by the caller).
+    async fn send_back(
+        self,
+        direction: Direction,
+        verdict_header: Option<&str>,
+        complete: bool,
+        out: &Outbox<'_>,
+    ) -> Result<(), Stop> {
+        let Holding { body, remove_headers, headers_pending, .. } = self;
+        if headers_pending {
+            out.send(response::headers_continue_with_verdict(direction, remove_headers, verdict_header))
+                .await?;
+        }
+        let total = body.len();
+        if total == 0 && complete {
+            return out.send(response::streamed_body(direction, Vec::new(), true)).await;
+        }
+        let mut offset = 0;
+        while offset < total {
+            let piece = body.read_at(offset, READ_PIECE_BYTES).await.map_err(|err| {
+                tracing::error!(error = %err, "cannot read a held body back; failing the stream");
+                Stop::Fail(Status::internal("clamgate could not read the held body back"))
+            })?;
+            if piece.is_empty() {
+                break;
+            }
+            offset += piece.len() as u64;
+            let last = complete && offset >= total;
+            out.send(response::streamed_body(direction, piece.to_vec(), last)).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Counts the stream in `ext_proc_streams_open` while it lives (panics included).
+struct OpenStream(Arc<Metrics>);
+
+impl OpenStream {
+    fn count(metrics: Arc<Metrics>) -> OpenStream {
+        metrics.add_open_stream(1);
+        OpenStream(metrics)
+    }
+}
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        self.0.add_open_stream(-1);
     }
 }
 

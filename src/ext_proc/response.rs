@@ -8,10 +8,11 @@ use envoy_types::pb::envoy::extensions::filters::http::ext_proc::v3::processing_
 };
 use envoy_types::pb::envoy::extensions::filters::http::ext_proc::v3::ProcessingMode;
 use envoy_types::pb::envoy::r#type::v3::HttpStatus;
+use envoy_types::pb::envoy::service::ext_proc::v3::body_mutation::Mutation;
 use envoy_types::pb::envoy::service::ext_proc::v3::processing_response::Response;
 use envoy_types::pb::envoy::service::ext_proc::v3::{
-    BodyResponse, CommonResponse, HeaderMutation, HeadersResponse, ImmediateResponse, ProcessingResponse,
-    TrailersResponse,
+    BodyMutation, BodyResponse, CommonResponse, HeaderMutation, HeadersResponse, ImmediateResponse,
+    ProcessingResponse, StreamedBodyResponse, TrailersResponse,
 };
 
 use crate::policy::{BlockResponse, Decision, Direction};
@@ -21,8 +22,20 @@ pub const VERDICT_HEADER: &str = "x-clamgate-verdict";
 
 /// Continue after headers, removing the named headers (client- or upstream-sent control headers).
 pub fn headers_continue(direction: Direction, remove_headers: Vec<String>) -> ProcessingResponse {
-    let header_mutation =
-        (!remove_headers.is_empty()).then(|| HeaderMutation { remove_headers, ..HeaderMutation::default() });
+    headers_continue_with_verdict(direction, remove_headers, None)
+}
+
+/// Continue after held FULL_DUPLEX headers once the body is decided, removing the named headers
+/// and optionally setting `x-clamgate-verdict`.
+pub fn headers_continue_with_verdict(
+    direction: Direction,
+    remove_headers: Vec<String>,
+    verdict_header: Option<&str>,
+) -> ProcessingResponse {
+    let set_headers: Vec<HeaderValueOption> =
+        verdict_header.map(|value| set_header(VERDICT_HEADER, value)).into_iter().collect();
+    let header_mutation = (!remove_headers.is_empty() || !set_headers.is_empty())
+        .then(|| HeaderMutation { remove_headers, set_headers });
     let answer =
         HeadersResponse { response: Some(CommonResponse { header_mutation, ..CommonResponse::default() }) };
     reply(match direction {
@@ -61,6 +74,52 @@ pub fn response_headers_pass_unbuffered(
         }),
         ..reply(Response::ResponseHeaders(answer))
     }
+}
+
+/// `answer` with a `mode_override` that sets both body modes. `mode_override` has no
+/// "unchanged" value (rule 5), so every mode is restated: headers SEND; trailers SEND for a
+/// FULL_DUPLEX_STREAMED direction (Envoy requires it), SKIP otherwise (the shipped config's).
+pub fn with_body_modes(
+    answer: ProcessingResponse,
+    request_body: BodySendMode,
+    response_body: BodySendMode,
+) -> ProcessingResponse {
+    let trailers = |mode: BodySendMode| match mode {
+        BodySendMode::FullDuplexStreamed => HeaderSendMode::Send as i32,
+        _ => HeaderSendMode::Skip as i32,
+    };
+    ProcessingResponse {
+        mode_override: Some(ProcessingMode {
+            request_header_mode: HeaderSendMode::Send as i32,
+            response_header_mode: HeaderSendMode::Send as i32,
+            request_body_mode: request_body as i32,
+            response_body_mode: response_body as i32,
+            request_trailer_mode: trailers(request_body),
+            response_trailer_mode: trailers(response_body),
+        }),
+        ..answer
+    }
+}
+
+/// One piece of a FULL_DUPLEX body sent back to Envoy (at most 64 KiB), `end_of_stream` on the
+/// last.
+pub fn streamed_body(direction: Direction, body: Vec<u8>, end_of_stream: bool) -> ProcessingResponse {
+    let answer = BodyResponse {
+        response: Some(CommonResponse {
+            body_mutation: Some(BodyMutation {
+                mutation: Some(Mutation::StreamedResponse(StreamedBodyResponse {
+                    body,
+                    end_of_stream,
+                    ..StreamedBodyResponse::default()
+                })),
+            }),
+            ..CommonResponse::default()
+        }),
+    };
+    reply(match direction {
+        Direction::Request => Response::RequestBody(answer),
+        Direction::Response => Response::ResponseBody(answer),
+    })
 }
 
 /// Continue after trailers, unchanged.

@@ -4,6 +4,15 @@
 //! Envoy (outside FULL_DUPLEX mode) expects exactly one answer per message, in order. A message
 //! that breaks that order, or a body mode clamgate cannot scan safely, ends the stream with an
 //! error status: Envoy then answers `status_on_error` and the body never passes unscanned.
+//!
+//! Body modes (README, "Bodies of any size"): every scanned download switches to
+//! FULL_DUPLEX_STREAMED with a `mode_override` in the answer to the request headers, before any
+//! response byte exists. The response headers then wait, unanswered, while the body streams to
+//! clamgate, so a block is still a clean 409. Requests with a body (uploads) and their responses
+//! stay BUFFERED: an override at the request headers raced with body bytes Envoy had already
+//! buffered (seen as 504s), so uploads are capped by Envoy's buffer limit (413, never a pass).
+//! Scanned responses never pass partial content: `Range` is removed from requests, and a 206 is
+//! `Unscanned { partial_content }`, unless the resource is known clean.
 
 use envoy_types::pb::envoy::config::core::v3::HeaderMap;
 use envoy_types::pb::envoy::extensions::filters::http::ext_proc::v3::processing_mode::BodySendMode;
@@ -11,6 +20,7 @@ use envoy_types::pb::envoy::service::ext_proc::v3::processing_request::Request;
 use envoy_types::pb::envoy::service::ext_proc::v3::{HttpHeaders, ProcessingRequest, ProcessingResponse};
 
 use crate::policy::Direction;
+use crate::verdict::UnscannedReason;
 
 use super::response;
 
@@ -30,12 +40,32 @@ pub enum Action {
     Scan { direction: Direction, body: Vec<u8> },
     /// Pass this body without scanning (the policy does not scan this direction).
     PassBody { direction: Direction },
-    /// Look up the resource key of this request; then send `answer` (or 409 on an infected hit,
-    /// recording a clean hit with [`StreamState::record_clean_resource`]).
-    LookupResource { resource: Resource, answer: ProcessingResponse },
+    /// Look up the resource key of this request: 409 on an infected hit; else record a clean hit
+    /// with [`StreamState::record_clean_resource`] and send [`request_headers_answer`].
+    LookupResource { resource: Resource },
     /// The response carries the validator of a resource known clean: let its body through
     /// unbuffered (mode_override to body mode NONE), removing these control headers.
     PassCachedResource { remove_headers: Vec<String> },
+    /// FULL_DUPLEX headers of a body to scan: answer nothing yet; the stream task holds the body
+    /// ([`Action::Piece`]) and answers at its end (headers, then the body in pieces, or a block).
+    Hold { direction: Direction, remove_headers: Vec<String> },
+    /// FULL_DUPLEX headers of a direction the policy does not scan: answer them (removing these
+    /// control headers) and send every body piece straight back.
+    Echo { direction: Direction, remove_headers: Vec<String> },
+    /// A body that will not be scanned (`reason`), known from its headers: the policy decides.
+    /// Blocked: an immediate response. Allowed: send `if_allowed`; then, if `echo`, send every
+    /// FULL_DUPLEX body piece straight back (a BUFFERED body passes without a scan).
+    Unscannable {
+        direction: Direction,
+        reason: UnscannedReason,
+        bytes: u64,
+        if_allowed: ProcessingResponse,
+        echo: bool,
+    },
+    /// One piece of a FULL_DUPLEX body; `end_of_stream` on the last (or trailers follow).
+    Piece { direction: Direction, body: Vec<u8>, end_of_stream: bool },
+    /// FULL_DUPLEX trailers: the body of `direction` is complete; answer the trailers after it.
+    DuplexTrailers { direction: Direction },
     /// End the stream with an error status: never answer, never end OK.
     Fail(StreamError),
 }
@@ -92,6 +122,20 @@ pub struct StreamState {
     /// The response's status and validator, from its headers.
     response_status: u16,
     response_validator: Option<String>,
+    /// The request headers, kept until their answer is built ([`request_headers_answer`]).
+    pending_request: Option<PendingRequest>,
+    /// A direction whose body passes unscanned by policy (allowed `Unscannable`).
+    pass_unscanned: [bool; 2],
+}
+
+/// What the answer to the request headers depends on.
+#[derive(Debug, Clone)]
+struct PendingRequest {
+    remove_headers: Vec<String>,
+    /// The request carries a body (an upload).
+    has_body: bool,
+    method: String,
+    has_range: bool,
 }
 
 /// The parts of a policy the state machine needs.
@@ -103,15 +147,18 @@ pub struct StreamPolicy {
     pub resource_keys: bool,
     /// The policy says the upstream never changes an object under a URL.
     pub immutable: bool,
+    /// Bodies above this are not scanned (`Unscanned { too_large }`).
+    pub max_scan_bytes: u64,
 }
 
 impl StreamPolicy {
-    pub fn from_config(policy: &crate::config::PolicyConfig) -> StreamPolicy {
+    pub fn from_config(policy: &crate::config::PolicyConfig, max_scan_bytes: u64) -> StreamPolicy {
         StreamPolicy {
             scan_requests: policy.scan_requests,
             scan_responses: policy.scan_responses,
             resource_keys: policy.cache_mode == crate::config::CacheMode::Resource,
             immutable: policy.immutable,
+            max_scan_bytes,
         }
     }
 }
@@ -139,7 +186,19 @@ impl StreamState {
             clean_resource_validator: None,
             response_status: 0,
             response_validator: None,
+            pending_request: None,
+            pass_unscanned: [false; 2],
         }
+    }
+
+    /// Lets the body of `direction` pass unscanned: the policy allowed an `Unscannable` body.
+    pub fn pass_unscanned(&mut self, direction: Direction) {
+        self.pass_unscanned[direction as usize] = true;
+    }
+
+    /// The body mode in force for `direction` (after clamgate's own `mode_override`).
+    pub fn is_full_duplex(&self, direction: Direction) -> bool {
+        self.body_mode(direction) == Some(BodySendMode::FullDuplexStreamed)
     }
 
     /// Records that the cache knows this stream's resource as clean under `validator`.
@@ -174,11 +233,19 @@ impl StreamState {
         }
     }
 
-    fn scans(&self, direction: Direction) -> bool {
+    fn set_body_mode(&mut self, direction: Direction, mode: BodySendMode) {
         match direction {
+            Direction::Request => self.request_body_mode = Some(mode),
+            Direction::Response => self.response_body_mode = Some(mode),
+        }
+    }
+
+    fn scans(&self, direction: Direction) -> bool {
+        let by_policy = match direction {
             Direction::Request => self.policy.scan_requests,
             Direction::Response => self.policy.scan_responses,
-        }
+        };
+        by_policy && !self.pass_unscanned[direction as usize]
     }
 }
 
@@ -209,13 +276,10 @@ pub fn on_message(state: &mut StreamState, message: ProcessingRequest) -> Action
 fn unsupported_mode(state: &StreamState, direction: Direction) -> Option<StreamError> {
     let mode = state.body_mode(direction)?;
     match mode {
-        BodySendMode::None | BodySendMode::Buffered => None,
+        BodySendMode::None | BodySendMode::Buffered | BodySendMode::FullDuplexStreamed => None,
         // STREAMED releases headers and chunks before a verdict; BUFFERED_PARTIAL sends only the
-        // first part of a body. FULL_DUPLEX_STREAMED and GRPC are not handled by this version.
-        BodySendMode::Streamed
-        | BodySendMode::BufferedPartial
-        | BodySendMode::FullDuplexStreamed
-        | BodySendMode::Grpc => {
+        // first part of a body. GRPC (message by message) is not handled by this version.
+        BodySendMode::Streamed | BodySendMode::BufferedPartial | BodySendMode::Grpc => {
             Some(StreamError::UnsupportedBodyMode { direction, mode: mode.as_str_name().to_string() })
         }
     }
@@ -248,13 +312,43 @@ fn on_headers(
             state.path = path_and_query.split('?').next().unwrap_or_default().to_string();
             let method = header_value(&map, ":method").unwrap_or_default();
             let host = header_value(&map, ":authority").unwrap_or_default().to_ascii_lowercase();
-            let answer = response::headers_continue(direction, remove_headers);
+            let content_length = content_length(&map);
+            let has_body = !headers.end_of_stream && content_length != Some(0);
+            state.pending_request = Some(PendingRequest {
+                remove_headers,
+                has_body,
+                method: method.clone(),
+                has_range: header_value(&map, "range").is_some() || header_value(&map, "if-range").is_some(),
+            });
+            if state.is_full_duplex(Direction::Request) && has_body {
+                // Configured FULL_DUPLEX (no override needed): the request headers wait too.
+                let remove_headers = state.pending_request.as_ref().map(|p| p.remove_headers.clone());
+                return duplex_headers(
+                    state,
+                    Direction::Request,
+                    remove_headers.unwrap_or_default(),
+                    content_length,
+                );
+            }
+            if state.scans(Direction::Request) && has_body {
+                if let Some(length) = content_length.filter(|length| *length > state.policy.max_scan_bytes) {
+                    // Too large to scan, known before any byte of it moves.
+                    let if_allowed = pass_request_unscanned(state);
+                    return Action::Unscannable {
+                        direction: Direction::Request,
+                        reason: UnscannedReason::TooLarge,
+                        bytes: length,
+                        if_allowed,
+                        echo: false,
+                    };
+                }
+            }
             if state.policy.resource_keys && (method == "GET" || method == "HEAD") && !host.is_empty() {
                 let resource = Resource { host, path_and_query };
                 state.resource = Some(resource.clone());
-                return Action::LookupResource { resource, answer };
+                return Action::LookupResource { resource };
             }
-            Action::Reply(answer)
+            Action::Reply(request_headers_answer(state))
         }
         Direction::Response => {
             state.response_status =
@@ -262,15 +356,118 @@ fn on_headers(
             state.response_validator = validator(&map, state.policy.immutable);
             let known_clean = state.clean_resource_validator.is_some()
                 && state.clean_resource_validator == state.response_validator
-                && state.response_status == 200;
-            if known_clean && !headers.end_of_stream {
+                && matches!(state.response_status, 200 | 206);
+            if known_clean && !headers.end_of_stream && !state.is_full_duplex(Direction::Response) {
                 // The body will not be sent to clamgate at all.
                 state.response = Phase::Done;
                 return Action::PassCachedResource { remove_headers };
             }
+            if headers.end_of_stream {
+                return Action::Reply(response::headers_continue(direction, remove_headers));
+            }
+            if state.scans(Direction::Response) && state.response_status == 206 {
+                // Part of an object is not the object: never scanned, never passed as scanned.
+                let echo = state.is_full_duplex(Direction::Response);
+                return Action::Unscannable {
+                    direction,
+                    reason: UnscannedReason::PartialContent,
+                    bytes: content_length(&map).unwrap_or(0),
+                    if_allowed: response::headers_continue(direction, remove_headers),
+                    echo,
+                };
+            }
+            if state.is_full_duplex(Direction::Response) {
+                return duplex_headers(state, direction, remove_headers, content_length(&map));
+            }
             Action::Reply(response::headers_continue(direction, remove_headers))
         }
     }
+}
+
+/// Headers of a FULL_DUPLEX body: hold them, refuse a body too large to scan, or echo a body the
+/// policy does not scan.
+fn duplex_headers(
+    state: &mut StreamState,
+    direction: Direction,
+    remove_headers: Vec<String>,
+    content_length: Option<u64>,
+) -> Action {
+    if !state.scans(direction) {
+        return Action::Echo { direction, remove_headers };
+    }
+    if let Some(length) = content_length.filter(|length| *length > state.policy.max_scan_bytes) {
+        return Action::Unscannable {
+            direction,
+            reason: UnscannedReason::TooLarge,
+            bytes: length,
+            if_allowed: response::headers_continue(direction, remove_headers),
+            echo: true,
+        };
+    }
+    Action::Hold { direction, remove_headers }
+}
+
+/// The answer to the request headers, once the resource lookup (if any) is done: removes control
+/// headers (and `Range` where the response is scanned), and switches every scanned download to
+/// FULL_DUPLEX (its size is unknown yet, and no byte of it exists, so nothing is in flight).
+pub fn request_headers_answer(state: &mut StreamState) -> ProcessingResponse {
+    let pending = state.pending_request.take().unwrap_or(PendingRequest {
+        remove_headers: Vec::new(),
+        has_body: false,
+        method: String::new(),
+        has_range: false,
+    });
+    let known_clean = state.clean_resource_validator.is_some();
+    let mut remove_headers = pending.remove_headers;
+    let scans_response = state.scans(Direction::Response) && !known_clean;
+    if scans_response && pending.has_range {
+        // The whole object is fetched and scanned; the client gets it whole (200).
+        remove_headers.extend(["range".to_string(), "if-range".to_string()]);
+    }
+    // Not for a request with a body: an override re-applies the request's mode while Envoy is
+    // buffering it, and a body over Envoy's limit then stalled until message_timeout (504)
+    // instead of Envoy's 413. The response to an upload stays BUFFERED.
+    let stream_response = scans_response && pending.method != "HEAD" && !pending.has_body;
+    let request_mode = state.request_body_mode;
+    let response_mode = upgrade(state.response_body_mode, stream_response);
+    let answer = response::headers_continue(Direction::Request, remove_headers);
+    match (request_mode, response_mode) {
+        (Some(request), Some(response))
+            if Some(request) != state.request_body_mode || Some(response) != state.response_body_mode =>
+        {
+            state.set_body_mode(Direction::Request, request);
+            state.set_body_mode(Direction::Response, response);
+            response::with_body_modes(answer, request, response)
+        }
+        _ => answer,
+    }
+}
+
+/// The answer that lets an upload too large to scan through (the policy allows it): its body
+/// goes to the upstream without passing through clamgate (body mode NONE).
+fn pass_request_unscanned(state: &mut StreamState) -> ProcessingResponse {
+    state.pass_unscanned(Direction::Request);
+    let mut answer = request_headers_answer(state);
+    let response_mode = state.response_body_mode;
+    if let (Some(_), Some(response)) = (state.request_body_mode, response_mode) {
+        state.set_body_mode(Direction::Request, BodySendMode::None);
+        answer = response::with_body_modes(answer, BodySendMode::None, response);
+    }
+    answer
+}
+
+/// FULL_DUPLEX_STREAMED in place of a configured BUFFERED mode, when `wanted`. Other configured
+/// modes (NONE: not sent; FULL_DUPLEX already) stay as they are.
+fn upgrade(configured: Option<BodySendMode>, wanted: bool) -> Option<BodySendMode> {
+    match configured {
+        Some(BodySendMode::Buffered) if wanted => Some(BodySendMode::FullDuplexStreamed),
+        other => other,
+    }
+}
+
+/// `content-length`, when present and a number.
+fn content_length(map: &HeaderMap) -> Option<u64> {
+    header_value(map, "content-length").and_then(|value| value.trim().parse().ok())
 }
 
 /// The validator that ties a cached verdict to one version of a resource: a strong ETag, else
@@ -283,7 +480,11 @@ pub fn validator(headers: &HeaderMap, immutable: bool) -> Option<String> {
         }
     }
     let last_modified = header_value(headers, "last-modified");
-    let length = header_value(headers, "content-length");
+    // A 206 carries the length of its part; the object's is after the `/` of Content-Range.
+    let length = header_value(headers, "content-range")
+        .and_then(|range| range.rsplit_once('/').map(|(_, total)| total.trim().to_string()))
+        .filter(|total| total != "*")
+        .or_else(|| header_value(headers, "content-length"));
     if let (Some(last_modified), Some(length)) = (last_modified, length) {
         return Some(format!("lm:{last_modified};len:{length}"));
     }
@@ -293,6 +494,12 @@ pub fn validator(headers: &HeaderMap, immutable: bool) -> Option<String> {
 fn on_body(state: &mut StreamState, direction: Direction, body: Vec<u8>, end_of_stream: bool) -> Action {
     if *state.phase_mut(direction) != Phase::AwaitingBody {
         return Action::Fail(StreamError::OutOfOrder(format!("{direction:?} body without pending headers")));
+    }
+    if state.is_full_duplex(direction) {
+        if end_of_stream {
+            *state.phase_mut(direction) = Phase::Done;
+        }
+        return Action::Piece { direction, body, end_of_stream };
     }
     // BUFFERED sends the whole body in one message (end_of_stream is false only when trailers
     // follow). Without a reported mode, only a message that ends the stream is known to be whole.
@@ -320,8 +527,12 @@ fn on_trailers(state: &mut StreamState, direction: Direction) -> Action {
     if *state.phase_mut(direction) == Phase::AwaitingHeaders {
         return Action::Fail(StreamError::OutOfOrder(format!("{direction:?} trailers before headers")));
     }
+    let was_streaming = *state.phase_mut(direction) == Phase::AwaitingBody && state.is_full_duplex(direction);
     // Trailers end the direction: with BUFFERED the body was answered before them.
     *state.phase_mut(direction) = Phase::Done;
+    if was_streaming {
+        return Action::DuplexTrailers { direction };
+    }
     Action::Reply(response::trailers_continue(direction))
 }
 
@@ -367,8 +578,13 @@ mod tests {
     use envoy_types::pb::envoy::service::ext_proc::v3::processing_response::Response;
     use envoy_types::pb::envoy::service::ext_proc::v3::{HttpBody, HttpTrailers, ProtocolConfiguration};
 
-    const SCAN_BOTH: StreamPolicy =
-        StreamPolicy { scan_requests: true, scan_responses: true, resource_keys: false, immutable: false };
+    const SCAN_BOTH: StreamPolicy = StreamPolicy {
+        scan_requests: true,
+        scan_responses: true,
+        resource_keys: false,
+        immutable: false,
+        max_scan_bytes: 1 << 20,
+    };
     const RESOURCE_KEYS: StreamPolicy = StreamPolicy { resource_keys: true, ..SCAN_BOTH };
 
     fn headers(pairs: &[(&str, &str)], end_of_stream: bool) -> HttpHeaders {
@@ -416,32 +632,164 @@ mod tests {
         common.and_then(|c| c.header_mutation).map(|m| m.remove_headers).unwrap_or_default()
     }
 
+    fn modes_of(action: &Action) -> Option<(BodySendMode, BodySendMode, i32, i32)> {
+        let Action::Reply(reply) = action else { panic!("expected a reply, got {action:?}") };
+        let mode = reply.mode_override.as_ref()?;
+        Some((
+            BodySendMode::try_from(mode.request_body_mode).unwrap(),
+            BodySendMode::try_from(mode.response_body_mode).unwrap(),
+            mode.request_trailer_mode,
+            mode.response_trailer_mode,
+        ))
+    }
+
+    const SEND: i32 =
+        envoy_types::pb::envoy::extensions::filters::http::ext_proc::v3::processing_mode::HeaderSendMode::Send
+            as i32;
+    const SKIP: i32 =
+        envoy_types::pb::envoy::extensions::filters::http::ext_proc::v3::processing_mode::HeaderSendMode::Skip
+            as i32;
+
     #[test]
-    fn a_download_is_headers_then_scan() {
+    fn a_download_is_switched_to_full_duplex_and_held_until_its_end() {
         let mut state = StreamState::new(SCAN_BOTH);
         let action = on_message(
             &mut state,
             buffered(Request::RequestHeaders(headers(
-                &[(":path", "/a?token=secret"), ("x-request-id", "r1")],
+                &[(":method", "GET"), (":path", "/a?token=secret"), ("x-request-id", "r1")],
                 true,
             ))),
         );
-        assert!(matches!(action, Action::Reply(_)));
+        assert_eq!(
+            modes_of(&action),
+            Some((BodySendMode::Buffered, BodySendMode::FullDuplexStreamed, SKIP, SEND)),
+            "every mode restated; trailers sent for the streamed direction (Envoy requires it)"
+        );
         assert_eq!(state.request_id, "r1");
         assert_eq!(state.path, "/a", "the query string must not reach logs");
         assert!(!state.is_complete());
         let action =
             on_message(&mut state, message(Request::ResponseHeaders(headers(&[(":status", "200")], false))));
-        assert!(matches!(action, Action::Reply(_)));
-        let action = on_message(&mut state, message(Request::ResponseBody(body(b"payload", true))));
-        assert_eq!(action, Action::Scan { direction: Direction::Response, body: b"payload".to_vec() });
+        assert_eq!(action, Action::Hold { direction: Direction::Response, remove_headers: vec![] });
+        let action = on_message(&mut state, message(Request::ResponseBody(body(b"pay", false))));
+        assert_eq!(
+            action,
+            Action::Piece { direction: Direction::Response, body: b"pay".to_vec(), end_of_stream: false }
+        );
+        assert!(!state.is_complete());
+        let action = on_message(&mut state, message(Request::ResponseBody(body(b"load", true))));
+        assert_eq!(
+            action,
+            Action::Piece { direction: Direction::Response, body: b"load".to_vec(), end_of_stream: true }
+        );
         assert!(state.is_complete());
+    }
+
+    #[test]
+    fn a_head_request_or_an_unscanned_direction_is_not_switched() {
+        let mut state = StreamState::new(SCAN_BOTH);
+        let head = buffered(Request::RequestHeaders(headers(&[(":method", "HEAD")], true)));
+        assert_eq!(modes_of(&on_message(&mut state, head)), None);
+        let mut state = StreamState::new(StreamPolicy { scan_responses: false, ..SCAN_BOTH });
+        let get = buffered(Request::RequestHeaders(headers(&[(":method", "GET")], true)));
+        assert_eq!(modes_of(&on_message(&mut state, get)), None);
+    }
+
+    #[test]
+    fn uploads_stay_buffered_whatever_their_size() {
+        for length in [Some("1000000"), None] {
+            let mut state = StreamState::new(StreamPolicy { scan_responses: false, ..SCAN_BOTH });
+            let mut pairs = vec![(":method", "PUT")];
+            pairs.extend(length.map(|length| ("content-length", length)));
+            let action = on_message(&mut state, buffered(Request::RequestHeaders(headers(&pairs, false))));
+            assert_eq!(modes_of(&action), None, "content-length {length:?}");
+            let action = on_message(&mut state, message(Request::RequestBody(body(b"x", true))));
+            assert!(matches!(action, Action::Scan { .. }), "{action:?}");
+        }
+    }
+
+    #[test]
+    fn an_upload_too_large_to_scan_is_unscannable_at_its_headers() {
+        let mut state = StreamState::new(SCAN_BOTH);
+        let too_large = (SCAN_BOTH.max_scan_bytes + 1).to_string();
+        let pairs = [(":method", "PUT"), ("content-length", too_large.as_str())];
+        let action = on_message(&mut state, buffered(Request::RequestHeaders(headers(&pairs, false))));
+        let Action::Unscannable { direction, reason, bytes, if_allowed, echo } = action else {
+            panic!("expected unscannable, got {action:?}")
+        };
+        assert_eq!(
+            (direction, reason, bytes, echo),
+            (Direction::Request, UnscannedReason::TooLarge, SCAN_BOTH.max_scan_bytes + 1, false)
+        );
+        let mode = if_allowed.mode_override.expect("allowed: the body bypasses clamgate");
+        assert_eq!(mode.request_body_mode, BodySendMode::None as i32);
+        assert_eq!(mode.response_body_mode, BodySendMode::Buffered as i32, "an upload's response stays BUFFERED");
+    }
+
+    #[test]
+    fn range_is_removed_unless_the_resource_is_known_clean() {
+        let ranged = |state: &mut StreamState| {
+            on_message(
+                state,
+                buffered(Request::RequestHeaders(headers(
+                    &[(":method", "GET"), (":authority", "h"), (":path", "/a"), ("range", "bytes=0-9")],
+                    true,
+                ))),
+            )
+        };
+        let mut state = StreamState::new(SCAN_BOTH);
+        assert_eq!(removed_headers(&ranged(&mut state)), vec!["range", "if-range"]);
+        let mut state = StreamState::new(RESOURCE_KEYS);
+        assert!(matches!(ranged(&mut state), Action::LookupResource { .. }));
+        state.record_clean_resource("etag:\"v1\"".into());
+        let answer = Action::Reply(request_headers_answer(&mut state));
+        assert!(removed_headers(&answer).is_empty(), "a known-clean object may be fetched in parts");
+        assert_eq!(modes_of(&answer), None, "a known-clean download stays BUFFERED, for the validator check");
+    }
+
+    #[test]
+    fn a_partial_response_to_scan_is_unscannable() {
+        let mut state = StreamState::new(SCAN_BOTH);
+        on_message(&mut state, get("/a"));
+        let action =
+            on_message(&mut state, response_headers(&[(":status", "206"), ("content-length", "10")]));
+        assert!(
+            matches!(action, Action::Unscannable { reason: UnscannedReason::PartialContent, echo: true, .. }),
+            "{action:?}"
+        );
+    }
+
+    #[test]
+    fn trailers_end_a_streamed_body() {
+        let mut state = StreamState::new(SCAN_BOTH);
+        on_message(&mut state, get("/a"));
+        on_message(&mut state, response_headers(&[(":status", "200")]));
+        on_message(&mut state, message(Request::ResponseBody(body(b"x", false))));
+        let action = on_message(&mut state, message(Request::ResponseTrailers(HttpTrailers::default())));
+        assert_eq!(action, Action::DuplexTrailers { direction: Direction::Response });
+        assert!(state.is_complete());
+    }
+
+    #[test]
+    fn a_response_too_large_to_scan_is_unscannable_at_its_headers() {
+        let mut state = StreamState::new(SCAN_BOTH);
+        on_message(&mut state, get("/a"));
+        let too_large = (SCAN_BOTH.max_scan_bytes + 1).to_string();
+        let action = on_message(
+            &mut state,
+            response_headers(&[(":status", "200"), ("content-length", too_large.as_str())]),
+        );
+        assert!(
+            matches!(action, Action::Unscannable { reason: UnscannedReason::TooLarge, echo: true, .. }),
+            "{action:?}"
+        );
     }
 
     #[test]
     fn an_upload_body_is_scanned() {
         let mut state = StreamState::new(SCAN_BOTH);
-        on_message(&mut state, buffered(Request::RequestHeaders(headers(&[(":method", "POST")], false))));
+        let pairs = [(":method", "POST"), ("content-length", "6")];
+        on_message(&mut state, buffered(Request::RequestHeaders(headers(&pairs, false))));
         let action = on_message(&mut state, message(Request::RequestBody(body(b"upload", true))));
         assert_eq!(action, Action::Scan { direction: Direction::Request, body: b"upload".to_vec() });
     }
@@ -449,7 +797,7 @@ mod tests {
     #[test]
     fn a_buffered_body_followed_by_trailers_is_whole() {
         let mut state = StreamState::new(SCAN_BOTH);
-        on_message(&mut state, buffered(Request::RequestHeaders(headers(&[], false))));
+        on_message(&mut state, buffered(Request::RequestHeaders(headers(&[("content-length", "8")], false))));
         let action = on_message(&mut state, message(Request::RequestBody(body(b"grpc-web", false))));
         assert!(matches!(action, Action::Scan { .. }));
         let action = on_message(&mut state, message(Request::RequestTrailers(HttpTrailers::default())));
@@ -466,8 +814,7 @@ mod tests {
 
     #[test]
     fn streamed_and_partial_modes_are_refused_at_the_first_message() {
-        for mode in [BodySendMode::Streamed, BodySendMode::BufferedPartial, BodySendMode::FullDuplexStreamed]
-        {
+        for mode in [BodySendMode::Streamed, BodySendMode::BufferedPartial, BodySendMode::Grpc] {
             let mut state = StreamState::new(SCAN_BOTH);
             let first = ProcessingRequest {
                 protocol_config: Some(ProtocolConfiguration {
@@ -532,7 +879,8 @@ mod tests {
             &mut state,
             message(Request::ResponseHeaders(headers(&[("x-clamgate-verdict", "clean")], false))),
         );
-        assert_eq!(removed_headers(&action), vec!["x-clamgate-verdict"]);
+        let Action::Hold { remove_headers, .. } = action else { panic!("expected hold, got {action:?}") };
+        assert_eq!(remove_headers, vec!["x-clamgate-verdict"]);
     }
 
     #[test]
@@ -606,15 +954,21 @@ mod tests {
     }
 
     #[test]
-    fn a_changed_validator_or_a_partial_response_is_scanned() {
-        for response in [
-            vec![(":status", "200"), ("etag", "\"v2\"")],
-            vec![(":status", "206"), ("etag", "\"v1\"")],
-            vec![(":status", "200")],
-        ] {
+    fn a_known_clean_resource_may_answer_in_parts() {
+        let mut state = StreamState::new(RESOURCE_KEYS);
+        on_message(&mut state, get("/a"));
+        state.record_clean_resource("etag:\"v1\"".into());
+        let action = on_message(&mut state, response_headers(&[(":status", "206"), ("etag", "\"v1\"")]));
+        assert!(matches!(action, Action::PassCachedResource { .. }), "{action:?}");
+    }
+
+    #[test]
+    fn a_changed_validator_is_scanned() {
+        for response in [vec![(":status", "200"), ("etag", "\"v2\"")], vec![(":status", "200")]] {
             let mut state = StreamState::new(RESOURCE_KEYS);
             on_message(&mut state, get("/a"));
             state.record_clean_resource("etag:\"v1\"".into());
+            request_headers_answer(&mut state);
             assert!(
                 matches!(on_message(&mut state, response_headers(&response)), Action::Reply(_)),
                 "{response:?}"

@@ -45,6 +45,19 @@ pub struct ClamdOptions {
     pub config_overrides: Vec<String>,
 }
 
+/// clamd limits for bodies of hundreds of MiB: INSTREAM accepts up to 600 MiB, and a file of that
+/// size (plus what archives inside it expand to) is scanned whole rather than cut short.
+pub const LARGE_BODY_LIMITS: [&str; 3] = ["StreamMaxLength 600M", "MaxFileSize 600M", "MaxScanSize 1200M"];
+
+impl ClamdOptions {
+    /// The defaults with [`LARGE_BODY_LIMITS`] replacing the template's 25M/30M/100M limits. Push
+    /// more `config_overrides` (e.g. `MaxScanTime`) onto the result if a test needs them.
+    pub fn large_bodies() -> ClamdOptions {
+        let config_overrides = LARGE_BODY_LIMITS.iter().map(|line| line.to_string()).collect();
+        ClamdOptions { config_overrides, ..ClamdOptions::default() }
+    }
+}
+
 /// A clamd child process with its own directory (`clamd.conf`, `db/`, `tmp/`, `clamd.log`).
 ///
 /// Dropping it kills clamd and waits for it, even when the test panics (its log is then
@@ -72,6 +85,12 @@ impl ClamdProcess {
     /// [`start`](Self::start), with a unix socket as well as TCP.
     pub fn start_with_unix_socket() -> ClamdProcess {
         ClamdProcess::start_with(ClamdOptions { unix_socket: true, ..ClamdOptions::default() })
+    }
+
+    /// [`start`](Self::start) with clamd's size limits raised for bodies of hundreds of MiB
+    /// ([`ClamdOptions::large_bodies`]).
+    pub fn start_for_large_bodies() -> ClamdProcess {
+        ClamdProcess::start_with(ClamdOptions::large_bodies())
     }
 
     /// [`start`](Self::start) with `options`.

@@ -6,8 +6,19 @@
 //! - `GET|HEAD /files/{name}` and `/mirror/{name}` (the same files, for routes with another
 //!   policy): the bytes given to [`Upstream::put_file`], with
 //!   `content-type: application/octet-stream` (or the type given) and `content-length`; 404 if none.
+//! - `GET|HEAD /gen/{name}?size=N&seed=S[&eicar=start|middle|end|OFFSET][&chunked=1]`: a generated
+//!   body ([`super::gen`]) streamed in 64 KiB pieces, never held whole, with
+//!   `content-type: application/octet-stream`, `content-length` (none with `chunked=1`: then the
+//!   body goes chunked) and `etag: "gen-<name>-<spec>"`; 400 for a bad query.
+//! - `Range` on `/files/` and `/gen/`: one `bytes=A-B`, `bytes=A-` or `bytes=-N` gets
+//!   `206 Partial Content` with `content-range` and only those bytes; a range starting past the end
+//!   gets `416` with `content-range: bytes */TOTAL`; several ranges or an unparseable header are
+//!   ignored (`200` with the whole body).
 //! - `POST|PUT /upload/{name}`: stores the body (see [`Upstream::received`]) and answers
 //!   `201 Created` with a short text body.
+//! - `POST|PUT /upload-stream/{name}`: reads the body piece by piece without storing it, keeping
+//!   an [`UploadSummary`] (bytes, SHA-256, complete) updated as bytes arrive (see
+//!   [`Upstream::upload_summary`]), and answers `201 Created`.
 //! - anything else: 404 (still counted).
 
 use axum::body::{to_bytes, Body, Bytes};
@@ -15,10 +26,15 @@ use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
+use sha2::{Digest, Sha256};
 use std::collections::HashMap;
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use tokio::task::JoinHandle;
+use tokio_stream::StreamExt;
+
+use super::gen::{parse_query, query_flag, range_chunks, DEFAULT_CHUNK_BYTES};
 
 /// One file served under `/files/{name}`.
 #[derive(Clone)]
@@ -32,6 +48,8 @@ struct Recorded {
     files: HashMap<String, ServedFile>,
     /// Upload bodies by name, the last one received.
     uploads: HashMap<String, Vec<u8>>,
+    /// What arrived at `/upload-stream/{name}`, by name, the last upload (possibly still arriving).
+    upload_summaries: HashMap<String, UploadSummary>,
     /// Requests that reached the server, by path (query excluded).
     hits: HashMap<String, usize>,
     /// Headers of the last request for each path.
@@ -39,6 +57,18 @@ struct Recorded {
 }
 
 type Shared = Arc<Mutex<Recorded>>;
+
+/// What reached `/upload-stream/{name}`: kept up to date while the body arrives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UploadSummary {
+    /// Body bytes received so far.
+    pub bytes: u64,
+    /// SHA-256 (lower-case hex) of those bytes.
+    pub sha256: String,
+    /// The body ended normally, with as many bytes as its `content-length` said. `false` while
+    /// it is still arriving and when it was cut (client gone, connection reset).
+    pub complete: bool,
+}
 
 /// The running server. Stops accepting connections on drop.
 pub struct Upstream {
@@ -105,6 +135,17 @@ impl Upstream {
         self.lock().hits.get(path).copied().unwrap_or(0)
     }
 
+    /// Requests that reached the upstream for paths starting with `prefix` (e.g. `/gen/`).
+    pub fn hits_with_prefix(&self, prefix: &str) -> usize {
+        self.lock().hits.iter().filter(|(path, _)| path.starts_with(prefix)).map(|(_, hits)| hits).sum()
+    }
+
+    /// What the last upload to `/upload-stream/{name}` delivered so far: `None` until its first
+    /// body byte arrived or its body ended (normally, or cut with nothing received).
+    pub fn upload_summary(&self, name: &str) -> Option<UploadSummary> {
+        self.lock().upload_summaries.get(name).cloned()
+    }
+
     /// Requests that reached the upstream, all paths together.
     pub fn total_hits(&self) -> usize {
         self.lock().hits.values().sum()
@@ -141,11 +182,39 @@ async fn handle(State(state): State<Shared>, request: Request) -> Response {
             return StatusCode::METHOD_NOT_ALLOWED.into_response();
         }
         let file = state.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).files.get(name).cloned();
-        return match file {
-            // axum sets content-length from the full body (and keeps it, bodiless, for HEAD).
-            Some(file) => (file.headers, Body::from(file.bytes)).into_response(),
-            None => (StatusCode::NOT_FOUND, "no such file\n").into_response(),
+        let Some(file) = file else {
+            return (StatusCode::NOT_FOUND, "no such file\n").into_response();
         };
+        let total = file.bytes.len() as u64;
+        // axum sets content-length from the body (and keeps it, bodiless, for HEAD).
+        return match requested_range(&parts.headers, total) {
+            RangeRequest::Whole => (file.headers, Body::from(file.bytes)).into_response(),
+            RangeRequest::Partial { first, last } => {
+                let part = file.bytes.slice(first as usize..=last as usize);
+                let content_range = content_range(first, last, total);
+                (StatusCode::PARTIAL_CONTENT, file.headers, [content_range], Body::from(part)).into_response()
+            }
+            RangeRequest::Unsatisfiable => range_not_satisfiable(total),
+        };
+    }
+
+    if let Some(name) = path.strip_prefix("/gen/") {
+        if parts.method != Method::GET && parts.method != Method::HEAD {
+            return StatusCode::METHOD_NOT_ALLOWED.into_response();
+        }
+        return generated_body(name, parts.uri.query().unwrap_or(""), &parts.method, &parts.headers);
+    }
+
+    if let Some(name) = path.strip_prefix("/upload-stream/") {
+        if parts.method != Method::POST && parts.method != Method::PUT {
+            return StatusCode::METHOD_NOT_ALLOWED.into_response();
+        }
+        let declared_bytes = parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.parse::<u64>().ok());
+        return receive_streamed_upload(&state, name, declared_bytes, body).await;
     }
 
     if let Some(name) = path.strip_prefix("/upload/") {
@@ -169,4 +238,179 @@ async fn handle(State(state): State<Shared>, request: Request) -> Response {
     }
 
     (StatusCode::NOT_FOUND, "not found\n").into_response()
+}
+
+/// `GET|HEAD /gen/{name}?{query}`: the generated body of the query's spec, streamed.
+fn generated_body(name: &str, query: &str, method: &Method, request_headers: &HeaderMap) -> Response {
+    let spec = match parse_query(query) {
+        Ok(spec) => spec,
+        Err(problem) => {
+            return (StatusCode::BAD_REQUEST, format!("bad /gen/ query: {problem}\n")).into_response()
+        }
+    };
+    let chunked = query_flag(query, "chunked");
+    let (status, first, end) = match requested_range(request_headers, spec.size) {
+        RangeRequest::Whole => (StatusCode::OK, 0, spec.size),
+        RangeRequest::Partial { first, last } => (StatusCode::PARTIAL_CONTENT, first, last + 1),
+        RangeRequest::Unsatisfiable => return range_not_satisfiable(spec.size),
+    };
+
+    let mut headers = HeaderMap::new();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+    // Names the body, cheaply: the spec decides every byte.
+    let etag = format!("\"gen-{}-{}\"", etag_safe(name), etag_safe(&super::gen::query(&spec)));
+    headers
+        .insert(header::ETAG, HeaderValue::from_str(&etag).expect("etag_safe leaves a valid header value"));
+    if status == StatusCode::PARTIAL_CONTENT {
+        let (name, value) = content_range(first, end - 1, spec.size);
+        headers.insert(name, value);
+    }
+    if !chunked {
+        // Without it hyper would send the stream chunked: its length is unknown to hyper.
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(end - first));
+    }
+    let body = if method == Method::HEAD {
+        Body::empty()
+    } else {
+        let pieces = range_chunks(&spec, first, end, DEFAULT_CHUNK_BYTES).map(Ok::<Bytes, Infallible>);
+        Body::from_stream(tokio_stream::iter(pieces))
+    };
+    (status, headers, body).into_response()
+}
+
+/// `text` with everything but ASCII letters, digits, `.` and `_` turned into `-`: fit for an ETag.
+fn etag_safe(text: &str) -> String {
+    text.chars().map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '_' { c } else { '-' }).collect()
+}
+
+/// `POST|PUT /upload-stream/{name}`: hashes and counts the body as it arrives, never storing it,
+/// and keeps `upload_summaries[name]` up to date.
+async fn receive_streamed_upload(
+    state: &Shared,
+    name: &str,
+    declared_bytes: Option<u64>,
+    body: Body,
+) -> Response {
+    let record = |summary: UploadSummary| {
+        state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .upload_summaries
+            .insert(name.to_string(), summary);
+    };
+    let mut hasher = Sha256::new();
+    let mut received_bytes = 0u64;
+    let mut pieces = body.into_data_stream();
+    // If the connection dies, hyper may drop this future without a body error: the summary
+    // recorded after the last piece then stays, with `complete: false`.
+    loop {
+        match pieces.next().await {
+            Some(Ok(piece)) => {
+                if piece.is_empty() {
+                    continue;
+                }
+                hasher.update(&piece);
+                received_bytes += piece.len() as u64;
+                let sha256 = hex::encode(hasher.clone().finalize());
+                record(UploadSummary { bytes: received_bytes, sha256, complete: false });
+            }
+            Some(Err(err)) => {
+                let sha256 = hex::encode(hasher.finalize());
+                record(UploadSummary { bytes: received_bytes, sha256, complete: false });
+                let message = format!("upstream: body of {name} cut after {received_bytes} bytes: {err}\n");
+                return (StatusCode::BAD_REQUEST, message).into_response();
+            }
+            None => break,
+        }
+    }
+    // A body that ends early without an error (the sender vanished) is not complete either.
+    let complete = declared_bytes.is_none_or(|declared| declared == received_bytes);
+    record(UploadSummary { bytes: received_bytes, sha256: hex::encode(hasher.finalize()), complete });
+    (StatusCode::CREATED, format!("received {name} ({received_bytes} bytes, not stored)\n")).into_response()
+}
+
+/// What a request's `Range` header asks of a body of `total` bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RangeRequest {
+    /// No range, several ranges, or one that cannot be parsed: the whole body, `200`.
+    Whole,
+    /// Bytes `first..=last`, within the body: `206`.
+    Partial { first: u64, last: u64 },
+    /// A well-formed single range that selects nothing: `416`.
+    Unsatisfiable,
+}
+
+fn requested_range(headers: &HeaderMap, total: u64) -> RangeRequest {
+    match headers.get(header::RANGE).map(HeaderValue::to_str) {
+        Some(Ok(range)) => parse_range(range, total),
+        _ => RangeRequest::Whole,
+    }
+}
+
+/// Reads `bytes=A-B`, `bytes=A-` or `bytes=-N` (RFC 9110 section 14.1.2) for a body of `total`
+/// bytes. Anything else, several ranges included, is [`RangeRequest::Whole`].
+fn parse_range(range: &str, total: u64) -> RangeRequest {
+    let Some(spec) = range.trim().strip_prefix("bytes=") else {
+        return RangeRequest::Whole;
+    };
+    let Some((first, last)) = spec.trim().split_once('-') else {
+        return RangeRequest::Whole;
+    };
+    let number = |text: &str| text.trim().parse::<u64>().ok();
+    match (first.trim().is_empty(), last.trim().is_empty()) {
+        // `-N`: the last N bytes.
+        (true, false) => match number(last) {
+            Some(0) => RangeRequest::Unsatisfiable,
+            Some(_) if total == 0 => RangeRequest::Unsatisfiable,
+            Some(suffix) => RangeRequest::Partial { first: total.saturating_sub(suffix), last: total - 1 },
+            None => RangeRequest::Whole,
+        },
+        // `A-`: from A to the end.
+        (false, true) => match number(first) {
+            Some(first) if first < total => RangeRequest::Partial { first, last: total - 1 },
+            Some(_) => RangeRequest::Unsatisfiable,
+            None => RangeRequest::Whole,
+        },
+        // `A-B`.
+        (false, false) => match (number(first), number(last)) {
+            (Some(first), Some(last)) if first <= last && first < total => {
+                RangeRequest::Partial { first, last: last.min(total - 1) }
+            }
+            (Some(first), Some(last)) if first <= last => RangeRequest::Unsatisfiable,
+            _ => RangeRequest::Whole,
+        },
+        (true, true) => RangeRequest::Whole,
+    }
+}
+
+fn content_range(first: u64, last: u64, total: u64) -> (HeaderName, HeaderValue) {
+    let value =
+        HeaderValue::from_str(&format!("bytes {first}-{last}/{total}")).expect("digits are a header value");
+    (header::CONTENT_RANGE, value)
+}
+
+fn range_not_satisfiable(total: u64) -> Response {
+    let value = HeaderValue::from_str(&format!("bytes */{total}")).expect("digits are a header value");
+    (StatusCode::RANGE_NOT_SATISFIABLE, [(header::CONTENT_RANGE, value)], "range not satisfiable\n")
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    // Imports inside the test: benches/proxy compiles this module (cfg(test)) without its tests.
+    #[test]
+    fn single_ranges_are_read_and_anything_else_means_the_whole_body() {
+        use super::{parse_range, RangeRequest};
+        let partial = |first, last| RangeRequest::Partial { first, last };
+        assert_eq!(parse_range("bytes=0-99", 1000), partial(0, 99));
+        assert_eq!(parse_range("bytes=900-", 1000), partial(900, 999));
+        assert_eq!(parse_range("bytes=-100", 1000), partial(900, 999));
+        assert_eq!(parse_range("bytes=-5000", 1000), partial(0, 999));
+        assert_eq!(parse_range("bytes=990-5000", 1000), partial(990, 999));
+        assert_eq!(parse_range("bytes=1000-", 1000), RangeRequest::Unsatisfiable);
+        assert_eq!(parse_range("bytes=-0", 1000), RangeRequest::Unsatisfiable);
+        for ignored in ["bytes=0-1,5-6", "bytes=5-1", "items=0-1", "bytes=a-b", "bytes=-", "0-1"] {
+            assert_eq!(parse_range(ignored, 1000), RangeRequest::Whole, "{ignored}");
+        }
+    }
 }
