@@ -723,7 +723,11 @@ mod tests {
         );
         let mode = if_allowed.mode_override.expect("allowed: the body bypasses clamgate");
         assert_eq!(mode.request_body_mode, BodySendMode::None as i32);
-        assert_eq!(mode.response_body_mode, BodySendMode::Buffered as i32, "an upload's response stays BUFFERED");
+        assert_eq!(
+            mode.response_body_mode,
+            BodySendMode::Buffered as i32,
+            "an upload's response stays BUFFERED"
+        );
     }
 
     #[test]
