@@ -587,21 +587,27 @@ impl Throttle {
     }
 }
 
-/// Bodies at least this large are hashed off the async worker (see [`content_key`]).
+/// Bytes at least this many are hashed off the async worker (see [`hash_off_worker`]).
 const BLOCKING_HASH_BYTES: usize = 256 * 1024;
 
-/// The content key of a body. Hashing megabytes takes milliseconds; on the multi-thread runtime a
-/// large body is hashed under `block_in_place`, so the worker's other tasks (other streams, the
-/// Redis connection) move to another thread instead of waiting behind it.
-fn content_key(body: &[u8]) -> ContentKey {
+/// Runs `hash`, which hashes `bytes` bytes. Hashing megabytes takes milliseconds; on the
+/// multi-thread runtime a large input is hashed under `block_in_place`, so the worker's other
+/// tasks (other streams, the Redis connection) move to another thread instead of waiting behind
+/// it. (`block_in_place` would panic on a current-thread runtime: there it runs inline.)
+pub(crate) fn hash_off_worker<R>(bytes: usize, hash: impl FnOnce() -> R) -> R {
     use tokio::runtime::{Handle, RuntimeFlavor};
     let multi_thread =
         Handle::try_current().is_ok_and(|handle| handle.runtime_flavor() == RuntimeFlavor::MultiThread);
-    if body.len() >= BLOCKING_HASH_BYTES && multi_thread {
-        tokio::task::block_in_place(|| ContentKey::of(body))
+    if bytes >= BLOCKING_HASH_BYTES && multi_thread {
+        tokio::task::block_in_place(hash)
     } else {
-        ContentKey::of(body)
+        hash()
     }
+}
+
+/// The content key of a body, hashed off the worker when large.
+fn content_key(body: &[u8]) -> ContentKey {
+    hash_off_worker(body.len(), || ContentKey::of(body))
 }
 
 fn entry_engine(engine: &str, database_version: Option<u64>) -> EngineVersion {

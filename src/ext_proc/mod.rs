@@ -30,7 +30,7 @@ use crate::cache::ContentKey;
 use crate::config::{Config, PolicyConfig, ResponseConfig};
 use crate::metrics::{Metrics, Source};
 use crate::policy::{decide, Decision, DecisionContext, Direction};
-use crate::scanner::{ResourceLookup, ScanReport, Scanner};
+use crate::scanner::{hash_off_worker, ResourceLookup, ScanReport, Scanner};
 use crate::spool::{HeldBody, Spool, READ_PIECE_BYTES};
 use crate::verdict::{UnscannedReason, Verdict};
 use state::{on_message, Action, StreamPolicy, StreamState};
@@ -520,20 +520,13 @@ struct Holding {
     headers_pending: bool,
 }
 
-/// Pieces at least this large are hashed off the async worker.
-const BLOCKING_HASH_BYTES: usize = 256 * 1024;
-
 impl Holding {
     fn new(body: HeldBody, remove_headers: Vec<String>, headers_pending: bool) -> Holding {
         Holding { body, hasher: Sha256::new(), remove_headers, headers_pending }
     }
 
     async fn push(&mut self, piece: Vec<u8>) -> std::io::Result<()> {
-        if piece.len() >= BLOCKING_HASH_BYTES {
-            tokio::task::block_in_place(|| self.hasher.update(&piece));
-        } else {
-            self.hasher.update(&piece);
-        }
+        hash_off_worker(piece.len(), || self.hasher.update(&piece));
         self.body.push(bytes::Bytes::from(piece)).await
     }
 
