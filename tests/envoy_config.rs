@@ -1,23 +1,25 @@
 //! The shipped Envoy config (`envoy/envoy.yaml`), run by the real Envoy binary without clamgate:
 //! it validates, it fails closed when no processor answers, and, with a stub processor that lets
-//! everything through, it strips `x-clamgate-*` headers, keeps the processor's own 409, and
-//! enforces the 16 MiB buffer limit in both directions (bodies within it reach the processor in
-//! one message).
+//! everything through, it strips `x-clamgate-*` headers, keeps the processor's own 409, sends
+//! request bodies FULL_DUPLEX (any size, in pieces), and enforces the 16 MiB buffer limit on
+//! BUFFERED responses (bodies within it reach the processor in one message).
 //!
 //! Envoy comes from `ENVOY_BIN`, `PATH` or `.tools/venv/bin/envoy` (see `scripts/setup.sh`).
 
 mod support;
 
 use envoy_types::pb::envoy::config::core::v3::{HeaderValue, HeaderValueOption};
+use envoy_types::pb::envoy::extensions::filters::http::ext_proc::v3::processing_mode::BodySendMode;
 use envoy_types::pb::envoy::r#type::v3::{HttpStatus, StatusCode as EnvoyStatusCode};
+use envoy_types::pb::envoy::service::ext_proc::v3::body_mutation::Mutation;
 use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::{
     ExternalProcessor, ExternalProcessorServer,
 };
 use envoy_types::pb::envoy::service::ext_proc::v3::processing_request::Request as ProcessingRequestKind;
 use envoy_types::pb::envoy::service::ext_proc::v3::processing_response::Response as ProcessingResponseKind;
 use envoy_types::pb::envoy::service::ext_proc::v3::{
-    BodyResponse, CommonResponse, HeaderMutation, HeadersResponse, HttpHeaders, ImmediateResponse,
-    ProcessingRequest, ProcessingResponse,
+    BodyMutation, BodyResponse, CommonResponse, HeaderMutation, HeadersResponse, HttpHeaders,
+    ImmediateResponse, ProcessingRequest, ProcessingResponse, StreamedBodyResponse, TrailersResponse,
 };
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -204,36 +206,51 @@ async fn processor_409_reaches_the_client_with_its_verdict_header() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bodies_up_to_the_buffer_limit_reach_the_processor_whole() {
+async fn uploads_stream_full_duplex_and_downloads_are_buffered_up_to_the_limit() {
     let stub = StubProcessor::start().await;
     let upstream = Upstream::start().await;
     let envoy = EnvoyProcess::start(stub.addr, upstream.addr());
     envoy.wait_clamgate_healthy(HEALTHY_TIMEOUT);
     let client = client();
 
-    // Upload just under the limit: passes, byte-identical, seen by the processor in one message.
-    let under: Vec<u8> = (0..ENVOY_BUFFER_LIMIT_BYTES - 64 * 1024).map(|i| (i % 251) as u8).collect();
-    let response = client.put(envoy.url("/upload/under.bin")).body(under.clone()).send().await.expect("PUT");
-    assert_eq!(response.status(), 201, "{}", envoy.logs());
-    assert!(upstream.received("under.bin").as_deref() == Some(&under[..]), "upload altered");
-    assert!(stub.body_sizes().contains(&under.len()), "stub body sizes: {:?}", stub.body_sizes());
+    // Uploads of any size: the route sends request bodies FULL_DUPLEX (trailers too), in
+    // pieces; the stub sends each piece straight back and the upstream gets the body unchanged.
+    for size in [ENVOY_BUFFER_LIMIT_BYTES - 64 * 1024, ENVOY_BUFFER_LIMIT_BYTES + 4 * 1024 * 1024] {
+        let body: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+        let name = format!("up-{size}.bin");
+        let response =
+            client.put(envoy.url(&format!("/upload/{name}"))).body(body.clone()).send().await.expect("PUT");
+        assert_eq!(response.status(), 201, "{}", envoy.logs());
+        assert!(upstream.received(&name).as_deref() == Some(&body[..]), "upload altered");
+    }
+    let modes = stub.modes();
+    assert!(!modes.is_empty());
+    for mode in modes {
+        assert_eq!(
+            mode,
+            (BodySendMode::FullDuplexStreamed as i32, BodySendMode::Buffered as i32),
+            "every route: uploads FULL_DUPLEX, responses BUFFERED (clamgate switches them)"
+        );
+    }
+    // Pieces are what Envoy has buffered when it sends: up to its buffer limit, which is why
+    // clamgate's ext_proc.max_message_bytes must stay above it.
+    let pieces = stub.request_pieces();
+    assert!(pieces.len() > 2, "request bodies arrive in pieces: {pieces:?}");
+    assert!(pieces.iter().all(|&n| n <= ENVOY_BUFFER_LIMIT_BYTES), "request body pieces: {pieces:?}");
+    let streamed: usize = pieces.iter().sum();
+    assert_eq!(streamed, 2 * ENVOY_BUFFER_LIMIT_BYTES + 4 * 1024 * 1024 - 64 * 1024);
 
-    // Download just under the limit.
+    // A download just under the limit reaches the processor in one message.
+    let under: Vec<u8> = (0..ENVOY_BUFFER_LIMIT_BYTES - 64 * 1024).map(|i| (i % 251) as u8).collect();
     upstream.put_file("under.bin", under.clone());
     let response = client.get(envoy.url("/files/under.bin")).send().await.expect("GET");
     assert_eq!(response.status(), 200, "{}", envoy.logs());
     assert!(response.bytes().await.expect("body").as_ref() == &under[..], "download altered");
-    assert_eq!(stub.body_sizes().iter().filter(|&&n| n == under.len()).count(), 2);
+    assert_eq!(stub.body_sizes().iter().filter(|&&n| n == under.len()).count(), 1, "{:?}", stub.body_sizes());
 
-    // Over the limit: Envoy refuses by itself (413 upload, 500 download); nothing passes.
+    // A BUFFERED download over the limit: Envoy refuses it by itself (500); nothing passes.
+    // (clamgate itself switches downloads to FULL_DUPLEX; this stub does not.)
     let over = vec![0x5a_u8; ENVOY_BUFFER_LIMIT_BYTES + 64 * 1024];
-    let response = client.put(envoy.url("/upload/over.bin")).body(over.clone()).send().await;
-    // Envoy may answer 413 and close before it has read the whole upload.
-    if let Ok(response) = response {
-        assert_eq!(response.status(), 413, "{}", envoy.logs());
-    }
-    assert_eq!(upstream.received("over.bin"), None, "an over-limit upload reached the upstream");
-
     upstream.put_file("over.bin", over);
     let response = client.get(envoy.url("/files/over.bin")).send().await.expect("GET");
     assert_eq!(response.status(), 500, "{}", envoy.logs());
@@ -265,12 +282,18 @@ fn header_value(headers: &Option<HttpHeaders>, key: &str) -> Option<String> {
 struct Seen {
     request_header_names: Vec<String>,
     response_header_names: Vec<String>,
+    /// Sizes of BUFFERED body messages.
     body_sizes: Vec<usize>,
+    /// Sizes of FULL_DUPLEX request body pieces.
+    request_pieces: Vec<usize>,
+    /// (request body mode, response body mode) of each stream.
+    modes: Vec<(i32, i32)>,
 }
 
-/// A stand-in ext_proc processor (not clamgate): lets every request through, adds
-/// `x-clamgate-verdict: stub-clean` to responses, answers 409 for paths containing "infected",
-/// and records what Envoy sent it. Serves grpc.health.v1 as SERVING for the ext_proc service.
+/// A stand-in ext_proc processor (not clamgate): lets every request through (a FULL_DUPLEX
+/// request body is sent straight back piece by piece), adds `x-clamgate-verdict: stub-clean` to
+/// responses, answers 409 for paths containing "infected", and records what Envoy sent it.
+/// Serves grpc.health.v1 as SERVING for the ext_proc service.
 #[derive(Clone, Default)]
 struct StubProcessor {
     seen: Arc<Mutex<Seen>>,
@@ -311,6 +334,9 @@ impl StubProcessor {
 
     fn answer(&self, path: &mut String, request: ProcessingRequest) -> ProcessingResponse {
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(config) = &request.protocol_config {
+            seen.modes.push((config.request_body_mode, config.response_body_mode));
+        }
         let continue_ = || Some(CommonResponse::default());
         let response = match request.request {
             Some(ProcessingRequestKind::RequestHeaders(headers)) => {
@@ -320,8 +346,18 @@ impl StubProcessor {
                 ProcessingResponseKind::RequestHeaders(HeadersResponse { response: continue_() })
             }
             Some(ProcessingRequestKind::RequestBody(body)) => {
-                seen.body_sizes.push(body.body.len());
-                ProcessingResponseKind::RequestBody(BodyResponse { response: continue_() })
+                // FULL_DUPLEX (the shipped routes): each piece goes straight back.
+                seen.request_pieces.push(body.body.len());
+                let mutation = BodyMutation {
+                    mutation: Some(Mutation::StreamedResponse(StreamedBodyResponse {
+                        body: body.body,
+                        end_of_stream: body.end_of_stream,
+                        ..Default::default()
+                    })),
+                };
+                ProcessingResponseKind::RequestBody(BodyResponse {
+                    response: Some(CommonResponse { body_mutation: Some(mutation), ..Default::default() }),
+                })
             }
             Some(ProcessingRequestKind::ResponseHeaders(headers)) => {
                 let headers = Some(headers);
@@ -348,11 +384,12 @@ impl StubProcessor {
                 seen.body_sizes.push(body.body.len());
                 ProcessingResponseKind::ResponseBody(BodyResponse { response: continue_() })
             }
-            Some(ProcessingRequestKind::RequestTrailers(_))
-            | Some(ProcessingRequestKind::ResponseTrailers(_))
-            | None => {
-                // The shipped config skips trailers; anything else is a test failure Envoy will
-                // report as a spurious/unanswered message.
+            Some(ProcessingRequestKind::RequestTrailers(_)) => {
+                ProcessingResponseKind::RequestTrailers(TrailersResponse::default())
+            }
+            Some(ProcessingRequestKind::ResponseTrailers(_)) | None => {
+                // The shipped config skips response trailers; anything else is a test failure
+                // Envoy will report as a spurious/unanswered message.
                 return ProcessingResponse::default();
             }
         };
@@ -367,6 +404,12 @@ impl StubProcessor {
     }
     fn body_sizes(&self) -> Vec<usize> {
         self.seen.lock().unwrap().body_sizes.clone()
+    }
+    fn request_pieces(&self) -> Vec<usize> {
+        self.seen.lock().unwrap().request_pieces.clone()
+    }
+    fn modes(&self) -> Vec<(i32, i32)> {
+        self.seen.lock().unwrap().modes.clone()
     }
 }
 

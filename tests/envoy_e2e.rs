@@ -225,9 +225,8 @@ async fn a_body_clamgate_cannot_read_is_never_delivered() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_body_over_envoys_buffer_limit_is_streamed_and_scanned_whole() {
     // BUFFERED mode caps bodies at Envoy's buffer limit (16 MiB in the shipped config). clamgate
-    // switches downloads to FULL_DUPLEX_STREAMED and holds them itself: the whole body is
-    // scanned, and a clean one arrives whole. Uploads stay BUFFERED: over the limit Envoy
-    // refuses them (413) and they never reach the upstream.
+    // switches downloads to FULL_DUPLEX_STREAMED, and the shipped routes send uploads that way,
+    // so clamgate holds them itself: the whole body is scanned, and a clean one arrives whole.
     let stack = Stack::start().await;
     let clean = samples::clean_sample(17 * 1024 * 1024);
     stack.upstream.put_file("huge.bin", clean.clone());
@@ -239,8 +238,12 @@ async fn a_body_over_envoys_buffer_limit_is_streamed_and_scanned_whole() {
     assert_eq!(stack.get("/files/huge-infected.bin").await.status(), 409);
 
     let response = stack.post("/upload/huge.bin", clean.clone()).await;
-    assert_eq!(response.status(), 413, "{}", stack.envoy.logs());
-    assert_eq!(stack.upstream.received("huge.bin"), None);
+    assert_eq!(response.status(), 201, "{}", stack.envoy.logs());
+    let received = stack.upstream.received("huge.bin").expect("the clean upload arrived");
+    assert_eq!(sha256_hex(&received), sha256_hex(&clean));
+    let response = stack.post("/upload/huge-infected.bin", eicar_at_the_end(17 * 1024 * 1024)).await;
+    assert_eq!(response.status(), 409, "{}", stack.envoy.logs());
+    assert_eq!(stack.upstream.received("huge-infected.bin"), None);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

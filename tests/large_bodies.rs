@@ -7,6 +7,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use reqwest::Method;
+use sha2::Digest;
 
 use support::clamd::ClamdProcess;
 use support::clamgate_process::ClamgateProcess;
@@ -158,49 +159,58 @@ async fn eicar_at_the_very_end_of_a_64_mib_download_is_409() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn uploads_are_scanned_whole_up_to_envoys_limit_and_refused_beyond_never_passed() {
-    // Uploads stay BUFFERED (README, "Bodies of any size"): up to Envoy's 16 MiB buffer limit
-    // clamgate scans them whole; beyond it Envoy answers 413 itself. Neither way does the upstream
-    // get the body of an infected upload.
+async fn uploads_of_any_size_are_held_and_scanned_whole_and_infected_ones_never_reach_the_upstream() {
+    // The shipped route config sends request bodies FULL_DUPLEX: clamgate holds the request
+    // headers and the whole body, so Envoy's 16 MiB buffer limit does not apply, and the upstream
+    // is not contacted before the verdict.
     let stack = LargeStack::start().await;
-    for (name, spec, expected) in [
-        ("mid-12.bin", GenSpec::infected(12 * MIB, 6, EicarAt::Middle), 409),
-        ("mid-64.bin", GenSpec::infected(64 * MIB, 7, EicarAt::Middle), 413),
+    for (name, spec, chunked) in [
+        ("mid-12.bin", GenSpec::infected(12 * MIB, 6, EicarAt::Middle), false),
+        ("mid-64.bin", GenSpec::infected(64 * MIB, 7, EicarAt::Middle), false),
+        ("chunked.bin", GenSpec::infected(24 * MIB, 5, EicarAt::Middle), true),
     ] {
         let url = stack.envoy.url(&format!("/upload-stream/{name}"));
-        let result = http::upload(&url, Method::PUT, &spec, false).await;
-        let status = result.as_ref().map(|(status, _)| *status);
-        assert!(
-            status == Ok(expected) || (expected == 413 && result.is_err()),
-            "{name}: expected {expected}, got {result:?}"
-        );
-        let received = stack.upstream.upload_summary(name);
-        assert!(
-            received.as_ref().is_none_or(|summary| summary.bytes == 0),
-            "{name}: the upstream got body bytes of an infected upload: {received:?}"
-        );
-    }
-    for (name, chunked) in [("chunked.bin", true)] {
-        let infected = GenSpec::infected(12 * MIB, 5, EicarAt::Middle);
-        let url = stack.envoy.url(&format!("/upload-stream/{name}"));
-        let (status, body) = http::upload(&url, Method::PUT, &infected, chunked).await.expect("upload");
+        let (status, body) = http::upload(&url, Method::PUT, &spec, chunked).await.expect("upload");
         assert_eq!(status, 409, "{name}: {}", String::from_utf8_lossy(&body));
-        let received = stack.upstream.upload_summary(name);
-        assert!(
-            received.as_ref().is_none_or(|summary| summary.bytes == 0),
-            "{name}: the upstream got body bytes of an infected upload: {received:?}"
+        assert_eq!(stack.upstream.upload_summary(name), None, "{name}: the upstream was contacted");
+        assert_eq!(stack.upstream.hits(&format!("/upload-stream/{name}")), 0, "{name}");
+    }
+    // Clean ones, under and over Envoy's buffer limit, arrive whole and unchanged.
+    for (name, clean, chunked) in [
+        ("clean-12.bin", GenSpec::clean(12 * MIB, 8), false),
+        ("clean-64.bin", GenSpec::clean(64 * MIB, 9), true),
+    ] {
+        let url = stack.envoy.url(&format!("/upload-stream/{name}"));
+        let (status, _) = http::upload(&url, Method::PUT, &clean, chunked).await.expect("upload");
+        assert_eq!(status, 201, "{name}");
+        let summary = stack.upstream.upload_summary(name).expect("the clean upload arrived");
+        assert_eq!(
+            (summary.bytes, summary.sha256.as_str(), summary.complete),
+            (clean.size, gen::sha256_hex(&clean).as_str(), true),
+            "{name}"
         );
     }
-    // A clean one within the limit goes through whole.
-    let clean = GenSpec::clean(12 * MIB, 8);
-    let url = stack.envoy.url("/upload-stream/clean.bin");
-    let (status, _) = http::upload(&url, Method::PUT, &clean, false).await.expect("upload");
-    assert_eq!(status, 201);
-    let summary = stack.upstream.upload_summary("clean.bin").expect("the clean upload arrived");
+    stack.wait_until_idle(Duration::from_secs(10)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_response_to_an_upload_is_scanned_whatever_its_size() {
+    // The answer to held upload headers switches the response to FULL_DUPLEX as well, so a large
+    // response to a POST is not capped by Envoy's buffer limit (it would be a 500).
+    let stack = LargeStack::start().await;
+    let request_body = GenSpec::clean(64 * 1024, 30);
+    let clean = GenSpec::clean(32 * MIB, 31);
+    let url = stack.gen_url("post-clean.bin", &clean);
+    let (status, body) = http::upload(&url, Method::POST, &request_body, false).await.expect("POST");
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body[..body.len().min(300)]));
     assert_eq!(
-        (summary.bytes, summary.sha256.as_str(), summary.complete),
-        (clean.size, gen::sha256_hex(&clean).as_str(), true)
+        (body.len() as u64, format!("{:x}", sha2::Sha256::digest(&body))),
+        (clean.size, gen::sha256_hex(&clean))
     );
+    let infected = GenSpec::infected(32 * MIB, 32, EicarAt::End);
+    let url = stack.gen_url("post-infected.bin", &infected);
+    let (status, body) = http::upload(&url, Method::POST, &request_body, false).await.expect("POST");
+    assert_eq!(status, 409, "{}", String::from_utf8_lossy(&body[..body.len().min(300)]));
     stack.wait_until_idle(Duration::from_secs(10)).await;
 }
 

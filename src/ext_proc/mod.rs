@@ -152,6 +152,12 @@ impl ExtProcService {
                 Some(message) => message,
                 None => match self.receive(&mut inbound, Some(&state)).await? {
                     Some(message) => message,
+                    // Envoy closed its side with a body still held (it never sent the end):
+                    // nothing was decided, so the stream must not end OK (rule 1).
+                    None if duplex.iter().any(|slot| matches!(slot, Some(Duplex::Holding(_)))) => {
+                        self.metrics.record_stream_error("inbound");
+                        return Err(Status::aborted("Envoy ended the stream before the end of a held body"));
+                    }
                     None => return Ok(()),
                 },
             };
@@ -198,21 +204,28 @@ impl ExtProcService {
                 response::response_headers_pass_unbuffered(remove_headers, verdict_header)
             }
             Action::Scan { direction, body } => {
-                let report =
-                    self.scanner.scan_body(&body, source(direction), context.policy.cache_mode).await;
+                let report = self
+                    .scanner
+                    .scan_body(
+                        &body,
+                        state.encodings(direction),
+                        source(direction),
+                        context.policy.cache_mode,
+                    )
+                    .await;
                 drop(body);
                 self.store_resource(state, direction, &report).await;
                 let decision = self.decide(context, state, direction, &report);
                 response::body_decision(direction, &decision)
             }
-            Action::Hold { direction, remove_headers } => {
+            Action::Hold { direction, headers_answer } => {
                 duplex[direction as usize] =
-                    Some(Duplex::Holding(Holding::new(self.spool.hold(), remove_headers, true)));
+                    Some(Duplex::Holding(Holding::new(self.spool.hold(), Some(headers_answer))));
                 return Ok(());
             }
-            Action::Echo { direction, remove_headers } => {
+            Action::Echo { direction, headers_answer } => {
                 duplex[direction as usize] = Some(Duplex::Echoing);
-                response::headers_continue(direction, remove_headers)
+                headers_answer
             }
             Action::Unscannable { direction, reason, bytes, if_allowed, echo } => {
                 let report = self.scanner.report_unscanned("", bytes, reason, source(direction));
@@ -270,7 +283,7 @@ impl ExtProcService {
         if slot.is_none() {
             // A body switched to FULL_DUPLEX by clamgate's override: its headers were answered
             // with the override, so only the body is owed.
-            *slot = Some(Duplex::Holding(Holding::new(self.spool.hold(), Vec::new(), false)));
+            *slot = Some(Duplex::Holding(Holding::new(self.spool.hold(), None)));
         }
         match slot {
             Some(Duplex::Echoing) => out.send(response::streamed_body(direction, body, end_of_stream)).await,
@@ -341,7 +354,13 @@ impl ExtProcService {
         out: &Outbox<'_>,
     ) -> Result<(), Stop> {
         let key = ContentKey::from_digest(holding.hasher.clone().finalize().into());
-        let scan = self.scanner.scan_held(&holding.body, &key, source(direction), context.policy.cache_mode);
+        let scan = self.scanner.scan_held(
+            &holding.body,
+            &key,
+            state.encodings(direction),
+            source(direction),
+            context.policy.cache_mode,
+        );
         // A client that goes away (Envoy resets the stream) ends the scan and frees clamd.
         let report = tokio::select! {
             report = scan => report,
@@ -514,15 +533,14 @@ enum Duplex {
 struct Holding {
     body: HeldBody,
     hasher: Sha256,
-    /// Control headers to remove when the headers are answered.
-    remove_headers: Vec<String>,
-    /// The headers wait for their answer (false: they were answered with the mode override).
-    headers_pending: bool,
+    /// The answer the held headers get when released (None: they were answered already, with
+    /// the mode override that switched this body to FULL_DUPLEX).
+    headers_answer: Option<ProcessingResponse>,
 }
 
 impl Holding {
-    fn new(body: HeldBody, remove_headers: Vec<String>, headers_pending: bool) -> Holding {
-        Holding { body, hasher: Sha256::new(), remove_headers, headers_pending }
+    fn new(body: HeldBody, headers_answer: Option<ProcessingResponse>) -> Holding {
+        Holding { body, hasher: Sha256::new(), headers_answer }
     }
 
     async fn push(&mut self, piece: Vec<u8>) -> std::io::Result<()> {
@@ -540,10 +558,9 @@ impl Holding {
         complete: bool,
         out: &Outbox<'_>,
     ) -> Result<(), Stop> {
-        let Holding { body, remove_headers, headers_pending, .. } = self;
-        if headers_pending {
-            out.send(response::headers_continue_with_verdict(direction, remove_headers, verdict_header))
-                .await?;
+        let Holding { body, headers_answer, .. } = self;
+        if let Some(answer) = headers_answer {
+            out.send(response::with_verdict_header(answer, verdict_header)).await?;
         }
         let total = body.len();
         if total == 0 && complete {

@@ -22,26 +22,34 @@ pub const VERDICT_HEADER: &str = "x-clamgate-verdict";
 
 /// Continue after headers, removing the named headers (client- or upstream-sent control headers).
 pub fn headers_continue(direction: Direction, remove_headers: Vec<String>) -> ProcessingResponse {
-    headers_continue_with_verdict(direction, remove_headers, None)
-}
-
-/// Continue after held FULL_DUPLEX headers once the body is decided, removing the named headers
-/// and optionally setting `x-clamgate-verdict`.
-pub fn headers_continue_with_verdict(
-    direction: Direction,
-    remove_headers: Vec<String>,
-    verdict_header: Option<&str>,
-) -> ProcessingResponse {
-    let set_headers: Vec<HeaderValueOption> =
-        verdict_header.map(|value| set_header(VERDICT_HEADER, value)).into_iter().collect();
-    let header_mutation = (!remove_headers.is_empty() || !set_headers.is_empty())
-        .then(|| HeaderMutation { remove_headers, set_headers });
+    let header_mutation =
+        (!remove_headers.is_empty()).then(|| HeaderMutation { remove_headers, set_headers: Vec::new() });
     let answer =
         HeadersResponse { response: Some(CommonResponse { header_mutation, ..CommonResponse::default() }) };
     reply(match direction {
         Direction::Request => Response::RequestHeaders(answer),
         Direction::Response => Response::ResponseHeaders(answer),
     })
+}
+
+/// A headers answer (of held FULL_DUPLEX headers, once the body is decided) that also sets
+/// `x-clamgate-verdict` when `verdict_header` is given. Other answers are returned unchanged.
+pub fn with_verdict_header(
+    mut answer: ProcessingResponse,
+    verdict_header: Option<&str>,
+) -> ProcessingResponse {
+    let Some(value) = verdict_header else { return answer };
+    let headers = match answer.response.as_mut() {
+        Some(Response::RequestHeaders(headers)) | Some(Response::ResponseHeaders(headers)) => headers,
+        _ => return answer,
+    };
+    let common = headers.response.get_or_insert_with(CommonResponse::default);
+    common
+        .header_mutation
+        .get_or_insert_with(HeaderMutation::default)
+        .set_headers
+        .push(set_header(VERDICT_HEADER, value));
+    answer
 }
 
 /// Continue after the response headers of a resource the cache knows clean, and let its body

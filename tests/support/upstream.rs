@@ -199,7 +199,8 @@ async fn handle(State(state): State<Shared>, request: Request) -> Response {
     }
 
     if let Some(name) = path.strip_prefix("/gen/") {
-        if parts.method != Method::GET && parts.method != Method::HEAD {
+        // POST too: a request with a body whose response is a large download.
+        if parts.method != Method::GET && parts.method != Method::HEAD && parts.method != Method::POST {
             return StatusCode::METHOD_NOT_ALLOWED.into_response();
         }
         return generated_body(name, parts.uri.query().unwrap_or(""), &parts.method, &parts.headers);
