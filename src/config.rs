@@ -98,14 +98,20 @@ pub struct ScanConfig {
     pub timeout_ms: u64,
     /// Added to `timeout_ms` for every MiB of the body, so a large body gets the time clamd needs
     /// for it (clamd scans ~70 MB/s with a small database, 3-10x slower with the official one).
+    /// An encoded body gets the deadline of a `max_scan_bytes` body (its decoded size is unknown).
     pub timeout_per_mib_ms: u64,
+    /// Most decoded bytes per encoded byte for a body with a `Content-Encoding`, checked once
+    /// 1 MiB is decoded; more is `Unscanned { limits_exceeded }` (a decompression bomb). 0 turns the
+    /// check off (`max_scan_bytes` still bounds the decoded size).
+    pub max_decode_ratio: u64,
 }
 
 /// How bodies are held while they are scanned (see README, "Bodies of any size").
 ///
 /// Scanned downloads use FULL_DUPLEX_STREAMED: Envoy streams the body to clamgate, which holds it
 /// (in memory up to the budgets, in an unlinked temp file beyond), scans it whole, then answers
-/// 409 or sends it back. Uploads stay BUFFERED (Envoy's buffer limit applies).
+/// 409 or sends it back. Uploads too, on routes that send request bodies FULL_DUPLEX (the shipped
+/// Envoy config does).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BodiesConfig {
@@ -116,6 +122,9 @@ pub struct BodiesConfig {
     /// Directory for temp files (empty: the system's temp directory). Files are unlinked when
     /// created, so none outlives its stream, even if clamgate is killed.
     pub spool_dir: String,
+    /// Body bytes in temp files by all streams together; a body that fits neither in memory nor
+    /// here is refused (the stream fails: Envoy answers 503), so disk use is bounded too.
+    pub disk_budget_bytes: u64,
 }
 /// The verdict cache. `Debug` redacts `redis_password` and the passwords in the URLs.
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
@@ -331,10 +340,26 @@ impl Default for ClamdConfig {
     }
 }
 
+impl ScanConfig {
+    /// `max_decode_ratio` as [`crate::decode::DecodeLimits::max_ratio`] takes it: 0 (off) is
+    /// `u64::MAX`.
+    pub fn decode_ratio_limit(&self) -> u64 {
+        match self.max_decode_ratio {
+            0 => u64::MAX,
+            ratio => ratio,
+        }
+    }
+}
+
 impl Default for ScanConfig {
     fn default() -> Self {
         // Matches `StreamMaxLength 25M` in the shipped clamd.conf.
-        ScanConfig { max_scan_bytes: 25 * 1024 * 1024, timeout_ms: 25_000, timeout_per_mib_ms: 100 }
+        ScanConfig {
+            max_scan_bytes: 25 * 1024 * 1024,
+            timeout_ms: 25_000,
+            timeout_per_mib_ms: 100,
+            max_decode_ratio: 10_000,
+        }
     }
 }
 
@@ -344,6 +369,7 @@ impl Default for BodiesConfig {
             memory_budget_bytes: 256 * 1024 * 1024,
             stream_memory_bytes: 8 * 1024 * 1024,
             spool_dir: String::new(),
+            disk_budget_bytes: 8 * 1024 * 1024 * 1024,
         }
     }
 }
@@ -476,6 +502,8 @@ const MAX_DURATION_MS: u64 = 60 * 60 * 1000;
 const MAX_RETRY_AFTER_SECS: u64 = 24 * 60 * 60;
 /// clamd reads the INSTREAM length as a 32-bit integer.
 const MAX_SCAN_BYTES: u64 = u32::MAX as u64;
+/// Upper bound of `scan.max_decode_ratio`; past `max_scan_bytes` / 1 MiB a ratio never trips.
+const MAX_DECODE_RATIO: u64 = u32::MAX as u64;
 const MAX_CONCURRENT_SCANS: u64 = 1024;
 const MIN_MESSAGE_BYTES: u64 = 1024 * 1024;
 const MAX_REDIS_POOL_SIZE: u64 = 64;
@@ -1437,6 +1465,7 @@ fn check_values(config: &Config, checker: &mut Checker<'_>) {
     checker.check("scan.max_scan_bytes", within(scan.max_scan_bytes, 1, MAX_SCAN_BYTES));
     checker.check("scan.timeout_ms", within(scan.timeout_ms, 1, MAX_DURATION_MS));
     checker.check("scan.timeout_per_mib_ms", within(scan.timeout_per_mib_ms, 0, MAX_DURATION_MS));
+    checker.check("scan.max_decode_ratio", within(scan.max_decode_ratio, 0, MAX_DECODE_RATIO));
     check_bodies(bodies, checker);
     check_cache(cache, checker);
     checker.check(
@@ -2089,6 +2118,10 @@ mod tests {
             (
                 "[scan]\nmax_scan_bytes = 4294967296",
                 "scan.max_scan_bytes: must be between 1 and 4294967295, found 4294967296",
+            ),
+            (
+                "[scan]\nmax_decode_ratio = 4294967296",
+                "scan.max_decode_ratio: must be at most 4294967295, found 4294967296",
             ),
             ("[cache]\nttl_secs = 0", "cache.ttl_secs: must be at least 1, found 0"),
             ("[cache]\nmemory_max_entries = 0", "cache.memory_max_entries: must be at least 1, found 0"),
@@ -2896,6 +2929,16 @@ mod tests {
         let expected =
             Config { policies: BTreeMap::from([("mirror".to_string(), mirror)]), ..Config::default() };
         assert_eq!(load(SAMPLE, &[]).unwrap(), expected);
+    }
+
+    #[test]
+    fn a_decode_ratio_of_zero_turns_the_check_off() {
+        let scan = |max_decode_ratio| ScanConfig { max_decode_ratio, ..ScanConfig::default() };
+        assert_eq!(ScanConfig::default().decode_ratio_limit(), 10_000);
+        assert_eq!(scan(0).decode_ratio_limit(), u64::MAX);
+        assert_eq!(load("[scan]\nmax_decode_ratio = 0\n", &[]).unwrap().scan.decode_ratio_limit(), u64::MAX);
+        let env = [("CLAMGATE_SCAN_MAX_DECODE_RATIO", "2000")];
+        assert_eq!(load("", &env).unwrap().scan, scan(2000));
     }
 
     #[test]

@@ -801,12 +801,9 @@ impl DeflateDecoder {
                     };
                 }
                 let step = inflate(inflater, input, output)?;
-                if step.stream_ended {
-                    *ended = true;
-                    if step.consumed < input.len() {
-                        return Err("bytes after the end of the deflate stream".to_owned());
-                    }
-                }
+                // Bytes left after the end fail the next call: this call's output goes out first,
+                // so that what did decode is scanned.
+                *ended = step.stream_ended;
                 Ok(Step { consumed: step.consumed, produced: step.produced })
             }
         }
@@ -850,12 +847,9 @@ impl BrotliDecoder {
         );
         match result {
             BrotliResult::ResultFailure => return Err(format!("{:?}", self.state.error_code)),
-            BrotliResult::ResultSuccess => {
-                self.ended = true;
-                if input_offset < input.len() {
-                    return Err("bytes after the end of the brotli stream".to_owned());
-                }
-            }
+            // Bytes left after the end fail the next call: this call's output goes out first, so
+            // that what did decode is scanned.
+            BrotliResult::ResultSuccess => self.ended = true,
             BrotliResult::NeedsMoreInput | BrotliResult::NeedsMoreOutput => {}
         }
         Ok(Step { consumed: input_offset, produced: output_offset })
@@ -1203,6 +1197,21 @@ mod tests {
             encoded.extend_from_slice(b"trailing junk");
             assert_corrupt(decode_whole(&[encoding], &encoded), encoding);
             assert_corrupt(decode_in_chunks(&[encoding], &encoded, 1, NO_LIMITS), encoding);
+        }
+    }
+
+    #[test]
+    fn what_decoded_before_trailing_bytes_is_handed_out_before_the_error() {
+        for encoding in [Encoding::Gzip, Encoding::Deflate, Encoding::Brotli, Encoding::Zstd] {
+            let mut encoded = encode(encoding, sample_body());
+            encoded.extend_from_slice(b"trailing junk");
+            let mut decoder = BodyDecoder::new(&[encoding], NO_LIMITS);
+            decoder.push(encoded);
+            decoder.finish();
+            let mut decoded = Vec::new();
+            let err = drain(&mut decoder, &mut decoded).expect_err("trailing bytes are corrupt");
+            assert!(matches!(err, DecodeError::Corrupt { .. }), "{encoding}: {err:?}");
+            assert_eq!(decoded, sample_body(), "{encoding}: every decoded byte before the error");
         }
     }
 

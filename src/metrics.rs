@@ -72,6 +72,12 @@ struct StreamErrorLabels {
     kind: &'static str,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DecodeLabels {
+    encoding: &'static str,
+    outcome: &'static str,
+}
+
 /// Every metric clamgate exports.
 pub struct Metrics {
     registry: Registry,
@@ -94,6 +100,7 @@ pub struct Metrics {
     held_disk: Gauge,
     spilled_bodies: Counter,
     streams_open: Gauge,
+    decoded_bodies: Family<DecodeLabels, Counter>,
 }
 
 impl Metrics {
@@ -203,7 +210,14 @@ impl Metrics {
         );
         let streams_open = Gauge::default();
         registry.register("ext_proc_streams_open", "ext_proc streams being served now", streams_open.clone());
+        let decoded_bodies = Family::<DecodeLabels, Counter>::default();
+        registry.register(
+            "decoded_bodies",
+            "Bodies with a Content-Encoding decoded for clamd, by encoding (gzip, deflate, br, zstd, stacked) and outcome (complete, too_large, ratio_exceeded, corrupt)",
+            decoded_bodies.clone(),
+        );
         Metrics {
+            decoded_bodies,
             registry,
             held_memory,
             held_memory_peak,
@@ -298,6 +312,13 @@ impl Metrics {
     /// unsupported messages), `inbound` (a message Envoy sent could not be read) or `internal`.
     pub fn record_stream_error(&self, kind: &'static str) {
         self.stream_errors.get_or_create(&StreamErrorLabels { kind }).inc();
+    }
+
+    /// Counts a body decoded for clamd up to its end or a decoding error: `encoding` is `gzip`,
+    /// `deflate`, `br`, `zstd` or `stacked` (more than one); `outcome` is `complete`, `too_large`,
+    /// `ratio_exceeded` or `corrupt`.
+    pub fn record_decoded_body(&self, encoding: &'static str, outcome: &'static str) {
+        self.decoded_bodies.get_or_create(&DecodeLabels { encoding, outcome }).inc();
     }
 
     /// Publishes what one health probe learned about clamd.

@@ -11,13 +11,17 @@
 //! - **One scan per object at a time.** Concurrent scans of the same content wait for the first
 //!   (in process); with Redis, instances take a short lock so only one of them scans, and a
 //!   waiter scans itself if the holder dies (its lock expires).
+//! - **Encoded bodies.** A body with a `Content-Encoding` is decoded ([`crate::decode`]) piece by
+//!   piece on its way to clamd, so clamd sees what the client will see; the caller keeps (and
+//!   delivers) the encoded bytes. Its cache key is derived from the received bytes and the
+//!   encodings ([`encoded_content_key`]).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use sha2::{Digest, Sha256};
+use sha2::{Digest, Sha256, Sha512_256};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::cache::{
@@ -25,6 +29,7 @@ use crate::cache::{
 };
 use crate::clamd::{ClamdClient, InstreamScan};
 use crate::config::CacheMode;
+use crate::decode::{BodyDecoder, DecodeError, DecodeLimits, Encoding};
 use crate::ext_proc::state::Resource;
 use crate::metrics::{Metrics, Source};
 use crate::spool::HeldBody;
@@ -46,9 +51,13 @@ const SHARED_WAIT_POLL: Duration = Duration::from_millis(25);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ScanReport {
     pub verdict: Verdict,
-    /// SHA-256 of the body, lower-case hex (the content key).
+    /// SHA-256 of the body as received (what the client gets, still encoded if it has a
+    /// `Content-Encoding`), lower-case hex: what anyone can check with `sha256sum`, the same for a
+    /// fresh scan, a content-cache hit and a resource-cache hit. For a body without encoding it is
+    /// also its content key; an encoded body's content key is derived from it
+    /// ([`encoded_content_key`]) and not reported.
     pub sha256: String,
-    /// Bytes in the body.
+    /// Bytes in the body as received (encoded, if it is).
     pub body_bytes: u64,
     /// The engine and database that produced the verdict, when known.
     pub engine: Option<EngineVersion>,
@@ -82,6 +91,9 @@ pub struct ScannerSettings {
     pub scan_timeout_per_mib: Duration,
     /// Life of the cross-instance scan lock.
     pub lock_ttl: Duration,
+    /// Most decoded bytes per encoded byte of a body with a `Content-Encoding`
+    /// ([`DecodeLimits::max_ratio`]; `u64::MAX`: no limit). More is `Unscanned { limits_exceeded }`.
+    pub max_decode_ratio: u64,
 }
 
 type Inflight = HashMap<ContentKey, watch::Receiver<Option<ScanReport>>>;
@@ -143,25 +155,42 @@ impl Scanner {
         self.engine.read().ok().and_then(|engine| engine.clone())
     }
 
-    /// Scans a body that is already whole in memory (an Envoy BUFFERED body).
+    /// Scans a body that is already whole in memory (an Envoy BUFFERED body), received with
+    /// `encodings` (its `Content-Encoding`, in the order applied; empty: none).
     ///
     /// The cache is consulted first (unless `cache_mode` is `off`), so a body seen before is
-    /// answered without clamd; a scan of the same body already under way is waited for.
-    pub async fn scan_body(&self, body: &[u8], source: Source, cache_mode: CacheMode) -> ScanReport {
-        let key = content_key(body);
-        self.scan(ScanInput::Memory(body), &key, source, cache_mode).await
-    }
-
-    /// Scans a body a stream has held whole (FULL_DUPLEX_STREAMED), whose SHA-256 the stream
-    /// computed as the pieces arrived. Same cache and single-flight rules as [`Self::scan_body`].
-    pub async fn scan_held(
+    /// answered without clamd; a scan of the same body already under way is waited for. An encoded
+    /// body is decoded on its way to clamd (see [`Self::scan_held`] for what its decoding can end in).
+    pub async fn scan_body(
         &self,
-        body: &HeldBody,
-        key: &ContentKey,
+        body: &[u8],
+        encodings: &[Encoding],
         source: Source,
         cache_mode: CacheMode,
     ) -> ScanReport {
-        self.scan(ScanInput::Held(body), key, source, cache_mode).await
+        let received = content_key(body);
+        self.scan(Subject::new(ScanInput::Memory(body), encodings, received), source, cache_mode).await
+    }
+
+    /// Scans a body a stream has held whole (FULL_DUPLEX_STREAMED), whose SHA-256 (`received`) the
+    /// stream computed as the pieces arrived. Same cache and single-flight rules as
+    /// [`Self::scan_body`].
+    ///
+    /// With `encodings`, clamd gets the decoded body, decoded piece by piece as it is sent (never
+    /// whole in memory), within [`DecodeLimits`]: at most `max_scan_bytes` decoded
+    /// (`Unscanned { too_large }` past it) and at most `max_decode_ratio` decoded bytes per
+    /// encoded byte (`Unscanned { limits_exceeded }`); bytes that do not decode are
+    /// `Unscanned { unsupported_encoding }`. What was decoded before such a stop is still scanned:
+    /// if clamd finds a signature in it the body is `Infected`, never `Clean`.
+    pub async fn scan_held(
+        &self,
+        body: &HeldBody,
+        received: &ContentKey,
+        encodings: &[Encoding],
+        source: Source,
+        cache_mode: CacheMode,
+    ) -> ScanReport {
+        self.scan(Subject::new(ScanInput::Held(body), encodings, *received), source, cache_mode).await
     }
 
     /// The report for a body that will not be scanned (the caller knows why: too large by its
@@ -189,33 +218,28 @@ impl Scanner {
         self.settings.max_scan_bytes
     }
 
-    async fn scan(
-        &self,
-        body: ScanInput<'_>,
-        key: &ContentKey,
-        source: Source,
-        cache_mode: CacheMode,
-    ) -> ScanReport {
-        let body_bytes = body.len();
+    async fn scan(&self, subject: Subject<'_>, source: Source, cache_mode: CacheMode) -> ScanReport {
+        let body_bytes = subject.input.len();
         let report = if body_bytes > self.settings.max_scan_bytes {
-            self.unscanned(key, body_bytes, UnscannedReason::TooLarge)
+            self.unscanned(&subject.received, body_bytes, UnscannedReason::TooLarge)
         } else {
             let scan = async {
                 match cache_mode {
-                    CacheMode::Off => self.clamd_scan(key, body, false).await,
-                    CacheMode::Content | CacheMode::Resource => self.scan_once(key, body).await,
+                    CacheMode::Off => self.clamd_scan(&subject, false).await,
+                    CacheMode::Content | CacheMode::Resource => self.scan_once(&subject).await,
                 }
             };
-            let deadline = self.deadline_for(body_bytes);
+            let deadline = self.deadline_for(&subject);
             match tokio::time::timeout(deadline, scan).await {
                 Ok(report) => report,
                 Err(_) => {
                     tracing::warn!(
                         timeout_ms = deadline.as_millis() as u64,
                         bytes = body_bytes,
+                        encoded = !subject.encodings.is_empty(),
                         "scan did not finish within scan.timeout_ms (+ scan.timeout_per_mib_ms per MiB)"
                     );
-                    self.unscanned(key, body_bytes, UnscannedReason::Timeout)
+                    self.unscanned(&subject.received, body_bytes, UnscannedReason::Timeout)
                 }
             }
         };
@@ -223,20 +247,28 @@ impl Scanner {
         report
     }
 
-    /// The whole-scan deadline for a body of `body_bytes`.
-    fn deadline_for(&self, body_bytes: u64) -> Duration {
-        let mib = body_bytes.div_ceil(1024 * 1024) as u32;
-        self.settings.scan_timeout + self.settings.scan_timeout_per_mib * mib
+    /// The whole-scan deadline: `scan_timeout` + `scan_timeout_per_mib` for every MiB clamd may
+    /// get. That is the body's size without an encoding. An encoded body's decoded size is known
+    /// only once it is decoded, and decoding stops at `max_scan_bytes`: it gets the deadline of a
+    /// `max_scan_bytes` body (27.5 s with the defaults), so a well-compressed body is not cut short
+    /// by the deadline of its encoded size, and a stuck scan still ends.
+    fn deadline_for(&self, subject: &Subject<'_>) -> Duration {
+        let bytes = if subject.encodings.is_empty() {
+            subject.input.len()
+        } else {
+            subject.input.len().max(self.settings.max_scan_bytes)
+        };
+        let mib = u32::try_from(bytes.div_ceil(1024 * 1024)).unwrap_or(u32::MAX);
+        self.settings.scan_timeout + self.settings.scan_timeout_per_mib.saturating_mul(mib)
     }
 
     /// The cache, then one scan per content at a time: in process, then across instances.
-    async fn scan_once(&self, key: &ContentKey, body: ScanInput<'_>) -> ScanReport {
-        let body_bytes = body.len();
+    async fn scan_once(&self, subject: &Subject<'_>) -> ScanReport {
         loop {
-            if let Some(cached) = self.cached_report(key, body_bytes).await {
+            if let Some(cached) = self.cached_report(subject).await {
                 return cached;
             }
-            let leader = match self.join_or_lead(key) {
+            let leader = match self.join_or_lead(&subject.key) {
                 Role::Leader(leader) => leader,
                 Role::Waiter(mut results) => {
                     let started = Instant::now();
@@ -250,21 +282,21 @@ impl Scanner {
                     }
                 }
             };
-            let report = self.scan_as_leader(key, body).await;
+            let report = self.scan_as_leader(subject).await;
             leader.publish(report.clone());
             return report;
         }
     }
 
-    /// Scans as this instance's leader for `key`, first taking the shared lock when the cache
-    /// is shared, or waiting for the instance that holds it.
-    async fn scan_as_leader(&self, key: &ContentKey, body: ScanInput<'_>) -> ScanReport {
-        let object = format!("content:{}", key.hex());
+    /// Scans as this instance's leader for the subject's key, first taking the shared lock when
+    /// the cache is shared, or waiting for the instance that holds it.
+    async fn scan_as_leader(&self, subject: &Subject<'_>) -> ScanReport {
+        let object = format!("content:{}", subject.key.hex());
         let token = match self.cache.try_lock(&object, self.settings.lock_ttl).await {
             Ok(LockAttempt::Acquired(token)) => Some(token),
             Ok(LockAttempt::Local) => None,
             Ok(LockAttempt::HeldElsewhere) => {
-                if let Some(report) = self.wait_for_shared_scan(key, &object, body.len()).await {
+                if let Some(report) = self.wait_for_shared_scan(subject, &object).await {
                     return report;
                 }
                 None
@@ -274,7 +306,7 @@ impl Scanner {
                 None
             }
         };
-        let report = self.clamd_scan(key, body, true).await;
+        let report = self.clamd_scan(subject, true).await;
         if let Some(token) = token {
             if let Err(err) = self.cache.unlock(&object, &token).await {
                 self.note_cache_error("unlock", &err);
@@ -285,21 +317,16 @@ impl Scanner {
 
     /// Waits while another instance scans the same content; returns its verdict once cached, or
     /// None when its lock is gone without one (it died, or its scan did not complete).
-    async fn wait_for_shared_scan(
-        &self,
-        key: &ContentKey,
-        object: &str,
-        body_bytes: u64,
-    ) -> Option<ScanReport> {
+    async fn wait_for_shared_scan(&self, subject: &Subject<'_>, object: &str) -> Option<ScanReport> {
         let started = Instant::now();
         let outcome = loop {
             tokio::time::sleep(SHARED_WAIT_POLL).await;
-            if let Some(cached) = self.cached_report(key, body_bytes).await {
+            if let Some(cached) = self.cached_report(subject).await {
                 break Some(cached);
             }
             match self.cache.lock_held(object).await {
                 Ok(true) => continue,
-                Ok(false) => break self.cached_report(key, body_bytes).await,
+                Ok(false) => break self.cached_report(subject).await,
                 Err(err) => {
                     self.note_cache_error("lock", &err);
                     break None;
@@ -323,20 +350,20 @@ impl Scanner {
         Role::Leader(Leader { scanner: self, key: *key, sender })
     }
 
-    /// A clamd scan whose verdict is written to the cache (`store`) and whose failure refreshes
-    /// the engine version. The caller bounds it by `scan.timeout_ms`.
-    async fn clamd_scan(&self, key: &ContentKey, body: ScanInput<'_>, store: bool) -> ScanReport {
-        let verdict = self.scan_with_clamd(body).await;
+    /// A clamd scan whose verdict is written to the cache (`store`, under the subject's key) and
+    /// whose failure refreshes the engine version. The caller bounds it by `scan.timeout_ms`.
+    async fn clamd_scan(&self, subject: &Subject<'_>, store: bool) -> ScanReport {
+        let verdict = self.scan_with_clamd(subject.input, subject.encodings).await;
         if matches!(&verdict, Verdict::Unscanned { reason } if reason.is_engine_trouble()) {
             self.refresh_engine_version().await;
         }
         if store {
-            self.store(key, &verdict).await;
+            self.store(&subject.key, &verdict).await;
         }
         ScanReport {
             verdict,
-            sha256: key.hex(),
-            body_bytes: body.len(),
+            sha256: subject.received.hex(),
+            body_bytes: subject.input.len(),
             engine: self.engine_version(),
             cached: false,
         }
@@ -377,6 +404,11 @@ impl Scanner {
     }
 
     /// Stores a verdict under a resource key too, tied to the response's validator.
+    ///
+    /// The entry records `report.sha256`, the SHA-256 of the body as received, so that a later
+    /// resource hit reports the same `sha256` as the scan did. For a body without encoding that is
+    /// its content key; for an encoded body it is not (the resource entry's digest is only reported,
+    /// never looked up).
     pub async fn store_resource(&self, resource: &Resource, validator: &str, report: &ScanReport) {
         let Some(entry) = self.entry_for(&report.verdict) else { return };
         let Some(content) = ContentKey::from_hex(&report.sha256) else { return };
@@ -398,38 +430,96 @@ impl Scanner {
         }
     }
 
-    async fn scan_with_clamd(&self, body: ScanInput<'_>) -> Verdict {
+    /// One clamd scan of `body`, decoded first when it has `encodings`.
+    async fn scan_with_clamd(&self, body: ScanInput<'_>, encodings: &[Encoding]) -> Verdict {
         let mut session = match self.open_session().await {
             Ok(session) => session,
             Err(reason) => return Verdict::Unscanned { reason },
         };
-        match body {
-            ScanInput::Memory(bytes) => {
-                for piece in bytes.chunks(CLAMD_CHUNK_BYTES) {
-                    if let Err(reason) = session.send(piece).await {
-                        return Verdict::Unscanned { reason };
-                    }
-                }
-            }
-            ScanInput::Held(held) => {
-                let mut offset = 0u64;
-                while offset < held.len() {
-                    let piece = match held.read_at(offset, CLAMD_CHUNK_BYTES).await {
-                        Ok(piece) if !piece.is_empty() => piece,
-                        Ok(_) => break,
-                        Err(err) => {
-                            tracing::warn!(error = %err, "cannot read a held body back from its temp file");
-                            return Verdict::Unscanned { reason: UnscannedReason::EngineError };
-                        }
-                    };
-                    offset += piece.len() as u64;
-                    if let Err(reason) = session.send(&piece).await {
-                        return Verdict::Unscanned { reason };
-                    }
-                }
-            }
+        let sent = if encodings.is_empty() {
+            send_body(&mut session, body).await
+        } else {
+            self.send_decoded(&mut session, body, encodings).await
+        };
+        match sent {
+            Ok(()) => session.finish(&self.metrics).await,
+            Err(SendFailure::Unscanned(reason)) => Verdict::Unscanned { reason },
+            Err(SendFailure::Decode(err)) => self.finish_undecodable(session, encodings, &err).await,
         }
-        session.finish(&self.metrics).await
+    }
+
+    /// Sends the decoding of `body` to clamd, piece by piece as it is decoded: memory holds one
+    /// encoded piece, one batch of decoded output and the decoders' state, whatever the body. That
+    /// state is bounded by the stream's window (at most 16 MiB for brotli, 8 MiB for zstd, 32 KiB
+    /// for gzip and deflate) and exists only while the scan holds a clamd slot, so at most
+    /// `clamd.max_concurrent_scans` at once.
+    ///
+    /// Decoding is CPU work: a body of [`BLOCKING_HASH_BYTES`] or more, and any body once its
+    /// output passed one batch, is decoded under `block_in_place` (see [`off_worker`]), so the
+    /// worker's other tasks move to another thread instead of waiting behind it.
+    async fn send_decoded(
+        &self,
+        session: &mut ClamdSession,
+        body: ScanInput<'_>,
+        encodings: &[Encoding],
+    ) -> Result<(), SendFailure> {
+        let limits = DecodeLimits {
+            max_output_bytes: self.settings.max_scan_bytes,
+            max_ratio: self.settings.max_decode_ratio,
+        };
+        let mut decoder = BodyDecoder::new(encodings, limits);
+        let mut batch = Vec::with_capacity(CLAMD_CHUNK_BYTES + crate::decode::PIECE_BYTES);
+        let large_body = body.len() >= BLOCKING_HASH_BYTES as u64;
+        let mut offset = 0u64;
+        let result = loop {
+            let input = body.read_at(offset).await.map_err(SendFailure::Unscanned)?;
+            offset += input.len() as u64;
+            let end = input.is_empty() || offset >= body.len();
+            decoder.push(input);
+            if end {
+                decoder.finish();
+            }
+            if let Err(failure) = drain_decoder(session, &mut decoder, &mut batch, large_body).await {
+                break Err(failure);
+            }
+            if end {
+                break Ok(());
+            }
+        };
+        let outcome = match &result {
+            Ok(()) => "complete",
+            Err(SendFailure::Decode(err)) => decode_outcome(err),
+            // clamd failed: the decoding did not reach an end.
+            Err(SendFailure::Unscanned(_)) => return result,
+        };
+        self.metrics.record_decoded_body(encoding_label(encodings), outcome);
+        result
+    }
+
+    /// The verdict on a body whose decoding stopped (`err`): what was decoded and sent is
+    /// scanned all the same, and a signature found in it makes the body `Infected`; otherwise it
+    /// is `Unscanned` for the decoding's reason, never `Clean`.
+    async fn finish_undecodable(
+        &self,
+        session: ClamdSession,
+        encodings: &[Encoding],
+        err: &DecodeError,
+    ) -> Verdict {
+        let reason = unscanned_reason_for(err);
+        tracing::warn!(
+            encodings = %encoding_list(encodings),
+            error = %err,
+            reason = %reason,
+            decoded_bytes = session.sent_bytes,
+            "cannot decode the whole body for clamd; scanning what was decoded"
+        );
+        if session.sent_bytes == 0 {
+            return Verdict::Unscanned { reason };
+        }
+        match session.finish(&self.metrics).await {
+            infected @ Verdict::Infected { .. } => infected,
+            _ => Verdict::Unscanned { reason },
+        }
     }
 
     async fn open_session(&self) -> Result<ClamdSession, UnscannedReason> {
@@ -451,8 +541,18 @@ impl Scanner {
         Ok(ClamdSession { scan, _permit: permit, started: Instant::now(), sent_bytes: 0 })
     }
 
-    /// A fresh cached verdict for this content, counting the lookup.
-    async fn cached_report(&self, key: &ContentKey, body_bytes: u64) -> Option<ScanReport> {
+    /// A fresh cached verdict for the subject's key, counting the lookup.
+    async fn cached_report(&self, subject: &Subject<'_>) -> Option<ScanReport> {
+        self.cached_report_for(&subject.key, &subject.received, subject.input.len()).await
+    }
+
+    /// A fresh cached verdict under `key`, reported for the body received as `received`.
+    async fn cached_report_for(
+        &self,
+        key: &ContentKey,
+        received: &ContentKey,
+        body_bytes: u64,
+    ) -> Option<ScanReport> {
         let hit = match self.cache.lookup(key).await {
             Ok(Some(hit)) => hit,
             Ok(None) => {
@@ -475,7 +575,7 @@ impl Scanner {
         Some(ScanReport {
             engine: Some(entry_engine(&entry.engine_version, entry.database_version)),
             verdict: entry.verdict.into_verdict(),
-            sha256: key.hex(),
+            sha256: received.hex(),
             body_bytes,
             cached: true,
         })
@@ -539,10 +639,11 @@ impl Scanner {
         }
     }
 
-    fn unscanned(&self, key: &ContentKey, body_bytes: u64, reason: UnscannedReason) -> ScanReport {
+    /// An `Unscanned` report for the body received as `received`.
+    fn unscanned(&self, received: &ContentKey, body_bytes: u64, reason: UnscannedReason) -> ScanReport {
         ScanReport {
             verdict: Verdict::Unscanned { reason },
-            sha256: key.hex(),
+            sha256: received.hex(),
             body_bytes,
             engine: self.engine_version(),
             cached: false,
@@ -587,22 +688,153 @@ impl Throttle {
     }
 }
 
-/// Bytes at least this many are hashed off the async worker (see [`hash_off_worker`]).
+/// Bytes at least this many are hashed (or decoded) off the async worker (see [`off_worker`]).
 const BLOCKING_HASH_BYTES: usize = 256 * 1024;
 
 /// Runs `hash`, which hashes `bytes` bytes. Hashing megabytes takes milliseconds; on the
-/// multi-thread runtime a large input is hashed under `block_in_place`, so the worker's other
-/// tasks (other streams, the Redis connection) move to another thread instead of waiting behind
-/// it. (`block_in_place` would panic on a current-thread runtime: there it runs inline.)
+/// multi-thread runtime a large input is hashed under `block_in_place` (see [`off_worker`]).
 pub(crate) fn hash_off_worker<R>(bytes: usize, hash: impl FnOnce() -> R) -> R {
+    off_worker(bytes >= BLOCKING_HASH_BYTES, hash)
+}
+
+/// Runs `work`; when it is `heavy` and this is the multi-thread runtime, under `block_in_place`,
+/// so the worker's other tasks (other streams, the Redis connection) move to another thread
+/// instead of waiting behind it. (`block_in_place` would panic on a current-thread runtime:
+/// there it runs inline.)
+fn off_worker<R>(heavy: bool, work: impl FnOnce() -> R) -> R {
     use tokio::runtime::{Handle, RuntimeFlavor};
     let multi_thread =
         Handle::try_current().is_ok_and(|handle| handle.runtime_flavor() == RuntimeFlavor::MultiThread);
-    if bytes >= BLOCKING_HASH_BYTES && multi_thread {
-        tokio::task::block_in_place(hash)
+    if heavy && multi_thread {
+        tokio::task::block_in_place(work)
     } else {
-        hash()
+        work()
     }
+}
+
+/// The cache (and single-flight) key of a body received as the bytes whose SHA-256 is
+/// `received`, with `encodings` (its `Content-Encoding`, in the order applied).
+///
+/// - No encoding: `received` itself, the SHA-256 of the bytes (the key clamgate always used).
+/// - Encoded: `SHA-512/256("clamgate content-encoding v1\n" || tokens || "\n" || received)`,
+///   where `tokens` are the encodings' names in the order applied joined by `,` (`gzip,br`) and
+///   `received` the 32 raw bytes of the SHA-256. The verdict on encoded bytes is a verdict on their
+///   decoding, so the same bytes served as identity or under another encoding get another key.
+///
+/// Why SHA-512/256 and not SHA-256: an identity key is the SHA-256 of whatever bytes a client
+/// sends, so a SHA-256 of the string above would also be the identity key of a body made of that
+/// string, and a harmless body could plant a `Clean` verdict under an infected encoded body's
+/// key. SHA-512/256 (its own initial values, not a truncated SHA-256) shares the 32-byte space
+/// but no construction with SHA-256; matching one with the other is a 2^128 search.
+pub fn encoded_content_key(received: &ContentKey, encodings: &[Encoding]) -> ContentKey {
+    if encodings.is_empty() {
+        return *received;
+    }
+    let mut digest = Sha512_256::new();
+    digest.update(b"clamgate content-encoding v1\n");
+    digest.update(encoding_list(encodings).as_bytes());
+    digest.update(b"\n");
+    digest.update(received.as_bytes());
+    ContentKey::from_digest(digest.finalize().into())
+}
+
+/// The encodings' names in the order applied, joined by `,` (e.g. `gzip,br`).
+fn encoding_list(encodings: &[Encoding]) -> String {
+    encodings.iter().map(|encoding| encoding.token()).collect::<Vec<_>>().join(",")
+}
+
+/// The `encoding` label of `clamgate_decoded_bodies_total`: the encoding's name, or `stacked`.
+fn encoding_label(encodings: &[Encoding]) -> &'static str {
+    match encodings {
+        [one] => one.token(),
+        _ => "stacked",
+    }
+}
+
+/// The `outcome` label of `clamgate_decoded_bodies_total` for a decoding that stopped.
+fn decode_outcome(err: &DecodeError) -> &'static str {
+    match err {
+        DecodeError::TooLarge { .. } => "too_large",
+        DecodeError::RatioExceeded { .. } => "ratio_exceeded",
+        DecodeError::Corrupt { .. } => "corrupt",
+    }
+}
+
+/// Why a body whose decoding stopped is unscanned: decoded output over `max_scan_bytes` is
+/// `too_large`, a decompression bomb (ratio) `limits_exceeded`, undecodable bytes
+/// `unsupported_encoding`.
+fn unscanned_reason_for(err: &DecodeError) -> UnscannedReason {
+    match err {
+        DecodeError::TooLarge { .. } => UnscannedReason::TooLarge,
+        DecodeError::RatioExceeded { .. } => UnscannedReason::LimitsExceeded,
+        DecodeError::Corrupt { .. } => UnscannedReason::UnsupportedEncoding,
+    }
+}
+
+/// Why sending a body to clamd stopped before its end.
+enum SendFailure {
+    /// clamd, or reading the held body back, failed: the scan is over.
+    Unscanned(UnscannedReason),
+    /// The body could not be decoded (further): what was sent can still be scanned.
+    Decode(DecodeError),
+}
+
+/// Sends `body` to clamd as it is.
+async fn send_body(session: &mut ClamdSession, body: ScanInput<'_>) -> Result<(), SendFailure> {
+    let mut offset = 0u64;
+    while offset < body.len() {
+        let piece = body.read_at(offset).await.map_err(SendFailure::Unscanned)?;
+        if piece.is_empty() {
+            break;
+        }
+        offset += piece.len() as u64;
+        session.send(&piece).await.map_err(SendFailure::Unscanned)?;
+    }
+    Ok(())
+}
+
+/// Sends what `decoder` can decode from the input pushed so far (all of it, once finished), in
+/// batches of about [`CLAMD_CHUNK_BYTES`]. A batch cut short by a decoding error is sent before
+/// the error is returned, so clamd sees every byte that did decode.
+async fn drain_decoder(
+    session: &mut ClamdSession,
+    decoder: &mut BodyDecoder,
+    batch: &mut Vec<u8>,
+    large_body: bool,
+) -> Result<(), SendFailure> {
+    loop {
+        let heavy = large_body || decoder.decoded_bytes() >= BLOCKING_HASH_BYTES as u64;
+        let decoded = off_worker(heavy, || decode_batch(decoder, batch));
+        if !batch.is_empty() {
+            session.send(batch).await.map_err(SendFailure::Unscanned)?;
+        }
+        match decoded {
+            Ok(Batch::Full) => continue,
+            Ok(Batch::Drained) => return Ok(()),
+            Err(err) => return Err(SendFailure::Decode(err)),
+        }
+    }
+}
+
+/// How [`decode_batch`] ended without an error.
+enum Batch {
+    /// The batch is full; the decoder may have more.
+    Full,
+    /// The decoder has nothing more until more input is pushed (or, once finished, at all).
+    Drained,
+}
+
+/// Replaces `batch` with the decoder's next pieces, up to [`CLAMD_CHUNK_BYTES`] (one piece more at
+/// most). On an error, `batch` keeps the pieces decoded before it.
+fn decode_batch(decoder: &mut BodyDecoder, batch: &mut Vec<u8>) -> Result<Batch, DecodeError> {
+    batch.clear();
+    while batch.len() < CLAMD_CHUNK_BYTES {
+        match decoder.next_piece()? {
+            Some(piece) => batch.extend_from_slice(piece),
+            None => return Ok(Batch::Drained),
+        }
+    }
+    Ok(Batch::Full)
 }
 
 /// The content key of a body, hashed off the worker when large.
@@ -627,6 +859,40 @@ impl ScanInput<'_> {
             ScanInput::Memory(bytes) => bytes.len() as u64,
             ScanInput::Held(held) => held.len(),
         }
+    }
+
+    /// Up to [`CLAMD_CHUNK_BYTES`] from `offset` (empty at the end). Copies from memory: a decoder
+    /// takes owned pieces.
+    async fn read_at(&self, offset: u64) -> Result<bytes::Bytes, UnscannedReason> {
+        match self {
+            ScanInput::Memory(bytes) => {
+                let start = usize::try_from(offset).unwrap_or(usize::MAX).min(bytes.len());
+                let end = bytes.len().min(start + CLAMD_CHUNK_BYTES);
+                Ok(bytes::Bytes::copy_from_slice(&bytes[start..end]))
+            }
+            ScanInput::Held(held) => held.read_at(offset, CLAMD_CHUNK_BYTES).await.map_err(|err| {
+                tracing::warn!(error = %err, "cannot read a held body back from its temp file");
+                UnscannedReason::EngineError
+            }),
+        }
+    }
+}
+
+/// What one scan is about: the body, how it is encoded, and what it is known by.
+#[derive(Clone, Copy)]
+struct Subject<'a> {
+    input: ScanInput<'a>,
+    /// The body's `Content-Encoding`, in the order applied (empty: none).
+    encodings: &'a [Encoding],
+    /// SHA-256 of the bytes received: reported as [`ScanReport::sha256`].
+    received: ContentKey,
+    /// The cache and single-flight key ([`encoded_content_key`]).
+    key: ContentKey,
+}
+
+impl<'a> Subject<'a> {
+    fn new(input: ScanInput<'a>, encodings: &'a [Encoding], received: ContentKey) -> Subject<'a> {
+        Subject { input, encodings, received, key: encoded_content_key(&received, encodings) }
     }
 }
 
@@ -743,7 +1009,7 @@ impl StreamingScan<'_> {
         let verdict = match state {
             StreamState::Sending(session) => session.finish(&scanner.metrics).await,
             // An empty body still gets a real scan, so that no path reports Clean unscanned.
-            StreamState::NotStarted => scanner.scan_with_clamd(ScanInput::Memory(&[])).await,
+            StreamState::NotStarted => scanner.scan_with_clamd(ScanInput::Memory(&[]), &[]).await,
             StreamState::Failed(reason) => Verdict::Unscanned { reason },
         };
         let report = match verdict {
@@ -751,7 +1017,7 @@ impl StreamingScan<'_> {
                 if reason.is_engine_trouble() {
                     scanner.refresh_engine_version().await;
                 }
-                match scanner.cached_report(&key, body_bytes).await {
+                match scanner.cached_report_for(&key, &key, body_bytes).await {
                     Some(cached) => cached,
                     None => scanner.unscanned(&key, body_bytes, reason),
                 }
@@ -770,5 +1036,131 @@ impl StreamingScan<'_> {
         };
         scanner.metrics.record_verdict(source, &report.verdict);
         report
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+    use crate::config::Config;
+    use crate::decode::PIECE_BYTES;
+
+    fn scanner(config: &Config) -> Scanner {
+        crate::app::build_scanner(config, Arc::new(Metrics::new())).expect("scanner")
+    }
+
+    fn gzip(data: &[u8]) -> Vec<u8> {
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        encoder.write_all(data).expect("gzip");
+        encoder.finish().expect("gzip")
+    }
+
+    fn limits(max_output_bytes: u64) -> DecodeLimits {
+        DecodeLimits { max_output_bytes, max_ratio: u64::MAX }
+    }
+
+    #[test]
+    fn an_identity_body_keeps_its_sha256_as_key() {
+        let received = ContentKey::of(b"body");
+        assert_eq!(encoded_content_key(&received, &[]), received);
+    }
+
+    #[test]
+    fn encoded_keys_depend_on_the_bytes_the_encodings_and_their_order() {
+        let received = ContentKey::of(b"body");
+        let keys = [
+            received,
+            encoded_content_key(&received, &[Encoding::Gzip]),
+            encoded_content_key(&received, &[Encoding::Brotli]),
+            encoded_content_key(&received, &[Encoding::Gzip, Encoding::Brotli]),
+            encoded_content_key(&received, &[Encoding::Brotli, Encoding::Gzip]),
+            encoded_content_key(&ContentKey::of(b"other"), &[Encoding::Gzip]),
+        ];
+        for (i, a) in keys.iter().enumerate() {
+            for b in &keys[i + 1..] {
+                assert_ne!(a, b);
+            }
+        }
+        // Stable across runs and instances (Redis is shared): the documented derivation.
+        let mut preimage = b"clamgate content-encoding v1\ngzip,br\n".to_vec();
+        preimage.extend_from_slice(received.as_bytes());
+        let expected = ContentKey::from_digest(Sha512_256::digest(&preimage).into());
+        assert_eq!(encoded_content_key(&received, &[Encoding::Gzip, Encoding::Brotli]), expected);
+    }
+
+    #[test]
+    fn no_identity_body_has_an_encoded_key() {
+        // The body made of the derivation's input, sent as identity, must not share the key.
+        let received = ContentKey::of(b"infected, encoded");
+        let mut preimage = b"clamgate content-encoding v1\ngzip\n".to_vec();
+        preimage.extend_from_slice(received.as_bytes());
+        let encoded = encoded_content_key(&received, &[Encoding::Gzip]);
+        assert_ne!(ContentKey::of(&preimage), encoded);
+        assert_ne!(ContentKey::of(encoded.as_bytes()), encoded);
+    }
+
+    #[test]
+    fn decoding_failures_map_to_their_unscanned_reasons_and_labels() {
+        let corrupt = DecodeError::Corrupt { encoding: Encoding::Zstd, detail: "bad".into() };
+        for (err, reason, outcome) in [
+            (DecodeError::TooLarge { limit: 1 }, UnscannedReason::TooLarge, "too_large"),
+            (
+                DecodeError::RatioExceeded { ratio_limit: 1 },
+                UnscannedReason::LimitsExceeded,
+                "ratio_exceeded",
+            ),
+            (corrupt, UnscannedReason::UnsupportedEncoding, "corrupt"),
+        ] {
+            assert_eq!((unscanned_reason_for(&err), decode_outcome(&err)), (reason, outcome));
+        }
+        assert_eq!(encoding_label(&[Encoding::Brotli]), "br");
+        assert_eq!(encoding_label(&[Encoding::Gzip, Encoding::Zstd]), "stacked");
+        assert_eq!(encoding_list(&[Encoding::Gzip, Encoding::Zstd]), "gzip,zstd");
+    }
+
+    #[test]
+    fn batches_are_bounded_and_carry_every_decoded_byte() {
+        let data: Vec<u8> = (0..3 * CLAMD_CHUNK_BYTES + 12_345).map(|i| (i * 7 % 251) as u8).collect();
+        let mut decoder = BodyDecoder::new(&[Encoding::Gzip], limits(u64::MAX));
+        decoder.push(gzip(&data));
+        decoder.finish();
+        let (mut batch, mut decoded) = (Vec::new(), Vec::new());
+        loop {
+            let outcome = decode_batch(&mut decoder, &mut batch).expect("decodes");
+            assert!(batch.len() < CLAMD_CHUNK_BYTES + PIECE_BYTES, "{}", batch.len());
+            decoded.extend_from_slice(&batch);
+            if matches!(outcome, Batch::Drained) {
+                break;
+            }
+        }
+        assert_eq!(decoded, data);
+    }
+
+    #[test]
+    fn a_batch_cut_by_a_limit_keeps_what_decoded_before_it() {
+        let data = vec![b'a'; 3 * PIECE_BYTES];
+        let mut decoder = BodyDecoder::new(&[Encoding::Gzip], limits(2 * PIECE_BYTES as u64 + 1));
+        decoder.push(gzip(&data));
+        decoder.finish();
+        let mut batch = Vec::new();
+        let err = decode_batch(&mut decoder, &mut batch).err();
+        assert!(matches!(err, Some(DecodeError::TooLarge { .. })), "{err:?}");
+        assert_eq!(batch, vec![b'a'; 2 * PIECE_BYTES]);
+    }
+
+    #[test]
+    fn an_encoded_body_gets_the_deadline_of_the_largest_decoded_body() {
+        let config = Config::default();
+        let scanner = scanner(&config);
+        let body = vec![0u8; 3 * 1024 * 1024];
+        let received = ContentKey::of(&body);
+        let identity = Subject::new(ScanInput::Memory(&body), &[], received);
+        let encoded = Subject::new(ScanInput::Memory(&body), &[Encoding::Zstd], received);
+        let per_mib = Duration::from_millis(config.scan.timeout_per_mib_ms);
+        let base = Duration::from_millis(config.scan.timeout_ms);
+        assert_eq!(scanner.deadline_for(&identity), base + per_mib * 3);
+        assert_eq!(scanner.deadline_for(&encoded), base + per_mib * 25, "25 MiB: max_scan_bytes");
     }
 }

@@ -1,5 +1,7 @@
 //! Bodies held while they are scanned: in memory within a global budget and a per-stream cap,
-//! in an unlinked temp file beyond, so memory stays bounded whatever the size of the bodies.
+//! in an unlinked temp file beyond, so memory stays bounded whatever the size of the bodies. Temp
+//! files have a global budget too: a body that fits neither is refused ([`SpoolFull`]), so disk
+//! use is bounded as well.
 //!
 //! A temp file is created with `tempfile::tempfile_in`: on Linux it has no name at all
 //! (`O_TMPFILE`), elsewhere it is unlinked at once. Either way it disappears when its last file
@@ -18,17 +20,32 @@ use crate::metrics::Metrics;
 /// Largest piece a held body is read back in (Envoy's limit for one streamed body chunk).
 pub const READ_PIECE_BYTES: usize = 64 * 1024;
 
-/// Bytes held in memory by every stream together.
+/// A body that fits neither in memory nor within `bodies.disk_budget_bytes`: the stream cannot be
+/// held now (an `io::Error` of kind `StorageFull` whose inner error is this).
+#[derive(Debug, thiserror::Error)]
+#[error("the spool's disk budget ({budget} bytes) is full")]
+pub struct SpoolFull {
+    pub budget: u64,
+}
+
+impl SpoolFull {
+    /// Whether `err` is a full disk budget (not a failing disk).
+    pub fn is(err: &io::Error) -> bool {
+        err.get_ref().is_some_and(|inner| inner.is::<SpoolFull>())
+    }
+}
+
+/// Bytes held by every stream together (in memory, or in temp files).
 #[derive(Debug)]
-pub struct MemoryBudget {
+pub struct ByteBudget {
     limit: u64,
     used: AtomicU64,
     peak: AtomicU64,
 }
 
-impl MemoryBudget {
-    pub fn new(limit: u64) -> MemoryBudget {
-        MemoryBudget { limit, used: AtomicU64::new(0), peak: AtomicU64::new(0) }
+impl ByteBudget {
+    pub fn new(limit: u64) -> ByteBudget {
+        ByteBudget { limit, used: AtomicU64::new(0), peak: AtomicU64::new(0) }
     }
 
     /// Takes `bytes` from the budget if they fit.
@@ -60,23 +77,37 @@ impl MemoryBudget {
     }
 }
 
-/// Where held bodies go: the shared budget, the per-stream cap and the temp directory.
+/// Where held bodies go: the shared memory budget, the per-stream cap, the temp directory and
+/// its budget.
 #[derive(Clone)]
 pub struct Spool {
-    pub budget: Arc<MemoryBudget>,
+    pub budget: Arc<ByteBudget>,
     pub stream_memory_bytes: u64,
     pub dir: PathBuf,
+    /// Bytes in temp files across streams (`bodies.disk_budget_bytes`).
+    pub disk_budget: Arc<ByteBudget>,
     pub metrics: Arc<Metrics>,
 }
 
 impl Spool {
     pub fn new(budget_bytes: u64, stream_memory_bytes: u64, dir: PathBuf, metrics: Arc<Metrics>) -> Spool {
-        Spool { budget: Arc::new(MemoryBudget::new(budget_bytes)), stream_memory_bytes, dir, metrics }
+        Spool {
+            budget: Arc::new(ByteBudget::new(budget_bytes)),
+            stream_memory_bytes,
+            dir,
+            disk_budget: Arc::new(ByteBudget::new(u64::MAX)),
+            metrics,
+        }
+    }
+
+    /// The same spool with temp files limited to `bytes` across streams.
+    pub fn with_disk_budget(self, bytes: u64) -> Spool {
+        Spool { disk_budget: Arc::new(ByteBudget::new(bytes)), ..self }
     }
 
     /// An empty body to fill.
     pub fn hold(&self) -> HeldBody {
-        HeldBody { spool: self.clone(), pieces: Vec::new(), in_memory: 0, file: None, len: 0 }
+        HeldBody { spool: self.clone(), pieces: Vec::new(), in_memory: 0, file: None, on_disk: 0, len: 0 }
     }
 }
 
@@ -89,6 +120,8 @@ pub struct HeldBody {
     in_memory: u64,
     /// The whole body, once it left memory.
     file: Option<Arc<std::fs::File>>,
+    /// Bytes taken from the disk budget.
+    on_disk: u64,
     len: u64,
 }
 
@@ -125,6 +158,7 @@ impl HeldBody {
             }
             self.move_to_disk().await?;
         }
+        self.take_disk(size)?;
         self.write_at(piece, self.len).await?;
         self.len += size;
         Ok(())
@@ -174,6 +208,8 @@ impl HeldBody {
     }
 
     async fn move_to_disk(&mut self) -> io::Result<()> {
+        // The whole body so far must fit the disk budget before a file is made.
+        self.take_disk(self.in_memory)?;
         let dir = self.spool.dir.clone();
         let file = Arc::new(blocking(move || tempfile::tempfile_in(&dir)).await?);
         self.file = Some(file);
@@ -189,6 +225,18 @@ impl HeldBody {
         Ok(())
     }
 
+    /// Takes `bytes` from the disk budget for this body, or fails with [`SpoolFull`].
+    fn take_disk(&mut self, bytes: u64) -> io::Result<()> {
+        if !self.spool.disk_budget.try_take(bytes) {
+            let budget = self.spool.disk_budget.limit;
+            return Err(io::Error::new(io::ErrorKind::StorageFull, SpoolFull { budget }));
+        }
+        self.on_disk += bytes;
+        Ok(())
+    }
+
+    /// Writes a piece at `offset` of the temp file; the caller has taken its bytes from the disk
+    /// budget.
     async fn write_at(&self, piece: Bytes, offset: u64) -> io::Result<()> {
         let file = self.file.clone().expect("write_at is called once the file exists");
         let size = piece.len() as u64;
@@ -212,6 +260,7 @@ impl Drop for HeldBody {
         if self.file.is_some() {
             self.spool.metrics.add_held_disk(-(self.len as i64));
         }
+        self.spool.disk_budget.give_back(self.on_disk);
     }
 }
 
@@ -282,6 +331,31 @@ mod tests {
         assert!(!first.on_disk());
         assert!(second.on_disk(), "the budget has 96 bytes left");
         assert!(spool.budget.peak() <= 4096);
+    }
+
+    #[tokio::test]
+    async fn temp_files_stay_within_the_disk_budget_and_give_it_back_on_drop() {
+        let spool = spool(0, 0).with_disk_budget(10_000);
+        let mut first = spool.hold();
+        first.push(Bytes::from(pattern(6000, 0))).await.unwrap();
+        let mut second = spool.hold();
+        second.push(Bytes::from(pattern(3000, 1))).await.unwrap();
+        let err = second.push(Bytes::from(pattern(2000, 2))).await.expect_err("over the disk budget");
+        assert!(SpoolFull::is(&err), "{err}");
+        assert_eq!(spool.disk_budget.used(), 9000, "a refused piece takes nothing");
+        drop(first);
+        assert_eq!(spool.disk_budget.used(), 3000);
+        second.push(Bytes::from(pattern(2000, 2))).await.unwrap();
+        drop(second);
+        assert_eq!(spool.disk_budget.used(), 0);
+        let mut third = spool.hold();
+        let memory =
+            Spool::new(1 << 20, 1 << 20, std::env::temp_dir(), Arc::new(Metrics::new())).with_disk_budget(0);
+        let mut in_memory = memory.hold();
+        in_memory.push(Bytes::from(pattern(4000, 3))).await.unwrap();
+        assert!(!in_memory.on_disk(), "a body that fits in memory needs no disk budget");
+        third.push(Bytes::from(pattern(10_000, 4))).await.unwrap();
+        assert!(SpoolFull::is(&third.push(Bytes::from(pattern(1, 5))).await.unwrap_err()));
     }
 
     #[tokio::test]

@@ -42,11 +42,17 @@ impl LargeStack {
 
     /// With `scan.max_scan_bytes = max_scan`.
     async fn start_with(max_scan: u64) -> LargeStack {
+        LargeStack::start_with_disk_budget(max_scan, 8 * 1024 * MIB).await
+    }
+
+    /// With `scan.max_scan_bytes = max_scan` and `bodies.disk_budget_bytes = disk_budget`.
+    async fn start_with_disk_budget(max_scan: u64, disk_budget: u64) -> LargeStack {
         let clamd = tokio::task::spawn_blocking(ClamdProcess::start_for_large_bodies).await.expect("clamd");
         let spool_dir = tempfile::Builder::new().prefix("clamgate-spool-").tempdir().expect("spool dir");
         let config = format!(
             "[scan]\nmax_scan_bytes = {max_scan}\n\n\
-             [bodies]\nmemory_budget_bytes = {MEMORY_BUDGET}\nstream_memory_bytes = {}\nspool_dir = \"{}\"\n",
+             [bodies]\nmemory_budget_bytes = {MEMORY_BUDGET}\nstream_memory_bytes = {}\nspool_dir = \"{}\"\n\
+             disk_budget_bytes = {disk_budget}\n",
             8 * MIB,
             spool_dir.path().display()
         );
@@ -289,6 +295,26 @@ async fn thirty_two_concurrent_32_mib_downloads_are_correct_within_the_memory_bu
     );
     assert!(peak_held <= MEMORY_BUDGET as f64, "held {peak_held} bytes in memory, budget {MEMORY_BUDGET}");
     assert!(stack.clamgate.peak_rss_bytes() < PEAK_RSS_BOUND + 64 * MIB, "32 streams in flight");
+    stack.wait_until_idle(Duration::from_secs(10)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_fits_neither_memory_nor_the_disk_budget_is_refused_never_passed() {
+    let stack = LargeStack::start_with_disk_budget(MAX_SCAN, 24 * MIB).await;
+    // 32 MiB: over the 8 MiB a stream may hold in memory, and over the 24 MiB disk budget.
+    let infected = GenSpec::infected(32 * MIB, 40, EicarAt::End);
+    let download = http::download(&stack.gen_url("full.bin", &infected), &[]).await;
+    assert_eq!(download.status, 503, "{}", download.prefix_text());
+    assert!(stack.clamgate.metric(r#"clamgate_ext_proc_stream_errors_total{kind="spool_full"}"#) >= 1.0);
+    let upload = GenSpec::infected(32 * MIB, 41, EicarAt::Start);
+    let url = stack.envoy.url("/upload-stream/full.bin");
+    let status = http::upload(&url, Method::PUT, &upload, false).await.map(|(status, _)| status);
+    assert!(matches!(status, Ok(503)) || status.is_err(), "{status:?}");
+    assert_eq!(stack.upstream.upload_summary("full.bin"), None, "the upstream was contacted");
+    // The budget is given back: a body that fits goes through.
+    let clean = GenSpec::clean(20 * MIB, 42);
+    let download = http::download(&stack.gen_url("fits.bin", &clean), &[]).await;
+    assert_eq!((download.status, download.bytes), (200, clean.size));
     stack.wait_until_idle(Duration::from_secs(10)).await;
 }
 

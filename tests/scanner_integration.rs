@@ -31,7 +31,7 @@ async fn every_sample_kind_gets_the_right_verdict() {
     let clamd = tokio::task::spawn_blocking(ClamdProcess::start).await.expect("clamd");
     let (scanner, _) = scanner(&test_config(&clamd.address()));
     assert_eq!(
-        scanner.scan_body(&samples::clean_sample(50_000), Source::api, CacheMode::Content).await.verdict,
+        scanner.scan_body(&samples::clean_sample(50_000), &[], Source::api, CacheMode::Content).await.verdict,
         Verdict::Clean
     );
     let cases = [
@@ -41,7 +41,7 @@ async fn every_sample_kind_gets_the_right_verdict() {
         (samples::logical_sample(), "Test.Logical"),
     ];
     for (body, expected) in cases {
-        let report = scanner.scan_body(&body, Source::api, CacheMode::Content).await;
+        let report = scanner.scan_body(&body, &[], Source::api, CacheMode::Content).await;
         assert!(signature(&report.verdict).starts_with(expected), "{:?}", report.verdict);
         assert!(!report.cached);
     }
@@ -53,7 +53,7 @@ async fn clamd_stopped_is_unscanned_never_clean() {
     let (scanner, _) = scanner(&test_config(&clamd.address()));
     clamd.stop();
     for body in [samples::clean_sample(1000), samples::eicar(), Vec::new()] {
-        let report = scanner.scan_body(&body, Source::api, CacheMode::Content).await;
+        let report = scanner.scan_body(&body, &[], Source::api, CacheMode::Content).await;
         assert_eq!(report.verdict, Verdict::Unscanned { reason: UnscannedReason::EngineUnavailable });
     }
 }
@@ -65,12 +65,12 @@ async fn unscanned_verdicts_are_never_cached() {
     let body = samples::clean_sample(2000);
     clamd.stop();
     assert!(matches!(
-        scanner.scan_body(&body, Source::api, CacheMode::Content).await.verdict,
+        scanner.scan_body(&body, &[], Source::api, CacheMode::Content).await.verdict,
         Verdict::Unscanned { .. }
     ));
     // Nothing else runs on this runtime, so the blocking restart is harmless here.
     clamd.start_again();
-    let report = scanner.scan_body(&body, Source::api, CacheMode::Content).await;
+    let report = scanner.scan_body(&body, &[], Source::api, CacheMode::Content).await;
     assert_eq!(report.verdict, Verdict::Clean);
     assert!(!report.cached, "an Unscanned verdict must not have been cached");
 }
@@ -84,10 +84,10 @@ async fn redis_shares_verdicts_between_instances() {
     let (first, _) = scanner(&config);
     let (second, second_metrics) = scanner(&config);
     let eicar = samples::eicar();
-    assert!(signature(&first.scan_body(&eicar, Source::api, CacheMode::Content).await.verdict)
+    assert!(signature(&first.scan_body(&eicar, &[], Source::api, CacheMode::Content).await.verdict)
         .starts_with("Test.Eicar.Body"));
     clamd.stop();
-    let report = second.scan_body(&eicar, Source::api, CacheMode::Content).await;
+    let report = second.scan_body(&eicar, &[], Source::api, CacheMode::Content).await;
     assert!(report.cached, "the second instance must find the first one's verdict in Redis");
     assert!(signature(&report.verdict).starts_with("Test.Eicar.Body"));
     assert_eq!(
@@ -107,14 +107,14 @@ async fn redis_down_means_scans_go_on() {
     config.cache.redis_url = Some(redis.url());
     let (scanner, metrics) = scanner(&config);
     assert_eq!(
-        scanner.scan_body(&samples::clean_sample(1000), Source::api, CacheMode::Content).await.verdict,
+        scanner.scan_body(&samples::clean_sample(1000), &[], Source::api, CacheMode::Content).await.verdict,
         Verdict::Clean
     );
     redis.stop();
-    let report = scanner.scan_body(&samples::eicar(), Source::api, CacheMode::Content).await;
+    let report = scanner.scan_body(&samples::eicar(), &[], Source::api, CacheMode::Content).await;
     assert!(signature(&report.verdict).starts_with("Test.Eicar.Body"));
     assert!(!report.cached);
-    let report = scanner.scan_body(&samples::clean_sample(3000), Source::api, CacheMode::Content).await;
+    let report = scanner.scan_body(&samples::clean_sample(3000), &[], Source::api, CacheMode::Content).await;
     assert_eq!(report.verdict, Verdict::Clean);
     let text = metrics.encode();
     assert!(
@@ -145,13 +145,13 @@ async fn two_instances_scan_the_same_body_once() {
     let (second, second_metrics) = scanner(&config);
     // Open both instances' lazy Redis connections before the race.
     for instance in [&first, &second] {
-        instance.scan_body(&samples::marker_sample(), Source::api, CacheMode::Content).await;
+        instance.scan_body(&samples::marker_sample(), &[], Source::api, CacheMode::Content).await;
     }
     let scans_before = clamd_scans(&first_metrics) + clamd_scans(&second_metrics);
     let body = samples::clean_sample(8 * 1024 * 1024);
     let (a, b) = tokio::join!(
-        first.scan_body(&body, Source::api, CacheMode::Content),
-        second.scan_body(&body, Source::api, CacheMode::Content)
+        first.scan_body(&body, &[], Source::api, CacheMode::Content),
+        second.scan_body(&body, &[], Source::api, CacheMode::Content)
     );
     assert_eq!((a.verdict, b.verdict), (Verdict::Clean, Verdict::Clean));
     let scans = clamd_scans(&first_metrics) + clamd_scans(&second_metrics) - scans_before;
@@ -194,7 +194,7 @@ async fn a_dead_lock_holder_only_delays_the_scan() {
         .expect("SET");
 
     let started = std::time::Instant::now();
-    let report = scanner.scan_body(&body, Source::api, CacheMode::Content).await;
+    let report = scanner.scan_body(&body, &[], Source::api, CacheMode::Content).await;
     assert!(signature(&report.verdict).starts_with("Test.Eicar.Body"), "{:?}", report.verdict);
     assert!(started.elapsed() >= std::time::Duration::from_millis(1000), "it waited for the lock to expire");
     assert_eq!(metric_value(&metrics.encode(), r#"clamgate_scan_waits_total{scope="shared"}"#), 1.0);
@@ -213,7 +213,7 @@ async fn two_instances_share_verdicts_through_a_redis_cluster() {
     let bodies = [samples::eicar(), samples::eicar_zip(), samples::hash_only_sample()];
     for body in &bodies {
         assert!(matches!(
-            first.scan_body(body, Source::api, CacheMode::Content).await.verdict,
+            first.scan_body(body, &[], Source::api, CacheMode::Content).await.verdict,
             Verdict::Infected { .. }
         ));
     }
@@ -224,7 +224,7 @@ async fn two_instances_share_verdicts_through_a_redis_cluster() {
     .await
     .expect("stop clamd");
     for body in &bodies {
-        let report = second.scan_body(body, Source::api, CacheMode::Content).await;
+        let report = second.scan_body(body, &[], Source::api, CacheMode::Content).await;
         assert!(report.cached, "found through the cluster with clamd stopped");
         assert!(matches!(report.verdict, Verdict::Infected { .. }));
     }

@@ -31,7 +31,7 @@ use crate::config::{Config, PolicyConfig, ResponseConfig};
 use crate::metrics::{Metrics, Source};
 use crate::policy::{decide, Decision, DecisionContext, Direction};
 use crate::scanner::{hash_off_worker, ResourceLookup, ScanReport, Scanner};
-use crate::spool::{HeldBody, Spool, READ_PIECE_BYTES};
+use crate::spool::{HeldBody, Spool, SpoolFull, READ_PIECE_BYTES};
 use crate::verdict::{UnscannedReason, Verdict};
 use state::{on_message, Action, StreamPolicy, StreamState};
 
@@ -61,7 +61,8 @@ impl ExtProcService {
             bodies.stream_memory_bytes,
             bodies.spool_dir(),
             metrics.clone(),
-        );
+        )
+        .with_disk_budget(bodies.disk_budget_bytes);
         ExtProcService { scanner, config, metrics, spool }
     }
 
@@ -220,7 +221,7 @@ impl ExtProcService {
             }
             Action::Hold { direction, headers_answer } => {
                 duplex[direction as usize] =
-                    Some(Duplex::Holding(Holding::new(self.spool.hold(), Some(headers_answer))));
+                    Some(Duplex::Holding(Box::new(Holding::new(self.spool.hold(), Some(headers_answer)))));
                 return Ok(());
             }
             Action::Echo { direction, headers_answer } => {
@@ -248,7 +249,7 @@ impl ExtProcService {
             }
             Action::DuplexTrailers { direction } => {
                 if let Some(Duplex::Holding(holding)) = duplex[direction as usize].take() {
-                    self.finish_held(context, state, direction, holding, true, out).await?;
+                    self.finish_held(context, state, direction, *holding, true, out).await?;
                     duplex[direction as usize] = Some(Duplex::Refused);
                     // Answered by finish_held (after the body), unless it blocked.
                     return Ok(());
@@ -283,7 +284,7 @@ impl ExtProcService {
         if slot.is_none() {
             // A body switched to FULL_DUPLEX by clamgate's override: its headers were answered
             // with the override, so only the body is owed.
-            *slot = Some(Duplex::Holding(Holding::new(self.spool.hold(), None)));
+            *slot = Some(Duplex::Holding(Box::new(Holding::new(self.spool.hold(), None))));
         }
         match slot {
             Some(Duplex::Echoing) => out.send(response::streamed_body(direction, body, end_of_stream)).await,
@@ -291,13 +292,21 @@ impl ExtProcService {
             Some(Duplex::Holding(holding)) => {
                 if holding.body.len() + body.len() as u64 > self.scanner.max_scan_bytes() {
                     let Some(Duplex::Holding(holding)) = slot.take() else { unreachable!() };
-                    *slot = Some(self.release_too_large(context, state, direction, holding, out).await?);
+                    *slot = Some(self.release_too_large(context, state, direction, *holding, out).await?);
                     if matches!(slot, Some(Duplex::Echoing)) {
                         out.send(response::streamed_body(direction, body, end_of_stream)).await?;
                     }
                     return Ok(());
                 }
                 if let Err(err) = holding.push(body).await {
+                    if SpoolFull::is(&err) {
+                        // Capacity, not a fault: Envoy answers 503 and the client may retry.
+                        tracing::warn!(request_id = %state.request_id, error = %err, "no room to hold a body (bodies.disk_budget_bytes); failing the stream");
+                        self.metrics.record_stream_error("spool_full");
+                        return Err(Stop::Fail(Status::resource_exhausted(
+                            "clamgate has no room to hold the body",
+                        )));
+                    }
                     tracing::error!(request_id = %state.request_id, error = %err, "cannot hold a body (temp file); failing the stream");
                     self.metrics.record_stream_error("spool");
                     return Err(Stop::Fail(Status::internal("clamgate could not hold the body")));
@@ -305,7 +314,7 @@ impl ExtProcService {
                 if end_of_stream {
                     let Some(Duplex::Holding(holding)) = slot.take() else { unreachable!() };
                     *slot = Some(Duplex::Refused);
-                    self.finish_held(context, state, direction, holding, false, out).await?;
+                    self.finish_held(context, state, direction, *holding, false, out).await?;
                 }
                 Ok(())
             }
@@ -521,8 +530,9 @@ impl Outbox<'_> {
 
 /// What clamgate does with one direction's FULL_DUPLEX body.
 enum Duplex {
-    /// Held whole until its end, then scanned and answered.
-    Holding(Holding),
+    /// Held whole until its end, then scanned and answered (boxed: it carries the headers'
+    /// pending answer, and the other states nothing).
+    Holding(Box<Holding>),
     /// Sent straight back piece by piece (the policy does not scan it, or allowed it unscanned).
     Echoing,
     /// Answered already (a block, or the body was sent back): later pieces are ignored.
