@@ -2,8 +2,10 @@
 # The benchmark (docs/benchmarks.md): installs what is missing (scripts/setup.sh), builds in release
 # and runs benches/proxy through cargo bench, passing every argument on.
 #
-#   scripts/bench.sh                   # every scenario and size; prints Markdown tables
-#   scripts/bench.sh --write-report    # the same, and rewrites docs/benchmarks.md
+#   scripts/bench.sh                   # the latency scenarios, every size; prints Markdown tables
+#   scripts/bench.sh --write-report    # the same, and rewrites their section of docs/benchmarks.md
+#   scripts/bench.sh --scenarios large --write-report   # 1/16/256 MiB scanned through Envoy vs
+#                                      # direct clamd INSTREAM; rewrites only its own section
 #   scripts/bench.sh --help            # every option
 #
 # The client is the bench's own (Rust, exact percentiles): nothing like wrk is needed.

@@ -51,9 +51,26 @@ impl Connection {
         String::from_utf8_lossy(&self.body[..response.body_len.min(200).min(self.body.len())]).into_owned()
     }
 
-    /// `GET path`, the whole body read.
+    /// A connection whose body buffer already holds `size` bytes, written once so that its pages
+    /// are mapped: reading a body of up to that size then allocates and page-faults nothing while
+    /// it is timed. (`vec![0; n]` would map zero pages lazily, on the first write.)
+    pub fn with_body_capacity(addr: SocketAddr, size: usize) -> Connection {
+        Connection { addr, stream: None, body: vec![0xa5; size], connects: 0 }
+    }
+
+    /// The body of the last response.
+    pub fn body(&self, response: &Response) -> &[u8] {
+        &self.body[..response.body_len.min(self.body.len())]
+    }
+
+    /// `GET path`, the whole body read, within 60 s.
     pub async fn get(&mut self, path: &str) -> Result<Response, String> {
-        match tokio::time::timeout(REQUEST_TIMEOUT, self.exchange(path)).await {
+        self.get_within(path, REQUEST_TIMEOUT).await
+    }
+
+    /// `GET path`, the whole body read, within `limit`.
+    pub async fn get_within(&mut self, path: &str, limit: Duration) -> Result<Response, String> {
+        match tokio::time::timeout(limit, self.exchange(path)).await {
             Ok(Ok(response)) => Ok(response),
             Ok(Err(err)) => {
                 self.stream = None;
@@ -61,7 +78,7 @@ impl Connection {
             }
             Err(_) => {
                 self.stream = None;
-                Err(format!("GET {path}: no complete answer within {REQUEST_TIMEOUT:?}"))
+                Err(format!("GET {path}: no complete answer within {limit:?}"))
             }
         }
     }

@@ -148,3 +148,43 @@ pub fn utc_now() -> String {
     let year = yoe + era * 400 + i64::from(month <= 2);
     format!("{year:04}-{month:02}-{day:02} {:02}:{:02} UTC", rem / 3600, rem % 3600 / 60)
 }
+
+/// A `kB` field of `/proc/<pid>/status` (`VmRSS`, `VmHWM`), in bytes.
+fn status_bytes(pid: u32, field: &str) -> Option<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|line| line.starts_with(field) && line[field.len()..].starts_with(':'))?;
+    let kib: u64 = line[field.len() + 1..].split_whitespace().next()?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// Resident set size of a process now, in bytes.
+pub fn rss_bytes(pid: u32) -> Option<u64> {
+    status_bytes(pid, "VmRSS")
+}
+
+/// Peak resident set size of a process (`VmHWM`), in bytes: since it started, or since the last
+/// [`reset_peak_rss`] that succeeded.
+pub fn peak_rss_bytes(pid: u32) -> Option<u64> {
+    status_bytes(pid, "VmHWM")
+}
+
+/// Resets a process's peak RSS to its current RSS (`echo 5 > /proc/<pid>/clear_refs`, Linux 4.0
+/// and later, own processes only). `false` when the kernel refused.
+pub fn reset_peak_rss(pid: u32) -> bool {
+    fs::write(format!("/proc/{pid}/clear_refs"), "5").is_ok()
+}
+
+/// The file system type of the mount holding `path` (`/proc/mounts`, longest matching mount point).
+pub fn filesystem_type(path: &Path) -> Option<String> {
+    let path = path.canonicalize().ok()?;
+    let mounts = fs::read_to_string("/proc/mounts").ok()?;
+    mounts
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let (_, mount_point, kind) = (fields.next()?, fields.next()?, fields.next()?);
+            path.starts_with(mount_point).then(|| (mount_point.len(), kind.to_string()))
+        })
+        .max_by_key(|(len, _)| *len)
+        .map(|(_, kind)| kind)
+}

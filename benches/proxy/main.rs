@@ -2,8 +2,10 @@
 //! through the real stack on loopback (clamd with the test signatures, the clamgate release
 //! binary, a sample origin, Envoy 1.40 with the shipped `envoy/envoy.yaml` plus bench-only routes),
 //! for a route without ext_proc, a content-key cache hit, a resource-key cache hit and a cache
-//! miss. A benchmark, not a test: it never fails on a number. `docs/benchmarks.md` says how to run
-//! and read it; `--write-report` rewrites that file.
+//! miss; and (`--scenarios large`, `large.rs`) the time to scan bodies of 1 MiB to hundreds of MiB
+//! through Envoy against a direct clamd INSTREAM. A benchmark, not a test: it never fails on a
+//! number. `docs/benchmarks.md` says how to run and read it; `--write-report` rewrites that file's
+//! sections for the scenarios that ran.
 //!
 //! Started by anything but `cargo bench` (no `--bench` argument: `cargo test --benches`, a test
 //! lister's `--list`) it does nothing and exits 0.
@@ -13,6 +15,7 @@ mod support;
 
 mod clamgate_bin;
 mod envoy;
+mod large;
 mod load;
 mod machine;
 mod noop;
@@ -35,7 +38,7 @@ use load::{Connection, PhaseResult};
 use machine::CpuSample;
 use noop::NoopProcessor;
 use scenario::{Scenario, Selection};
-use support::clamd::ClamdProcess;
+use support::clamd::{ClamdOptions, ClamdProcess};
 use support::redis::RedisProcess;
 use upstream::Origin;
 
@@ -48,15 +51,26 @@ const DOWNSTREAM_CX: &str = "http.ingress_http.downstream_cx_total";
     about = "clamgate benchmark: latency and throughput through Envoy on loopback (see docs/benchmarks.md)"
 )]
 pub struct Options {
-    /// Scenarios to run, comma-separated: baseline, content, resource, miss, noop. `resource` runs
-    /// the `/mirror/` route and its copy without ext_proc; it is skipped (with a line saying why)
-    /// while the shipped config or clamgate lacks resource-key support. `noop` runs the `/mirror/`
-    /// route through a second Envoy whose processor does nothing (the floor of a resource hit).
+    /// Scenarios to run, comma-separated: baseline, content, resource, miss, noop, large. `resource`
+    /// runs the `/mirror/` route and its copy without ext_proc; it is skipped (with a line saying
+    /// why) while the shipped config or clamgate lacks resource-key support. `noop` runs the
+    /// `/mirror/` route through a second Envoy whose processor does nothing (the floor of a
+    /// resource hit). `large` (only when named) times large bodies scanned through Envoy against a
+    /// direct clamd INSTREAM and against Envoy without ext_proc (`--large-sizes`, `--large-reps`).
     #[arg(long, value_enum, value_delimiter = ',', default_value = "baseline,content,resource,noop,miss")]
     pub scenarios: Vec<Selection>,
-    /// Body sizes, comma-separated: bytes, or with a k / m suffix (KiB, MiB).
+    /// Body sizes of the latency scenarios, comma-separated: bytes, or with a k / m suffix (KiB,
+    /// MiB), 64 bytes to 16 MiB.
     #[arg(long, value_delimiter = ',', default_value = "1k,16k,1m", value_parser = parse_size)]
     pub sizes: Vec<usize>,
+    /// Body sizes of the `large` scenario, comma-separated, as --sizes but up to 600 MiB (the limits
+    /// the bench gives clamd and clamgate for it).
+    #[arg(long, value_delimiter = ',', default_value = "1m,16m,256m", value_parser = parse_large_size)]
+    pub large_sizes: Vec<usize>,
+    /// Repetitions of the `large` scenario: one number for every size, or one per size of
+    /// --large-sizes, comma-separated. Default: 10 up to 1 MiB, 5 up to 16 MiB, 3 above.
+    #[arg(long, value_delimiter = ',')]
+    pub large_reps: Vec<usize>,
     /// Client concurrencies (workers, one keep-alive connection each), comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "1,8")]
     pub concurrency: Vec<usize>,
@@ -76,7 +90,8 @@ pub struct Options {
     /// Give clamgate a Redis verdict cache (a real redis-server) behind its in-process tier.
     #[arg(long)]
     pub redis: bool,
-    /// Rewrite docs/benchmarks.md with this run's results.
+    /// Rewrite docs/benchmarks.md: its how-to and the results sections of the scenarios that ran
+    /// (the other section is kept as it was).
     #[arg(long)]
     pub write_report: bool,
     /// A note for the report (e.g. what else ran on the machine).
@@ -88,6 +103,25 @@ pub struct Options {
 }
 
 fn parse_size(text: &str) -> Result<usize, String> {
+    let size = parse_bytes(text)?;
+    if !(64..=16 * 1024 * 1024).contains(&size) {
+        return Err(format!("{text}: sizes go from 64 bytes to 16 MiB (Envoy's buffer limit)"));
+    }
+    Ok(size)
+}
+
+fn parse_large_size(text: &str) -> Result<usize, String> {
+    let size = parse_bytes(text)?;
+    if !(64..=large::MAX_SCAN_BYTES).contains(&size) {
+        return Err(format!(
+            "{text}: large sizes go from 64 bytes to 600 MiB (the StreamMaxLength the bench gives clamd)"
+        ));
+    }
+    Ok(size)
+}
+
+/// A byte count: digits, optionally with a k / m suffix (KiB, MiB).
+fn parse_bytes(text: &str) -> Result<usize, String> {
     let lower = text.trim().to_ascii_lowercase();
     let lower = lower.trim_end_matches("ib").trim_end_matches('b');
     let (digits, unit) = match lower.chars().last() {
@@ -95,13 +129,12 @@ fn parse_size(text: &str) -> Result<usize, String> {
         Some('m') => (&lower[..lower.len() - 1], 1024 * 1024),
         _ => (lower, 1),
     };
-    let size =
-        digits.trim().parse::<usize>().map_err(|_| format!("not a size: {text:?} (e.g. 1k, 16k, 1m)"))?
-            * unit;
-    if !(64..=16 * 1024 * 1024).contains(&size) {
-        return Err(format!("{text}: sizes go from 64 bytes to 16 MiB (Envoy's buffer limit)"));
-    }
-    Ok(size)
+    digits
+        .trim()
+        .parse::<usize>()
+        .ok()
+        .and_then(|n| n.checked_mul(unit))
+        .ok_or_else(|| format!("not a size: {text:?} (e.g. 1k, 16k, 1m)"))
 }
 
 /// Warm-up and measured request counts for one cell.
@@ -205,14 +238,27 @@ fn run(options: &Options, command: String) -> Result<(), String> {
     let mut notes: Vec<String> = options.note.iter().cloned().collect();
     let mut scenarios: Vec<Scenario> =
         scenario::ALL.into_iter().filter(|scenario| scenario.selected_by(&options.scenarios)).collect();
+    let latency_selected = !scenarios.is_empty();
+    let large_plan = match options.scenarios.contains(&Selection::Large) {
+        true => Some(large::plan(&options.large_sizes, &options.large_reps)?),
+        false => None,
+    };
 
     eprintln!(
         "proxy bench: starting clamd,{} clamgate, the origin and Envoy",
         if options.redis { " redis," } else { "" }
     );
-    let clamd = ClamdProcess::start();
+    // Large bodies need clamd's and clamgate's size limits raised (to 600 MiB, both); the latency
+    // scenarios' bodies are far below either limit, so they measure the same with them.
+    let clamd = match large_plan {
+        Some(_) => ClamdProcess::start_with(ClamdOptions::large_bodies()),
+        None => ClamdProcess::start(),
+    };
     let redis = options.redis.then(RedisProcess::start);
     let mut extra = String::new();
+    if large_plan.is_some() {
+        extra.push_str(&large::clamgate_config());
+    }
     if let Some(redis) = &redis {
         extra.push_str(&format!("[cache]\nredis_url = \"{}\"\n\n", redis.url()));
     }
@@ -367,6 +413,23 @@ fn run(options: &Options, command: String) -> Result<(), String> {
         );
     }
 
+    let large_run = match &large_plan {
+        Some(plan) => {
+            let stack = large::Stack {
+                runtime: &runtime,
+                envoy: &envoy,
+                gate: &gate,
+                origin: &origin,
+                clamd_address: clamd.address(),
+                pids: &pids,
+                cores,
+                run_nonce,
+            };
+            Some(large::run(&stack, plan, run_deadline)?)
+        }
+        None => None,
+    };
+
     let info = RunInfo {
         date,
         command,
@@ -390,13 +453,31 @@ fn run(options: &Options, command: String) -> Result<(), String> {
         duration: started.elapsed(),
         notes,
     };
-    let results = report::results(&info, &cells);
-    println!("{results}");
+    let mut sections = Vec::new();
+    if latency_selected {
+        sections.push((report::Section::Latency, report::results(&info, &cells)));
+    }
+    if let Some(large_run) = &large_run {
+        let notes: Vec<String> = options.note.iter().cloned().collect();
+        sections.push((report::Section::Large, report::large_results(&info, large_run, &notes)));
+    }
+    for (_, text) in &sections {
+        println!("{text}");
+    }
     if options.write_report {
         let path = repo.join("docs").join("benchmarks.md");
-        std::fs::write(&path, format!("{}\n{results}", report::HEADER))
-            .map_err(|err| format!("write {}: {err}", path.display()))?;
-        eprintln!("proxy bench: wrote {}", path.display());
+        let existing = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(err) => return Err(format!("read {}: {err}", path.display())),
+        };
+        let (text, kept) = report::compose(&existing, &sections);
+        std::fs::write(&path, text).map_err(|err| format!("write {}: {err}", path.display()))?;
+        let kept = match kept.is_empty() {
+            true => String::new(),
+            false => format!(" (kept its earlier {} section)", kept.join(" and ")),
+        };
+        eprintln!("proxy bench: wrote {}{kept}", path.display());
     }
     Ok(())
 }

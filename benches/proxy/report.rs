@@ -1,8 +1,11 @@
-//! The Markdown the benchmark prints (and `--write-report` puts in `docs/benchmarks.md`).
+//! The Markdown the benchmark prints, and `docs/benchmarks.md` as `--write-report` writes it: the
+//! how-to ([`HEADER`]), then one results section per kind of scenario, each kept from the file
+//! when this run did not produce it ([`compose`]).
 
 use std::fmt::Write as _;
 use std::time::Duration;
 
+use crate::large::{self, LargeRun, Way};
 use crate::scenario::{self, Scenario};
 use crate::{Cell, RunInfo};
 
@@ -16,9 +19,11 @@ clamgate. It is a benchmark, not a test: it never fails on a number (it exits no
 the stack cannot start).
 
 ```sh
-scripts/bench.sh                                   # every scenario, 1 KiB / 16 KiB / 1 MiB, c=1 and c=8; prints the tables
-scripts/bench.sh --write-report                    # the same, and rewrites this file with the results
+scripts/bench.sh                                   # the latency scenarios, 1 KiB / 16 KiB / 1 MiB, c=1 and c=8; prints the tables
+scripts/bench.sh --write-report                    # the same, and replaces their section of this file
 scripts/bench.sh --scenarios baseline,content --sizes 1k --concurrency 1 --scale 0.2   # a quick subset
+scripts/bench.sh --scenarios large --write-report  # large bodies (1 / 16 / 256 MiB): scan time through Envoy vs direct INSTREAM
+scripts/bench.sh --scenarios large --large-sizes 1m,16m --large-reps 2   # a quick look at it
 cargo bench --bench proxy -- --help                # every option
 ```
 
@@ -30,24 +35,35 @@ nothing.
 
 | option | default | meaning |
 |---|---|---|
-| `--scenarios` | `baseline,content,resource,miss` | which scenarios (below) |
-| `--sizes` | `1k,16k,1m` | body sizes (bytes, or `k` / `m` for KiB / MiB; 64 B to 16 MiB) |
+| `--scenarios` | `baseline,content,resource,noop,miss` | which scenarios (below); `large` only when named |
+| `--sizes` | `1k,16k,1m` | body sizes of the latency scenarios (bytes, or `k` / `m` for KiB / MiB; 64 B to 16 MiB) |
 | `--concurrency` | `1,8` | client workers, each with one HTTP/1.1 keep-alive connection |
 | `--scale` | `1.0` | multiplies every request count |
 | `--phase-secs` | `60` | time bound of each warm-up and each measured phase |
 | `--max-secs` | `1800` | time bound of the whole run: cells not started by then are skipped |
 | `--envoy-concurrency` | number of CPUs | Envoy's worker threads |
 | `--redis` | off | clamgate with a Redis verdict cache (a local redis-server) behind its in-process tier |
-| `--write-report` | off | rewrite this file |
+| `--large-sizes` | `1m,16m,256m` | body sizes of `large` (64 B to 600 MiB) |
+| `--large-reps` | 10 up to 1 MiB, 5 up to 16 MiB, 3 above | repetitions of `large`: one number for every size, or one per size |
+| `--write-report` | off | rewrite this file: this text, and the results sections of the scenarios that ran (below) |
 | `--note TEXT` | none | a note for the report (e.g. what else ran on the machine) |
+
+The results below come in two sections, **latency and throughput** (`baseline`, `content`,
+`resource`, `noop`, `miss`) and **large bodies** (`large`). `--write-report` replaces the section
+of each kind of scenario that ran and keeps the other section as the file had it, from its own
+earlier run (each section names its date and command): `--scenarios large --write-report` leaves
+the latency tables alone, and the reverse. Each section starts with an HTML comment line naming
+it (invisible when rendered); leave those lines in place.
 
 ## The stack
 
 - **clamd** 1.4 with the test signatures (`testdata/clamav/`, the tests' `ClamdProcess`), TCP on
-  loopback. The official database is 3-10× slower per byte: misses here are a lower bound.
+  loopback. The official database is 3-10× slower per byte: misses here are a lower bound. When
+  `large` runs, with its size limits raised (below).
 - **clamgate**: the release binary cargo builds for the bench, as its own process, with its
-  defaults except the listeners, clamd's address, `log.level = "warn"` and, when clamgate accepts
-  it, `[policies.mirror] cache_mode = "resource"`.
+  defaults except the listeners, clamd's address, `log.level = "warn"`, when clamgate accepts
+  it `[policies.mirror] cache_mode = "resource"`, and when `large` runs `scan.max_scan_bytes`
+  (below).
 - **origin**: an in-process HTTP/1.1 server (its own one-thread runtime) serving every object
   under any path prefix with `content-length` and an `ETag`: fixed pseudo-random objects
   (`obj-N.bin`) and, for misses, a new object per request (`u-…-N-i.bin`: the fixed bytes with
@@ -83,6 +99,8 @@ bodies); here a worker's connection count is exact, and checked (**conns** below
 | `noop-hit` | `/mirror/obj-N.bin` through a second Envoy, same config, whose processor is a do-nothing one in the bench process (`benches/proxy/noop.rs`): it gives the same two answers clamgate gives on a resource-key hit, with no lookup, state, task or metric. The floor any processor pays for Envoy's two ext_proc round trips on this machine; resource-hit over noop-hit is clamgate's own share | `mirror-noscan` |
 | `miss` | `/files/u-…-N-i.bin`, a new object every request: a real clamd scan each | `baseline` |
 
+`large` is not a latency scenario: see "Large bodies" below.
+
 `--scenarios resource` runs `mirror-noscan` and `resource-hit`. Until the shipped config has the
 `/mirror/` route and clamgate accepts `[policies.mirror]`, they are skipped with a line saying
 which is missing; nothing else needs changing for them to run. `--scenarios noop` runs
@@ -110,6 +128,47 @@ that fills the cache. Cells run size by size, concurrency by concurrency, and th
 - For numbers to publish, run on an otherwise idle machine (no builds or tests alongside) and
   check that **other load** stayed near 0; sub-millisecond latencies (the 1 KiB baseline) moved
   by 2-3× between runs on a shared machine.
+
+## Large bodies (`--scenarios large`)
+
+How long one large download takes to scan through Envoy, next to clamd scanning the same amount
+of the same kind of bytes with nothing in between, and next to the same download through Envoy
+without ext_proc. For each size of `--large-sizes` (default 1 MiB, 16 MiB, 256 MiB), each
+repetition (`--large-reps`, default 10 / 5 / 3) measures three things back to back, one request
+at a time:
+
+| measurement | what is timed |
+|---|---|
+| **direct INSTREAM** | the bench process connects to clamd itself (clamgate's own client code, `clamgate::clamd`: `zINSTREAM\0`, chunks of 1 MiB, `\0\0\0\0`) and sends the body from memory: connect to clamd's reply, which must be `stream: OK` |
+| **through Envoy, scanned** | `GET /files/{name}` on the shipped `/` route: Envoy streams the download to clamgate (FULL_DUPLEX_STREAMED, README "Bodies of any size"), which holds it (in memory up to `bodies.stream_memory_bytes`, 8 MiB, else in an unlinked temp file), sends it to clamd once it is whole, and sends it back: connect to the last body byte. clamgate's `/metrics` must show exactly one clamd scan and no cache hit for the request |
+| **Envoy without ext_proc** | `GET /noscan/files/{name}`, the `/` route's bench-only copy with ext_proc disabled: the transfer through Envoy alone |
+
+Every download must answer 200, carry `x-clamgate-verdict: clean` exactly when scanned, and
+deliver the origin's bytes (SHA-256 compared after the clock stopped).
+
+- **Bodies**: pseudo-random bytes (xorshift64*, as the latency scenarios' objects), clean for the
+  test signatures. **Each of the three measurements of each repetition gets new bytes** (same
+  generator and size, a new seed), made before the clock starts and served by the origin from
+  memory without a copy. The same bytes twice would not measure a scan: clamgate's verdict cache
+  would answer the second request, and clamd itself keeps an MD5 cache of clean files (a 16 MiB
+  body it had seen took 0.08 s, against 0.45 s the first time).
+- **Limits**: for this scenario the bench starts clamd with `StreamMaxLength 600M`,
+  `MaxFileSize 600M`, `MaxScanSize 1200M` (the tests' `LARGE_BODY_LIMITS`) and gives clamgate
+  `scan.max_scan_bytes = 629145600` (600 MiB, the same); every other clamgate key keeps its
+  default, the memory settings included (`bodies.memory_budget_bytes` 256 MiB,
+  `bodies.stream_memory_bytes` 8 MiB). The other scenarios of the same run see the same limits,
+  which do not change what they measure.
+- **Overhead** = median(scanned) − median(direct INSTREAM) − median(without ext_proc): what the
+  scanned path adds beyond clamd's own time for the bytes and their transfer through Envoy
+  (ext_proc messages both ways, holding the body in memory or a temp file, reading it back for
+  clamd and for Envoy). **MB/s** = body bytes / median time, in 10^6 bytes per second.
+- **RSS**: clamgate's and Envoy's peak resident memory (`VmHWM` in `/proc`, reset through
+  `/proc/PID/clear_refs` before each scanned request), the highest over the repetitions.
+- clamd's time grows with the signature database: these are the project's tiny test signatures,
+  the official database is 3-10× slower per byte (`docs/clamd.md`). The scenario takes about a
+  minute with the defaults on a 2-core machine. The bench process peaks near twice the largest
+  body (the origin's copy and the client's buffer: 518 MiB with 256 MiB), and clamd and clamgate
+  each write the body to a temp file (page cache).
 "#;
 
 pub fn size_label(size: usize) -> String {
@@ -158,7 +217,7 @@ pub fn one_line(cell: &Cell) -> String {
 /// The results: the run's context, a table per scenario, the overheads, clamgate's counters.
 pub fn results(info: &RunInfo, cells: &[Cell]) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "## Results ({})\n", info.date);
+    let _ = writeln!(out, "## Results: latency and throughput ({})\n", info.date);
     let _ = writeln!(out, "- Command: `{}`", info.command);
     let _ = writeln!(
         out,
@@ -349,4 +408,277 @@ fn clamgate_share(out: &mut String, cells: &[Cell]) {
         );
     }
     let _ = writeln!(out);
+}
+
+/// The line that opens each results section of `docs/benchmarks.md`, before its name.
+const SECTION_MARK: &str = "<!-- benches/proxy section: ";
+
+/// The results sections of `docs/benchmarks.md`, in their order in the file.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Section {
+    /// The latency scenarios (`report::results`).
+    Latency,
+    /// The `large` scenario (`report::large_results`).
+    Large,
+}
+
+impl Section {
+    const ALL: [Section; 2] = [Section::Latency, Section::Large];
+
+    fn name(self) -> &'static str {
+        match self {
+            Section::Latency => "latency",
+            Section::Large => "large",
+        }
+    }
+
+    fn mark(self) -> String {
+        let scenarios = match self {
+            Section::Latency => "baseline, content, resource, noop, miss",
+            Section::Large => "large",
+        };
+        format!("{SECTION_MARK}{} (replaced by --write-report runs of {scenarios}) -->", self.name())
+    }
+}
+
+/// The results sections of an existing `docs/benchmarks.md`: each runs from its mark (a line of
+/// its own) to the next mark or the end. A file from before the sections were marked holds one
+/// results section, the latency one, from its `## Results` heading on.
+fn existing_sections(text: &str) -> Vec<(Section, String)> {
+    let is_mark = |line: &str| line.starts_with(SECTION_MARK);
+    if !text.lines().any(is_mark) {
+        return text
+            .find("\n## Results")
+            .map(|at| vec![(Section::Latency, text[at + 1..].trim_end().to_string())])
+            .unwrap_or_default();
+    }
+    let mut found: Vec<(Section, String)> = Vec::new();
+    let mut current: Option<(Section, String)> = None;
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix(SECTION_MARK) {
+            found.extend(current.take());
+            let name = rest.split_whitespace().next().unwrap_or_default();
+            // An unknown section (from a newer bench) is dropped, not merged into another one.
+            current = Section::ALL
+                .into_iter()
+                .find(|section| section.name() == name)
+                .map(|section| (section, String::new()));
+        } else if let Some((_, body)) = current.as_mut() {
+            body.push_str(line);
+            body.push('\n');
+        }
+    }
+    found.extend(current);
+    found
+}
+
+/// The whole `docs/benchmarks.md`: [`HEADER`], then each section, from `fresh` (this run) when
+/// it has it, else from `existing` (the file as it was). Also returns the sections kept.
+pub fn compose(existing: &str, fresh: &[(Section, String)]) -> (String, Vec<&'static str>) {
+    let old = existing_sections(existing);
+    let mut out = String::from(HEADER);
+    let mut kept = Vec::new();
+    for section in Section::ALL {
+        let text = match fresh.iter().find(|(s, _)| *s == section) {
+            Some((_, text)) => text.trim(),
+            None => match old.iter().find(|(s, _)| *s == section) {
+                Some((_, text)) => {
+                    kept.push(section.name());
+                    text.trim()
+                }
+                None => continue,
+            },
+        };
+        let _ = write!(out, "\n{}\n\n{text}\n", section.mark());
+    }
+    (out, kept)
+}
+
+/// Milliseconds with the precision that matters at their size.
+fn ms_adaptive(duration: Duration) -> String {
+    let ms = duration.as_secs_f64() * 1000.0;
+    match ms {
+        ms if ms < 10.0 => format!("{ms:.2}"),
+        ms if ms < 1000.0 => format!("{ms:.1}"),
+        ms => format!("{ms:.0}"),
+    }
+}
+
+/// Repetitions measured: one number when every way has it, else direct / scanned / without ext_proc.
+fn completed(size: &large::SizeResult) -> String {
+    let (d, s, b) = (size.direct.len(), size.scanned.len(), size.baseline.len());
+    if d == s && s == b {
+        d.to_string()
+    } else {
+        format!("{d} / {s} / {b}")
+    }
+}
+
+fn mib(bytes: Option<u64>) -> String {
+    bytes.map(|b| format!("{:.0} MiB", b as f64 / (1024.0 * 1024.0))).unwrap_or_else(|| "–".to_string())
+}
+
+/// The `large` scenario's section: its setup, the comparison table, the details, every time.
+pub fn large_results(info: &RunInfo, run: &LargeRun, notes: &[String]) -> String {
+    let mut out = String::new();
+    let _ =
+        writeln!(out, "## Large bodies: scan time through Envoy vs direct clamd INSTREAM ({})\n", run.date);
+    let _ = writeln!(out, "- Command: `{}`", info.command);
+    let _ = writeln!(
+        out,
+        "- Machine: {} CPUs ({}), {} RAM, Linux {}; load average {} at the start of this scenario, {} at its end",
+        info.cores, info.cpu_model, info.memory, info.kernel, run.load_start, run.load_end
+    );
+    let _ = writeln!(
+        out,
+        "- Envoy {} (`--concurrency {}`), the shipped `envoy/envoy.yaml`: the `/` route, and its bench-only copy \
+         `/noscan/` without ext_proc",
+        info.envoy_version, info.envoy_workers
+    );
+    let _ = writeln!(
+        out,
+        "- clamd: {} with the project's test signature database (`testdata/clamav/`: a few text signatures), \
+         TCP on loopback; `StreamMaxLength 600M`, `MaxFileSize 600M`, `MaxScanSize 1200M`",
+        info.clamd_version
+    );
+    let _ = writeln!(
+        out,
+        "- {} at git {}: defaults except the listeners, clamd's address, `log.level = \"warn\"` and \
+         `scan.max_scan_bytes = {}`; memory settings default (`bodies.stream_memory_bytes` 8 MiB, \
+         `bodies.memory_budget_bytes` 256 MiB), so bodies over 8 MiB are held in an unlinked temp file in {}; \
+         verdict cache: {}",
+        info.clamgate_version,
+        info.git_revision,
+        large::MAX_SCAN_BYTES,
+        run.spool,
+        info.cache
+    );
+    let reps: Vec<String> =
+        run.sizes.iter().map(|size| format!("{} × {}", size_label(size.size), size.reps)).collect();
+    let _ = writeln!(
+        out,
+        "- Repetitions: {}; each one direct INSTREAM, then without ext_proc, then scanned, each with new \
+         pseudo-random clean bytes, one request at a time on a new connection",
+        reps.join(", ")
+    );
+    let _ = writeln!(out, "- Run time of this scenario: {:.0} s", run.duration.as_secs_f64());
+    let mut all_notes: Vec<String> = notes.to_vec();
+    if !run.peak_reset {
+        all_notes.push(
+            "Peak RSS could not be reset (`/proc/PID/clear_refs`): the RSS figures are peaks since each process \
+             started."
+                .to_string(),
+        );
+    }
+    for size in &run.sizes {
+        if let Some(why) = &size.cut_short {
+            all_notes.push(format!("{}: {why}", size_label(size.size)));
+        }
+    }
+    if !all_notes.is_empty() {
+        let _ = writeln!(out, "\nNotes:\n");
+        for note in &all_notes {
+            let _ = writeln!(out, "- {note}");
+        }
+    }
+
+    let cell = |times: &[Duration]| match large::summary(times) {
+        Some((median, min, max)) => {
+            format!("{} / {} / {}", ms_adaptive(median), ms_adaptive(min), ms_adaptive(max))
+        }
+        None => "–".to_string(),
+    };
+    let median = |times: &[Duration]| large::summary(times).map(|(median, _, _)| median);
+    let rate = |size: usize, time: Option<Duration>| {
+        time.map(|t| format!("{:.1}", size as f64 / 1e6 / t.as_secs_f64().max(1e-9)))
+            .unwrap_or_else(|| "–".to_string())
+    };
+    let _ = writeln!(
+        out,
+        "\nTimes in ms, median / min / max over the repetitions; overhead from the medians (scanned − direct \
+         INSTREAM − without ext_proc); MB/s = 10^6 bytes per second at the median.\n"
+    );
+    let _ = writeln!(
+        out,
+        "| body | reps | direct INSTREAM | through Envoy, scanned | Envoy without ext_proc | overhead | MB/s scanned through Envoy | MB/s direct INSTREAM |"
+    );
+    let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|");
+    for size in &run.sizes {
+        let (direct, scanned, baseline) =
+            (median(&size.direct), median(&size.scanned), median(&size.baseline));
+        let overhead = match (scanned, direct, baseline) {
+            (Some(s), Some(d), Some(b)) => {
+                format!("{:+.1} ms", (s.as_secs_f64() - d.as_secs_f64() - b.as_secs_f64()) * 1000.0)
+            }
+            _ => "–".to_string(),
+        };
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {overhead} | {} | {} |",
+            size_label(size.size),
+            completed(size),
+            cell(&size.direct),
+            cell(&size.scanned),
+            cell(&size.baseline),
+            rate(size.size, scanned),
+            rate(size.size, direct),
+        );
+    }
+
+    let _ = writeln!(
+        out,
+        "\nDuring the scanned requests: the clamd scans clamgate made and their mean time in its own `/metrics` \
+         (first byte sent to clamd → reply: clamgate's INSTREAM, to compare with the direct one), where clamgate \
+         held the bodies, and the peak RSS of clamgate and Envoy. **other load**: CPU used by processes other \
+         than the benchmark's while the size ran.\n"
+    );
+    let _ = writeln!(
+        out,
+        "| body | clamd scans by clamgate | clamgate's INSTREAM, mean | held in | clamgate RSS before → peak | Envoy peak RSS | other load |"
+    );
+    let _ = writeln!(out, "|---|---:|---:|---|---:|---:|---:|");
+    for size in &run.sizes {
+        let scans = size.clamd_scans;
+        let instream = if scans > 0.0 {
+            format!("{} ms", ms_adaptive(Duration::from_secs_f64(size.clamd_seconds / scans)))
+        } else {
+            "–".to_string()
+        };
+        let held = if scans == 0.0 {
+            "–".to_string()
+        } else if size.spilled == 0.0 {
+            "memory".to_string()
+        } else if size.spilled == scans {
+            "temp file".to_string()
+        } else {
+            format!("temp file {:.0} of {scans:.0} times", size.spilled)
+        };
+        let _ = writeln!(
+            out,
+            "| {} | {:.0} | {instream} | {held} | {} → {} | {} | {} |",
+            size_label(size.size),
+            size.clamd_scans,
+            mib(size.clamgate_rss_before),
+            mib(size.clamgate_peak_rss),
+            mib(size.envoy_peak_rss),
+            size.other_cores.map(|cores| format!("{cores:.2} cores")).unwrap_or_else(|| "–".to_string()),
+        );
+    }
+
+    let _ = writeln!(out, "\nEvery time, in ms, in the order measured:\n");
+    for size in &run.sizes {
+        for way in Way::ALL {
+            let times: Vec<String> = size.times(way).iter().map(|t| ms_adaptive(*t)).collect();
+            let _ = writeln!(out, "- {} {}: {}", size_label(size.size), way.name(), times.join(", "));
+        }
+    }
+
+    let errors: Vec<&String> = run.sizes.iter().flat_map(|size| size.errors.iter()).collect();
+    if !errors.is_empty() {
+        let _ = writeln!(out, "\n### Errors (not in the times above)\n");
+        for error in errors {
+            let _ = writeln!(out, "- `{error}`");
+        }
+    }
+    out
 }

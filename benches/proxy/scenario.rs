@@ -1,4 +1,5 @@
-//! The scenarios: which route, which object, and what each one is compared with.
+//! The latency scenarios: which route, which object, and what each one is compared with. (The
+//! `large` selection is not one of them: `large.rs` measures it.)
 
 use crate::envoy::{MIRROR_NOSCAN_PREFIX, MIRROR_PREFIX, NOSCAN_PREFIX};
 use crate::upstream::{fixed_name, unique_name};
@@ -18,6 +19,10 @@ pub enum Selection {
     /// The `/mirror/` route through a second Envoy whose processor is a do-nothing one
     /// (`noop.rs`): the floor any processor pays on the resource-hit path.
     Noop,
+    /// Large bodies (`--large-sizes`), one at a time: a direct clamd INSTREAM from the bench, the
+    /// download through Envoy scanned (FULL_DUPLEX, a real scan each), and the same download with
+    /// ext_proc disabled (`large.rs`). Not a latency scenario: it has its own report section.
+    Large,
 }
 
 /// One measured scenario, in the order they run for each body size and concurrency.

@@ -8,13 +8,16 @@
 //!   it), `etag: "obj-{size}-v1"`. The same `Bytes` is served every time.
 //! - `u-{run}s{series}-{size}-{n}.bin`: a unique object of `size` bytes (the fixed one with its name
 //!   written over its first bytes, so its SHA-256 is new), `etag: "{name}"`.
+//! - any name the bench [put](Origin::put) there (the `large` scenario: one object per request,
+//!   made before the request is timed and served without a copy), `etag: "{name}"`, until it is
+//!   [removed](Origin::remove).
 //! - anything else: 404.
 //!
 //! It runs on its own tokio runtime (one worker thread), apart from the load generator.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
@@ -28,9 +31,15 @@ use tokio::runtime::Runtime;
 pub struct Origin {
     addr: SocketAddr,
     runtime: Option<Runtime>,
+    named: Arc<RwLock<HashMap<String, Bytes>>>,
 }
 
-type Objects = Arc<HashMap<usize, Bytes>>;
+/// What the origin serves: the fixed objects by size, and the objects put there by name.
+#[derive(Clone)]
+struct Objects {
+    fixed: Arc<HashMap<usize, Bytes>>,
+    named: Arc<RwLock<HashMap<String, Bytes>>>,
+}
 
 impl Origin {
     /// Starts the origin on `127.0.0.1:0` with one fixed object per size in `sizes`.
@@ -41,8 +50,11 @@ impl Origin {
             .enable_all()
             .build()
             .map_err(|err| format!("origin runtime: {err}"))?;
-        let objects: Objects =
-            Arc::new(sizes.iter().map(|&size| (size, Bytes::from(object_bytes(size)))).collect());
+        let named = Arc::new(RwLock::new(HashMap::new()));
+        let objects = Objects {
+            fixed: Arc::new(sizes.iter().map(|&size| (size, Bytes::from(object_bytes(size)))).collect()),
+            named: named.clone(),
+        };
         let listener = runtime
             .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
             .map_err(|err| format!("origin: bind 127.0.0.1:0: {err}"))?;
@@ -57,11 +69,25 @@ impl Origin {
                 eprintln!("bench origin: server error: {err}");
             }
         });
-        Ok(Origin { addr, runtime: Some(runtime) })
+        Ok(Origin { addr, runtime: Some(runtime), named })
     }
 
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Serves `bytes` as `…/{name}` (any prefix) from now on.
+    pub fn put(&self, name: &str, bytes: Bytes) {
+        if let Ok(mut named) = self.named.write() {
+            named.insert(name.to_string(), bytes);
+        }
+    }
+
+    /// Stops serving `name` and frees its bytes (once no response holds them).
+    pub fn remove(&self, name: &str) {
+        if let Ok(mut named) = self.named.write() {
+            named.remove(name);
+        }
     }
 }
 
@@ -87,7 +113,15 @@ pub fn unique_name(run: u64, series: usize, size: usize, n: u64) -> String {
 /// `size` pseudo-random bytes (xorshift64*, fixed seed): incompressible, and no signature of
 /// the test database can match them.
 fn object_bytes(size: usize) -> Vec<u8> {
-    let mut state: u64 = 0x9e37_79b9_7f4a_7c15 ^ size as u64;
+    seeded_bytes(size, 0)
+}
+
+/// `size` pseudo-random bytes (xorshift64*) from `seed`: seed 0 gives the fixed objects, any
+/// other seed other bytes of the same kind.
+pub fn seeded_bytes(size: usize, seed: u64) -> Vec<u8> {
+    // xorshift's state must not be 0; the odd constant keeps it so for any seed but one.
+    let mut state: u64 =
+        (0x9e37_79b9_7f4a_7c15 ^ size as u64 ^ seed.wrapping_mul(0xbf58_476d_1ce4_e5b9)).max(1);
     let mut bytes = Vec::with_capacity(size + 8);
     while bytes.len() < size {
         state ^= state >> 12;
@@ -101,15 +135,18 @@ fn object_bytes(size: usize) -> Vec<u8> {
 
 async fn serve_object(State(objects): State<Objects>, request: Request) -> Response {
     let name = request.uri().path().rsplit('/').next().unwrap_or_default().to_string();
-    let object = if let Some(size) = name.strip_prefix("obj-").and_then(|rest| rest.strip_suffix(".bin")) {
-        size.parse().ok().and_then(|size: usize| objects.get(&size)).map(|bytes| {
+    let named = objects.named.read().ok().and_then(|named| named.get(&name).cloned());
+    let object = if let Some(bytes) = named {
+        Some((bytes, format!("\"{name}\"")))
+    } else if let Some(size) = name.strip_prefix("obj-").and_then(|rest| rest.strip_suffix(".bin")) {
+        size.parse().ok().and_then(|size: usize| objects.fixed.get(&size)).map(|bytes| {
             let size = bytes.len();
             (bytes.clone(), format!("\"obj-{size}-v1\""))
         })
     } else if name.starts_with("u-") {
         // u-{run}s{series}-{size}-{n}.bin
         name.split('-').nth(2).and_then(|size| size.parse().ok()).and_then(|size: usize| {
-            let base = objects.get(&size)?;
+            let base = objects.fixed.get(&size)?;
             let mut bytes = base.to_vec();
             let stamp = name.as_bytes();
             let len = stamp.len().min(bytes.len());
