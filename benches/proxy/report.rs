@@ -93,7 +93,7 @@ bodies); here a worker's connection count is exact, and checked (**conns** below
 | scenario | route and object | compared with |
 |---|---|---|
 | `baseline` | `/noscan/files/obj-N.bin`: the `/` route's copy without ext_proc | |
-| `content-hit` | `/files/obj-N.bin`, the same object every time: a content-key (SHA-256) verdict-cache hit after the first scan, but the whole body still travels through ext_proc BUFFERED | `baseline` |
+| `content-hit` | `/files/obj-N.bin`, the same object every time: a content-key (SHA-256) verdict-cache hit after the first scan, but the whole body still travels through ext_proc (FULL_DUPLEX: held by clamgate, hashed, sent back) | `baseline` |
 | `mirror-noscan` | `/mirror-noscan/obj-N.bin`: the `/mirror/` route's copy without ext_proc | |
 | `resource-hit` | `/mirror/obj-N.bin` (policy `mirror`, `cache_mode = "resource"`), the same object and ETag every time: a resource-key hit answered at the response headers with a `mode_override`, the body streaming past ext_proc | `mirror-noscan` (issue target: under 1 ms added at p99) |
 | `noop-hit` | `/mirror/obj-N.bin` through a second Envoy, same config, whose processor is a do-nothing one in the bench process (`benches/proxy/noop.rs`): it gives the same two answers clamgate gives on a resource-key hit, with no lookup, state, task or metric. The floor any processor pays for Envoy's two ext_proc round trips on this machine; resource-hit over noop-hit is clamgate's own share | `mirror-noscan` |

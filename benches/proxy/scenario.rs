@@ -81,8 +81,8 @@ impl Scenario {
             Scenario::ContentHit => {
                 "`GET /files/obj-N.bin` on the shipped `/` route, the same object every time: after \
                  the first scan each request is a verdict-cache hit on the body's SHA-256, but the \
-                 whole body still goes through ext_proc BUFFERED (Envoy buffers it, sends it to \
-                 clamgate as one gRPC message, clamgate hashes it and answers)."
+                 whole body still goes through ext_proc FULL_DUPLEX (Envoy streams it to clamgate, \
+                 which holds and hashes it, finds the verdict, and sends it back in 64 KiB pieces)."
             }
             Scenario::MirrorNoscan => {
                 "`GET /mirror-noscan/obj-N.bin`: a bench-only copy of the shipped `/mirror/` route \

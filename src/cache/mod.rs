@@ -5,7 +5,8 @@
 //! # What is cached
 //! Only `Clean` and `Infected` ([`CachedVerdict`] has no other variant), with the engine and
 //! signature-database versions that produced them ([`CacheEntry`]), under two kinds of key:
-//! - the SHA-256 of the bytes that were scanned ([`ContentKey`]);
+//! - the SHA-256 of the body as received, or for an encoded body a key derived from it and the
+//!   encoding list (`scanner::encoded_content_key`) ([`ContentKey`]);
 //! - a resource, host + path and query ([`ResourceKey`]), whose [`ResourceEntry`] also holds the
 //!   caller's validator (ETag, Last-Modified...) and the content key of the body scanned.
 //!
