@@ -75,29 +75,26 @@ fn encode(encodings: &[Encoding], data: &[u8]) -> Vec<u8> {
 /// as they are, and an EICAR among them would reach clamd verbatim, decoded or not.
 fn text(len: usize, seed: u64) -> Vec<u8> {
     const WORDS: [&str; 9] = ["clamd", "scan", "envoy", "body", "gzip", "verdict", "stream", "zstd", "\n"];
-    let mut state = seed | 1;
-    let mut body = Vec::with_capacity(len + 16);
-    while body.len() < len {
-        // xorshift64
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
+    fill(len, seed, |body, state| {
         body.extend_from_slice(WORDS[(state % WORDS.len() as u64) as usize].as_bytes());
         body.extend_from_slice(format!(" {} ", state % 1000).as_bytes());
-    }
-    body.truncate(len);
-    body
+    })
 }
 
 /// `len` pseudo-random hex digits: compresses to about half (4 bits a byte), no better.
 fn hex_text(len: usize, seed: u64) -> Vec<u8> {
+    fill(len, seed, |body, state| body.extend_from_slice(format!("{state:016x}").as_bytes()))
+}
+
+/// `len` bytes made by `append`ing for each step of a xorshift64 sequence started from `seed`.
+fn fill(len: usize, seed: u64, mut append: impl FnMut(&mut Vec<u8>, u64)) -> Vec<u8> {
     let mut state = seed | 1;
-    let mut body = Vec::with_capacity(len + 16);
+    let mut body = Vec::with_capacity(len + 32);
     while body.len() < len {
         state ^= state << 13;
         state ^= state >> 7;
         state ^= state << 17;
-        body.extend_from_slice(format!("{state:016x}").as_bytes());
+        append(&mut body, state);
     }
     body.truncate(len);
     body

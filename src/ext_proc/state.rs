@@ -674,27 +674,29 @@ mod tests {
         ProcessingRequest { request: Some(request), ..ProcessingRequest::default() }
     }
 
-    fn buffered(request: Request) -> ProcessingRequest {
+    /// The first message of a stream, with the body modes Envoy reports in force.
+    fn with_modes(
+        request: Request,
+        request_mode: BodySendMode,
+        response_mode: BodySendMode,
+    ) -> ProcessingRequest {
         ProcessingRequest {
             protocol_config: Some(ProtocolConfiguration {
-                request_body_mode: BodySendMode::Buffered as i32,
-                response_body_mode: BodySendMode::Buffered as i32,
+                request_body_mode: request_mode as i32,
+                response_body_mode: response_mode as i32,
                 ..ProtocolConfiguration::default()
             }),
             ..message(request)
         }
     }
 
+    fn buffered(request: Request) -> ProcessingRequest {
+        with_modes(request, BodySendMode::Buffered, BodySendMode::Buffered)
+    }
+
     /// The shipped route config: uploads FULL_DUPLEX, responses BUFFERED (clamgate may switch them).
     fn duplex_uploads(request: Request) -> ProcessingRequest {
-        ProcessingRequest {
-            protocol_config: Some(ProtocolConfiguration {
-                request_body_mode: BodySendMode::FullDuplexStreamed as i32,
-                response_body_mode: BodySendMode::Buffered as i32,
-                ..ProtocolConfiguration::default()
-            }),
-            ..message(request)
-        }
+        with_modes(request, BodySendMode::FullDuplexStreamed, BodySendMode::Buffered)
     }
 
     fn body(bytes: &[u8], end_of_stream: bool) -> HttpBody {
