@@ -379,7 +379,9 @@ impl ExtProcService {
         match self.decide(context, state, direction, &report) {
             Decision::Block(block) => out.send(response::immediate(&block)).await,
             Decision::Continue { verdict_header } => {
-                holding.send_back(direction, verdict_header, true, out).await?;
+                // A body that trailers end gets no end_of_stream on its last piece: the trailers'
+                // answer ends it (Envoy closes the side stream after an end_of_stream piece).
+                holding.send_back(direction, verdict_header, !trailers, out).await?;
                 if trailers {
                     out.send(response::trailers_continue(direction)).await?;
                 }
@@ -559,8 +561,8 @@ impl Holding {
     }
 
     /// Sends the headers' answer (if pending) and the held body back in pieces of at most 64 KiB;
-    /// the last piece ends the stream when `complete` (the whole body is here and no trailers
-    /// follow it... trailers are answered by the caller).
+    /// the last piece carries `end_of_stream` when `complete` (the whole body is here and no
+    /// trailers follow it; trailers are answered by the caller).
     async fn send_back(
         self,
         direction: Direction,

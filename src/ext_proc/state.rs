@@ -211,6 +211,15 @@ impl StreamState {
         &self.encodings[direction as usize]
     }
 
+    /// Whether clamgate holds `direction`'s FULL_DUPLEX headers and body (scanned, not finished).
+    fn holds(&self, direction: Direction) -> bool {
+        let phase = match direction {
+            Direction::Request => self.request,
+            Direction::Response => self.response,
+        };
+        phase == Phase::AwaitingBody && self.is_full_duplex(direction) && self.scans(direction)
+    }
+
     /// The body mode in force for `direction` (after clamgate's own `mode_override`).
     pub fn is_full_duplex(&self, direction: Direction) -> bool {
         self.body_mode(direction) == Some(BodySendMode::FullDuplexStreamed)
@@ -308,6 +317,10 @@ fn on_headers(
 ) -> Action {
     if direction == Direction::Response && state.request == Phase::AwaitingHeaders {
         return Action::Fail(StreamError::OutOfOrder("response headers before request headers".into()));
+    }
+    if direction == Direction::Response && state.holds(Direction::Request) {
+        // The request headers are unanswered, so Envoy has not contacted the upstream.
+        return Action::Fail(StreamError::OutOfOrder("response headers while the request is held".into()));
     }
     if *state.phase_mut(direction) != Phase::AwaitingHeaders {
         return Action::Fail(StreamError::OutOfOrder(format!("{direction:?} headers twice")));
@@ -801,6 +814,24 @@ mod tests {
         let action =
             on_message(&mut state, message(Request::ResponseHeaders(headers(&[(":status", "200")], false))));
         assert!(matches!(action, Action::Hold { direction: Direction::Response, .. }), "{action:?}");
+    }
+
+    #[test]
+    fn response_headers_while_an_upload_is_held_are_out_of_order() {
+        let mut state = StreamState::new(SCAN_BOTH);
+        let upload = duplex_uploads(Request::RequestHeaders(headers(&[(":method", "POST")], false)));
+        assert!(matches!(on_message(&mut state, upload), Action::Hold { .. }));
+        on_message(&mut state, message(Request::RequestBody(body(b"up", false))));
+        let action =
+            on_message(&mut state, message(Request::ResponseHeaders(headers(&[(":status", "200")], false))));
+        assert!(matches!(action, Action::Fail(StreamError::OutOfOrder(_))), "{action:?}");
+        // An upload the policy does not scan is sent straight back: the upstream may answer early.
+        let mut state = StreamState::new(StreamPolicy { scan_requests: false, ..SCAN_BOTH });
+        let upload = duplex_uploads(Request::RequestHeaders(headers(&[(":method", "POST")], false)));
+        assert!(matches!(on_message(&mut state, upload), Action::Echo { .. }));
+        let action =
+            on_message(&mut state, message(Request::ResponseHeaders(headers(&[(":status", "413")], true))));
+        assert!(matches!(action, Action::Reply(_)), "{action:?}");
     }
 
     #[test]
