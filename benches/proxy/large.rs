@@ -375,7 +375,7 @@ fn download(
     scanned: bool,
 ) -> Result<Duration, String> {
     let listener: SocketAddr = stack.envoy.addr();
-    // Envoy's request_timeout is 300 s; leave time for a slow scan of a large body beyond it.
+    // Room for a slow scan of a large body (Envoy's own timeouts are longer still).
     let limit = Duration::from_secs(60 + (size / MIB) as u64);
     let mut connection = Connection::with_body_capacity(listener, size);
     let (response, elapsed) = stack.runtime.block_on(async {
@@ -384,14 +384,7 @@ fn download(
         (response, started.elapsed())
     });
     let response = response?;
-    if response.status != 200 || response.body_len != size {
-        return Err(format!(
-            "GET {path}: status {}, {} bytes, expected 200 and {size}: {}",
-            response.status,
-            response.body_len,
-            connection.body_start(&response)
-        ));
-    }
+    connection.expect_whole(path, &response, size)?;
     match (scanned, response.verdict.as_deref()) {
         (true, Some("clean")) | (false, None) => {}
         (true, verdict) => {

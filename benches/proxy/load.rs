@@ -51,6 +51,19 @@ impl Connection {
         String::from_utf8_lossy(&self.body[..response.body_len.min(200).min(self.body.len())]).into_owned()
     }
 
+    /// Ok if the last response to `GET path` was a 200 with a body of `size` bytes.
+    pub fn expect_whole(&self, path: &str, response: &Response, size: usize) -> Result<(), String> {
+        if response.status == 200 && response.body_len == size {
+            return Ok(());
+        }
+        Err(format!(
+            "GET {path}: status {}, {} bytes, expected 200 and {size}: {}",
+            response.status,
+            response.body_len,
+            self.body_start(response)
+        ))
+    }
+
     /// A connection whose body buffer already holds `size` bytes, written once so that its pages
     /// are mapped: reading a body of up to that size then allocates and page-faults nothing while
     /// it is timed. (`vec![0; n]` would map zero pages lazily, on the first write.)

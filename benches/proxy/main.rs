@@ -487,14 +487,7 @@ async fn smoke(listener: SocketAddr, scenario: Scenario, size: usize) -> Result<
     let mut connection = Connection::new(listener);
     let path = scenario.path(0, 0, size, 0);
     let response = connection.get(&path).await?;
-    if response.status != 200 || response.body_len != size {
-        return Err(format!(
-            "GET {path}: status {}, {} bytes, expected 200 and {size}: {}",
-            response.status,
-            response.body_len,
-            connection.body_start(&response)
-        ));
-    }
+    connection.expect_whole(&path, &response, size)?;
     match (scenario.scanned(), response.verdict) {
         (true, None) => Err(format!("GET {path}: no x-clamgate-verdict header: ext_proc did not run")),
         (false, Some(verdict)) => Err(format!(
