@@ -332,13 +332,14 @@ impl ExtProcService {
             Some(Duplex::Echoing) => out.send(response::streamed_body(direction, body, end_of_stream)).await,
             Some(Duplex::Verifying(verifying)) => {
                 verifying.push(&body);
-                out.send(response::streamed_body(direction, body, end_of_stream)).await?;
                 if end_of_stream {
+                    // Compared before the last piece goes out, so that a mismatching entry is gone
+                    // by the time the client has the whole body and may ask again.
                     if let Some(Duplex::Verifying(verifying)) = slot.replace(Duplex::Echoing) {
                         self.finish_verification(state, *verifying).await;
                     }
                 }
-                Ok(())
+                out.send(response::streamed_body(direction, body, end_of_stream)).await
             }
             Some(Duplex::Refused) | None => Ok(()),
             Some(Duplex::Holding(holding)) => {
