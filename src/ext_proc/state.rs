@@ -494,7 +494,7 @@ fn on_response_headers(
         state.response = Phase::Done;
         return Action::PassCachedResource { remove_headers };
     }
-    if known_clean && !end_of_stream {
+    if known_clean && !end_of_stream && state.policy.verify_resource_hits {
         // A verified hit (`verify_resource_hits`): the body was switched to FULL_DUPLEX at the
         // request headers and streams back through clamgate as it arrives. A part (206) cannot
         // be compared with the whole object's digest.
@@ -1463,6 +1463,32 @@ mod tests {
         assert_eq!(verify, Some(ContentKey::of(b"abc")));
         let action = on_message(&mut state, message(Request::ResponseBody(body(b"abc", true))));
         assert!(matches!(action, Action::Piece { end_of_stream: true, .. }), "{action:?}");
+    }
+
+    #[test]
+    fn a_hit_on_a_route_that_streams_responses_is_scanned_unless_hits_are_verified() {
+        for (policy, echoed) in [(RESOURCE_KEYS, false), (VERIFY, true)] {
+            let mut state = StreamState::new(policy);
+            let first = with_modes(
+                Request::RequestHeaders(headers(
+                    &[(":method", "GET"), (":scheme", "http"), (":authority", "h"), (":path", "/a")],
+                    true,
+                )),
+                BodySendMode::Buffered,
+                BodySendMode::FullDuplexStreamed,
+            );
+            on_message(&mut state, first);
+            state.record_clean_resource(known("etag:\"v1\""));
+            request_headers_answer(&mut state);
+            let action = on_message(&mut state, response_headers(&[(":status", "200"), ("etag", "\"v1\"")]));
+            match action {
+                Action::EchoCachedResource { .. } => assert!(echoed),
+                Action::Hold { .. } => {
+                    assert!(!echoed, "without verification the body is scanned, as before")
+                }
+                other => panic!("{other:?}"),
+            }
+        }
     }
 
     #[test]
