@@ -196,7 +196,8 @@ pub struct PolicyConfig {
     /// Action for each reason a body may go unscanned.
     pub on_unscanned: UnscannedActions,
     /// Which verdict cache keys this policy uses: `content` (SHA-256 of the body), `resource`
-    /// (also host + path + validator, looked up at the request headers), or `off`.
+    /// (also scheme + host + port + path + Vary + validator, looked up at the request headers),
+    /// or `off`.
     pub cache_mode: CacheMode,
     /// The upstream never changes an object under a URL (package mirrors): allow resource keys
     /// for responses without a validator. Only for upstreams that are really immutable.
@@ -214,7 +215,8 @@ pub struct PolicyConfig {
 pub enum CacheMode {
     /// Content keys only: a body's SHA-256.
     Content,
-    /// Content keys and resource keys (host + path + validator), decided at the headers.
+    /// Content keys and resource keys (scheme + host + port + path + Vary + validator), decided
+    /// at the headers.
     Resource,
     /// No cache reads or writes.
     Off,

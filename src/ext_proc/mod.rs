@@ -203,7 +203,8 @@ impl ExtProcService {
             Action::PassBody { direction } => response::body_continue(direction, None),
             Action::LookupResource { resource } => match self.scanner.lookup_resource(&resource).await {
                 ResourceLookup::Infected(report) => {
-                    // Known infected: refused before the upstream is contacted.
+                    // Known infected with no real validator (immutable): refused before the
+                    // upstream is contacted.
                     let decision = self.decide(context, state, Direction::Response, &report);
                     response::body_decision(Direction::Response, &decision)
                 }
