@@ -83,6 +83,23 @@ async fn a_known_infected_resource_is_refused_at_the_response_headers_while_its_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn report_only_delivers_a_version_known_infected_and_scans_it_again() {
+    let stack = Stack::start_with(|config| {
+        if let Some(mirror) = config.policies.get_mut("mirror") {
+            mirror.report_only = true;
+        }
+    })
+    .await;
+    stack.upstream.put_file_with_headers("bad.exe", samples::eicar(), &[("etag", "\"bad\"")]);
+    for attempt in 0..2 {
+        let response = stack.get("/mirror/bad.exe").await;
+        assert_eq!(response.status(), 200, "attempt {attempt}: {}", stack.envoy.logs());
+        assert_eq!(sha256_hex(&response.bytes().await.expect("body")), sha256_hex(&samples::eicar()));
+    }
+    assert_eq!(stack.upstream.hits("/mirror/bad.exe"), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_immutable_infected_resource_is_refused_before_the_upstream_is_contacted() {
     let stack = Stack::start_with(|config| {
         if let Some(mirror) = config.policies.get_mut("mirror") {
