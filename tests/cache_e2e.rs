@@ -164,6 +164,31 @@ async fn a_response_with_vary_star_is_never_stored_by_resource() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_verified_hit_of_an_encoded_body_compares_the_bytes_as_received() {
+    use std::io::Write;
+    let stack = Stack::start_with(|config| {
+        if let Some(mirror) = config.policies.get_mut("mirror") {
+            mirror.verify_resource_hits = true;
+        }
+    })
+    .await;
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    encoder.write_all(&samples::clean_sample(200_000)).expect("gzip");
+    let gzipped = encoder.finish().expect("gzip");
+    let headers = [("etag", "\"gz\""), ("content-encoding", "gzip")];
+    stack.upstream.put_file_with_headers("tool.gz", gzipped.clone(), &headers);
+    for _ in 0..2 {
+        let response = stack.get("/mirror/tool.gz").await;
+        assert_eq!(response.status(), 200, "{}", stack.envoy.logs());
+        assert_eq!(sha256_hex(&response.bytes().await.expect("body")), sha256_hex(&gzipped));
+    }
+    assert_eq!(stack.clamd_scans().await, 1.0, "the second download was a hit");
+    let result = |result: &str| format!("clamgate_resource_hit_verifications_total{{result=\"{result}\"}}");
+    assert_eq!(stack.clamgate.metric(&result("match")).await, 1.0, "the encoded bytes match the entry");
+    assert_eq!(stack.clamgate.metric(&result("mismatch")).await, 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_verified_hit_whose_bytes_changed_under_the_same_etag_invalidates_the_entry() {
     let stack = Stack::start_with(|config| {
         if let Some(mirror) = config.policies.get_mut("mirror") {
