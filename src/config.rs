@@ -196,11 +196,17 @@ pub struct PolicyConfig {
     /// Action for each reason a body may go unscanned.
     pub on_unscanned: UnscannedActions,
     /// Which verdict cache keys this policy uses: `content` (SHA-256 of the body), `resource`
-    /// (also host + path + validator, looked up at the request headers), or `off`.
+    /// (also scheme + host + port + path + Vary + validator, looked up at the request headers),
+    /// or `off`.
     pub cache_mode: CacheMode,
     /// The upstream never changes an object under a URL (package mirrors): allow resource keys
     /// for responses without a validator. Only for upstreams that are really immutable.
     pub immutable: bool,
+    /// With `cache_mode = "resource"`: a resource-cache hit's body streams through clamgate
+    /// (FULL_DUPLEX, each piece sent straight back) and its SHA-256 is compared with the entry's
+    /// at the end; a mismatch deletes the entry, is counted and audited. Detection after the
+    /// fact: the bytes have reached the client by then.
+    pub verify_resource_hits: bool,
 }
 
 /// The cache keys a policy uses.
@@ -209,7 +215,8 @@ pub struct PolicyConfig {
 pub enum CacheMode {
     /// Content keys only: a body's SHA-256.
     Content,
-    /// Content keys and resource keys (host + path + validator), decided at the headers.
+    /// Content keys and resource keys (scheme + host + port + path + Vary + validator), decided
+    /// at the headers.
     Resource,
     /// No cache reads or writes.
     Off,
@@ -426,6 +433,7 @@ impl Default for PolicyConfig {
             on_unscanned: UnscannedActions::default(),
             cache_mode: CacheMode::Content,
             immutable: false,
+            verify_resource_hits: false,
         }
     }
 }
@@ -712,6 +720,15 @@ fn policy_warnings(policy: &PolicyConfig, default: bool) -> Vec<(String, String)
             ),
         };
         warn("immutable", message);
+    }
+    if policy.verify_resource_hits && policy.cache_mode != CacheMode::Resource {
+        warn(
+            "verify_resource_hits",
+            format!(
+                "true has no effect while cache_mode is {:?}: only resource-key hits are verified",
+                policy.cache_mode.as_str()
+            ),
+        );
     }
     warnings
 }

@@ -73,6 +73,11 @@ struct StreamErrorLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VerificationLabels {
+    result: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DecodeLabels {
     encoding: &'static str,
     outcome: &'static str,
@@ -101,6 +106,7 @@ pub struct Metrics {
     spilled_bodies: Counter,
     streams_open: Gauge,
     decoded_bodies: Family<DecodeLabels, Counter>,
+    resource_verifications: Family<VerificationLabels, Counter>,
 }
 
 impl Metrics {
@@ -216,7 +222,14 @@ impl Metrics {
             "Bodies with a Content-Encoding decoded for clamd, by encoding (gzip, deflate, br, zstd, stacked) and outcome (complete, too_large, ratio_exceeded, corrupt)",
             decoded_bodies.clone(),
         );
+        let resource_verifications = Family::<VerificationLabels, Counter>::default();
+        registry.register(
+            "resource_hit_verifications",
+            "Resource-cache hits streamed through clamgate and compared with the entry (verify_resource_hits), by result (match, mismatch, partial: a 206 part, not compared)",
+            resource_verifications.clone(),
+        );
         Metrics {
+            resource_verifications,
             decoded_bodies,
             registry,
             held_memory,
@@ -319,6 +332,11 @@ impl Metrics {
     /// `ratio_exceeded` or `corrupt`.
     pub fn record_decoded_body(&self, encoding: &'static str, outcome: &'static str) {
         self.decoded_bodies.get_or_create(&DecodeLabels { encoding, outcome }).inc();
+    }
+
+    /// Counts one verified resource-cache hit: `result` is `match`, `mismatch` or `partial`.
+    pub fn record_resource_verification(&self, result: &'static str) {
+        self.resource_verifications.get_or_create(&VerificationLabels { result }).inc();
     }
 
     /// Publishes what one health probe learned about clamd.

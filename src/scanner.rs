@@ -25,12 +25,12 @@ use sha2::{Digest, Sha256, Sha512_256};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::cache::{
-    CacheEntry, CachedVerdict, ContentKey, LockAttempt, ResourceEntry, ResourceKey, Tier, VerdictCache,
+    CacheEntry, CachedVerdict, ContentKey, LockAttempt, ResourceEntry, Tier, VaryRecord, VerdictCache,
 };
 use crate::clamd::{ClamdClient, InstreamScan};
 use crate::config::CacheMode;
 use crate::decode::{BodyDecoder, DecodeError, DecodeLimits, Encoding};
-use crate::ext_proc::state::Resource;
+use crate::ext_proc::state::{KnownResource, Resource, IMMUTABLE_VALIDATOR};
 use crate::metrics::{Metrics, Source};
 use crate::spool::HeldBody;
 use crate::verdict::{EngineVersion, UnscannedReason, Verdict};
@@ -65,14 +65,19 @@ pub struct ScanReport {
     pub cached: bool,
 }
 
-/// What the cache knows about a resource (host + path + query).
+/// What the cache knows about a resource (scheme, host, port, path and query, and the request
+/// headers its response varies on).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ResourceLookup {
-    /// Known infected: refuse before the upstream is contacted.
+    /// Known infected with no real validator (`immutable`): refuse before the upstream is
+    /// contacted; no response could show that the object changed.
     Infected(ScanReport),
-    /// Known clean, valid while the response carries this validator.
-    Clean { validator: String },
-    /// Not known (or stale, or the cache failed).
+    /// Known infected under a real validator: refuse the response if it still carries `known`'s
+    /// validator; scan it if it does not (the object changed).
+    InfectedUnlessChanged { known: KnownResource, report: ScanReport },
+    /// Known clean, valid while the response carries `known`'s validator.
+    Clean { known: KnownResource },
+    /// Not known (or stale, stored under other values of the `Vary` headers, or the cache failed).
     Miss,
 }
 
@@ -369,9 +374,10 @@ impl Scanner {
         }
     }
 
-    /// What the cache knows about a resource, for a decision at the request headers.
+    /// What the cache knows about a resource, for a decision at the request headers. An entry
+    /// stored under other values of the request headers its response varied on is a miss.
     pub async fn lookup_resource(&self, resource: &Resource) -> ResourceLookup {
-        let key = ResourceKey::new(&resource.host, &resource.path_and_query);
+        let key = resource.id.key();
         let hit = match self.cache.lookup_resource(&key).await {
             Ok(Some(hit)) => hit,
             Ok(None) => {
@@ -385,37 +391,64 @@ impl Scanner {
             }
         };
         let tier = hit.tier.as_str();
-        let ResourceEntry { validator, content, entry } = hit.value;
+        let ResourceEntry { validator, vary, content, entry } = hit.value;
+        if !vary.matches(&resource.request_headers) {
+            self.metrics.record_cache_lookup("resource", tier, "miss");
+            return ResourceLookup::Miss;
+        }
         if self.is_stale(&entry) {
             self.metrics.record_cache_lookup("resource", tier, "stale");
             return ResourceLookup::Miss;
         }
         self.metrics.record_cache_lookup("resource", tier, "hit");
+        let known = KnownResource { validator, vary: vary.names().to_vec(), content };
         match entry.verdict {
-            CachedVerdict::Clean => ResourceLookup::Clean { validator },
-            CachedVerdict::Infected { signature } => ResourceLookup::Infected(ScanReport {
-                verdict: Verdict::Infected { signature },
-                sha256: content.hex(),
-                body_bytes: 0,
-                engine: Some(entry_engine(&entry.engine_version, entry.database_version)),
-                cached: true,
-            }),
+            CachedVerdict::Clean => ResourceLookup::Clean { known },
+            CachedVerdict::Infected { signature } => {
+                let report = ScanReport {
+                    verdict: Verdict::Infected { signature },
+                    sha256: content.hex(),
+                    body_bytes: 0,
+                    engine: Some(entry_engine(&entry.engine_version, entry.database_version)),
+                    cached: true,
+                };
+                if known.validator == IMMUTABLE_VALIDATOR {
+                    ResourceLookup::Infected(report)
+                } else {
+                    ResourceLookup::InfectedUnlessChanged { known, report }
+                }
+            }
         }
     }
 
-    /// Stores a verdict under a resource key too, tied to the response's validator.
+    /// Stores a verdict under a resource key too, tied to the response's validator and to the
+    /// request's values of the headers named by the response's `Vary` (`vary_names`).
     ///
     /// The entry records `report.sha256`, the SHA-256 of the body as received, so that a later
-    /// resource hit reports the same `sha256` as the scan did. For a body without encoding that is
-    /// its content key; for an encoded body it is not (the resource entry's digest is only reported,
-    /// never looked up).
-    pub async fn store_resource(&self, resource: &Resource, validator: &str, report: &ScanReport) {
+    /// resource hit reports the same `sha256` as the scan did, and a verified hit can be compared
+    /// with it. For a body without encoding that is its content key; for an encoded body it is not
+    /// (the resource entry's digest is never looked up as a content key).
+    pub async fn store_resource(
+        &self,
+        resource: &Resource,
+        validator: &str,
+        vary_names: &[String],
+        report: &ScanReport,
+    ) {
         let Some(entry) = self.entry_for(&report.verdict) else { return };
         let Some(content) = ContentKey::from_hex(&report.sha256) else { return };
-        let key = ResourceKey::new(&resource.host, &resource.path_and_query);
-        let entry = ResourceEntry { validator: validator.to_string(), content, entry };
-        if let Err(err) = self.cache.put_resource(&key, &entry).await {
+        let vary = VaryRecord::of(vary_names.to_vec(), &resource.request_headers);
+        let entry = ResourceEntry { validator: validator.to_string(), vary, content, entry };
+        if let Err(err) = self.cache.put_resource(&resource.id.key(), &entry).await {
             self.note_cache_error("put", &err);
+        }
+    }
+
+    /// Removes the resource entry of `resource` (a verified hit whose bytes did not match it), so
+    /// that the next request for it is scanned.
+    pub async fn forget_resource(&self, resource: &Resource) {
+        if let Err(err) = self.cache.delete_resource(&resource.id.key()).await {
+            self.note_cache_error("delete", &err);
         }
     }
 
