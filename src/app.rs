@@ -83,6 +83,10 @@ pub async fn run(
         readiness.clone(),
         reporter.clone(),
         Duration::from_millis(config.clamd.health_interval_ms),
+        health::SettingsCheck::new(
+            config.clamd.require_alert_settings,
+            Duration::from_millis(config.clamd.settings_check_interval_ms),
+        ),
     ));
 
     let (stop_tx, stop_rx) = watch::channel(false);

@@ -10,6 +10,7 @@
 //! [`ScanReply`] maps to a [`Verdict`](crate::verdict::Verdict) with [`ScanReply::into_verdict`].
 
 pub mod protocol;
+pub mod selftest;
 
 pub use protocol::{parse_scan_reply, parse_version, ProtocolError, ScanReply};
 
