@@ -22,12 +22,12 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use sha2::{Digest, Sha256, Sha512_256};
-use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{oneshot, watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::cache::{
     CacheEntry, CachedVerdict, ContentKey, LockAttempt, ResourceEntry, ResourceKey, Tier, VerdictCache,
 };
-use crate::clamd::{ClamdClient, InstreamScan};
+use crate::clamd::{ClamdClient, ClamdError, InstreamScan, ScanReply};
 use crate::config::CacheMode;
 use crate::decode::{BodyDecoder, DecodeError, DecodeLimits, Encoding};
 use crate::ext_proc::state::Resource;
@@ -94,6 +94,9 @@ pub struct ScannerSettings {
     /// Most decoded bytes per encoded byte of a body with a `Content-Encoding`
     /// ([`DecodeLimits::max_ratio`]; `u64::MAX`: no limit). More is `Unscanned { limits_exceeded }`.
     pub max_decode_ratio: u64,
+    /// Longest a clamd slot stays taken, once a body has been sent whole, waiting for clamd to
+    /// reply or close after clamgate stopped waiting (clamd keeps scanning an abandoned body).
+    pub abandoned_scan_max_hold: Duration,
 }
 
 type Inflight = HashMap<ContentKey, watch::Receiver<Option<ScanReport>>>;
@@ -538,7 +541,14 @@ impl Scanner {
             tracing::warn!(error = %err, "cannot start a clamd scan");
             err.unscanned_reason()
         })?;
-        Ok(ClamdSession { scan, _permit: permit, started: Instant::now(), sent_bytes: 0 })
+        Ok(ClamdSession {
+            scan,
+            permit,
+            started: Instant::now(),
+            sent_bytes: 0,
+            reply_timeout: self.clamd.timeouts().reply,
+            max_hold: self.settings.abandoned_scan_max_hold,
+        })
     }
 
     /// A fresh cached verdict for the subject's key, counting the lookup.
@@ -924,11 +934,24 @@ impl Drop for Leader<'_> {
 }
 
 /// One clamd INSTREAM connection holding a concurrency slot.
+///
+/// The slot is held while clamd may be scanning: dropped before the body ends, the connection
+/// closes and clamd discards the body, so the slot is free at once. Once the body has ended,
+/// clamd scans it to its end even if clamgate stops waiting (scan deadline, client gone): the
+/// reply is then read by a task of its own that keeps the slot until clamd replies or closes, at
+/// most `max_hold`, so that clamd never runs more of clamgate's scans than
+/// `clamd.max_concurrent_scans` (measured with clamd 1.4.6: an abandoned 1.2 s scan kept its
+/// thread for the whole 1.2 s, however the connection was closed).
 struct ClamdSession {
     scan: InstreamScan,
-    _permit: OwnedSemaphorePermit,
+    permit: OwnedSemaphorePermit,
     started: Instant,
     sent_bytes: u64,
+    /// How long the caller waits for the reply (`clamd.reply_timeout_ms`).
+    reply_timeout: Duration,
+    /// How long the slot stays taken waiting for the reply (`clamd.abandoned_scan_max_hold_ms`,
+    /// at least `reply_timeout`).
+    max_hold: Duration,
 }
 
 impl ClamdSession {
@@ -940,9 +963,31 @@ impl ClamdSession {
         })
     }
 
-    async fn finish(self, metrics: &Metrics) -> Verdict {
-        let ClamdSession { scan, _permit, started, sent_bytes } = self;
-        match scan.finish().await {
+    async fn finish(self, metrics: &Arc<Metrics>) -> Verdict {
+        let ClamdSession { scan, permit, started, sent_bytes, reply_timeout, max_hold } = self;
+        let reply = match scan.end().await {
+            Ok(pending) => {
+                let (reply_tx, reply_rx) = oneshot::channel();
+                let hold = max_hold.max(reply_timeout);
+                let task_metrics = metrics.clone();
+                tokio::spawn(async move {
+                    let reply = pending.read(hold).await;
+                    if let Err(reply) = reply_tx.send(reply) {
+                        AbandonedScan::new(&reply, started.elapsed()).emit(&task_metrics);
+                    }
+                    drop(permit);
+                });
+                match tokio::time::timeout(reply_timeout, reply_rx).await {
+                    Ok(Ok(reply)) => reply,
+                    // The reader task is gone without a word (it panicked): no verdict.
+                    Ok(Err(_)) => Err(ClamdError::ClosedWithoutReply),
+                    Err(_) => Err(ClamdError::Timeout { phase: "reply" }),
+                }
+            }
+            // The body did not end: clamd is not scanning it, and the slot is free now.
+            Err(err) => Err(err),
+        };
+        match reply {
             Ok(reply) => {
                 metrics.record_clamd_scan(started.elapsed().as_secs_f64(), sent_bytes);
                 let verdict = reply.into_verdict();
@@ -955,6 +1000,43 @@ impl ClamdSession {
                 tracing::warn!(error = %err, "clamd scan failed");
                 Verdict::Unscanned { reason: err.unscanned_reason() }
             }
+        }
+    }
+}
+
+/// A scan clamgate stopped waiting for while clamd was scanning, once its slot is given back.
+struct AbandonedScan {
+    /// `replied` or `closed`: clamd is done with it; `held_too_long`: it was not, after
+    /// `clamd.abandoned_scan_max_hold_ms`, and the slot is given back anyway.
+    outcome: &'static str,
+    held_for: Duration,
+}
+
+impl AbandonedScan {
+    fn new(reply: &Result<ScanReply, ClamdError>, held_for: Duration) -> AbandonedScan {
+        let outcome = match reply {
+            Ok(_) => "replied",
+            Err(ClamdError::Timeout { .. }) => "held_too_long",
+            Err(_) => "closed",
+        };
+        AbandonedScan { outcome, held_for }
+    }
+
+    fn emit(&self, metrics: &Metrics) {
+        metrics.record_abandoned_scan(self.outcome);
+        let held_ms = self.held_for.as_millis() as u64;
+        if self.outcome == "held_too_long" {
+            tracing::warn!(
+                held_ms,
+                "clamd did not finish an abandoned scan within clamd.abandoned_scan_max_hold_ms; \
+                 its slot is given back, so clamd may now run more scans than clamd.max_concurrent_scans"
+            );
+        } else {
+            tracing::debug!(
+                outcome = self.outcome,
+                held_ms,
+                "clamd finished a scan clamgate had stopped waiting for"
+            );
         }
     }
 }
