@@ -95,13 +95,11 @@ pub async fn run(
         let _ = rx.wait_for(|stop| *stop).await;
     };
 
-    let ext_proc = ExternalProcessorServer::new(ExtProcService::new(
-        scanner.clone(),
-        Arc::new(config.clone()),
-        metrics.clone(),
-    ))
-    .max_decoding_message_size(config.ext_proc.max_message_bytes);
-    let scan_api = ScannerServer::new(ScanService::new(scanner.clone()))
+    let ext_proc_service = ExtProcService::new(scanner.clone(), Arc::new(config.clone()), metrics.clone());
+    let spool = ext_proc_service.spool();
+    let ext_proc = ExternalProcessorServer::new(ext_proc_service)
+        .max_decoding_message_size(config.ext_proc.max_message_bytes);
+    let scan_api = ScannerServer::new(ScanService::new(scanner.clone(), spool))
         .max_decoding_message_size(config.ext_proc.max_message_bytes);
 
     let incoming = TcpListenerStream::new(listeners.grpc).map(|stream| {

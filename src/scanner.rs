@@ -261,8 +261,7 @@ impl Scanner {
         } else {
             subject.input.len().max(self.settings.max_scan_bytes)
         };
-        let mib = u32::try_from(bytes.div_ceil(1024 * 1024)).unwrap_or(u32::MAX);
-        self.settings.scan_timeout + self.settings.scan_timeout_per_mib.saturating_mul(mib)
+        self.scan_deadline(bytes)
     }
 
     /// The cache, then one scan per content at a time: in process, then across instances.
@@ -422,15 +421,18 @@ impl Scanner {
         }
     }
 
-    /// Starts a scan whose body arrives in pieces: each piece goes to clamd as it arrives.
-    pub fn streaming(&self, source: Source) -> StreamingScan<'_> {
-        StreamingScan {
-            scanner: self,
-            source,
-            hasher: Sha256::new(),
-            body_bytes: 0,
-            state: StreamState::NotStarted,
-        }
+    /// Starts a scan whose body arrives in pieces, held in `body` (an empty body from a
+    /// [`crate::spool::Spool`]) until it is complete: no clamd slot is taken while the pieces
+    /// trickle in, so a slow sender cannot hold a clamd thread.
+    pub fn streaming(&self, source: Source, body: HeldBody) -> StreamingScan<'_> {
+        StreamingScan { scanner: self, source, hasher: Sha256::new(), body_bytes: 0, held: Some(body) }
+    }
+
+    /// The whole-scan deadline of a body of `bytes` bytes without encoding: `scan.timeout_ms`
+    /// plus `scan.timeout_per_mib_ms` for every MiB (rounded up).
+    pub fn scan_deadline(&self, bytes: u64) -> Duration {
+        let mib = u32::try_from(bytes.div_ceil(1024 * 1024)).unwrap_or(u32::MAX);
+        self.settings.scan_timeout + self.settings.scan_timeout_per_mib.saturating_mul(mib)
     }
 
     /// One clamd scan of `body`, decoded first when it has `encodings`.
@@ -1041,83 +1043,61 @@ impl AbandonedScan {
     }
 }
 
-enum StreamState {
-    NotStarted,
-    Sending(ClamdSession),
-    Failed(UnscannedReason),
-}
-
 /// A scan fed piece by piece; see [`Scanner::streaming`].
+///
+/// The pieces are held (in memory within `bodies.memory_budget_bytes`, then in a temp file) and
+/// hashed as they arrive; [`finish`](Self::finish) scans the whole body through
+/// [`Scanner::scan_held`]: the cache, one scan per content, the whole-scan deadline, a clamd slot
+/// only for the scan itself.
 pub struct StreamingScan<'a> {
     scanner: &'a Scanner,
     source: Source,
     hasher: Sha256,
     body_bytes: u64,
-    state: StreamState,
+    /// `None` once the body passed `max_scan_bytes`: the rest is only hashed.
+    held: Option<HeldBody>,
 }
 
 impl StreamingScan<'_> {
-    /// Hashes the piece and sends it to clamd. Once the body passes `max_scan_bytes`, or clamd
-    /// fails, nothing more is sent; the pieces are still hashed so the report names the content.
-    pub async fn push(&mut self, piece: &[u8]) {
-        self.hasher.update(piece);
+    /// Hashes the piece and holds it. Once the body passes `max_scan_bytes` nothing more is held
+    /// (what was held is freed) and the verdict will be `Unscanned { too_large }`; the pieces are
+    /// still hashed so the report names the content.
+    ///
+    /// An error means the piece could not be held (the spool's disk budget is full, see
+    /// [`crate::spool::SpoolFull`], or the temp file failed): the scan cannot reach a verdict.
+    pub async fn push(&mut self, piece: bytes::Bytes) -> std::io::Result<()> {
+        hash_off_worker(piece.len(), || self.hasher.update(&piece));
         self.body_bytes += piece.len() as u64;
         if self.body_bytes > self.scanner.settings.max_scan_bytes {
-            // Dropping the session closes the connection and frees the slot at once.
-            self.state = StreamState::Failed(UnscannedReason::TooLarge);
-            return;
+            self.held = None;
+            return Ok(());
         }
-        if matches!(self.state, StreamState::NotStarted) {
-            self.state = match self.scanner.open_session().await {
-                Ok(session) => StreamState::Sending(session),
-                Err(reason) => StreamState::Failed(reason),
-            };
-        }
-        if let StreamState::Sending(session) = &mut self.state {
-            for part in piece.chunks(CLAMD_CHUNK_BYTES) {
-                if let Err(reason) = session.send(part).await {
-                    self.state = StreamState::Failed(reason);
-                    break;
-                }
-            }
+        match &mut self.held {
+            Some(held) => held.push(piece).await,
+            None => Ok(()),
         }
     }
 
-    /// Ends the body and returns the verdict. When clamd could not scan, a cached verdict for the
-    /// same content still counts (a known-infected body stays refused while clamd is down).
+    /// Bytes pushed so far.
+    pub fn body_bytes(&self) -> u64 {
+        self.body_bytes
+    }
+
+    /// Ends the body and scans it (see [`Scanner::scan_held`]); counted like any verdict.
     pub async fn finish(self) -> ScanReport {
-        let StreamingScan { scanner, source, hasher, body_bytes, state } = self;
+        let StreamingScan { scanner, source, hasher, body_bytes, held } = self;
         let key = ContentKey::from_digest(hasher.finalize().into());
-        let verdict = match state {
-            StreamState::Sending(session) => session.finish(&scanner.metrics).await,
-            // An empty body still gets a real scan, so that no path reports Clean unscanned.
-            StreamState::NotStarted => scanner.scan_with_clamd(ScanInput::Memory(&[]), &[]).await,
-            StreamState::Failed(reason) => Verdict::Unscanned { reason },
-        };
-        let report = match verdict {
-            Verdict::Unscanned { reason } if reason != UnscannedReason::TooLarge => {
-                if reason.is_engine_trouble() {
-                    scanner.refresh_engine_version().await;
-                }
-                match scanner.cached_report_for(&key, &key, body_bytes).await {
-                    Some(cached) => cached,
-                    None => scanner.unscanned(&key, body_bytes, reason),
-                }
-            }
-            Verdict::Unscanned { reason } => scanner.unscanned(&key, body_bytes, reason),
-            verdict => {
-                scanner.store(&key, &verdict).await;
-                ScanReport {
-                    verdict,
-                    sha256: key.hex(),
-                    body_bytes,
-                    engine: scanner.engine_version(),
-                    cached: false,
-                }
-            }
-        };
-        scanner.metrics.record_verdict(source, &report.verdict);
-        report
+        match held {
+            Some(held) => scanner.scan_held(&held, &key, &[], source, CacheMode::Content).await,
+            None => scanner.report_unscanned(&key.hex(), body_bytes, UnscannedReason::TooLarge, source),
+        }
+    }
+
+    /// The body did not arrive in time: `Unscanned { timeout }` for the bytes received so far
+    /// (the report's `sha256` is theirs), counted like any verdict.
+    pub fn timed_out(self) -> ScanReport {
+        let key = ContentKey::from_digest(self.hasher.finalize().into());
+        self.scanner.report_unscanned(&key.hex(), self.body_bytes, UnscannedReason::Timeout, self.source)
     }
 }
 
