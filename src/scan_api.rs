@@ -4,9 +4,10 @@
 //! The body is held (memory within `bodies.memory_budget_bytes`, shared with ext_proc, then a
 //! temp file) until the client ends its stream, and only then scanned: a slow or stalled client
 //! never holds a clamd slot. Receiving is bounded like a scan: the client must have sent the
-//! whole body within `scan.timeout_ms` plus `scan.timeout_per_mib_ms` per MiB received, counted
-//! from the call's start; past that the answer is `Unscanned { timeout }`. The scan of the
-//! complete body then has the same whole-scan deadline as an ext_proc scan.
+//! whole body within `scan.timeout_ms` plus `scan.timeout_per_mib_ms` per MiB received (up to
+//! `scan.max_scan_bytes`), counted from the call's start; past that the answer is
+//! `Unscanned { timeout }`. The scan of the complete body then has the same whole-scan deadline
+//! as an ext_proc scan.
 
 use std::sync::Arc;
 
@@ -45,7 +46,9 @@ impl ScannerApi for ScanService {
         // A client that breaks off mid-body gets its error back and no verdict is reached; the
         // held body is dropped with the scan.
         loop {
-            let deadline = started + self.scanner.scan_deadline(scan.body_bytes());
+            // Bytes past max_scan_bytes are only hashed: they earn no more time.
+            let counted = scan.body_bytes().min(self.scanner.max_scan_bytes());
+            let deadline = started + self.scanner.scan_deadline(counted);
             let chunk = match tokio::time::timeout_at(deadline, chunks.message()).await {
                 Ok(chunk) => chunk?,
                 Err(_) => {
