@@ -66,6 +66,12 @@ impl ExtProcService {
         ExtProcService { scanner, config, metrics, spool }
     }
 
+    /// Where this service holds bodies: the Scan API shares it, so one memory and disk budget
+    /// bounds both.
+    pub fn spool(&self) -> Spool {
+        self.spool.clone()
+    }
+
     /// The policy Envoy named for this stream's route (route metadata or gRPC metadata).
     fn policy_for(
         &self,
