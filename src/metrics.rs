@@ -42,6 +42,12 @@ struct CacheLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RejectedValueLabels {
+    key: &'static str,
+    reason: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct WaitLabels {
     scope: &'static str,
 }
@@ -87,6 +93,7 @@ pub struct Metrics {
     scanned_bytes: Counter,
     cache_lookups: Family<CacheLabels, Counter>,
     cache_errors: Family<CacheErrorLabels, Counter>,
+    cache_rejected_values: Family<RejectedValueLabels, Counter>,
     scan_waits: Family<WaitLabels, Counter>,
     scan_wait_duration: Histogram,
     ext_proc_messages: Family<MessageLabels, Counter>,
@@ -135,6 +142,12 @@ impl Metrics {
             "cache_errors",
             "Verdict cache failures (each one treated as a miss or a skipped write)",
             cache_errors.clone(),
+        );
+        let cache_rejected_values = Family::<RejectedValueLabels, Counter>::default();
+        registry.register(
+            "cache_rejected_values",
+            "Values read from Redis and refused because their HMAC tag is missing (missing_tag) or does not verify (bad_tag), by key kind (content, resource); each one a miss",
+            cache_rejected_values.clone(),
         );
         let scan_waits = Family::<WaitLabels, Counter>::default();
         registry.register(
@@ -230,6 +243,7 @@ impl Metrics {
             scanned_bytes,
             cache_lookups,
             cache_errors,
+            cache_rejected_values,
             scan_waits,
             scan_wait_duration,
             ext_proc_messages,
@@ -296,6 +310,12 @@ impl Metrics {
     /// Counts one message from Envoy.
     pub fn record_ext_proc_message(&self, kind: &'static str) {
         self.ext_proc_messages.get_or_create(&MessageLabels { kind }).inc();
+    }
+
+    /// Counts a value refused by its HMAC check: `key` is `content` or `resource`, `reason`
+    /// `missing_tag` or `bad_tag`.
+    pub fn record_cache_rejected_value(&self, key: &'static str, reason: &'static str) {
+        self.cache_rejected_values.get_or_create(&RejectedValueLabels { key, reason }).inc();
     }
 
     /// Counts a failed cache call: `operation` is `get` or `put`.

@@ -5,9 +5,15 @@
 //! policy decides what the client gets. A cache failure is a miss, never a verdict.
 //!
 //! - **Staleness.** A Clean entry written under an older signature database than the one clamd
-//!   now reports is stale: the body is scanned again and the entry overwritten. Infected entries
-//!   stand until their TTL. The current database version comes from the health probe's `VERSION`
-//!   and from a `VERSION` after a failed scan, never per request.
+//!   now reports, or under a lower `cache.signature_epoch` than this instance's, is stale: the
+//!   body is scanned again and the entry overwritten. Infected entries stand until their TTL. The
+//!   current database version comes from the health probe's `VERSION` and from a `VERSION` after a
+//!   failed scan, never per request. An entry is stamped with the version known *before* its scan
+//!   started: a scan that straddled a signature reload may have used the old signatures.
+//! - **Unscanned, briefly.** An `Unscanned` verdict that depends only on the bytes
+//!   (`limits_exceeded`, `too_large`, `unsupported_encoding`) is cached by content key for
+//!   `cache.unscanned_ttl_secs`, so a replayed decompression bomb costs one decode; a hit answers
+//!   the same reason, and the policy decides as before. Never under a resource key.
 //! - **One scan per object at a time.** Concurrent scans of the same content wait for the first
 //!   (in process); with Redis, instances take a short lock so only one of them scans, and a
 //!   waiter scans itself if the holder dies (its lock expires).
@@ -108,6 +114,7 @@ pub struct Scanner {
     engine: RwLock<Option<EngineVersion>>,
     inflight: Mutex<Inflight>,
     cache_error_log: Throttle,
+    rejected_value_log: Throttle,
     version_refresh: Throttle,
 }
 
@@ -127,6 +134,7 @@ impl Scanner {
             engine: RwLock::new(None),
             inflight: Mutex::new(HashMap::new()),
             cache_error_log: Throttle::new(Duration::from_secs(CACHE_ERROR_LOG_INTERVAL_SECS)),
+            rejected_value_log: Throttle::new(Duration::from_secs(CACHE_ERROR_LOG_INTERVAL_SECS)),
             version_refresh: Throttle::new(Duration::from_millis(VERSION_REFRESH_MIN_INTERVAL_MS)),
         }
     }
@@ -352,19 +360,24 @@ impl Scanner {
 
     /// A clamd scan whose verdict is written to the cache (`store`, under the subject's key) and
     /// whose failure refreshes the engine version. The caller bounds it by `scan.timeout_ms`.
+    ///
+    /// The verdict is stamped with the engine version known before the scan: should clamd reload
+    /// its signatures meanwhile, the scan may have used the old ones, so its `Clean` must be stale
+    /// for the new database.
     async fn clamd_scan(&self, subject: &Subject<'_>, store: bool) -> ScanReport {
+        let engine = self.engine_version();
         let verdict = self.scan_with_clamd(subject.input, subject.encodings).await;
         if matches!(&verdict, Verdict::Unscanned { reason } if reason.is_engine_trouble()) {
             self.refresh_engine_version().await;
         }
         if store {
-            self.store(&subject.key, &verdict).await;
+            self.store(&subject.key, &verdict, engine.as_ref()).await;
         }
         ScanReport {
             verdict,
             sha256: subject.received.hex(),
             body_bytes: subject.input.len(),
-            engine: self.engine_version(),
+            engine,
             cached: false,
         }
     }
@@ -400,6 +413,8 @@ impl Scanner {
                 engine: Some(entry_engine(&entry.engine_version, entry.database_version)),
                 cached: true,
             }),
+            // Never stored under a resource key (`VerdictCache::put_resource` drops it).
+            CachedVerdict::Unscanned { .. } => ResourceLookup::Miss,
         }
     }
 
@@ -410,7 +425,7 @@ impl Scanner {
     /// its content key; for an encoded body it is not (the resource entry's digest is only reported,
     /// never looked up).
     pub async fn store_resource(&self, resource: &Resource, validator: &str, report: &ScanReport) {
-        let Some(entry) = self.entry_for(&report.verdict) else { return };
+        let Some(entry) = self.entry_for(&report.verdict, report.engine.as_ref()) else { return };
         let Some(content) = ContentKey::from_hex(&report.sha256) else { return };
         let key = ResourceKey::new(&resource.host, &resource.path_and_query);
         let entry = ResourceEntry { validator: validator.to_string(), content, entry };
@@ -424,6 +439,7 @@ impl Scanner {
         StreamingScan {
             scanner: self,
             source,
+            engine: self.engine_version(),
             hasher: Sha256::new(),
             body_bytes: 0,
             state: StreamState::NotStarted,
@@ -590,11 +606,16 @@ impl Scanner {
         }
     }
 
-    /// A Clean entry from a signature database older than clamd's current one must be rescanned;
-    /// an Infected entry stands until its TTL.
+    /// A Clean entry from a signature database older than clamd's current one, or from a lower
+    /// `cache.signature_epoch` than this instance's, must be rescanned (a higher epoch is an
+    /// instance already restarted with new custom signatures: fresh). An Infected entry stands
+    /// until its TTL, an Unscanned one until its short TTL.
     fn is_stale(&self, entry: &CacheEntry) -> bool {
         if !matches!(entry.verdict, CachedVerdict::Clean) {
             return false;
+        }
+        if entry.signature_epoch < self.cache.signature_epoch() {
+            return true;
         }
         let current = self.engine_version().and_then(|engine| engine.database_version);
         match (entry.database_version, current) {
@@ -606,26 +627,36 @@ impl Scanner {
         }
     }
 
-    async fn store(&self, key: &ContentKey, verdict: &Verdict) {
-        let Some(entry) = self.entry_for(verdict) else { return };
+    /// Writes a verdict under a content key: `Clean` and `Infected`, and briefly the `Unscanned`
+    /// reasons that depend only on the bytes. `engine` is the version known before the scan.
+    async fn store(&self, key: &ContentKey, verdict: &Verdict, engine: Option<&EngineVersion>) {
+        let Some(cached) = CachedVerdict::from_content_verdict(verdict) else { return };
+        let entry = self.stamp(cached, engine);
         if let Err(err) = self.cache.put(key, &entry).await {
             self.note_cache_error("put", &err);
         }
     }
 
-    /// The cache entry for a verdict, recording the engine and database that produced it.
-    fn entry_for(&self, verdict: &Verdict) -> Option<CacheEntry> {
-        let cached = CachedVerdict::from_verdict(verdict)?;
-        let engine = self.engine_version().unwrap_or_default();
-        Some(CacheEntry {
-            verdict: cached,
+    /// The resource-key entry for a verdict (`Clean` or `Infected` only), stamped with `engine`,
+    /// the engine and database known before the scan (the report's).
+    fn entry_for(&self, verdict: &Verdict, engine: Option<&EngineVersion>) -> Option<CacheEntry> {
+        Some(self.stamp(CachedVerdict::from_verdict(verdict)?, engine))
+    }
+
+    /// An entry recording the engine and database that produced `verdict` and this instance's
+    /// signature epoch.
+    fn stamp(&self, verdict: CachedVerdict, engine: Option<&EngineVersion>) -> CacheEntry {
+        let engine = engine.cloned().unwrap_or_default();
+        CacheEntry {
+            verdict,
             engine_version: engine.engine,
             database_version: engine.database_version,
+            signature_epoch: self.cache.signature_epoch(),
             scanned_at_unix_secs: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map(|d| d.as_secs())
                 .unwrap_or(0),
-        })
+        }
     }
 
     /// Asks clamd for its version after a failed scan (at most once a second): a failed scan is
@@ -652,7 +683,27 @@ impl Scanner {
 
     fn note_cache_error(&self, operation: &'static str, err: &crate::cache::CacheError) {
         self.metrics.record_cache_error(self.cache.kind(), operation);
+        if let crate::cache::CacheError::Rejected { key, reason } = err {
+            self.note_rejected_value(key, *reason);
+            return;
+        }
         self.log_cache_error(operation, err);
+    }
+
+    /// A value read from Redis failed its HMAC check: counted every time, logged at most once per
+    /// interval (without the value or any key material). Either someone wrote to Redis who should
+    /// not, or an instance writes without (or with another) `cache.hmac_key_file`.
+    fn note_rejected_value(&self, key: &'static str, reason: crate::cache::Rejection) {
+        self.metrics.record_cache_rejected_value(key, reason.as_str());
+        if self.rejected_value_log.ready() {
+            tracing::warn!(
+                key,
+                reason = reason.as_str(),
+                "verdict cache value refused: {reason}; treated as a miss and scanned. Forged, or written \
+                 by an instance without this cache.hmac_key_file (logged at most every \
+                 {CACHE_ERROR_LOG_INTERVAL_SECS} s; see clamgate_cache_rejected_values_total)"
+            );
+        }
     }
 
     /// Logs a cache failure at most once per interval: Redis down must not flood the log.
@@ -969,6 +1020,8 @@ enum StreamState {
 pub struct StreamingScan<'a> {
     scanner: &'a Scanner,
     source: Source,
+    /// The engine version known when the scan began: what its verdict is stamped with.
+    engine: Option<EngineVersion>,
     hasher: Sha256,
     body_bytes: u64,
     state: StreamState,
@@ -1004,7 +1057,7 @@ impl StreamingScan<'_> {
     /// Ends the body and returns the verdict. When clamd could not scan, a cached verdict for the
     /// same content still counts (a known-infected body stays refused while clamd is down).
     pub async fn finish(self) -> ScanReport {
-        let StreamingScan { scanner, source, hasher, body_bytes, state } = self;
+        let StreamingScan { scanner, source, engine, hasher, body_bytes, state } = self;
         let key = ContentKey::from_digest(hasher.finalize().into());
         let verdict = match state {
             StreamState::Sending(session) => session.finish(&scanner.metrics).await,
@@ -1024,14 +1077,8 @@ impl StreamingScan<'_> {
             }
             Verdict::Unscanned { reason } => scanner.unscanned(&key, body_bytes, reason),
             verdict => {
-                scanner.store(&key, &verdict).await;
-                ScanReport {
-                    verdict,
-                    sha256: key.hex(),
-                    body_bytes,
-                    engine: scanner.engine_version(),
-                    cached: false,
-                }
+                scanner.store(&key, &verdict, engine.as_ref()).await;
+                ScanReport { verdict, sha256: key.hex(), body_bytes, engine, cached: false }
             }
         };
         scanner.metrics.record_verdict(source, &report.verdict);

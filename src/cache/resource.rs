@@ -4,11 +4,13 @@
 //! The key is a SHA-256 of host and path ([`ResourceKey`]); the value, produced and read only by
 //! [`encode_resource`] and [`decode_resource`], is versioned JSON like a content entry:
 //! ```text
-//! {"v":1,"validator":"etag:\"abc\"","sha256":"ba78...15ad","verdict":"clean","engine_version":"1.4.6","database_version":27000,"scanned_at_unix_secs":1767225600}
+//! {"v":2,"validator":"etag:\"abc\"","sha256":"ba78...15ad","verdict":"clean","engine_version":"1.4.6","database_version":27000,"signature_epoch":0,"scanned_at_unix_secs":1767225600}
 //! ```
 //! `sha256` is the [`ContentKey`] of the body that was scanned (64 lowercase hex digits);
 //! `signature` follows `verdict` for infected entries, as in content entries. The same strictness
 //! applies: another `v`, an unknown field or a contradiction is a [`DecodeError`], i.e. a miss.
+//! v1 (without `signature_epoch`) is still read, as epoch 0. A resource entry is only ever
+//! `clean` or `infected`: an `unscanned` one is invalid.
 
 use super::entry::{
     check_version, verdict_from_wire, verdict_to_wire, CacheEntry, ContentKey, DecodeError, WireVerdict,
@@ -17,8 +19,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::fmt;
 
-/// The version written into every encoded resource entry (`"v": 1`).
-pub const RESOURCE_FORMAT_VERSION: u64 = 1;
+/// The version written into every encoded resource entry (`"v": 2`; `"v": 1` is still read).
+pub const RESOURCE_FORMAT_VERSION: u64 = 2;
 
 /// The key of a resource: SHA-256 of `host + "\n" + path_and_query`, the host in ASCII lower case
 /// (host names are case-insensitive; the path is not). The validator is not part of the key: it
@@ -75,9 +77,9 @@ pub struct ResourceEntry {
     pub entry: CacheEntry,
 }
 
-/// Format v1 as written. Field order is the byte order of the encoding.
+/// Format v2 as written. Field order is the byte order of the encoding.
 #[derive(Serialize)]
-struct ResourceV1Out<'a> {
+struct ResourceV2Out<'a> {
     v: u64,
     validator: &'a str,
     sha256: String,
@@ -86,10 +88,28 @@ struct ResourceV1Out<'a> {
     signature: Option<&'a str>,
     engine_version: &'a str,
     database_version: Option<u64>,
+    signature_epoch: u64,
     scanned_at_unix_secs: u64,
 }
 
-/// Format v1 as read: strict, so that a field this build does not understand is a miss.
+/// Format v2 as read: strict, so that a field this build does not understand is a miss.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ResourceV2In {
+    #[allow(dead_code)] // checked by `check_version` before this struct is parsed
+    v: u64,
+    validator: String,
+    sha256: String,
+    verdict: WireVerdict,
+    #[serde(default)]
+    signature: Option<String>,
+    engine_version: String,
+    database_version: Option<u64>,
+    signature_epoch: u64,
+    scanned_at_unix_secs: u64,
+}
+
+/// Format v1 as read: v2 without `signature_epoch`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ResourceV1In {
@@ -106,9 +126,11 @@ struct ResourceV1In {
 }
 
 /// Encodes `resource` as the current format (see the module documentation for an example).
+/// An `Unscanned` verdict is encoded too, but [`decode_resource`] rejects it: callers never store
+/// one (`VerdictCache::put_resource` drops it).
 pub fn encode_resource(resource: &ResourceEntry) -> Vec<u8> {
-    let (verdict, signature) = verdict_to_wire(&resource.entry.verdict);
-    let wire = ResourceV1Out {
+    let (verdict, signature, _reason) = verdict_to_wire(&resource.entry.verdict);
+    let wire = ResourceV2Out {
         v: RESOURCE_FORMAT_VERSION,
         validator: &resource.validator,
         sha256: resource.content.hex(),
@@ -116,20 +138,27 @@ pub fn encode_resource(resource: &ResourceEntry) -> Vec<u8> {
         signature,
         engine_version: &resource.entry.engine_version,
         database_version: resource.entry.database_version,
+        signature_epoch: resource.entry.signature_epoch,
         scanned_at_unix_secs: resource.entry.scanned_at_unix_secs,
     };
     // As for content entries: cannot fail, and an empty value would decode as a miss.
     serde_json::to_vec(&wire).unwrap_or_default()
 }
 
-/// Decodes a value written by [`encode_resource`]. Any other version, an unknown or missing field,
-/// a `sha256` that is not 64 lowercase hex digits, or a self-contradicting verdict is an error.
+/// Decodes a value written by [`encode_resource`] (v2) or by an older clamgate (v1, read as
+/// signature epoch 0). Any other version, an unknown or missing field, a `sha256` that is not 64
+/// lowercase hex digits, a self-contradicting verdict or an `unscanned` one is an error.
 pub fn decode_resource(bytes: &[u8]) -> Result<ResourceEntry, DecodeError> {
-    check_version(bytes, RESOURCE_FORMAT_VERSION)?;
-    let wire: ResourceV1In = serde_json::from_slice(bytes)?;
+    let wire: ResourceV2In = match check_version(bytes, &[1, RESOURCE_FORMAT_VERSION])? {
+        1 => serde_json::from_slice::<ResourceV1In>(bytes)?.into(),
+        _ => serde_json::from_slice(bytes)?,
+    };
     let content = ContentKey::from_hex(&wire.sha256)
         .ok_or(DecodeError::Invalid("sha256 is not 64 lowercase hex digits"))?;
-    let verdict = verdict_from_wire(wire.verdict, wire.signature)?;
+    if wire.verdict == WireVerdict::Unscanned {
+        return Err(DecodeError::Invalid("a resource entry is never unscanned"));
+    }
+    let verdict = verdict_from_wire(wire.verdict, wire.signature, None)?;
     Ok(ResourceEntry {
         validator: wire.validator,
         content,
@@ -137,9 +166,27 @@ pub fn decode_resource(bytes: &[u8]) -> Result<ResourceEntry, DecodeError> {
             verdict,
             engine_version: wire.engine_version,
             database_version: wire.database_version,
+            signature_epoch: wire.signature_epoch,
             scanned_at_unix_secs: wire.scanned_at_unix_secs,
         },
     })
+}
+
+impl From<ResourceV1In> for ResourceV2In {
+    /// A v1 entry predates signature epochs: epoch 0.
+    fn from(v1: ResourceV1In) -> Self {
+        ResourceV2In {
+            v: v1.v,
+            validator: v1.validator,
+            sha256: v1.sha256,
+            verdict: v1.verdict,
+            signature: v1.signature,
+            engine_version: v1.engine_version,
+            database_version: v1.database_version,
+            signature_epoch: 0,
+            scanned_at_unix_secs: v1.scanned_at_unix_secs,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -149,6 +196,8 @@ mod tests {
 
     const CLEAN_V1: &[u8] = br#"{"v":1,"validator":"etag:\"abc\"","sha256":"ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad","verdict":"clean","engine_version":"1.4.6","database_version":27000,"scanned_at_unix_secs":1767225600}"#;
     const INFECTED_V1: &[u8] = br#"{"v":1,"validator":"immutable","sha256":"ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad","verdict":"infected","signature":"Eicar-Test-Signature","engine_version":"1.4.6","database_version":null,"scanned_at_unix_secs":1767225600}"#;
+    const CLEAN_V2: &[u8] = br#"{"v":2,"validator":"etag:\"abc\"","sha256":"ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad","verdict":"clean","engine_version":"1.4.6","database_version":27000,"signature_epoch":0,"scanned_at_unix_secs":1767225600}"#;
+    const INFECTED_V2: &[u8] = br#"{"v":2,"validator":"immutable","sha256":"ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad","verdict":"infected","signature":"Eicar-Test-Signature","engine_version":"1.4.6","database_version":null,"signature_epoch":0,"scanned_at_unix_secs":1767225600}"#;
 
     fn clean() -> ResourceEntry {
         ResourceEntry {
@@ -158,6 +207,7 @@ mod tests {
                 verdict: CachedVerdict::Clean,
                 engine_version: "1.4.6".to_string(),
                 database_version: Some(27000),
+                signature_epoch: 0,
                 scanned_at_unix_secs: 1_767_225_600,
             },
         }
@@ -197,15 +247,33 @@ mod tests {
     }
 
     #[test]
-    fn encodes_v1_bytes() {
-        assert_eq!(encode_resource(&clean()), CLEAN_V1);
-        assert_eq!(encode_resource(&infected()), INFECTED_V1);
+    fn encodes_v2_bytes() {
+        assert_eq!(encode_resource(&clean()), CLEAN_V2);
+        assert_eq!(encode_resource(&infected()), INFECTED_V2);
     }
 
     #[test]
-    fn decodes_v1_bytes() {
+    fn decodes_v2_bytes_and_v1_bytes_as_signature_epoch_0() {
+        assert_eq!(decode_resource(CLEAN_V2).ok(), Some(clean()));
+        assert_eq!(decode_resource(INFECTED_V2).ok(), Some(infected()));
+        let epoch_9 = ResourceEntry { entry: CacheEntry { signature_epoch: 9, ..clean().entry }, ..clean() };
+        assert_eq!(decode_resource(&encode_resource(&epoch_9)).ok(), Some(epoch_9));
         assert_eq!(decode_resource(CLEAN_V1).ok(), Some(clean()));
         assert_eq!(decode_resource(INFECTED_V1).ok(), Some(infected()));
+    }
+
+    #[test]
+    fn an_unscanned_resource_entry_is_invalid() {
+        let unscanned = br#"{"v":2,"validator":"immutable","sha256":"ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad","verdict":"unscanned","engine_version":"1.4.6","database_version":1,"signature_epoch":0,"scanned_at_unix_secs":1}"#;
+        assert!(matches!(decode_resource(unscanned), Err(DecodeError::Invalid(_))));
+        let entry = ResourceEntry {
+            entry: CacheEntry {
+                verdict: CachedVerdict::Unscanned { reason: crate::verdict::UnscannedReason::TooLarge },
+                ..clean().entry
+            },
+            ..clean()
+        };
+        assert!(matches!(decode_resource(&encode_resource(&entry)), Err(DecodeError::Invalid(_))));
     }
 
     #[test]
@@ -219,10 +287,12 @@ mod tests {
 
     #[test]
     fn rejects_other_versions_and_content_entries() {
-        let v2 = br#"{"v":2,"validator":"immutable"}"#;
-        assert!(matches!(decode_resource(v2), Err(DecodeError::UnsupportedVersion(2))));
+        let v3 = br#"{"v":3,"validator":"immutable"}"#;
+        assert!(matches!(decode_resource(v3), Err(DecodeError::UnsupportedVersion(3))));
         // A content entry is not a resource entry.
         let content = br#"{"v":1,"verdict":"clean","engine_version":"1.4.6","database_version":27000,"scanned_at_unix_secs":1767225600}"#;
+        assert!(matches!(decode_resource(content), Err(DecodeError::Malformed(_))));
+        let content = br#"{"v":2,"verdict":"clean","engine_version":"1.4.6","database_version":27000,"signature_epoch":0,"scanned_at_unix_secs":1767225600}"#;
         assert!(matches!(decode_resource(content), Err(DecodeError::Malformed(_))));
         for bytes in [&b""[..], b"garbage", b"{}", b"[1]"] {
             assert!(matches!(decode_resource(bytes), Err(DecodeError::Malformed(_))));
@@ -233,6 +303,11 @@ mod tests {
     fn rejects_unknown_fields() {
         let extra = br#"{"v":1,"validator":"immutable","sha256":"ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad","verdict":"clean","engine_version":"1.4.6","database_version":1,"scanned_at_unix_secs":1,"etag":"x"}"#;
         assert!(matches!(decode_resource(extra), Err(DecodeError::Malformed(_))));
+        let extra = br#"{"v":2,"validator":"immutable","sha256":"ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad","verdict":"clean","engine_version":"1.4.6","database_version":1,"signature_epoch":0,"scanned_at_unix_secs":1,"etag":"x"}"#;
+        assert!(matches!(decode_resource(extra), Err(DecodeError::Malformed(_))));
+        // v1 had no epoch.
+        let v1_epoch = br#"{"v":1,"validator":"immutable","sha256":"ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad","verdict":"clean","engine_version":"1.4.6","database_version":1,"signature_epoch":0,"scanned_at_unix_secs":1}"#;
+        assert!(matches!(decode_resource(v1_epoch), Err(DecodeError::Malformed(_))));
     }
 
     #[test]
