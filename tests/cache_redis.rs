@@ -52,6 +52,7 @@ fn clean() -> CacheEntry {
         verdict: CachedVerdict::Clean,
         engine_version: "1.4.6".to_string(),
         database_version: Some(27000),
+        signature_epoch: 0,
         scanned_at_unix_secs: 1_767_225_600,
     }
 }
@@ -140,7 +141,7 @@ async fn writes_the_documented_key_and_value_with_the_ttl() {
     let ttl: i64 = redis::cmd("TTL").arg(name).query_async(&mut raw).await.expect("TTL");
     assert!((TTL_SECS as i64 - 10..=TTL_SECS as i64).contains(&ttl), "TTL {ttl}, expected about {TTL_SECS}");
     let value: Vec<u8> = redis::cmd("GET").arg(name).query_async(&mut raw).await.expect("GET");
-    assert!(value.starts_with(br#"{"v":1,"#), "{}", String::from_utf8_lossy(&value));
+    assert!(value.starts_with(br#"{"v":2,"#), "{}", String::from_utf8_lossy(&value));
     assert_eq!(decode_entry(&value).expect("decode"), infected());
     let keys: Vec<String> = redis::cmd("KEYS").arg("*").query_async(&mut raw).await.expect("KEYS");
     assert_eq!(keys, vec![name.to_string()]);
@@ -159,10 +160,10 @@ async fn unreadable_values_are_decode_errors_not_entries() {
     assert!(matches!(got, Err(CacheError::Decode(DecodeError::Malformed(_)))), "{got:?}");
 
     let newer =
-        r#"{"v":2,"verdict":"clean","engine_version":"9","database_version":1,"scanned_at_unix_secs":1}"#;
+        r#"{"v":3,"verdict":"clean","engine_version":"9","database_version":1,"scanned_at_unix_secs":1}"#;
     let _: () = redis::cmd("SET").arg(&name).arg(newer).query_async(&mut raw).await.expect("SET");
     let got = cache.get(&key).await;
-    assert!(matches!(got, Err(CacheError::Decode(DecodeError::UnsupportedVersion(2)))), "{got:?}");
+    assert!(matches!(got, Err(CacheError::Decode(DecodeError::UnsupportedVersion(3)))), "{got:?}");
 
     // A decode error is an answer, not an outage: the next write and read work at once.
     cache.put(&key, &clean()).await.expect("put");
@@ -392,7 +393,7 @@ async fn resource_entries_round_trip_with_the_documented_key_and_value() {
     let value = raw_get(&redis, name).await.expect("the resource entry is in Redis");
     assert_eq!(
         String::from_utf8_lossy(&value),
-        r#"{"v":1,"validator":"etag:\"abc\"","sha256":"ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad","verdict":"infected","signature":"Eicar-Test-Signature","engine_version":"1.4.6","database_version":null,"scanned_at_unix_secs":1767225600}"#
+        r#"{"v":2,"validator":"etag:\"abc\"","sha256":"ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad","verdict":"infected","signature":"Eicar-Test-Signature","engine_version":"1.4.6","database_version":null,"signature_epoch":0,"scanned_at_unix_secs":1767225600}"#
     );
     assert_eq!(decode_resource(&value).expect("decode"), entry);
     let mut raw_connection = raw(&redis).await;
