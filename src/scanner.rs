@@ -1198,6 +1198,49 @@ mod tests {
     }
 
     #[test]
+    fn clean_entries_are_stale_under_a_newer_database_or_a_higher_epoch() {
+        let mut config = Config::default();
+        config.cache.signature_epoch = 2;
+        let scanner = scanner(&config);
+        let engine = |database_version| EngineVersion { database_version, ..EngineVersion::default() };
+        scanner.set_engine_version(engine(Some(100)));
+        let clean = |database_version, signature_epoch| CacheEntry {
+            verdict: CachedVerdict::Clean,
+            engine_version: "1.4.6".to_string(),
+            database_version,
+            signature_epoch,
+            scanned_at_unix_secs: 0,
+        };
+        assert!(!scanner.is_stale(&clean(Some(100), 2)));
+        assert!(scanner.is_stale(&clean(Some(99), 2)), "older database");
+        assert!(scanner.is_stale(&clean(None, 2)), "no database then, one now");
+        assert!(scanner.is_stale(&clean(Some(100), 1)), "lower epoch");
+        assert!(scanner.is_stale(&clean(Some(100), 0)), "written before epochs (v1)");
+        assert!(!scanner.is_stale(&clean(Some(100), 3)), "a higher epoch: an instance already restarted");
+        assert!(!scanner.is_stale(&clean(Some(101), 2)));
+        for verdict in [
+            CachedVerdict::Infected { signature: "X".to_string() },
+            CachedVerdict::Unscanned { reason: UnscannedReason::LimitsExceeded },
+        ] {
+            assert!(!scanner.is_stale(&CacheEntry { verdict, ..clean(Some(1), 0) }), "only Clean goes stale");
+        }
+    }
+
+    #[test]
+    fn entries_are_stamped_with_the_given_engine_and_this_instances_epoch() {
+        let mut config = Config::default();
+        config.cache.signature_epoch = 7;
+        let scanner = scanner(&config);
+        scanner.set_engine_version(EngineVersion { database_version: Some(200), ..EngineVersion::default() });
+        let before =
+            EngineVersion { engine: "1.4.6".to_string(), database_version: Some(199), database_date: None };
+        let entry = scanner.entry_for(&Verdict::Clean, Some(&before)).expect("Clean is cacheable");
+        assert_eq!((entry.database_version, entry.signature_epoch), (Some(199), 7));
+        let unscanned = Verdict::Unscanned { reason: UnscannedReason::LimitsExceeded };
+        assert_eq!(scanner.entry_for(&unscanned, Some(&before)), None, "never under a resource key");
+    }
+
+    #[test]
     fn an_encoded_body_gets_the_deadline_of_the_largest_decoded_body() {
         let config = Config::default();
         let scanner = scanner(&config);

@@ -71,9 +71,10 @@
 //! [`encode_entry`]/[`decode_entry`] for content entries,
 //! [`encode_resource`]/[`decode_resource`] for resource entries:
 //! ```text
-//! {"v":1,"verdict":"clean","engine_version":"1.4.6","database_version":27000,"scanned_at_unix_secs":1767225600}
-//! {"v":1,"verdict":"infected","signature":"Eicar-Test-Signature","engine_version":"1.4.6","database_version":27000,"scanned_at_unix_secs":1767225600}
-//! {"v":1,"validator":"etag:\"abc\"","sha256":"ba78...15ad","verdict":"clean","engine_version":"1.4.6","database_version":27000,"scanned_at_unix_secs":1767225600}
+//! {"v":2,"verdict":"clean","engine_version":"1.4.6","database_version":27000,"signature_epoch":0,"scanned_at_unix_secs":1767225600}
+//! {"v":2,"verdict":"infected","signature":"Eicar-Test-Signature","engine_version":"1.4.6","database_version":27000,"signature_epoch":0,"scanned_at_unix_secs":1767225600}
+//! {"v":2,"verdict":"unscanned","reason":"limits_exceeded","engine_version":"1.4.6","database_version":27000,"signature_epoch":0,"scanned_at_unix_secs":1767225600}
+//! {"v":2,"validator":"etag:\"abc\"","sha256":"ba78...15ad","verdict":"clean","engine_version":"1.4.6","database_version":27000,"signature_epoch":0,"scanned_at_unix_secs":1767225600}
 //! ```
 //! `database_version` may be `null`. This build writes `"v":2` (with `signature_epoch`, and
 //! `"verdict":"unscanned","reason":...` entries) and still reads `"v":1` (as epoch 0). A value with
