@@ -390,4 +390,19 @@ mod tests {
             "{text}"
         );
     }
+
+    #[test]
+    fn rejected_cache_values_are_counted_by_key_and_reason() {
+        let metrics = Metrics::new();
+        metrics.record_cache_rejected_value("content", "missing_tag");
+        metrics.record_cache_rejected_value("content", "missing_tag");
+        metrics.record_cache_rejected_value("resource", "bad_tag");
+        let text = metrics.encode();
+        for line in [
+            r#"clamgate_cache_rejected_values_total{key="content",reason="missing_tag"} 2"#,
+            r#"clamgate_cache_rejected_values_total{key="resource",reason="bad_tag"} 1"#,
+        ] {
+            assert!(text.contains(line), "{text}");
+        }
+    }
 }
