@@ -595,6 +595,7 @@ mod tests {
             redis_pool_size: 0,
             memory_max_entries: 0,
             redis_tls_ca_file: Some("/nonexistent/clamgate-ca.pem".to_string()),
+            hmac_previous_key_file: Some("/nonexistent/clamgate-hmac.key".to_string()),
             ..unreachable(0)
         };
         let message = invalid_config_message(&cfg);
@@ -604,6 +605,8 @@ mod tests {
             "cache.redis_pool_size",
             "cache.memory_max_entries",
             "cache.redis_tls_ca_file",
+            "cache.hmac_previous_key_file: cannot read",
+            "cache.hmac_previous_key_file: set without cache.hmac_key_file",
         ] {
             assert!(message.contains(key), "{key} missing from {message}");
         }
