@@ -5,9 +5,15 @@
 //! policy decides what the client gets. A cache failure is a miss, never a verdict.
 //!
 //! - **Staleness.** A Clean entry written under an older signature database than the one clamd
-//!   now reports is stale: the body is scanned again and the entry overwritten. Infected entries
-//!   stand until their TTL. The current database version comes from the health probe's `VERSION`
-//!   and from a `VERSION` after a failed scan, never per request.
+//!   now reports, or under a lower `cache.signature_epoch` than this instance's, is stale: the
+//!   body is scanned again and the entry overwritten. Infected entries stand until their TTL. The
+//!   current database version comes from the health probe's `VERSION` and from a `VERSION` after a
+//!   failed scan, never per request. An entry is stamped with the version known *before* its scan
+//!   started: a scan that straddled a signature reload may have used the old signatures.
+//! - **Unscanned, briefly.** An `Unscanned` verdict that depends only on the bytes
+//!   (`limits_exceeded`, `too_large`, `unsupported_encoding`) is cached by content key for
+//!   `cache.unscanned_ttl_secs`, so a replayed decompression bomb costs one decode; a hit answers
+//!   the same reason, and the policy decides as before. Never under a resource key.
 //! - **One scan per object at a time.** Concurrent scans of the same content wait for the first
 //!   (in process); with Redis, instances take a short lock so only one of them scans, and a
 //!   waiter scans itself if the holder dies (its lock expires).
@@ -116,6 +122,7 @@ pub struct Scanner {
     engine: RwLock<Option<EngineVersion>>,
     inflight: Mutex<Inflight>,
     cache_error_log: Throttle,
+    rejected_value_log: Throttle,
     version_refresh: Throttle,
 }
 
@@ -135,6 +142,7 @@ impl Scanner {
             engine: RwLock::new(None),
             inflight: Mutex::new(HashMap::new()),
             cache_error_log: Throttle::new(Duration::from_secs(CACHE_ERROR_LOG_INTERVAL_SECS)),
+            rejected_value_log: Throttle::new(Duration::from_secs(CACHE_ERROR_LOG_INTERVAL_SECS)),
             version_refresh: Throttle::new(Duration::from_millis(VERSION_REFRESH_MIN_INTERVAL_MS)),
         }
     }
@@ -359,19 +367,24 @@ impl Scanner {
 
     /// A clamd scan whose verdict is written to the cache (`store`, under the subject's key) and
     /// whose failure refreshes the engine version. The caller bounds it by `scan.timeout_ms`.
+    ///
+    /// The verdict is stamped with the engine version known before the scan: should clamd reload
+    /// its signatures meanwhile, the scan may have used the old ones, so its `Clean` must be stale
+    /// for the new database.
     async fn clamd_scan(&self, subject: &Subject<'_>, store: bool) -> ScanReport {
+        let engine = self.engine_version();
         let verdict = self.scan_with_clamd(subject.input, subject.encodings).await;
         if matches!(&verdict, Verdict::Unscanned { reason } if reason.is_engine_trouble()) {
             self.refresh_engine_version().await;
         }
         if store {
-            self.store(&subject.key, &verdict).await;
+            self.store(&subject.key, &verdict, engine.as_ref()).await;
         }
         ScanReport {
             verdict,
             sha256: subject.received.hex(),
             body_bytes: subject.input.len(),
-            engine: self.engine_version(),
+            engine,
             cached: false,
         }
     }
@@ -420,6 +433,8 @@ impl Scanner {
                     ResourceLookup::InfectedUnlessChanged { known, report }
                 }
             }
+            // Never stored under a resource key (`VerdictCache::put_resource` drops it).
+            CachedVerdict::Unscanned { .. } => ResourceLookup::Miss,
         }
     }
 
@@ -437,7 +452,7 @@ impl Scanner {
         vary_names: &[String],
         report: &ScanReport,
     ) {
-        let Some(entry) = self.entry_for(&report.verdict) else { return };
+        let Some(entry) = self.entry_for(&report.verdict, report.engine.as_ref()) else { return };
         let Some(content) = ContentKey::from_hex(&report.sha256) else { return };
         let vary = VaryRecord::of(vary_names.to_vec(), &resource.request_headers);
         let entry = ResourceEntry { validator: validator.to_string(), vary, content, entry };
@@ -635,11 +650,16 @@ impl Scanner {
         }
     }
 
-    /// A Clean entry from a signature database older than clamd's current one must be rescanned;
-    /// an Infected entry stands until its TTL.
+    /// A Clean entry from a signature database older than clamd's current one, or from a lower
+    /// `cache.signature_epoch` than this instance's, must be rescanned (a higher epoch is an
+    /// instance already restarted with new custom signatures: fresh). An Infected entry stands
+    /// until its TTL, an Unscanned one until its short TTL.
     fn is_stale(&self, entry: &CacheEntry) -> bool {
         if !matches!(entry.verdict, CachedVerdict::Clean) {
             return false;
+        }
+        if entry.signature_epoch < self.cache.signature_epoch() {
+            return true;
         }
         let current = self.engine_version().and_then(|engine| engine.database_version);
         match (entry.database_version, current) {
@@ -651,26 +671,36 @@ impl Scanner {
         }
     }
 
-    async fn store(&self, key: &ContentKey, verdict: &Verdict) {
-        let Some(entry) = self.entry_for(verdict) else { return };
+    /// Writes a verdict under a content key: `Clean` and `Infected`, and briefly the `Unscanned`
+    /// reasons that depend only on the bytes. `engine` is the version known before the scan.
+    async fn store(&self, key: &ContentKey, verdict: &Verdict, engine: Option<&EngineVersion>) {
+        let Some(cached) = CachedVerdict::from_content_verdict(verdict) else { return };
+        let entry = self.stamp(cached, engine);
         if let Err(err) = self.cache.put(key, &entry).await {
             self.note_cache_error("put", &err);
         }
     }
 
-    /// The cache entry for a verdict, recording the engine and database that produced it.
-    fn entry_for(&self, verdict: &Verdict) -> Option<CacheEntry> {
-        let cached = CachedVerdict::from_verdict(verdict)?;
-        let engine = self.engine_version().unwrap_or_default();
-        Some(CacheEntry {
-            verdict: cached,
+    /// The resource-key entry for a verdict (`Clean` or `Infected` only), stamped with `engine`,
+    /// the engine and database known before the scan (the report's).
+    fn entry_for(&self, verdict: &Verdict, engine: Option<&EngineVersion>) -> Option<CacheEntry> {
+        Some(self.stamp(CachedVerdict::from_verdict(verdict)?, engine))
+    }
+
+    /// An entry recording the engine and database that produced `verdict` and this instance's
+    /// signature epoch.
+    fn stamp(&self, verdict: CachedVerdict, engine: Option<&EngineVersion>) -> CacheEntry {
+        let engine = engine.cloned().unwrap_or_default();
+        CacheEntry {
+            verdict,
             engine_version: engine.engine,
             database_version: engine.database_version,
+            signature_epoch: self.cache.signature_epoch(),
             scanned_at_unix_secs: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map(|d| d.as_secs())
                 .unwrap_or(0),
-        })
+        }
     }
 
     /// Asks clamd for its version after a failed scan (at most once a second): a failed scan is
@@ -697,7 +727,27 @@ impl Scanner {
 
     fn note_cache_error(&self, operation: &'static str, err: &crate::cache::CacheError) {
         self.metrics.record_cache_error(self.cache.kind(), operation);
+        if let crate::cache::CacheError::Rejected { key, reason } = err {
+            self.note_rejected_value(key, *reason);
+            return;
+        }
         self.log_cache_error(operation, err);
+    }
+
+    /// A value read from Redis failed its HMAC check: counted every time, logged at most once per
+    /// interval (without the value or any key material). Either someone wrote to Redis who should
+    /// not, or an instance writes without (or with another) `cache.hmac_key_file`.
+    fn note_rejected_value(&self, key: &'static str, reason: crate::cache::Rejection) {
+        self.metrics.record_cache_rejected_value(key, reason.as_str());
+        if self.rejected_value_log.ready() {
+            tracing::warn!(
+                key,
+                reason = reason.as_str(),
+                "verdict cache value refused: {reason}; treated as a miss and scanned. Forged, or written \
+                 by an instance without this cache.hmac_key_file (logged at most every \
+                 {CACHE_ERROR_LOG_INTERVAL_SECS} s; see clamgate_cache_rejected_values_total)"
+            );
+        }
     }
 
     /// Logs a cache failure at most once per interval: Redis down must not flood the log.
@@ -1243,6 +1293,49 @@ mod tests {
         let err = decode_batch(&mut decoder, &mut batch).err();
         assert!(matches!(err, Some(DecodeError::TooLarge { .. })), "{err:?}");
         assert_eq!(batch, vec![b'a'; 2 * PIECE_BYTES]);
+    }
+
+    #[test]
+    fn clean_entries_are_stale_under_a_newer_database_or_a_higher_epoch() {
+        let mut config = Config::default();
+        config.cache.signature_epoch = 2;
+        let scanner = scanner(&config);
+        let engine = |database_version| EngineVersion { database_version, ..EngineVersion::default() };
+        scanner.set_engine_version(engine(Some(100)));
+        let clean = |database_version, signature_epoch| CacheEntry {
+            verdict: CachedVerdict::Clean,
+            engine_version: "1.4.6".to_string(),
+            database_version,
+            signature_epoch,
+            scanned_at_unix_secs: 0,
+        };
+        assert!(!scanner.is_stale(&clean(Some(100), 2)));
+        assert!(scanner.is_stale(&clean(Some(99), 2)), "older database");
+        assert!(scanner.is_stale(&clean(None, 2)), "no database then, one now");
+        assert!(scanner.is_stale(&clean(Some(100), 1)), "lower epoch");
+        assert!(scanner.is_stale(&clean(Some(100), 0)), "written before epochs (v1)");
+        assert!(!scanner.is_stale(&clean(Some(100), 3)), "a higher epoch: an instance already restarted");
+        assert!(!scanner.is_stale(&clean(Some(101), 2)));
+        for verdict in [
+            CachedVerdict::Infected { signature: "X".to_string() },
+            CachedVerdict::Unscanned { reason: UnscannedReason::LimitsExceeded },
+        ] {
+            assert!(!scanner.is_stale(&CacheEntry { verdict, ..clean(Some(1), 0) }), "only Clean goes stale");
+        }
+    }
+
+    #[test]
+    fn entries_are_stamped_with_the_given_engine_and_this_instances_epoch() {
+        let mut config = Config::default();
+        config.cache.signature_epoch = 7;
+        let scanner = scanner(&config);
+        scanner.set_engine_version(EngineVersion { database_version: Some(200), ..EngineVersion::default() });
+        let before =
+            EngineVersion { engine: "1.4.6".to_string(), database_version: Some(199), database_date: None };
+        let entry = scanner.entry_for(&Verdict::Clean, Some(&before)).expect("Clean is cacheable");
+        assert_eq!((entry.database_version, entry.signature_epoch), (Some(199), 7));
+        let unscanned = Verdict::Unscanned { reason: UnscannedReason::LimitsExceeded };
+        assert_eq!(scanner.entry_for(&unscanned, Some(&before)), None, "never under a resource key");
     }
 
     #[test]
