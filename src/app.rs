@@ -61,6 +61,7 @@ pub fn build_scanner(config: &Config, metrics: Arc<Metrics>) -> Result<Scanner, 
         scan_timeout_per_mib: Duration::from_millis(config.scan.timeout_per_mib_ms),
         lock_ttl: Duration::from_millis(config.cache.lock_ttl_ms),
         max_decode_ratio: config.scan.decode_ratio_limit(),
+        max_skipped_encoding_bytes: config.scan.max_skipped_encoding_bytes,
     };
     Ok(Scanner::new(ClamdClient::new(address, timeouts), cache, settings, metrics))
 }
