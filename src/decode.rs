@@ -1789,6 +1789,57 @@ mod tests {
         );
     }
 
+    /// A brotli stream (16 KiB window) of a metadata meta-block holding `metadata`, then
+    /// `content` in one uncompressed meta-block (RFC 7932, 9.2), written bit by bit, least
+    /// significant bit first: the brotli encoder cannot write metadata.
+    fn brotli_with_metadata(metadata: &[u8], content: &[u8]) -> Vec<u8> {
+        assert!((1..=256).contains(&metadata.len()) && (1..=16 * 1024).contains(&content.len()));
+        struct Bits {
+            out: Vec<u8>,
+            used: u32,
+        }
+        impl Bits {
+            fn put(&mut self, fields: &[(usize, u32)]) {
+                for &(value, count) in fields {
+                    for bit in 0..count {
+                        if self.used == 0 {
+                            self.out.push(0);
+                        }
+                        *self.out.last_mut().unwrap() |= (((value >> bit) & 1) as u8) << self.used;
+                        self.used = (self.used + 1) % 8;
+                    }
+                }
+            }
+            /// Pads to a byte boundary, then appends `bytes`.
+            fn put_aligned(&mut self, bytes: &[u8]) {
+                self.used = 0;
+                self.out.extend_from_slice(bytes);
+            }
+        }
+        let mut bits = Bits { out: Vec::new(), used: 0 };
+        // WBITS 16; ISLAST 0, MNIBBLES 0 (coded 3), reserved 0, MSKIPBYTES 1, MSKIPLEN - 1.
+        bits.put(&[(0, 1), (0, 1), (3, 2), (0, 1), (1, 2), (metadata.len() - 1, 8)]);
+        bits.put_aligned(metadata);
+        // ISLAST 0, MNIBBLES 4 (coded 0), MLEN - 1, ISUNCOMPRESSED 1.
+        bits.put(&[(0, 1), (0, 2), (content.len() - 1, 16), (1, 1)]);
+        bits.put_aligned(content);
+        // ISLAST 1, ISLASTEMPTY 1.
+        bits.put(&[(1, 1), (1, 1)]);
+        bits.out
+    }
+
+    #[test]
+    fn brotli_metadata_is_skipped_and_cannot_be_counted() {
+        // Documents the limit the scanner's scan of the received bytes makes up for:
+        // brotli-decompressor skips metadata meta-blocks without a way to see them.
+        let encoded = brotli_with_metadata(b"hidden in a metadata block", b"the content");
+        for chunk_bytes in [1, 5, encoded.len()] {
+            let decoded = decode_in_chunks(&[Encoding::Brotli], &encoded, chunk_bytes, with_skip_limit(0));
+            assert_eq!(decoded.as_deref(), Ok(&b"the content"[..]));
+        }
+        assert_eq!(skipped_after_decoding(&[Encoding::Brotli], &encoded, 7), 0);
+    }
+
     #[test]
     fn the_decoder_can_cross_await_points() {
         fn assert_send<T: Send>() {}
