@@ -530,7 +530,10 @@ impl Scanner {
             }
             loop {
                 let next = off_worker(large_body, || {
-                    let decoded = decoder.next_piece()?.map(|decoded| piece = decoded.to_vec());
+                    let decoded = decoder.next_piece()?.map(|decoded| {
+                        piece.clear();
+                        piece.extend_from_slice(decoded);
+                    });
                     Ok::<_, DecodeError>(decoded.map(|()| decoder.gzip_member()))
                 });
                 let member = match next {
