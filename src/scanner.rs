@@ -264,7 +264,9 @@ impl Scanner {
     /// get. That is the body's size without an encoding. An encoded body's decoded size is known
     /// only once it is decoded, and decoding stops at `max_scan_bytes`: it gets the deadline of a
     /// `max_scan_bytes` body (27.5 s with the defaults), so a well-compressed body is not cut short
-    /// by the deadline of its encoded size, and a stuck scan still ends.
+    /// by the deadline of its encoded size, and a stuck scan still ends. The scans of an encoded
+    /// body ([`Self::scan_encoded`]) share it: the decoded body and the received bytes are each at
+    /// most `max_scan_bytes`, and clamd scans that well within the 25 s base.
     fn deadline_for(&self, subject: &Subject<'_>) -> Duration {
         let bytes = if subject.encodings.is_empty() {
             subject.input.len()
