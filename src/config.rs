@@ -116,6 +116,11 @@ pub struct ScanConfig {
     /// 1 MiB is decoded; more is `Unscanned { limits_exceeded }` (a decompression bomb). 0 turns the
     /// check off (`max_scan_bytes` still bounds the decoded size).
     pub max_decode_ratio: u64,
+    /// Most bytes of a body with a `Content-Encoding` that its decoders may read without decoding
+    /// them (gzip `FEXTRA`, `FNAME` and `FCOMMENT` fields of every member, zstd skippable frames);
+    /// more is `Unscanned { unsupported_encoding }`. The received bytes are scanned as well, but a
+    /// file hidden there is never scanned as a file.
+    pub max_skipped_encoding_bytes: u64,
 }
 
 /// How bodies are held while they are scanned (see README, "Bodies of any size").
@@ -397,6 +402,9 @@ impl Default for ScanConfig {
             timeout_ms: 25_000,
             timeout_per_mib_ms: 100,
             max_decode_ratio: 10_000,
+            // pzstd adds 12 bytes a frame, a zstd seekable seek table 12 (or 16) bytes a frame,
+            // gzip a file name: 64 KiB passes them all with room, and hides no file of note.
+            max_skipped_encoding_bytes: 64 * 1024,
         }
     }
 }
@@ -1571,6 +1579,8 @@ fn check_values(config: &Config, checker: &mut Checker<'_>) {
     checker.check("scan.timeout_ms", within(scan.timeout_ms, 1, MAX_DURATION_MS));
     checker.check("scan.timeout_per_mib_ms", within(scan.timeout_per_mib_ms, 0, MAX_DURATION_MS));
     checker.check("scan.max_decode_ratio", within(scan.max_decode_ratio, 0, MAX_DECODE_RATIO));
+    checker
+        .check("scan.max_skipped_encoding_bytes", within(scan.max_skipped_encoding_bytes, 0, MAX_SCAN_BYTES));
     check_bodies(bodies, checker);
     check_cache(cache, checker);
     checker.check(
@@ -3203,6 +3213,15 @@ mod tests {
         assert_eq!(load("[scan]\nmax_decode_ratio = 0\n", &[]).unwrap().scan.decode_ratio_limit(), u64::MAX);
         let env = [("CLAMGATE_SCAN_MAX_DECODE_RATIO", "2000")];
         assert_eq!(load("", &env).unwrap().scan, scan(2000));
+    }
+
+    #[test]
+    fn the_skipped_encoding_bytes_are_bounded_and_overridable() {
+        assert_eq!(ScanConfig::default().max_skipped_encoding_bytes, 65_536);
+        let env = [("CLAMGATE_SCAN_MAX_SKIPPED_ENCODING_BYTES", "0")];
+        assert_eq!(load("", &env).unwrap().scan.max_skipped_encoding_bytes, 0);
+        let err = load("[scan]\nmax_skipped_encoding_bytes = 4294967296\n", &[]).unwrap_err().to_string();
+        assert!(err.contains("scan.max_skipped_encoding_bytes: must be at most 4294967295"), "{err}");
     }
 
     #[test]

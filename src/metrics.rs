@@ -251,7 +251,7 @@ impl Metrics {
         let decoded_bodies = Family::<DecodeLabels, Counter>::default();
         registry.register(
             "decoded_bodies",
-            "Bodies with a Content-Encoding decoded for clamd, by encoding (gzip, deflate, br, zstd, stacked) and outcome (complete, too_large, ratio_exceeded, corrupt)",
+            "Bodies with a Content-Encoding decoded for clamd, by encoding (gzip, deflate, br, zstd, stacked) and outcome (complete, too_large, ratio_exceeded, skipped_too_much, too_many_members, corrupt)",
             decoded_bodies.clone(),
         );
         let resource_verifications = Family::<VerificationLabels, Counter>::default();
@@ -389,7 +389,8 @@ impl Metrics {
 
     /// Counts a body decoded for clamd up to its end or a decoding error: `encoding` is `gzip`,
     /// `deflate`, `br`, `zstd` or `stacked` (more than one); `outcome` is `complete`, `too_large`,
-    /// `ratio_exceeded` or `corrupt`.
+    /// `ratio_exceeded`, `skipped_too_much` (more than `scan.max_skipped_encoding_bytes` skipped),
+    /// `too_many_members` (gzip) or `corrupt`.
     pub fn record_decoded_body(&self, encoding: &'static str, outcome: &'static str) {
         self.decoded_bodies.get_or_create(&DecodeLabels { encoding, outcome }).inc();
     }
