@@ -78,6 +78,12 @@ struct DecodeLabels {
     outcome: &'static str,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UnauthenticatedLabels {
+    service: &'static str,
+    reason: &'static str,
+}
+
 /// Every metric clamgate exports.
 pub struct Metrics {
     registry: Registry,
@@ -101,6 +107,7 @@ pub struct Metrics {
     spilled_bodies: Counter,
     streams_open: Gauge,
     decoded_bodies: Family<DecodeLabels, Counter>,
+    grpc_unauthenticated: Family<UnauthenticatedLabels, Counter>,
 }
 
 impl Metrics {
@@ -216,7 +223,14 @@ impl Metrics {
             "Bodies with a Content-Encoding decoded for clamd, by encoding (gzip, deflate, br, zstd, stacked) and outcome (complete, too_large, ratio_exceeded, corrupt)",
             decoded_bodies.clone(),
         );
+        let grpc_unauthenticated = Family::<UnauthenticatedLabels, Counter>::default();
+        registry.register(
+            "grpc_unauthenticated",
+            "gRPC calls refused with UNAUTHENTICATED before anything was read, by service (ext_proc, scan_api) and reason (missing, malformed, wrong)",
+            grpc_unauthenticated.clone(),
+        );
         Metrics {
+            grpc_unauthenticated,
             decoded_bodies,
             registry,
             held_memory,
@@ -312,6 +326,12 @@ impl Metrics {
     /// unsupported messages), `inbound` (a message Envoy sent could not be read) or `internal`.
     pub fn record_stream_error(&self, kind: &'static str) {
         self.stream_errors.get_or_create(&StreamErrorLabels { kind }).inc();
+    }
+
+    /// Counts a gRPC call refused for lack of the shared token: `service` is `ext_proc` or
+    /// `scan_api`; `reason` is `missing`, `malformed` or `wrong`.
+    pub fn record_grpc_unauthenticated(&self, service: &'static str, reason: &'static str) {
+        self.grpc_unauthenticated.get_or_create(&UnauthenticatedLabels { service, reason }).inc();
     }
 
     /// Counts a body decoded for clamd up to its end or a decoding error: `encoding` is `gzip`,
