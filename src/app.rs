@@ -107,6 +107,9 @@ pub async fn run(
     listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), AppError> {
+    // The listener's token and TLS files first: a failure here must leave nothing running.
+    let token = grpc_token(&config)?;
+    let tls = grpc_tls(&config)?;
     let metrics = Arc::new(Metrics::new());
     let scanner = Arc::new(build_scanner(&config, metrics.clone())?);
     let readiness = Arc::new(Readiness::default());
@@ -126,7 +129,6 @@ pub async fn run(
         let _ = rx.wait_for(|stop| *stop).await;
     };
 
-    let token = grpc_token(&config)?;
     let ext_proc = ExternalProcessorServer::new(ExtProcService::new(
         scanner.clone(),
         Arc::new(config.clone()),
@@ -153,7 +155,7 @@ pub async fn run(
     // a body arrive in one flight; memory stays bounded by Envoy's buffer limit per stream.
     let stream_window = u32::try_from(config.ext_proc.max_message_bytes).unwrap_or(u32::MAX);
     let mut builder = tonic::transport::Server::builder();
-    if let Some(tls) = grpc_tls(&config)? {
+    if let Some(tls) = tls {
         builder = builder.tls_config(tls).map_err(|err| AppError::GrpcAuth {
             key: "listen.grpc_tls_cert_file",
             message: err.to_string(),
