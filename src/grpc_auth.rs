@@ -102,6 +102,7 @@ pub enum Refusal {
 }
 
 impl Refusal {
+    /// The metric label and log field: `missing`, `malformed` or `wrong`.
     pub const fn as_str(self) -> &'static str {
         match self {
             Refusal::Missing => "missing",
@@ -137,6 +138,7 @@ pub struct Authenticator {
 }
 
 impl Authenticator {
+    /// Guards the service labelled `service` with `token` (None: lets every call through).
     pub fn new(token: Option<Arc<GrpcToken>>, service: &'static str, metrics: Arc<Metrics>) -> Self {
         Authenticator { token, service, metrics }
     }
