@@ -5,7 +5,9 @@
 #   docker run --network host -v "$PWD/clamgate.toml:/etc/clamgate/clamgate.toml:ro" clamgate
 #
 # clamgate.toml's defaults listen on loopback (fine with --network host, as in docker-compose.yml);
-# with a bridge network set CLAMGATE_LISTEN_GRPC_ADDR=0.0.0.0:50051 and publish only that port.
+# with a bridge network set CLAMGATE_LISTEN_GRPC_ADDR=0.0.0.0:50051, publish only that port, and
+# mount a token file (CLAMGATE_LISTEN_GRPC_TOKEN_FILE) and TLS files (CLAMGATE_LISTEN_GRPC_TLS_*):
+# without them anyone who reaches the port can pose as Envoy and write verdicts.
 
 FROM rust:1.95-bookworm AS builder
 WORKDIR /src

@@ -6,7 +6,8 @@ and MERGE on HTTP_FILTER, MERGE on NETWORK_FILTER, LISTENER and CLUSTER) to a mi
 bootstrap, then:
   1. runs `envoy --mode validate` on the result, so every Envoy fragment is checked by Envoy 1.40;
   2. checks the resulting filter order: strip_client_headers, ext_proc, router;
-  3. checks that the scanning settings equal those of the shipped envoy/envoy.yaml.
+  3. checks that the scanning settings (and the token metadata sent to clamgate) equal those of
+     the shipped envoy/envoy.yaml.
 
 Usage: check-istio-fragments.py ENVOY_BIN   (run from anywhere; paths are relative to the repo)
 """
@@ -146,6 +147,12 @@ def main():
             if ext_proc.get(key) != shipped_ext_proc.get(key):
                 fail(f"{name}: ext_proc {key} = {ext_proc.get(key)!r}, "
                      f"shipped envoy.yaml has {shipped_ext_proc.get(key)!r}")
+        # The cluster names differ (Istio's outbound|...); the token metadata must not.
+        metadata = ext_proc["grpc_service"].get("initial_metadata")
+        shipped_metadata = shipped_ext_proc["grpc_service"].get("initial_metadata")
+        if metadata != shipped_metadata:
+            fail(f"{name}: ext_proc grpc_service.initial_metadata = {metadata!r}, "
+                 f"shipped envoy.yaml has {shipped_metadata!r}")
         if hcm["http_filters"][0] != shipped_filters["clamgate.strip_client_headers"]:
             fail(f"{name}: strip_client_headers differs from the shipped envoy.yaml")
         router = hcm["http_filters"][2]["typed_config"]

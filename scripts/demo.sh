@@ -7,7 +7,10 @@
 #
 # Shows: a clean download passes byte-identical with x-clamgate-verdict: clean; an EICAR download
 # and an EICAR upload get 409 (upstream never stores the upload); a clean upload passes; a client's
-# forged x-clamgate-verdict header changes nothing; with clamgate stopped, Envoy answers 503.
+# forged x-clamgate-verdict header changes nothing; a gRPC caller without the shared token (one
+# posing as Envoy) is refused with UNAUTHENTICATED; with clamgate stopped, Envoy answers 503.
+# The shared token is random, made at start, given to clamgate (listen.grpc_token_file) and to
+# Envoy (a copy of envoy/envoy.yaml with the token in place of its placeholder).
 # Prints PASS/FAIL per check and exits non-zero on any failure. Every process is stopped on exit.
 #
 # Usage: scripts/demo.sh [--keep] [--without-clamgate]
@@ -143,6 +146,15 @@ if ((WITH_CLAMGATE)); then
 fi
 log "work dir: $WORK"
 
+# --- the shared token Envoy sends to clamgate ----------------------------------------------------
+# Random for each run; only this script, clamgate and Envoy (files mode 600) ever see it.
+umask 077
+GRPC_TOKEN="$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+printf '%s\n' "$GRPC_TOKEN" >"$WORK/grpc-token"
+sed -e "s|REPLACE_WITH_CLAMGATE_GRPC_TOKEN|$GRPC_TOKEN|" envoy/envoy.yaml >"$WORK/envoy.yaml"
+grep -q "Bearer $GRPC_TOKEN" "$WORK/envoy.yaml" || die "envoy/envoy.yaml has no token placeholder"
+umask 022
+
 # --- clamd ---------------------------------------------------------------------------------------
 # The template wants {{DIR}} holding db/ (signatures) and tmp/ (spooled bodies).
 CLAMAV_DIR="$WORK/clamav"
@@ -179,6 +191,8 @@ if ((WITH_CLAMGATE)); then
 [listen]
 grpc_addr = "127.0.0.1:$GRPC_PORT"
 admin_addr = "127.0.0.1:$ADMIN_PORT"
+# Only a caller with this token (Envoy) may open ext_proc streams or call the Scan API.
+grpc_token_file = "$WORK/grpc-token"
 
 [clamd]
 address = "tcp://127.0.0.1:$CLAMD_PORT"
@@ -197,7 +211,7 @@ fi
 # --- Envoy ---------------------------------------------------------------------------------------
 # --disable-hot-restart: no shared memory left in /dev/shm. This script stays Envoy's parent until
 # it stops it (a shell that exits right away would take Envoy down with it).
-start envoy "$WORK/envoy.log" "$ENVOY_BIN" -c envoy/envoy.yaml --disable-hot-restart \
+start envoy "$WORK/envoy.log" "$ENVOY_BIN" -c "$WORK/envoy.yaml" --disable-hot-restart \
     --log-level warning
 wait_for envoy "ready (admin /ready 200)" http_ok "http://127.0.0.1:$ENVOY_ADMIN_PORT/ready"
 ((WITH_CLAMGATE)) && wait_for envoy "sees clamgate healthy (gRPC health check)" envoy_clamgate_healthy
@@ -265,6 +279,17 @@ if ((WITH_CLAMGATE)); then
         pass "PUT clean upload: 201, stored byte-identical"
     else
         fail "PUT clean upload: status $STATUS"
+    fi
+
+    # A direct gRPC caller posing as Envoy, without the token: refused before clamgate reads a
+    # message (a trailers-only answer, grpc-status 16), so it cannot write a verdict.
+    log "ext_proc stream straight to clamgate, without the token"
+    request forged --http2-prior-knowledge -X POST -H 'content-type: application/grpc' -H 'te: trailers' \
+        --data-binary '' "http://127.0.0.1:$GRPC_PORT/envoy.service.ext_proc.v3.ExternalProcessor/Process"
+    if [[ "$(header grpc-status)" == 16 ]]; then
+        pass "gRPC caller without the token: UNAUTHENTICATED (grpc-status 16)"
+    else
+        fail "gRPC caller without the token: grpc-status '$(header grpc-status)' (expected 16)"
     fi
 fi
 

@@ -9,11 +9,14 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_stream::StreamExt;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::ServerTlsConfig;
 
 use crate::cache::{CacheError, VerdictCache};
 use crate::clamd::{ClamdAddress, ClamdClient, ClamdTimeouts};
 use crate::config::Config;
 use crate::ext_proc::{ExtProcService, ExternalProcessorServer};
+use crate::grpc_auth::{server_tls, Authenticator, GrpcToken};
 use crate::health::{self, Readiness};
 use crate::metrics::Metrics;
 use crate::scan_api::{ScanService, ScannerServer};
@@ -41,6 +44,9 @@ pub enum AppError {
     Grpc(#[from] tonic::transport::Error),
     #[error("admin server: {0}")]
     Admin(#[from] std::io::Error),
+    /// The token or TLS files of the gRPC listener (`listen.grpc_*`) could not be used.
+    #[error("{key}: {message}")]
+    GrpcAuth { key: &'static str, message: String },
 }
 
 /// Builds the scan path (clamd client, cache, scanner) from the config.
@@ -67,12 +73,45 @@ pub fn build_scanner(config: &Config, metrics: Arc<Metrics>) -> Result<Scanner, 
     Ok(Scanner::new(ClamdClient::new(address, timeouts), cache, settings, metrics))
 }
 
+/// The shared token of the gRPC listener, if `listen.grpc_token_file` is set.
+fn grpc_token(config: &Config) -> Result<Option<Arc<GrpcToken>>, AppError> {
+    let Some(path) = &config.listen.grpc_token_file else { return Ok(None) };
+    let token = GrpcToken::from_file(path)
+        .map_err(|message| AppError::GrpcAuth { key: "listen.grpc_token_file", message })?;
+    Ok(Some(Arc::new(token)))
+}
+
+/// The gRPC listener's TLS (and mTLS) settings, if `listen.grpc_tls_cert_file` is set.
+fn grpc_tls(config: &Config) -> Result<Option<ServerTlsConfig>, AppError> {
+    let listen = &config.listen;
+    let (Some(cert), Some(key)) = (&listen.grpc_tls_cert_file, &listen.grpc_tls_key_file) else {
+        return match (&listen.grpc_tls_cert_file, &listen.grpc_tls_key_file, &listen.grpc_tls_client_ca_file)
+        {
+            (None, None, None) => Ok(None),
+            // `Config::validate` refuses these; a config built in code must not fall back to
+            // plaintext when it asked for TLS.
+            _ => Err(AppError::GrpcAuth {
+                key: "listen.grpc_tls_cert_file",
+                message: "listen.grpc_tls_cert_file and listen.grpc_tls_key_file must be set together \
+                          (and with listen.grpc_tls_client_ca_file)"
+                    .to_string(),
+            }),
+        };
+    };
+    let tls = server_tls(cert, key, listen.grpc_tls_client_ca_file.as_deref())
+        .map_err(|message| AppError::GrpcAuth { key: "listen.grpc_tls_cert_file", message })?;
+    Ok(Some(tls))
+}
+
 /// Runs clamgate until `shutdown` resolves, then reports NOT_SERVING, drains and returns.
 pub async fn run(
     config: Config,
     listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), AppError> {
+    // The listener's token and TLS files first: a failure here must leave nothing running.
+    let token = grpc_token(&config)?;
+    let tls = grpc_tls(&config)?;
     let metrics = Arc::new(Metrics::new());
     let scanner = Arc::new(build_scanner(&config, metrics.clone())?);
     let readiness = Arc::new(Readiness::default());
@@ -100,8 +139,13 @@ pub async fn run(
     let spool = ext_proc_service.spool();
     let ext_proc = ExternalProcessorServer::new(ext_proc_service)
         .max_decoding_message_size(config.ext_proc.max_message_bytes);
+    // Both services write verdicts: a call without the token is refused before its first
+    // message is read. grpc.health.v1 stays open (see `grpc_auth`).
+    let ext_proc =
+        InterceptedService::new(ext_proc, Authenticator::new(token.clone(), "ext_proc", metrics.clone()));
     let scan_api = ScannerServer::new(ScanService::new(scanner.clone(), spool))
         .max_decoding_message_size(config.ext_proc.max_message_bytes);
+    let scan_api = InterceptedService::new(scan_api, Authenticator::new(token, "scan_api", metrics.clone()));
 
     let incoming = TcpListenerStream::new(listeners.grpc).map(|stream| {
         if let Ok(stream) = &stream {
@@ -114,7 +158,14 @@ pub async fn run(
     // needs a window update round trip every 64 KiB. Windows as large as the largest message let
     // a body arrive in one flight; memory stays bounded by Envoy's buffer limit per stream.
     let stream_window = u32::try_from(config.ext_proc.max_message_bytes).unwrap_or(u32::MAX);
-    let grpc = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls).map_err(|err| AppError::GrpcAuth {
+            key: "listen.grpc_tls_cert_file",
+            message: err.to_string(),
+        })?;
+    }
+    let grpc = builder
         .initial_stream_window_size(stream_window)
         .initial_connection_window_size(stream_window.saturating_mul(4))
         .add_service(health_service)

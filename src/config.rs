@@ -64,6 +64,19 @@ pub struct ListenConfig {
     /// Admin HTTP listener (`/healthz`, `/readyz`, `/metrics`). Loopback by default: it reveals
     /// counters and versions and must not be exposed.
     pub admin_addr: SocketAddr,
+    /// File holding the shared token Envoy must send as gRPC metadata `authorization: Bearer
+    /// TOKEN` (trailing newline ignored; at least 16 printable ASCII characters). When set,
+    /// ext_proc and Scan API calls without it are refused with UNAUTHENTICATED; grpc.health.v1
+    /// stays open. Unset: no token is asked for. The token itself is never logged.
+    pub grpc_token_file: Option<String>,
+    /// PEM certificate chain of the gRPC listener; with `grpc_tls_key_file`, the listener speaks
+    /// TLS only.
+    pub grpc_tls_cert_file: Option<String>,
+    /// PEM private key of `grpc_tls_cert_file`.
+    pub grpc_tls_key_file: Option<String>,
+    /// PEM CA certificates for mTLS: every client (Envoy, health checks included) must present a
+    /// certificate signed by one of them. Needs `grpc_tls_cert_file` and `grpc_tls_key_file`.
+    pub grpc_tls_client_ca_file: Option<String>,
 }
 
 /// How to reach clamd.
@@ -362,6 +375,10 @@ impl Default for ListenConfig {
         ListenConfig {
             grpc_addr: SocketAddr::from(([127, 0, 0, 1], 50051)),
             admin_addr: SocketAddr::from(([127, 0, 0, 1], 9090)),
+            grpc_token_file: None,
+            grpc_tls_cert_file: None,
+            grpc_tls_key_file: None,
+            grpc_tls_client_ca_file: None,
         }
     }
 }
@@ -380,6 +397,48 @@ impl Default for ClamdConfig {
             // clamd's own default MaxScanTime: by then clamd has given up on the body itself.
             abandoned_scan_max_hold_ms: 120_000,
         }
+    }
+}
+
+impl ListenConfig {
+    /// Whether the gRPC listener authenticates its callers (a token, or client certificates).
+    pub fn grpc_authenticated(&self) -> bool {
+        self.grpc_token_file.is_some() || self.grpc_tls_client_ca_file.is_some()
+    }
+
+    /// How the gRPC listener authenticates callers, for the start-up log line.
+    pub fn grpc_auth_description(&self) -> &'static str {
+        match (self.grpc_token_file.is_some(), self.grpc_tls_client_ca_file.is_some()) {
+            (true, true) => "token+mtls",
+            (true, false) => "token",
+            (false, true) => "mtls",
+            (false, false) => "none",
+        }
+    }
+
+    /// Warnings about a gRPC listener reachable from the network without authentication, or
+    /// with a token that crosses the network in clear text.
+    fn grpc_auth_warnings(&self) -> Vec<String> {
+        let grpc = self.grpc_addr;
+        if grpc.ip().is_loopback() {
+            return Vec::new();
+        }
+        if !self.grpc_authenticated() {
+            return vec![format!(
+                "listen.grpc_addr: {grpc} is not a loopback address and the gRPC listener has no \
+                 authentication (neither listen.grpc_token_file nor listen.grpc_tls_client_ca_file is \
+                 set): anyone who can reach it can pose as Envoy and write verdicts (a Clean entry for \
+                 any URL, an Infected one that refuses a download for cache.ttl_secs)"
+            )];
+        }
+        if self.grpc_tls_cert_file.is_none() {
+            return vec![format!(
+                "listen.grpc_token_file: the gRPC listener {grpc} is not on loopback and has no TLS \
+                 (listen.grpc_tls_cert_file): the token crosses the network in clear text, and anyone \
+                 on the path can read and replay it"
+            )];
+        }
+        Vec::new()
     }
 }
 
@@ -672,6 +731,7 @@ impl Config {
                     .to_string(),
             );
         }
+        warnings.extend(self.listen.grpc_auth_warnings());
         let urls = self.cache.redis_url.iter().map(|url| ("cache.redis_url".to_string(), url));
         let cluster = self.cache.redis_cluster_urls.iter().enumerate();
         let urls = urls.chain(cluster.map(|(i, url)| (format!("cache.redis_cluster_urls[{i}]"), url)));
@@ -902,6 +962,10 @@ const OPTIONAL_KEYS: &[(&str, Kind)] = &[
     ("cache.redis_tls_ca_file", Kind::Str),
     ("cache.hmac_key_file", Kind::Str),
     ("cache.hmac_previous_key_file", Kind::Str),
+    ("listen.grpc_token_file", Kind::Str),
+    ("listen.grpc_tls_cert_file", Kind::Str),
+    ("listen.grpc_tls_key_file", Kind::Str),
+    ("listen.grpc_tls_client_ca_file", Kind::Str),
 ];
 
 /// Tables of named tables, each shaped like a template table: `[policies.NAME]` takes the keys
@@ -1558,6 +1622,7 @@ fn check_values(config: &Config, checker: &mut Checker<'_>) {
     if !checker.rejected.contains("listen.grpc_addr") {
         checker.check("listen.admin_addr", distinct_listeners(listen.grpc_addr, listen.admin_addr));
     }
+    check_grpc_auth(listen, checker);
     checker.check("clamd.address", clamd_address(&clamd.address));
     checker.check("clamd.connect_timeout_ms", within(clamd.connect_timeout_ms, 1, MAX_DURATION_MS));
     checker.check("clamd.write_timeout_ms", within(clamd.write_timeout_ms, 1, MAX_DURATION_MS));
@@ -1594,6 +1659,42 @@ fn check_values(config: &Config, checker: &mut Checker<'_>) {
         checker.check(&format!("policies.{name}"), policy_name(name).map_err(NameError::message));
     }
     checker.check("log.level", log_filter(&log.level));
+}
+
+/// The gRPC listener's token and TLS files, read and parsed by the functions that build the
+/// listener, so a config that passes here starts.
+fn check_grpc_auth(listen: &ListenConfig, checker: &mut Checker<'_>) {
+    if let Some(path) = &listen.grpc_token_file {
+        checker.check("listen.grpc_token_file", crate::grpc_auth::GrpcToken::from_file(path).map(|_| ()));
+    }
+    let (cert, key, ca) =
+        (&listen.grpc_tls_cert_file, &listen.grpc_tls_key_file, &listen.grpc_tls_client_ca_file);
+    let tls_keys =
+        ["listen.grpc_tls_cert_file", "listen.grpc_tls_key_file", "listen.grpc_tls_client_ca_file"];
+    if tls_keys.iter().any(|key| checker.rejected.contains(*key)) {
+        return;
+    }
+    match (cert, key) {
+        (Some(cert), Some(key)) => checker.check(
+            "listen.grpc_tls_cert_file",
+            crate::grpc_auth::server_tls(cert, key, ca.as_deref()).map(|_| ()),
+        ),
+        (Some(_), None) => checker.check(
+            "listen.grpc_tls_key_file",
+            Err("must be set with listen.grpc_tls_cert_file (the certificate's private key)".to_string()),
+        ),
+        (None, Some(_)) => checker.check(
+            "listen.grpc_tls_cert_file",
+            Err("must be set with listen.grpc_tls_key_file (the key's certificate chain)".to_string()),
+        ),
+        (None, None) if ca.is_some() => checker.check(
+            "listen.grpc_tls_client_ca_file",
+            Err("needs listen.grpc_tls_cert_file and listen.grpc_tls_key_file: client certificates are \
+                 checked in a TLS handshake"
+                .to_string()),
+        ),
+        (None, None) => {}
+    }
 }
 
 fn check_bodies(bodies: &BodiesConfig, checker: &mut Checker<'_>) {
@@ -3245,16 +3346,120 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let ca = dir.path().join("ca.pem");
         std::fs::write(&ca, "-----BEGIN CERTIFICATE-----\n").unwrap();
-        let key = dir.path().join("hmac.key");
-        std::fs::write(&key, "k".repeat(32)).unwrap();
+        let hmac_key = dir.path().join("hmac.key");
+        std::fs::write(&hmac_key, "k".repeat(32)).unwrap();
+        // And a token and a TLS certificate and key for the gRPC listener.
+        let token = dir.path().join("grpc-token");
+        std::fs::write(&token, "0123456789abcdef0123456789abcdef\n").unwrap();
+        let (cert, key) = grpc_tls_files(dir.path());
         let env = [
             ("CLAMGATE_CACHE_REDIS_TLS_CA_FILE", ca.to_str().unwrap()),
-            ("CLAMGATE_CACHE_HMAC_KEY_FILE", key.to_str().unwrap()),
-            ("CLAMGATE_CACHE_HMAC_PREVIOUS_KEY_FILE", key.to_str().unwrap()),
+            ("CLAMGATE_CACHE_HMAC_KEY_FILE", hmac_key.to_str().unwrap()),
+            ("CLAMGATE_CACHE_HMAC_PREVIOUS_KEY_FILE", hmac_key.to_str().unwrap()),
+            ("CLAMGATE_LISTEN_GRPC_TOKEN_FILE", token.to_str().unwrap()),
+            ("CLAMGATE_LISTEN_GRPC_TLS_CERT_FILE", cert.as_str()),
+            ("CLAMGATE_LISTEN_GRPC_TLS_KEY_FILE", key.as_str()),
+            // A self-signed certificate is its own CA.
+            ("CLAMGATE_LISTEN_GRPC_TLS_CLIENT_CA_FILE", cert.as_str()),
         ];
         if let Err(err) = load(&text, &env) {
             panic!("the uncommented clamgate.toml is invalid:\n{err}");
         }
+    }
+
+    /// A self-signed certificate for `localhost` and its key, as PEM files in `dir`.
+    fn grpc_tls_files(dir: &Path) -> (String, String) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert =
+            rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap().self_signed(&key).unwrap();
+        let (cert_path, key_path) = (dir.join("grpc.pem"), dir.join("grpc.key"));
+        std::fs::write(&cert_path, cert.pem()).unwrap();
+        std::fs::write(&key_path, key.serialize_pem()).unwrap();
+        (cert_path.to_string_lossy().into_owned(), key_path.to_string_lossy().into_owned())
+    }
+
+    #[test]
+    fn grpc_token_and_tls_files_are_checked_at_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = grpc_tls_files(dir.path());
+        let token = dir.path().join("token");
+        std::fs::write(&token, "0123456789abcdef0123\n").unwrap();
+        let listen = |extra: &str| format!("[listen]\n{extra}");
+        let ok = load(
+            &listen(&format!(
+                "grpc_token_file = {token:?}\ngrpc_tls_cert_file = {cert:?}\ngrpc_tls_key_file = {key:?}\n\
+                 grpc_tls_client_ca_file = {cert:?}\n"
+            )),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(ok.listen.grpc_token_file.as_deref(), token.to_str());
+        assert_eq!(ok.listen.grpc_auth_description(), "token+mtls");
+
+        let empty = dir.path().join("empty");
+        std::fs::write(&empty, "\n").unwrap();
+        let missing = dir.path().join("missing");
+        assert_eq!(
+            error(&listen(&format!("grpc_token_file = {empty:?}\n")), &[]),
+            format!("listen.grpc_token_file: {empty:?}: holds no token (the file is empty)")
+        );
+        assert_eq!(
+            error(&listen(""), &[("CLAMGATE_LISTEN_GRPC_TOKEN_FILE", missing.to_str().unwrap())]),
+            format!(
+                "listen.grpc_token_file: cannot read {missing:?}: No such file or directory (os error 2) \
+                 (set by CLAMGATE_LISTEN_GRPC_TOKEN_FILE)"
+            )
+        );
+        assert_eq!(
+            error(&listen(&format!("grpc_tls_cert_file = {cert:?}\n")), &[]),
+            "listen.grpc_tls_key_file: must be set with listen.grpc_tls_cert_file (the certificate's private key)"
+        );
+        assert!(error(&listen(&format!("grpc_tls_client_ca_file = {cert:?}\n")), &[])
+            .starts_with("listen.grpc_tls_client_ca_file: needs listen.grpc_tls_cert_file"));
+        // A key that is not the certificate's, or not a key at all: refused at load, not at bind.
+        let bad =
+            error(&listen(&format!("grpc_tls_cert_file = {cert:?}\ngrpc_tls_key_file = {cert:?}\n")), &[]);
+        assert!(bad.starts_with("listen.grpc_tls_cert_file: "), "{bad}");
+        // Every problem at once.
+        let both = load(&listen(&format!("grpc_token_file = {empty:?}\ngrpc_tls_key_file = {key:?}\n")), &[])
+            .unwrap_err();
+        assert_eq!(both.0.len(), 2, "{both}");
+    }
+
+    #[test]
+    fn an_open_grpc_listener_is_warned_about() {
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("token");
+        std::fs::write(&token, "0123456789abcdef0123").unwrap();
+        let (cert, key) = grpc_tls_files(dir.path());
+        let warnings = |text: &str| load(text, &[]).unwrap().warnings();
+        let open = warnings("[listen]\ngrpc_addr = \"0.0.0.0:50051\"\n");
+        assert!(
+            open.iter().any(|w| w.starts_with(
+                "listen.grpc_addr: 0.0.0.0:50051 is not a loopback address \
+             and the gRPC listener has no authentication"
+            )),
+            "{open:?}"
+        );
+        let clear =
+            warnings(&format!("[listen]\ngrpc_addr = \"10.0.0.5:50051\"\ngrpc_token_file = {token:?}\n"));
+        assert_eq!(clear.len(), 1, "{clear:?}");
+        assert!(
+            clear[0].starts_with("listen.grpc_token_file: the gRPC listener 10.0.0.5:50051"),
+            "{clear:?}"
+        );
+        let safe = warnings(&format!(
+            "[listen]\ngrpc_addr = \"0.0.0.0:50051\"\ngrpc_token_file = {token:?}\n\
+             grpc_tls_cert_file = {cert:?}\ngrpc_tls_key_file = {key:?}\n"
+        ));
+        assert!(safe.is_empty(), "{safe:?}");
+        let mtls_only = warnings(&format!(
+            "[listen]\ngrpc_addr = \"0.0.0.0:50051\"\ngrpc_tls_cert_file = {cert:?}\n\
+             grpc_tls_key_file = {key:?}\ngrpc_tls_client_ca_file = {cert:?}\n"
+        ));
+        assert!(mtls_only.is_empty(), "{mtls_only:?}");
+        assert!(warnings("[listen]\ngrpc_addr = \"127.0.0.1:50051\"\n").is_empty());
+        assert!(warnings("[listen]\ngrpc_addr = \"[::1]:50051\"\n").is_empty());
     }
 
     #[test]

@@ -13,6 +13,7 @@
 //! - [`spool`]: bodies held while scanned: memory within a budget, unlinked temp files beyond.
 //! - [`ext_proc`]: the Envoy ext_proc server, a per-stream state machine.
 //! - [`scan_api`]: the `clamgate.v1.Scanner` gRPC API, sharing the scan path and cache.
+//! - [`grpc_auth`]: who may call the gRPC listener: the shared token (an interceptor) and mTLS.
 //! - [`health`]: the clamd probe that drives gRPC health and `/readyz` (PING, VERSION, EICAR,
 //!   and the `AlertEncrypted` / `AlertExceedsMax` self-tests).
 //! - [`admin`]: the admin HTTP listener: `/healthz`, `/readyz`, `/metrics`.
@@ -26,6 +27,7 @@ pub mod clamd;
 pub mod config;
 pub mod decode;
 pub mod ext_proc;
+pub mod grpc_auth;
 pub mod health;
 pub mod metrics;
 pub mod policy;

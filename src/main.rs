@@ -61,6 +61,10 @@ fn main() -> ExitCode {
         Err(code) => return code,
     };
     if let Command::CheckConfig { .. } = cli.command {
+        // Valid but weakening security or failing open: shown, not fatal.
+        for warning in config.warnings() {
+            eprintln!("clamgate: warning: {warning}");
+        }
         println!("configuration is valid");
         return ExitCode::SUCCESS;
     }
@@ -130,6 +134,8 @@ async fn serve(config: Config) -> ExitCode {
     };
     tracing::info!(
         grpc_addr = %config.listen.grpc_addr,
+        grpc_auth = config.listen.grpc_auth_description(),
+        grpc_tls = config.listen.grpc_tls_cert_file.is_some(),
         admin_addr = %config.listen.admin_addr,
         clamd = %config.clamd.address,
         cache = %cache_description(&config),

@@ -105,6 +105,12 @@ struct DecodeLabels {
     outcome: &'static str,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UnauthenticatedLabels {
+    service: &'static str,
+    reason: &'static str,
+}
+
 /// Every metric clamgate exports.
 pub struct Metrics {
     registry: Registry,
@@ -133,6 +139,7 @@ pub struct Metrics {
     clamd_setting_enabled: Family<SettingLabels, Gauge>,
     clamd_settings_checks: Family<SettingCheckLabels, Counter>,
     clamd_abandoned_scans: Family<AbandonLabels, Counter>,
+    grpc_unauthenticated: Family<UnauthenticatedLabels, Counter>,
 }
 
 impl Metrics {
@@ -278,8 +285,15 @@ impl Metrics {
             "Scans clamgate stopped waiting for while clamd was still scanning; their clamd slot stayed taken until clamd replied, closed, or clamd.abandoned_scan_max_hold_ms passed (outcome: replied, closed, held_too_long)",
             clamd_abandoned_scans.clone(),
         );
+        let grpc_unauthenticated = Family::<UnauthenticatedLabels, Counter>::default();
+        registry.register(
+            "grpc_unauthenticated",
+            "gRPC calls refused with UNAUTHENTICATED before anything was read, by service (ext_proc, scan_api) and reason (missing, malformed, wrong)",
+            grpc_unauthenticated.clone(),
+        );
         Metrics {
             resource_verifications,
+            grpc_unauthenticated,
             decoded_bodies,
             clamd_setting_enabled,
             clamd_settings_checks,
@@ -385,6 +399,12 @@ impl Metrics {
     /// unsupported messages), `inbound` (a message Envoy sent could not be read) or `internal`.
     pub fn record_stream_error(&self, kind: &'static str) {
         self.stream_errors.get_or_create(&StreamErrorLabels { kind }).inc();
+    }
+
+    /// Counts a gRPC call refused for lack of the shared token: `service` is `ext_proc` or
+    /// `scan_api`; `reason` is `missing`, `malformed` or `wrong`.
+    pub fn record_grpc_unauthenticated(&self, service: &'static str, reason: &'static str) {
+        self.grpc_unauthenticated.get_or_create(&UnauthenticatedLabels { service, reason }).inc();
     }
 
     /// Counts a body decoded for clamd up to its end or a decoding error: `encoding` is `gzip`,

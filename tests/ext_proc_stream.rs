@@ -65,8 +65,10 @@ impl Clamgate {
 
     /// Opens one ext_proc stream (one HTTP request) and sends `first` on it.
     async fn stream(&self, first: ProcessingRequest) -> FakeEnvoy {
+        let channel = support::clamgate::channel(self.instance.grpc_url()).await;
+        // With the harness's token, as the shipped envoy.yaml sends it.
         let mut client =
-            ExternalProcessorClient::connect(self.instance.grpc_url()).await.expect("connect to clamgate");
+            ExternalProcessorClient::with_interceptor(channel, support::clamgate::with_test_token);
         let (outbound, messages) = mpsc::channel(16);
         outbound.send(first).await.expect("queue the first message");
         let inbound = tokio::time::timeout(ANSWER_WITHIN, client.process(ReceiverStream::new(messages)))

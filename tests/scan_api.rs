@@ -13,9 +13,8 @@ use support::clamgate::{test_config, ClamgateInstance};
 use support::samples;
 
 async fn scan(instance: &ClamgateInstance, body: &[u8], chunk_bytes: usize) -> ScanResult {
-    let mut client = ScannerClient::connect(instance.grpc_url())
-        .await
-        .expect("connect")
+    let channel = support::clamgate::channel(instance.grpc_url()).await;
+    let mut client = ScannerClient::with_interceptor(channel, support::clamgate::with_test_token)
         .max_encoding_message_size(64 * 1024 * 1024);
     let chunks: Vec<ScanChunk> =
         body.chunks(chunk_bytes.max(1)).map(|c| ScanChunk { data: c.to_vec() }).collect();

@@ -63,12 +63,14 @@ fn clean_command() -> Command {
     command
 }
 
-/// The config the benchmark runs: clamgate's defaults, the given clamd and listeners, warnings
-/// only in the log, and `extra` (a named policy, a Redis URL).
+/// The config the benchmark runs: clamgate's defaults, the given clamd and listeners, the test
+/// harness's shared token (which the rendered envoy.yaml sends, so every stream is checked as in
+/// production), warnings only in the log, and `extra` (a named policy, a Redis URL).
 pub fn config_text(grpc: SocketAddr, admin: SocketAddr, clamd: &str, extra: &str) -> String {
+    let token_file = crate::support::clamgate::test_token_file();
     format!(
         "# Written by benches/proxy: clamgate's defaults except for these keys.\n\
-         [listen]\ngrpc_addr = \"{grpc}\"\nadmin_addr = \"{admin}\"\n\n\
+         [listen]\ngrpc_addr = \"{grpc}\"\nadmin_addr = \"{admin}\"\ngrpc_token_file = {token_file:?}\n\n\
          [clamd]\naddress = \"{clamd}\"\n\n\
          [log]\nlevel = \"warn\"\n\n{extra}"
     )

@@ -16,10 +16,51 @@ pub struct ClamgateInstance {
     task: JoinHandle<()>,
 }
 
-/// Defaults tuned for tests: a fast health probe, the given clamd, the in-process cache, and
-/// the `mirror` policy (resource keys) that the shipped envoy.yaml names for `/mirror/`.
+/// The shared token of every clamgate the harness starts ([`test_config`], `ClamgateProcess`),
+/// which the rendered envoy.yaml sends (`support::envoy::render_config`), so every suite runs
+/// authenticated as production should. Tests of refusals use other values.
+pub const TEST_GRPC_TOKEN: &str = "clamgate-test-token-7c1f9e2a4b6d8e0f";
+
+/// A file holding [`TEST_GRPC_TOKEN`] (with a trailing newline, as `echo` writes it), for
+/// `listen.grpc_token_file`. Under cargo's per-target temp dir, so nothing is left in /tmp;
+/// written to a unique name and renamed over, so concurrent test processes never read it
+/// half-written.
+pub fn test_token_file() -> String {
+    static PATH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    PATH.get_or_init(|| {
+        let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
+        let path = dir.join("clamgate-test-grpc-token");
+        let staging = dir.join(format!("clamgate-test-grpc-token.{}", std::process::id()));
+        std::fs::write(&staging, format!("{TEST_GRPC_TOKEN}\n")).expect("write the test token file");
+        std::fs::rename(&staging, &path).expect("rename the test token file");
+        path.to_string_lossy().into_owned()
+    })
+    .clone()
+}
+
+/// A client interceptor that sends [`TEST_GRPC_TOKEN`] as Envoy does
+/// (`authorization: Bearer TOKEN`): `XClient::with_interceptor(channel, with_test_token)`.
+pub fn with_test_token(mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+    let value = format!("Bearer {TEST_GRPC_TOKEN}").parse().expect("the token is ASCII");
+    request.metadata_mut().insert("authorization", value);
+    Ok(request)
+}
+
+/// A plaintext channel to `url` (`http://IP:PORT`).
+pub async fn channel(url: String) -> tonic::transport::Channel {
+    tonic::transport::Channel::from_shared(url)
+        .expect("gRPC URL")
+        .connect()
+        .await
+        .expect("connect to clamgate")
+}
+
+/// Defaults tuned for tests: a fast health probe, the given clamd, the in-process cache, the
+/// `mirror` policy (resource keys) that the shipped envoy.yaml names for `/mirror/`, and the
+/// harness's shared token ([`TEST_GRPC_TOKEN`]).
 pub fn test_config(clamd_address: &str) -> Config {
     let mut config = Config::default();
+    config.listen.grpc_token_file = Some(test_token_file());
     config.clamd.address = clamd_address.to_string();
     config.clamd.health_interval_ms = 200;
     config.clamd.reply_timeout_ms = 20_000;

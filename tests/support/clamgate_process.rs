@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::clamgate::metric_value;
+use super::clamgate::{metric_value, test_token_file};
 use super::envoy::http_get;
 
 /// The clamgate binary cargo built for this test crate.
@@ -56,12 +56,14 @@ pub struct ClamgateProcess {
     dir: tempfile::TempDir,
 }
 
-/// The config the harness writes: clamgate's defaults except for the listeners, clamd, a fast
-/// clamd health probe, the `mirror` policy the shipped envoy.yaml names, and `warn` logs; then
-/// `extra` merged over it. Panics if `extra` is not TOML.
+/// The config the harness writes: clamgate's defaults except for the listeners, the harness's
+/// shared token ([`test_token_file`]), clamd, a fast clamd health probe, the `mirror` policy the
+/// shipped envoy.yaml names, and `warn` logs; then `extra` merged over it. Panics if `extra` is
+/// not TOML.
 pub fn config_text(grpc: SocketAddr, admin: SocketAddr, clamd_address: &str, extra: &str) -> String {
+    let token_file = test_token_file();
     let base = format!(
-        "[listen]\ngrpc_addr = \"{grpc}\"\nadmin_addr = \"{admin}\"\n\n\
+        "[listen]\ngrpc_addr = \"{grpc}\"\nadmin_addr = \"{admin}\"\ngrpc_token_file = {token_file:?}\n\n\
          [clamd]\naddress = \"{clamd_address}\"\nhealth_interval_ms = 200\n\n\
          [policies.mirror]\ncache_mode = \"resource\"\n\n\
          [log]\nlevel = \"warn\"\n"

@@ -1,8 +1,8 @@
 //! Real Envoy for integration tests, running the SHIPPED `envoy/envoy.yaml`.
 //!
 //! The shipped config is read and only its four addresses are replaced (listener and admin to
-//! port 0, the `clamgate` and `upstream_http` endpoints to the given addresses), so the tested
-//! config is the one we ship. Each replacement must match exactly once or the test panics.
+//! port 0, the `clamgate` and `upstream_http` endpoints to the given addresses), and its token
+//! placeholder by the harness's token, so the tested config is the one we ship. Each replacement must match exactly once or the test panics.
 //!
 //! The harness is blocking (std processes, sockets and a minimal HTTP/1.1 client for the admin
 //! API). From a tokio test whose in-process servers must keep running while it waits (for
@@ -18,6 +18,8 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use super::clamgate::TEST_GRPC_TOKEN;
 
 /// The config file Envoy ships with.
 pub const SHIPPED_CONFIG: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/envoy/envoy.yaml");
@@ -42,10 +44,16 @@ impl EnvoyProcess {
     /// returns once its listener accepts connections. Does NOT wait for clamgate to be healthy
     /// (a test may run with clamgate down): see [`EnvoyProcess::wait_clamgate_healthy`].
     pub fn start(clamgate_grpc: SocketAddr, upstream: SocketAddr) -> EnvoyProcess {
+        EnvoyProcess::start_with_config(render_config(clamgate_grpc, upstream))
+    }
+
+    /// [`start`](Self::start) with a config the test rendered itself (the shipped one changed
+    /// further, e.g. with its mTLS block turned on). Its admin and listener must be on port 0.
+    pub fn start_with_config(config: String) -> EnvoyProcess {
         let dir =
             tempfile::Builder::new().prefix("clamgate-envoy-").tempdir().expect("envoy: create temp dir");
         let config_path = dir.path().join("envoy.yaml");
-        fs::write(&config_path, render_config(clamgate_grpc, upstream)).expect("envoy: write config");
+        fs::write(&config_path, config).expect("envoy: write config");
         let admin_path = dir.path().join("admin-address");
         let bin = envoy_binary();
 
@@ -238,8 +246,13 @@ pub fn envoy_binary() -> PathBuf {
     bin
 }
 
-/// The shipped config with its listener and admin on port 0 and its clamgate and upstream
-/// endpoints at the given addresses. Panics if any replaced text is not found exactly once.
+/// The placeholder for clamgate's shared token in the shipped envoy.yaml
+/// (`authorization: "Bearer <placeholder>"`).
+pub const ENVOY_TOKEN_PLACEHOLDER: &str = "REPLACE_WITH_CLAMGATE_GRPC_TOKEN";
+
+/// The shipped config with its listener and admin on port 0, its clamgate and upstream
+/// endpoints at the given addresses, and the harness's token ([`TEST_GRPC_TOKEN`]) in place of
+/// [`ENVOY_TOKEN_PLACEHOLDER`]. Panics if any replaced text is not found exactly once.
 pub fn render_config(clamgate_grpc: SocketAddr, upstream: SocketAddr) -> String {
     let shipped = fs::read_to_string(SHIPPED_CONFIG)
         .unwrap_or_else(|err| panic!("envoy: read {SHIPPED_CONFIG}: {err}"));
@@ -248,21 +261,27 @@ pub fn render_config(clamgate_grpc: SocketAddr, upstream: SocketAddr) -> String 
         format!("{{address: \"{}\", port_value: {}}}", addr.ip(), addr.port())
     };
     let replacements = [
-        ("admin", "{address: 127.0.0.1, port_value: 9901}", endpoint(SocketAddr::from(([127, 0, 0, 1], 0)))),
         (
-            "listener",
+            "admin address",
+            "{address: 127.0.0.1, port_value: 9901}",
+            endpoint(SocketAddr::from(([127, 0, 0, 1], 0))),
+        ),
+        (
+            "listener address",
             "{address: 127.0.0.1, port_value: 10000}",
             endpoint(SocketAddr::from(([127, 0, 0, 1], 0))),
         ),
-        ("clamgate endpoint", "{address: 127.0.0.1, port_value: 50051}", endpoint(clamgate_grpc)),
-        ("upstream endpoint", "{address: 127.0.0.1, port_value: 8080}", endpoint(upstream)),
+        ("clamgate endpoint address", "{address: 127.0.0.1, port_value: 50051}", endpoint(clamgate_grpc)),
+        ("upstream endpoint address", "{address: 127.0.0.1, port_value: 8080}", endpoint(upstream)),
+        // Envoy sends the harness's token, which every harness-started clamgate asks for.
+        ("clamgate token placeholder", ENVOY_TOKEN_PLACEHOLDER, TEST_GRPC_TOKEN.to_string()),
     ];
     let mut config = shipped;
     for (what, from, to) in replacements {
         let count = config.matches(from).count();
         assert_eq!(
             count, 1,
-            "envoy: the {what} address `{from}` occurs {count} times in {SHIPPED_CONFIG}, expected \
+            "envoy: the {what} `{from}` occurs {count} times in {SHIPPED_CONFIG}, expected \
              exactly once: the test harness replaces it textually (keep it on one line)"
         );
         config = config.replacen(from, &to, 1);

@@ -12,4 +12,5 @@ pub mod http;
 pub mod redis;
 pub mod samples;
 pub mod stack;
+pub mod tls;
 pub mod upstream;
