@@ -104,7 +104,8 @@ async fn a_stalled_client_holds_no_clamd_slot_and_gets_unscanned_timeout() {
     // One chunk, then silence: the stream stays open while `_more` lives.
     let (_more, chunks) = tokio::sync::mpsc::channel::<ScanChunk>(1);
     _more.send(ScanChunk { data: samples::clean_sample(10_000) }).await.expect("queue the chunk");
-    let mut client = ScannerClient::connect(instance.grpc_url()).await.expect("connect");
+    let channel = support::clamgate::channel(instance.grpc_url()).await;
+    let mut client = ScannerClient::with_interceptor(channel, support::clamgate::with_test_token);
     let stalled =
         tokio::spawn(async move { client.scan(tokio_stream::wrappers::ReceiverStream::new(chunks)).await });
     // Held by clamgate (the shared memory budget counts it) before the next scan starts.
