@@ -33,6 +33,7 @@ use crate::policy::{decide, Decision, DecisionContext, Direction};
 use crate::scanner::{hash_off_worker, ResourceLookup, ScanReport, Scanner};
 use crate::spool::{HeldBody, Spool, SpoolFull, READ_PIECE_BYTES};
 use crate::verdict::{UnscannedReason, Verdict};
+use route_policy::GrpcMetadataPolicy;
 use state::{on_message, Action, StreamPolicy, StreamState};
 
 /// The gRPC metadata key that names the policy of a route.
@@ -70,12 +71,17 @@ impl ExtProcService {
     fn policy_for(
         &self,
         first: &ProcessingRequest,
-        grpc_metadata_policy: Option<&str>,
+        grpc_metadata_policy: &GrpcMetadataPolicy,
     ) -> Result<PolicyConfig, Status> {
         let fail = |message: String| {
             tracing::warn!(error = %message, "cannot tell which policy the route uses; failing the stream");
             self.metrics.record_stream_error("protocol");
             Status::failed_precondition(message)
+        };
+        let grpc_metadata_policy = match grpc_metadata_policy {
+            None => None,
+            Some(Ok(name)) => Some(name.as_str()),
+            Some(Err(err)) => return Err(fail(err.to_string())),
         };
         let name = route_policy::select(&first.attributes, grpc_metadata_policy)
             .map_err(|err| fail(err.to_string()))?;
@@ -103,10 +109,10 @@ impl ExternalProcessor for ExtProcService {
         &self,
         request: Request<Streaming<ProcessingRequest>>,
     ) -> Result<Response<Self::ProcessStream>, Status> {
-        let grpc_metadata_policy = request
-            .metadata()
-            .get(POLICY_METADATA_KEY)
-            .map(|value| value.to_str().map(str::to_string).unwrap_or_default());
+        // Read as bytes: a value that is not printable ASCII fails the stream (not the default).
+        let grpc_metadata_policy = route_policy::grpc_metadata_policy(
+            request.metadata().get(POLICY_METADATA_KEY).map(|value| value.as_bytes()),
+        );
         let inbound = request.into_inner();
         let (answers, receiver) = mpsc::channel(STREAM_CHANNEL_CAPACITY);
         tokio::spawn(self.clone().run_stream(grpc_metadata_policy, inbound, answers));
@@ -117,7 +123,7 @@ impl ExternalProcessor for ExtProcService {
 impl ExtProcService {
     async fn run_stream(
         self,
-        grpc_metadata_policy: Option<String>,
+        grpc_metadata_policy: GrpcMetadataPolicy,
         inbound: Streaming<ProcessingRequest>,
         answers: mpsc::Sender<Result<ProcessingResponse, Status>>,
     ) {
@@ -135,13 +141,13 @@ impl ExtProcService {
     /// waiting. Err: the status to end the stream with.
     async fn drive(
         &self,
-        grpc_metadata_policy: Option<String>,
+        grpc_metadata_policy: GrpcMetadataPolicy,
         mut inbound: Streaming<ProcessingRequest>,
         answers: &mpsc::Sender<Result<ProcessingResponse, Status>>,
     ) -> Result<(), Status> {
         // The policy comes with the first message (its route metadata attribute).
         let Some(first) = self.receive(&mut inbound, None).await? else { return Ok(()) };
-        let policy = self.policy_for(&first, grpc_metadata_policy.as_deref())?;
+        let policy = self.policy_for(&first, &grpc_metadata_policy)?;
         let stream_policy = StreamPolicy::from_config(&policy, self.scanner.max_scan_bytes());
         let mut state = StreamState::new(stream_policy);
         let context = StreamContext { policy, response: self.config.response.clone() };
@@ -189,9 +195,13 @@ impl ExtProcService {
             Action::PassBody { direction } => response::body_continue(direction, None),
             Action::LookupResource { resource } => match self.scanner.lookup_resource(&resource).await {
                 ResourceLookup::Infected(report) => {
-                    // Known infected: refused before the upstream is contacted.
-                    let decision = self.decide(context, state, Direction::Response, &report);
-                    response::body_decision(Direction::Response, &decision)
+                    // Known infected: refused before the upstream is contacted. This answers the
+                    // request headers: under report_only the request goes on (a body answer here
+                    // would be a spurious message to Envoy), and the response is scanned as usual.
+                    match self.decide(context, state, Direction::Response, &report) {
+                        Decision::Block(block) => response::immediate(&block),
+                        Decision::Continue { .. } => state::request_headers_answer(state),
+                    }
                 }
                 ResourceLookup::Clean { validator } => {
                     state.record_clean_resource(validator);
@@ -235,21 +245,23 @@ impl ExtProcService {
                         duplex[direction as usize] = Some(Duplex::Refused);
                         response::immediate(&block)
                     }
-                    Decision::Continue { .. } => {
+                    Decision::Continue { verdict_header } => {
                         state.pass_unscanned(direction);
                         if echo {
                             duplex[direction as usize] = Some(Duplex::Echoing);
                         }
-                        if_allowed
+                        // The headers go on now: they carry `x-clamgate-verdict: unscanned`.
+                        response::with_verdict_header(if_allowed, verdict_header)
                     }
                 }
             }
             Action::Piece { direction, body, end_of_stream } => {
                 return self.on_piece(context, state, duplex, direction, body, end_of_stream, out).await;
             }
-            Action::DuplexTrailers { direction } => {
+            Action::DuplexTrailers { direction, remove_trailers } => {
                 if let Some(Duplex::Holding(holding)) = duplex[direction as usize].take() {
-                    self.finish_held(context, state, direction, *holding, true, out).await?;
+                    let trailers = Some(remove_trailers);
+                    self.finish_held(context, state, direction, *holding, trailers, out).await?;
                     duplex[direction as usize] = Some(Duplex::Refused);
                     // Answered by finish_held (after the body), unless it blocked.
                     return Ok(());
@@ -257,11 +269,11 @@ impl ExtProcService {
                 if matches!(duplex[direction as usize], Some(Duplex::Refused)) {
                     return Ok(());
                 }
-                response::trailers_continue(direction)
+                response::trailers_continue(direction, remove_trailers)
             }
             Action::Fail(error) => {
                 tracing::warn!(request_id = %state.request_id, error = %error, "ending ext_proc stream with an error");
-                self.metrics.record_stream_error("protocol");
+                self.metrics.record_stream_error(error.kind());
                 return Err(Stop::Fail(error.to_status()));
             }
         };
@@ -314,7 +326,7 @@ impl ExtProcService {
                 if end_of_stream {
                     let Some(Duplex::Holding(holding)) = slot.take() else { unreachable!() };
                     *slot = Some(Duplex::Refused);
-                    self.finish_held(context, state, direction, *holding, false, out).await?;
+                    self.finish_held(context, state, direction, *holding, None, out).await?;
                 }
                 Ok(())
             }
@@ -352,14 +364,15 @@ impl ExtProcService {
     }
 
     /// The end of a held body: scan it whole, then block, or send the headers (if held) and the
-    /// body back in pieces, and the trailers' answer if trailers ended it.
+    /// body back in pieces, and the trailers' answer if trailers ended it (`trailers`: the names
+    /// to remove from them).
     async fn finish_held(
         &self,
         context: &StreamContext,
         state: &mut StreamState,
         direction: Direction,
         holding: Holding,
-        trailers: bool,
+        trailers: Option<Vec<String>>,
         out: &Outbox<'_>,
     ) -> Result<(), Stop> {
         let key = ContentKey::from_digest(holding.hasher.clone().finalize().into());
@@ -381,9 +394,9 @@ impl ExtProcService {
             Decision::Continue { verdict_header } => {
                 // A body that trailers end gets no end_of_stream on its last piece: the trailers'
                 // answer ends it (Envoy closes the side stream after an end_of_stream piece).
-                holding.send_back(direction, verdict_header, !trailers, out).await?;
-                if trailers {
-                    out.send(response::trailers_continue(direction)).await?;
+                holding.send_back(direction, verdict_header, trailers.is_none(), out).await?;
+                if let Some(remove_trailers) = trailers {
+                    out.send(response::trailers_continue(direction, remove_trailers)).await?;
                 }
                 Ok(())
             }
