@@ -42,10 +42,16 @@ impl EnvoyProcess {
     /// returns once its listener accepts connections. Does NOT wait for clamgate to be healthy
     /// (a test may run with clamgate down): see [`EnvoyProcess::wait_clamgate_healthy`].
     pub fn start(clamgate_grpc: SocketAddr, upstream: SocketAddr) -> EnvoyProcess {
+        EnvoyProcess::start_config(render_config(clamgate_grpc, upstream))
+    }
+
+    /// Starts Envoy with `config` (the shipped config rendered by [`render_config`] and edited by
+    /// a test, e.g. with [`add_routes`]); otherwise as [`EnvoyProcess::start`].
+    pub fn start_config(config: String) -> EnvoyProcess {
         let dir =
             tempfile::Builder::new().prefix("clamgate-envoy-").tempdir().expect("envoy: create temp dir");
         let config_path = dir.path().join("envoy.yaml");
-        fs::write(&config_path, render_config(clamgate_grpc, upstream)).expect("envoy: write config");
+        fs::write(&config_path, config).expect("envoy: write config");
         let admin_path = dir.path().join("admin-address");
         let bin = envoy_binary();
 
@@ -268,6 +274,21 @@ pub fn render_config(clamgate_grpc: SocketAddr, upstream: SocketAddr) -> String 
         config = config.replacen(from, &to, 1);
     }
     config
+}
+
+/// The line of the shipped config that starts its catch-all route; test routes go before it.
+const DEFAULT_ROUTE: &str = "              - match: {prefix: \"/\"}\n";
+
+/// `config` (a rendered shipped config) with `routes` (YAML list items indented by 14 spaces, as
+/// the shipped routes are) inserted before the catch-all route, so they match first.
+pub fn add_routes(config: &str, routes: &str) -> String {
+    assert_eq!(
+        config.matches(DEFAULT_ROUTE).count(),
+        1,
+        "envoy: the catch-all route `{}` must occur once in the config",
+        DEFAULT_ROUTE.trim()
+    );
+    config.replacen(DEFAULT_ROUTE, &format!("{routes}{DEFAULT_ROUTE}"), 1)
 }
 
 /// The bound address of the listener called `name` in admin `/listeners?format=json`.
