@@ -9,19 +9,23 @@
 //!
 //! Rule 1 of `docs/envoy-ext-proc.md`: a stream that ends with grpc-status OK before clamgate has
 //! answered makes Envoy deliver the body unscanned. So the task ends the stream OK only after
-//! Envoy has closed its side; every failure (a protocol violation, a panic) sends an error status.
+//! Envoy has closed its side; every failure sends an error status: a protocol violation through
+//! the channel, a panic or an abort of the task through [`Answers`], which watches the task itself
+//! (so the status never needs room in a full channel).
 
 pub mod response;
 pub mod route_policy;
 pub mod state;
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{ready, Context, Poll};
 
 use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::ExternalProcessor;
 use envoy_types::pb::envoy::service::ext_proc::v3::{ProcessingRequest, ProcessingResponse};
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
+use tokio::task::JoinHandle;
 use tonic::{Request, Response, Status, Streaming};
 
 use sha2::{Digest, Sha256};
@@ -42,7 +46,7 @@ pub const POLICY_METADATA_KEY: &str = "x-clamgate-policy";
 pub use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::ExternalProcessorServer;
 
 /// Answers in flight per stream. Outside FULL_DUPLEX mode Envoy waits for each answer, so one
-/// is pending at a time; the room is for the error status that the guard may add.
+/// is pending at a time.
 const STREAM_CHANNEL_CAPACITY: usize = 4;
 
 /// The ext_proc gRPC service.
@@ -115,8 +119,8 @@ impl ExternalProcessor for ExtProcService {
         );
         let inbound = request.into_inner();
         let (answers, receiver) = mpsc::channel(STREAM_CHANNEL_CAPACITY);
-        tokio::spawn(self.clone().run_stream(grpc_metadata_policy, inbound, answers));
-        Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
+        let task = tokio::spawn(self.clone().run_stream(grpc_metadata_policy, inbound, answers));
+        Ok(Response::new(Box::pin(Answers::new(receiver, task, self.metrics.clone()))))
     }
 }
 
@@ -128,10 +132,8 @@ impl ExtProcService {
         answers: mpsc::Sender<Result<ProcessingResponse, Status>>,
     ) {
         let _open = OpenStream::count(self.metrics.clone());
-        let mut guard =
-            UnansweredGuard { answers: answers.clone(), metrics: self.metrics.clone(), armed: true };
+        // A panic in here ends the task without a status: `Answers` adds it.
         let outcome = self.drive(grpc_metadata_policy, inbound, &answers).await;
-        guard.armed = false;
         if let Err(status) = outcome {
             let _ = answers.send(Err(status)).await;
         }
@@ -624,20 +626,103 @@ impl Drop for OpenStream {
     }
 }
 
-/// Sends an error status if the stream task ends (or panics) while it is still armed, so that no
-/// path ends the RPC OK before a decision.
-struct UnansweredGuard {
-    answers: mpsc::Sender<Result<ProcessingResponse, Status>>,
+/// The answer stream of one ext_proc stream: what the stream task sends, then, if the task
+/// ended without returning (a panic, or an abort), an error status.
+///
+/// The task's own answers (an error status included) come through the channel, in order. The
+/// channel closes when the task ends, however it ends; only then is the task's outcome read, and a
+/// task that did not return gets `internal`. This needs no room in the channel: a panic while
+/// the channel is full (Envoy slow to read a FULL_DUPLEX body sent back) still ends the RPC with
+/// an error, never OK (rule 1).
+struct Answers {
+    receiver: mpsc::Receiver<Result<ProcessingResponse, Status>>,
+    /// None once the task's outcome has been read.
+    task: Option<JoinHandle<()>>,
     metrics: Arc<Metrics>,
-    armed: bool,
 }
 
-impl Drop for UnansweredGuard {
-    fn drop(&mut self) {
-        if self.armed {
-            self.metrics.record_stream_error("internal");
-            let _ =
-                self.answers.try_send(Err(Status::internal("clamgate ended the stream before a decision")));
+impl Answers {
+    fn new(
+        receiver: mpsc::Receiver<Result<ProcessingResponse, Status>>,
+        task: JoinHandle<()>,
+        metrics: Arc<Metrics>,
+    ) -> Answers {
+        Answers { receiver, task: Some(task), metrics }
+    }
+}
+
+impl tokio_stream::Stream for Answers {
+    type Item = Result<ProcessingResponse, Status>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        if let Some(answer) = ready!(this.receiver.poll_recv(cx)) {
+            return Poll::Ready(Some(answer));
         }
+        // Every sender is gone: the task has ended (or is ending: its future is being dropped).
+        let Some(task) = this.task.as_mut() else { return Poll::Ready(None) };
+        let outcome = ready!(Pin::new(task).poll(cx));
+        this.task = None;
+        match outcome {
+            Ok(()) => Poll::Ready(None),
+            Err(err) => {
+                let why = if err.is_panic() { "panicked" } else { "was cancelled" };
+                tracing::error!(error = %err, "the ext_proc stream task {why}; ending the stream with an error");
+                this.metrics.record_stream_error("internal");
+                Poll::Ready(Some(Err(Status::internal("clamgate ended the stream before a decision"))))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio_stream::StreamExt;
+
+    /// A stand-in for the stream task: it fills the channel, then `end`s (a panic, or waiting to
+    /// be aborted). A mock, because no real input makes clamgate's task panic (that is the bug
+    /// this guards against), and the channel is full only while Envoy is slow to read.
+    async fn answers_of_a_task_that_fills_the_channel(
+        abort: bool,
+    ) -> Vec<Result<ProcessingResponse, Status>> {
+        let metrics = Arc::new(Metrics::new());
+        let (answers, receiver) = mpsc::channel(1);
+        let (full, channel_is_full) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(async move {
+            answers.send(Ok(ProcessingResponse::default())).await.expect("room for one answer");
+            assert!(answers.try_send(Ok(ProcessingResponse::default())).is_err(), "the channel is full");
+            let _ = full.send(());
+            if abort {
+                std::future::pending::<()>().await;
+            }
+            panic!("fault injected while the answer channel is full");
+        });
+        channel_is_full.await.expect("the task filled the channel");
+        if abort {
+            task.abort();
+        }
+        Answers::new(receiver, task, metrics).collect().await
+    }
+
+    #[tokio::test]
+    async fn a_task_that_panics_or_is_aborted_with_the_channel_full_ends_the_stream_with_an_error() {
+        for abort in [false, true] {
+            let items = answers_of_a_task_that_fills_the_channel(abort).await;
+            let statuses: Vec<Option<tonic::Code>> =
+                items.iter().map(|item| item.as_ref().err().map(Status::code)).collect();
+            assert_eq!(statuses, vec![None, Some(tonic::Code::Internal)], "abort: {abort}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_task_that_returns_ends_the_stream_after_its_answers() {
+        let (answers, receiver) = mpsc::channel(1);
+        let task = tokio::spawn(async move {
+            let _ = answers.send(Err(Status::aborted("the task's own status"))).await;
+        });
+        let items: Vec<_> = Answers::new(receiver, task, Arc::new(Metrics::new())).collect().await;
+        assert_eq!(items.len(), 1);
+        assert_eq!(items[0].as_ref().err().map(Status::code), Some(tonic::Code::Aborted));
     }
 }
