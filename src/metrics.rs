@@ -187,7 +187,7 @@ impl Metrics {
         let held_memory = Gauge::default();
         registry.register(
             "held_body_memory_bytes",
-            "Body bytes held in memory by streams waiting for a verdict (bounded by bodies.memory_budget_bytes)",
+            "Body bytes held in memory by streams waiting for a verdict, and the decode buffers of BUFFERED bodies (bounded by bodies.memory_budget_bytes: past it, bodies go to temp files)",
             held_memory.clone(),
         );
         let held_memory_peak = Gauge::default();

@@ -469,3 +469,43 @@ async fn bodies_allowed_unscanned_at_their_headers_carry_the_unscanned_verdict()
     let headers = stack.upstream.received_headers("/upload/big.bin").expect("the upload arrived");
     assert_eq!(headers.get("x-clamgate-verdict").map(|v| v.as_bytes()), Some(&b"unscanned"[..]));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn buffered_bodies_count_against_the_memory_budget() {
+    // A route that keeps uploads BUFFERED (one gRPC message): the body and tonic's decode buffer
+    // for it are counted in bodies.memory_budget_bytes, so with a 1 MiB budget a 2 MiB body goes
+    // to a temp file while it is scanned (before, it sat in memory, uncounted).
+    let route = route_with_modes(
+        "/buffered/",
+        "request_header_mode: SEND, response_header_mode: SEND, request_body_mode: BUFFERED, \
+         response_body_mode: BUFFERED, request_trailer_mode: SKIP, response_trailer_mode: SKIP",
+    );
+    let stack = Stack::start_with_envoy(
+        |config| {
+            config.bodies.memory_budget_bytes = 1024 * 1024;
+            config.bodies.stream_memory_bytes = 1024 * 1024;
+        },
+        move |config| support::envoy::add_routes(&config, &route),
+    )
+    .await;
+    let clean = samples::clean_sample(2 * 1024 * 1024);
+    let response = stack.post("/buffered/upload/clean.bin", clean.clone()).await;
+    assert_eq!(response.status(), 201, "{}", stack.envoy.logs());
+    assert!(stack.upstream.received("clean.bin") == Some(clean), "the clean upload arrived unchanged");
+    let response = stack.post("/buffered/upload/bad.bin", eicar_at_the_end(2 * 1024 * 1024)).await;
+    assert_eq!(response.status(), 409, "{}", stack.envoy.logs());
+    assert_eq!(stack.upstream.received("bad.bin"), None);
+
+    // Both uploads went to disk (and the upstream's short answer to the clean one too: that
+    // stream's decode buffer still holds the budget).
+    let spilled = stack.clamgate.metric("clamgate_spilled_bodies_total").await;
+    assert!(spilled >= 2.0, "both uploads went to disk: {spilled} spilled");
+    let peak = stack.clamgate.metric("clamgate_held_body_memory_peak_bytes").await;
+    assert!(peak >= 2.0 * 1024.0 * 1024.0, "the decode buffer of a 2 MiB message is counted: peak {peak}");
+    // Everything is given back when the streams end.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while stack.clamgate.metric("clamgate_held_body_memory_bytes").await != 0.0 {
+        assert!(std::time::Instant::now() < deadline, "held memory never went back to 0");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}

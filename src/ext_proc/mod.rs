@@ -35,7 +35,7 @@ use crate::config::{Config, PolicyConfig, ResponseConfig};
 use crate::metrics::{Metrics, Source};
 use crate::policy::{decide, Decision, DecisionContext, Direction};
 use crate::scanner::{hash_off_worker, ResourceLookup, ScanReport, Scanner};
-use crate::spool::{HeldBody, Spool, SpoolFull, READ_PIECE_BYTES};
+use crate::spool::{HeldBody, MemoryCharge, Spool, SpoolFull, READ_PIECE_BYTES};
 use crate::verdict::{UnscannedReason, Verdict};
 use route_policy::GrpcMetadataPolicy;
 use state::{on_message, Action, StreamPolicy, StreamState};
@@ -101,6 +101,9 @@ impl ExtProcService {
 struct StreamContext {
     policy: PolicyConfig,
     response: ResponseConfig,
+    /// tonic's decode buffer, counted in `bodies.memory_budget_bytes`: it grows to the largest
+    /// message (a BUFFERED body) and keeps that size until the stream ends.
+    decode_buffer: MemoryCharge,
 }
 
 type AnswerStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<ProcessingResponse, Status>> + Send>>;
@@ -152,7 +155,11 @@ impl ExtProcService {
         let policy = self.policy_for(&first, &grpc_metadata_policy)?;
         let stream_policy = StreamPolicy::from_config(&policy, self.scanner.max_scan_bytes());
         let mut state = StreamState::new(stream_policy);
-        let context = StreamContext { policy, response: self.config.response.clone() };
+        let context = StreamContext {
+            policy,
+            response: self.config.response.clone(),
+            decode_buffer: self.spool.charge(),
+        };
         let out = Outbox { answers };
         let mut duplex = [None, None];
         let mut next = Some(first);
@@ -217,16 +224,26 @@ impl ExtProcService {
                 response::response_headers_pass_unbuffered(remove_headers, verdict_header)
             }
             Action::Scan { direction, body } => {
+                // A BUFFERED body, one message: tonic's decode buffer keeps room for the largest
+                // message for the rest of the stream, and the body itself is held like a
+                // FULL_DUPLEX one (memory within the budget, else a temp file) while it is scanned.
+                context.decode_buffer.raise_to(body.len() as u64);
+                let key = hash_off_worker(body.len(), || ContentKey::of(&body));
+                let mut held = self.spool.hold();
+                if let Err(err) = held.push(bytes::Bytes::from(body)).await {
+                    return Err(self.hold_failed(state, &err));
+                }
                 let report = self
                     .scanner
-                    .scan_body(
-                        &body,
+                    .scan_held(
+                        &held,
+                        &key,
                         state.encodings(direction),
                         source(direction),
                         context.policy.cache_mode,
                     )
                     .await;
-                drop(body);
+                drop(held);
                 self.store_resource(state, direction, &report).await;
                 let decision = self.decide(context, state, direction, &report);
                 response::body_decision(direction, &decision)
@@ -313,17 +330,7 @@ impl ExtProcService {
                     return Ok(());
                 }
                 if let Err(err) = holding.push(body).await {
-                    if SpoolFull::is(&err) {
-                        // Capacity, not a fault: Envoy answers 503 and the client may retry.
-                        tracing::warn!(request_id = %state.request_id, error = %err, "no room to hold a body (bodies.disk_budget_bytes); failing the stream");
-                        self.metrics.record_stream_error("spool_full");
-                        return Err(Stop::Fail(Status::resource_exhausted(
-                            "clamgate has no room to hold the body",
-                        )));
-                    }
-                    tracing::error!(request_id = %state.request_id, error = %err, "cannot hold a body (temp file); failing the stream");
-                    self.metrics.record_stream_error("spool");
-                    return Err(Stop::Fail(Status::internal("clamgate could not hold the body")));
+                    return Err(self.hold_failed(state, &err));
                 }
                 if end_of_stream {
                     let Some(Duplex::Holding(holding)) = slot.take() else { unreachable!() };
@@ -333,6 +340,19 @@ impl ExtProcService {
                 Ok(())
             }
         }
+    }
+
+    /// A body could not be held (no room, or a failing temp file): the stream fails.
+    fn hold_failed(&self, state: &StreamState, err: &std::io::Error) -> Stop {
+        if SpoolFull::is(err) {
+            // Capacity, not a fault: Envoy answers 503 and the client may retry.
+            tracing::warn!(request_id = %state.request_id, error = %err, "no room to hold a body (bodies.disk_budget_bytes); failing the stream");
+            self.metrics.record_stream_error("spool_full");
+            return Stop::Fail(Status::resource_exhausted("clamgate has no room to hold the body"));
+        }
+        tracing::error!(request_id = %state.request_id, error = %err, "cannot hold a body (temp file); failing the stream");
+        self.metrics.record_stream_error("spool");
+        Stop::Fail(Status::internal("clamgate could not hold the body"))
     }
 
     /// A held body grew past `max_scan_bytes`: `Unscanned { too_large }`. Blocked: the immediate
