@@ -309,7 +309,10 @@ impl Metrics {
     }
 
     /// Counts an ext_proc stream ended with an error status; `kind` is `protocol` (out-of-order or
-    /// unsupported messages), `inbound` (a message Envoy sent could not be read) or `internal`.
+    /// unsupported messages, a policy name that cannot be read), `body_mode` (Envoy's
+    /// processing_mode or observability_mode would let a scanned body pass unscanned), `inbound`
+    /// (a message Envoy sent could not be read), `spool` / `spool_full` (a body could not be
+    /// held) or `internal` (the stream task panicked or was cancelled).
     pub fn record_stream_error(&self, kind: &'static str) {
         self.stream_errors.get_or_create(&StreamErrorLabels { kind }).inc();
     }

@@ -448,6 +448,9 @@ async fn report_only_lets_a_known_infected_resource_through_and_says_so() {
     let hits = r#"clamgate_cache_lookups_total{key="resource",tier="memory",result="hit"}"#;
     assert_eq!(stack.clamgate.metric(hits).await, 1.0, "the second request was a resource hit");
     assert_eq!(stack.upstream.hits("/mirror/bad.exe"), 2, "report_only: the request went on");
+    // The body that went on was scanned (from the content cache): each delivery is counted.
+    let infected = r#"clamgate_verdicts_total{source="response",verdict="infected"}"#;
+    assert_eq!(stack.clamgate.metric(infected).await, 2.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
