@@ -75,7 +75,7 @@ impl Clamgate {
         let mut request = tonic::Request::new(ReceiverStream::new(messages));
         for (key, value) in metadata {
             let value = tonic::metadata::MetadataValue::try_from(*value).expect("a metadata value");
-            request.metadata_mut().insert(*key, value);
+            request.metadata_mut().append(*key, value);
         }
         let inbound = tokio::time::timeout(ANSWER_WITHIN, client.process(request))
             .await
@@ -527,6 +527,11 @@ async fn an_empty_or_non_ascii_policy_in_grpc_metadata_fails_the_stream() {
         let status = envoy.expect_error_status().await;
         assert!(status.message().contains("policy"), "{value:?}: {status:?}");
     }
+    // Two values: which one Envoy meant is unknown.
+    let twice = [("x-clamgate-policy", &b"mirror"[..]), ("x-clamgate-policy", &b"default"[..])];
+    let mut envoy = clamgate.stream_with_metadata(first(get_headers(), BodySendMode::Buffered), &twice).await;
+    let status = envoy.expect_error_status().await;
+    assert!(status.message().contains("more than once"), "{status:?}");
 }
 
 fn trailers(side: Side, pairs: &[(&str, &str)]) -> Request {

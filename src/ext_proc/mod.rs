@@ -117,9 +117,9 @@ impl ExternalProcessor for ExtProcService {
         request: Request<Streaming<ProcessingRequest>>,
     ) -> Result<Response<Self::ProcessStream>, Status> {
         // Read as bytes: a value that is not printable ASCII fails the stream (not the default).
-        let grpc_metadata_policy = route_policy::grpc_metadata_policy(
-            request.metadata().get(POLICY_METADATA_KEY).map(|value| value.as_bytes()),
-        );
+        let values: Vec<&[u8]> =
+            request.metadata().get_all(POLICY_METADATA_KEY).iter().map(|value| value.as_bytes()).collect();
+        let grpc_metadata_policy = route_policy::grpc_metadata_policy(&values);
         let inbound = request.into_inner();
         let (answers, receiver) = mpsc::channel(STREAM_CHANNEL_CAPACITY);
         let task = tokio::spawn(self.clone().run_stream(grpc_metadata_policy, inbound, answers));

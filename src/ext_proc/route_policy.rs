@@ -40,6 +40,8 @@ pub enum RouteMetadataError {
     EmptyName(&'static str),
     #[error("the {0} names a policy that is not printable ASCII")]
     NotAscii(&'static str),
+    #[error("the {0} is sent more than once")]
+    Repeated(&'static str),
 }
 
 /// Where a policy name came from, for errors.
@@ -50,10 +52,14 @@ const GRPC_METADATA: &str = "gRPC metadata x-clamgate-policy";
 /// that are not printable ASCII (an error once the stream starts, never the default policy).
 pub type GrpcMetadataPolicy = Option<Result<String, RouteMetadataError>>;
 
-/// Reads the `x-clamgate-policy` gRPC metadata value: printable ASCII (what policy names are made
-/// of, see `config.rs`), else an error.
-pub fn grpc_metadata_policy(value: Option<&[u8]>) -> GrpcMetadataPolicy {
-    let value = value?;
+/// Reads the `x-clamgate-policy` gRPC metadata values: one, in printable ASCII (what policy names
+/// are made of, see `config.rs`); several, or other bytes, are an error.
+pub fn grpc_metadata_policy(values: &[&[u8]]) -> GrpcMetadataPolicy {
+    let value = match values {
+        [] => return None,
+        [value] => *value,
+        _ => return Some(Err(RouteMetadataError::Repeated(GRPC_METADATA))),
+    };
     Some(match std::str::from_utf8(value) {
         Ok(text) if text.chars().all(|c| c.is_ascii_graphic()) => Ok(text.to_string()),
         _ => Err(RouteMetadataError::NotAscii(GRPC_METADATA)),
@@ -366,17 +372,14 @@ mod tests {
             map.insert(ATTRIBUTE_NAMESPACE.to_string(), Struct { fields: fields.into_iter().collect() });
             assert!(matches!(select(&map, None), Err(RouteMetadataError::AttributeNotText(_))), "{kind:?}");
         }
-        // gRPC metadata bytes: printable ASCII only.
-        assert_eq!(grpc_metadata_policy(None), None);
-        assert_eq!(grpc_metadata_policy(Some(b"mirror")), Some(Ok("mirror".into())));
-        assert_eq!(
-            grpc_metadata_policy(Some("mirrör".as_bytes())),
-            Some(Err(RouteMetadataError::NotAscii(GRPC_METADATA)))
-        );
-        assert_eq!(
-            grpc_metadata_policy(Some(b"\xff")),
-            Some(Err(RouteMetadataError::NotAscii(GRPC_METADATA)))
-        );
+        // gRPC metadata bytes: one value, printable ASCII.
+        assert_eq!(grpc_metadata_policy(&[]), None);
+        assert_eq!(grpc_metadata_policy(&[b"mirror"]), Some(Ok("mirror".into())));
+        let not_ascii = Some(Err(RouteMetadataError::NotAscii(GRPC_METADATA)));
+        assert_eq!(grpc_metadata_policy(&["mirr\u{f6}r".as_bytes()]), not_ascii);
+        assert_eq!(grpc_metadata_policy(&[b"\xff"]), not_ascii);
+        let repeated = Some(Err(RouteMetadataError::Repeated(GRPC_METADATA)));
+        assert_eq!(grpc_metadata_policy(&[b"mirror", b"other"]), repeated);
     }
 
     #[test]
