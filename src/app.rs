@@ -61,6 +61,7 @@ pub fn build_scanner(config: &Config, metrics: Arc<Metrics>) -> Result<Scanner, 
         scan_timeout_per_mib: Duration::from_millis(config.scan.timeout_per_mib_ms),
         lock_ttl: Duration::from_millis(config.cache.lock_ttl_ms),
         max_decode_ratio: config.scan.decode_ratio_limit(),
+        abandoned_scan_max_hold: Duration::from_millis(config.clamd.abandoned_scan_max_hold_ms),
     };
     Ok(Scanner::new(ClamdClient::new(address, timeouts), cache, settings, metrics))
 }
@@ -83,6 +84,10 @@ pub async fn run(
         readiness.clone(),
         reporter.clone(),
         Duration::from_millis(config.clamd.health_interval_ms),
+        health::SettingsCheck::new(
+            config.clamd.require_alert_settings,
+            Duration::from_millis(config.clamd.settings_check_interval_ms),
+        ),
     ));
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -90,13 +95,11 @@ pub async fn run(
         let _ = rx.wait_for(|stop| *stop).await;
     };
 
-    let ext_proc = ExternalProcessorServer::new(ExtProcService::new(
-        scanner.clone(),
-        Arc::new(config.clone()),
-        metrics.clone(),
-    ))
-    .max_decoding_message_size(config.ext_proc.max_message_bytes);
-    let scan_api = ScannerServer::new(ScanService::new(scanner.clone()))
+    let ext_proc_service = ExtProcService::new(scanner.clone(), Arc::new(config.clone()), metrics.clone());
+    let spool = ext_proc_service.spool();
+    let ext_proc = ExternalProcessorServer::new(ext_proc_service)
+        .max_decoding_message_size(config.ext_proc.max_message_bytes);
+    let scan_api = ScannerServer::new(ScanService::new(scanner.clone(), spool))
         .max_decoding_message_size(config.ext_proc.max_message_bytes);
 
     let incoming = TcpListenerStream::new(listeners.grpc).map(|stream| {

@@ -82,6 +82,18 @@ pub struct ClamdConfig {
     pub max_concurrent_scans: usize,
     /// How often clamd is pinged to drive gRPC health and `/readyz`.
     pub health_interval_ms: u64,
+    /// Whether clamgate is ready only when clamd reports encrypted archives and bodies past its
+    /// scan limits (`AlertEncrypted yes`, `AlertExceedsMax yes`): without them clamd answers `OK`
+    /// for bodies it did not scan, and clamgate would cache them clean. `false` only warns and
+    /// counts (`clamgate_clamd_setting_enabled`).
+    pub require_alert_settings: bool,
+    /// How often clamd's `AlertEncrypted` and `AlertExceedsMax` are checked with self-test bodies
+    /// while they pass (a failing check is repeated at every health probe).
+    pub settings_check_interval_ms: u64,
+    /// Longest a clamd slot stays taken after a body was sent, waiting for clamd's reply, when
+    /// clamgate has stopped waiting (scan deadline, client gone): clamd keeps scanning such a body,
+    /// so the slot is freed only when clamd replies or closes, or after this.
+    pub abandoned_scan_max_hold_ms: u64,
 }
 
 /// Limits on what is scanned.
@@ -196,11 +208,17 @@ pub struct PolicyConfig {
     /// Action for each reason a body may go unscanned.
     pub on_unscanned: UnscannedActions,
     /// Which verdict cache keys this policy uses: `content` (SHA-256 of the body), `resource`
-    /// (also host + path + validator, looked up at the request headers), or `off`.
+    /// (also scheme + host + port + path + Vary + validator, looked up at the request headers),
+    /// or `off`.
     pub cache_mode: CacheMode,
     /// The upstream never changes an object under a URL (package mirrors): allow resource keys
     /// for responses without a validator. Only for upstreams that are really immutable.
     pub immutable: bool,
+    /// With `cache_mode = "resource"`: a resource-cache hit's body streams through clamgate
+    /// (FULL_DUPLEX, each piece sent straight back) and its SHA-256 is compared with the entry's
+    /// at the end; a mismatch deletes the entry, is counted and audited. Detection after the
+    /// fact: the bytes have reached the client by then.
+    pub verify_resource_hits: bool,
 }
 
 /// The cache keys a policy uses.
@@ -209,7 +227,8 @@ pub struct PolicyConfig {
 pub enum CacheMode {
     /// Content keys only: a body's SHA-256.
     Content,
-    /// Content keys and resource keys (host + path + validator), decided at the headers.
+    /// Content keys and resource keys (scheme + host + port + path + Vary + validator), decided
+    /// at the headers.
     Resource,
     /// No cache reads or writes.
     Off,
@@ -336,6 +355,10 @@ impl Default for ClamdConfig {
             reply_timeout_ms: 60_000,
             max_concurrent_scans: 8,
             health_interval_ms: 5_000,
+            require_alert_settings: true,
+            settings_check_interval_ms: 60_000,
+            // clamd's own default MaxScanTime: by then clamd has given up on the body itself.
+            abandoned_scan_max_hold_ms: 120_000,
         }
     }
 }
@@ -426,6 +449,7 @@ impl Default for PolicyConfig {
             on_unscanned: UnscannedActions::default(),
             cache_mode: CacheMode::Content,
             immutable: false,
+            verify_resource_hits: false,
         }
     }
 }
@@ -603,6 +627,14 @@ impl Config {
                  counters and versions and should not be reachable from the network"
             ));
         }
+        if !self.clamd.require_alert_settings {
+            warnings.push(
+                "clamd.require_alert_settings: false: clamgate serves even when clamd answers OK for \
+                 encrypted archives or bodies past its scan limits (AlertEncrypted / AlertExceedsMax \
+                 off), and such bodies are cached clean; it only warns and counts"
+                    .to_string(),
+            );
+        }
         let urls = self.cache.redis_url.iter().map(|url| ("cache.redis_url".to_string(), url));
         let cluster = self.cache.redis_cluster_urls.iter().enumerate();
         let urls = urls.chain(cluster.map(|(i, url)| (format!("cache.redis_cluster_urls[{i}]"), url)));
@@ -712,6 +744,15 @@ fn policy_warnings(policy: &PolicyConfig, default: bool) -> Vec<(String, String)
             ),
         };
         warn("immutable", message);
+    }
+    if policy.verify_resource_hits && policy.cache_mode != CacheMode::Resource {
+        warn(
+            "verify_resource_hits",
+            format!(
+                "true has no effect while cache_mode is {:?}: only resource-key hits are verified",
+                policy.cache_mode.as_str()
+            ),
+        );
     }
     warnings
 }
@@ -1462,6 +1503,14 @@ fn check_values(config: &Config, checker: &mut Checker<'_>) {
         within(clamd.max_concurrent_scans as u64, 1, MAX_CONCURRENT_SCANS),
     );
     checker.check("clamd.health_interval_ms", within(clamd.health_interval_ms, 1, MAX_DURATION_MS));
+    checker.check(
+        "clamd.settings_check_interval_ms",
+        within(clamd.settings_check_interval_ms, 1, MAX_DURATION_MS),
+    );
+    checker.check(
+        "clamd.abandoned_scan_max_hold_ms",
+        within(clamd.abandoned_scan_max_hold_ms, 1, MAX_DURATION_MS),
+    );
     checker.check("scan.max_scan_bytes", within(scan.max_scan_bytes, 1, MAX_SCAN_BYTES));
     checker.check("scan.timeout_ms", within(scan.timeout_ms, 1, MAX_DURATION_MS));
     checker.check("scan.timeout_per_mib_ms", within(scan.timeout_per_mib_ms, 0, MAX_DURATION_MS));
@@ -2859,6 +2908,22 @@ mod tests {
             ]
         );
         assert!(load("[listen]\nadmin_addr = \"[::1]:9090\"", &[]).unwrap().warnings().is_empty());
+    }
+
+    #[test]
+    fn clamd_settings_keys_are_checked_and_warn_only_is_warned_about() {
+        let warnings = load("[clamd]\nrequire_alert_settings = false\n", &[]).unwrap().warnings();
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(warnings[0].starts_with("clamd.require_alert_settings: false: "), "{warnings:?}");
+        let config = load("", &[("CLAMGATE_CLAMD_REQUIRE_ALERT_SETTINGS", "false")]).unwrap();
+        assert!(!config.clamd.require_alert_settings);
+        assert_eq!(
+            errors("[clamd]\nsettings_check_interval_ms = 0\nabandoned_scan_max_hold_ms = 0\n", &[]),
+            [
+                "clamd.settings_check_interval_ms: must be between 1 and 3600000, found 0",
+                "clamd.abandoned_scan_max_hold_ms: must be between 1 and 3600000, found 0",
+            ]
+        );
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //! - [`config`]: the TOML schema, `CLAMGATE_*` overrides and validation (all errors at once).
 //! - [`verdict`]: `Clean`, `Infected`, `Unscanned { reason }`: the three outcomes of a scan.
 //! - [`policy`]: turns a verdict into a [`policy::Decision`] (continue, 409, 503, 413, 502).
-//! - [`clamd`]: the clamd client: pure INSTREAM framing and reply parsing, and the socket code.
+//! - [`clamd`]: the clamd client: pure INSTREAM framing and reply parsing, the socket code, and
+//!   the self-test bodies (an encrypted zip, a deeply nested zip) that check clamd's settings.
 //! - [`cache`]: the verdict cache, in-process or Redis (one enum over the two real backends).
 //! - [`scanner`]: the one scan path: hash, cache lookup, bounded clamd scan, cache write.
 //! - [`decode`]: undoes Content-Encoding (gzip, deflate, br, zstd, stacked) as a stream, with
@@ -12,7 +13,8 @@
 //! - [`spool`]: bodies held while scanned: memory within a budget, unlinked temp files beyond.
 //! - [`ext_proc`]: the Envoy ext_proc server, a per-stream state machine.
 //! - [`scan_api`]: the `clamgate.v1.Scanner` gRPC API, sharing the scan path and cache.
-//! - [`health`]: the clamd probe that drives gRPC health and `/readyz`.
+//! - [`health`]: the clamd probe that drives gRPC health and `/readyz` (PING, VERSION, EICAR,
+//!   and the `AlertEncrypted` / `AlertExceedsMax` self-tests).
 //! - [`admin`]: the admin HTTP listener: `/healthz`, `/readyz`, `/metrics`.
 //! - [`metrics`]: the Prometheus registry and every counter and histogram, registered once.
 //! - [`app`]: wires the pieces to already-bound listeners and a shutdown future.

@@ -13,6 +13,7 @@ use tokio::io::AsyncReadExt;
 
 use clamgate::config::{Config, LogFormat};
 use clamgate::metrics::{Metrics, Source};
+use clamgate::spool::Spool;
 use clamgate::verdict::Verdict;
 
 const EXIT_CONFIG: u8 = 64;
@@ -181,7 +182,7 @@ async fn shutdown_signal() {
 
 async fn scan_files(config: Config, files: Vec<PathBuf>) -> ExitCode {
     let metrics = Arc::new(Metrics::new());
-    let scanner = match clamgate::app::build_scanner(&config, metrics) {
+    let scanner = match clamgate::app::build_scanner(&config, metrics.clone()) {
         Ok(scanner) => scanner,
         Err(err) => {
             eprintln!("clamgate: {err}");
@@ -191,6 +192,11 @@ async fn scan_files(config: Config, files: Vec<PathBuf>) -> ExitCode {
     if let Ok(version) = scanner.clamd().version().await {
         scanner.set_engine_version(version);
     }
+    // Files are held like Scan API bodies (memory, then temp files) and scanned whole.
+    let bodies = &config.bodies;
+    let spool =
+        Spool::new(bodies.memory_budget_bytes, bodies.stream_memory_bytes, bodies.spool_dir(), metrics)
+            .with_disk_budget(bodies.disk_budget_bytes);
     let mut worst = 0u8;
     for path in files {
         let mut file = match tokio::fs::File::open(&path).await {
@@ -201,17 +207,18 @@ async fn scan_files(config: Config, files: Vec<PathBuf>) -> ExitCode {
                 continue;
             }
         };
-        let mut scan = scanner.streaming(Source::api);
+        let mut scan = scanner.streaming(Source::api, spool.hold());
         let mut buffer = vec![0u8; 256 * 1024];
         let mut read_error = None;
         loop {
-            match file.read(&mut buffer).await {
+            let held = match file.read(&mut buffer).await {
                 Ok(0) => break,
-                Ok(n) => scan.push(&buffer[..n]).await,
-                Err(err) => {
-                    read_error = Some(err);
-                    break;
-                }
+                Ok(n) => scan.push(bytes::Bytes::copy_from_slice(&buffer[..n])).await,
+                Err(err) => Err(err),
+            };
+            if let Err(err) = held {
+                read_error = Some(err);
+                break;
             }
         }
         if let Some(err) = read_error {

@@ -73,6 +73,27 @@ struct StreamErrorLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VerificationLabels {
+    result: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SettingLabels {
+    setting: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SettingCheckLabels {
+    setting: &'static str,
+    result: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AbandonLabels {
+    outcome: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DecodeLabels {
     encoding: &'static str,
     outcome: &'static str,
@@ -101,6 +122,10 @@ pub struct Metrics {
     spilled_bodies: Counter,
     streams_open: Gauge,
     decoded_bodies: Family<DecodeLabels, Counter>,
+    resource_verifications: Family<VerificationLabels, Counter>,
+    clamd_setting_enabled: Family<SettingLabels, Gauge>,
+    clamd_settings_checks: Family<SettingCheckLabels, Counter>,
+    clamd_abandoned_scans: Family<AbandonLabels, Counter>,
 }
 
 impl Metrics {
@@ -216,8 +241,36 @@ impl Metrics {
             "Bodies with a Content-Encoding decoded for clamd, by encoding (gzip, deflate, br, zstd, stacked) and outcome (complete, too_large, ratio_exceeded, corrupt)",
             decoded_bodies.clone(),
         );
+        let resource_verifications = Family::<VerificationLabels, Counter>::default();
+        registry.register(
+            "resource_hit_verifications",
+            "Resource-cache hits streamed through clamgate and compared with the entry (verify_resource_hits), by result (match, mismatch, partial: a 206 part, not compared)",
+            resource_verifications.clone(),
+        );
+        let clamd_setting_enabled = Family::<SettingLabels, Gauge>::default();
+        registry.register(
+            "clamd_setting_enabled",
+            "1 when the last settings self-test found the clamd.conf setting (AlertEncrypted, AlertExceedsMax) on, 0 when clamd answered OK to its self-test body",
+            clamd_setting_enabled.clone(),
+        );
+        let clamd_settings_checks = Family::<SettingCheckLabels, Counter>::default();
+        registry.register(
+            "clamd_settings_checks",
+            "Settings self-tests of clamd by setting (AlertEncrypted, AlertExceedsMax) and result (enabled, missing, failed)",
+            clamd_settings_checks.clone(),
+        );
+        let clamd_abandoned_scans = Family::<AbandonLabels, Counter>::default();
+        registry.register(
+            "clamd_abandoned_scans",
+            "Scans clamgate stopped waiting for while clamd was still scanning; their clamd slot stayed taken until clamd replied, closed, or clamd.abandoned_scan_max_hold_ms passed (outcome: replied, closed, held_too_long)",
+            clamd_abandoned_scans.clone(),
+        );
         Metrics {
+            resource_verifications,
             decoded_bodies,
+            clamd_setting_enabled,
+            clamd_settings_checks,
+            clamd_abandoned_scans,
             registry,
             held_memory,
             held_memory_peak,
@@ -322,6 +375,28 @@ impl Metrics {
     /// `ratio_exceeded` or `corrupt`.
     pub fn record_decoded_body(&self, encoding: &'static str, outcome: &'static str) {
         self.decoded_bodies.get_or_create(&DecodeLabels { encoding, outcome }).inc();
+    }
+
+    /// Counts one verified resource-cache hit: `result` is `match`, `mismatch` or `partial`.
+    pub fn record_resource_verification(&self, result: &'static str) {
+        self.resource_verifications.get_or_create(&VerificationLabels { result }).inc();
+    }
+
+    /// One settings self-test of clamd: `setting` is `AlertEncrypted` or `AlertExceedsMax`,
+    /// `result` `enabled`, `missing` (clamd answered OK) or `failed` (no answer to judge by).
+    pub fn record_settings_check(&self, setting: &'static str, result: &'static str) {
+        self.clamd_settings_checks.get_or_create(&SettingCheckLabels { setting, result }).inc();
+        match result {
+            "enabled" => self.clamd_setting_enabled.get_or_create(&SettingLabels { setting }).set(1),
+            "missing" => self.clamd_setting_enabled.get_or_create(&SettingLabels { setting }).set(0),
+            _ => 0,
+        };
+    }
+
+    /// A scan clamgate gave up on while clamd was scanning, once clamd is done with it (`outcome`:
+    /// `replied`, `closed`) or the slot was taken back after the cap (`held_too_long`).
+    pub fn record_abandoned_scan(&self, outcome: &'static str) {
+        self.clamd_abandoned_scans.get_or_create(&AbandonLabels { outcome }).inc();
     }
 
     /// Publishes what one health probe learned about clamd.

@@ -1,14 +1,24 @@
 //! clamgate's own gRPC scan API (`clamgate.v1.Scanner/Scan`): chunks in, verdict out, through
 //! the same scan path and verdict cache as ext_proc.
+//!
+//! The body is held (memory within `bodies.memory_budget_bytes`, shared with ext_proc, then a
+//! temp file) until the client ends its stream, and only then scanned: a slow or stalled client
+//! never holds a clamd slot. Receiving is bounded like a scan: the client must have sent the
+//! whole body within `scan.timeout_ms` plus `scan.timeout_per_mib_ms` per MiB received (up to
+//! `scan.max_scan_bytes`), counted from the call's start; past that the answer is
+//! `Unscanned { timeout }`. The scan of the complete body then has the same whole-scan deadline
+//! as an ext_proc scan.
 
 use std::sync::Arc;
 
+use tokio::time::Instant;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::metrics::Source;
 use crate::proto::clamgate::v1::scanner_server::Scanner as ScannerApi;
 use crate::proto::clamgate::v1::{ScanChunk, ScanResult, Verdict as ApiVerdict};
 use crate::scanner::{ScanReport, Scanner};
+use crate::spool::{Spool, SpoolFull};
 use crate::verdict::Verdict;
 
 pub use crate::proto::clamgate::v1::scanner_server::ScannerServer;
@@ -17,23 +27,47 @@ pub use crate::proto::clamgate::v1::scanner_server::ScannerServer;
 #[derive(Clone)]
 pub struct ScanService {
     scanner: Arc<Scanner>,
+    spool: Spool,
 }
 
 impl ScanService {
-    pub fn new(scanner: Arc<Scanner>) -> ScanService {
-        ScanService { scanner }
+    /// The service, holding bodies in `spool` (share ext_proc's, so one memory budget bounds both).
+    pub fn new(scanner: Arc<Scanner>, spool: Spool) -> ScanService {
+        ScanService { scanner, spool }
     }
 }
 
 #[tonic::async_trait]
 impl ScannerApi for ScanService {
     async fn scan(&self, request: Request<Streaming<ScanChunk>>) -> Result<Response<ScanResult>, Status> {
+        let started = Instant::now();
         let mut chunks = request.into_inner();
-        let mut scan = self.scanner.streaming(Source::api);
+        let mut scan = self.scanner.streaming(Source::api, self.spool.hold());
         // A client that breaks off mid-body gets its error back and no verdict is reached; the
-        // partial scan is dropped (its clamd connection closes with it).
-        while let Some(chunk) = chunks.message().await? {
-            scan.push(&chunk.data).await;
+        // held body is dropped with the scan.
+        loop {
+            // Bytes past max_scan_bytes are only hashed: they earn no more time.
+            let counted = scan.body_bytes().min(self.scanner.max_scan_bytes());
+            let deadline = started + self.scanner.scan_deadline(counted);
+            let chunk = match tokio::time::timeout_at(deadline, chunks.message()).await {
+                Ok(chunk) => chunk?,
+                Err(_) => {
+                    tracing::warn!(
+                        bytes = scan.body_bytes(),
+                        "Scan API client did not send its whole body within scan.timeout_ms (+ scan.timeout_per_mib_ms per MiB)"
+                    );
+                    return Ok(Response::new(scan_result(&scan.timed_out())));
+                }
+            };
+            let Some(chunk) = chunk else { break };
+            scan.push(chunk.data.into()).await.map_err(|err| {
+                tracing::warn!(error = %err, "cannot hold a Scan API body");
+                if SpoolFull::is(&err) {
+                    Status::resource_exhausted("clamgate cannot hold more bodies now; retry later")
+                } else {
+                    Status::internal("clamgate cannot hold the body")
+                }
+            })?;
         }
         Ok(Response::new(scan_result(&scan.finish().await)))
     }

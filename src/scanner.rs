@@ -22,15 +22,15 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use sha2::{Digest, Sha256, Sha512_256};
-use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{oneshot, watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::cache::{
-    CacheEntry, CachedVerdict, ContentKey, LockAttempt, ResourceEntry, ResourceKey, Tier, VerdictCache,
+    CacheEntry, CachedVerdict, ContentKey, LockAttempt, ResourceEntry, Tier, VaryRecord, VerdictCache,
 };
-use crate::clamd::{ClamdClient, InstreamScan};
+use crate::clamd::{ClamdClient, ClamdError, InstreamScan, ScanReply};
 use crate::config::CacheMode;
 use crate::decode::{BodyDecoder, DecodeError, DecodeLimits, Encoding};
-use crate::ext_proc::state::Resource;
+use crate::ext_proc::state::{KnownResource, Resource, IMMUTABLE_VALIDATOR};
 use crate::metrics::{Metrics, Source};
 use crate::spool::HeldBody;
 use crate::verdict::{EngineVersion, UnscannedReason, Verdict};
@@ -65,14 +65,19 @@ pub struct ScanReport {
     pub cached: bool,
 }
 
-/// What the cache knows about a resource (host + path + query).
+/// What the cache knows about a resource (scheme, host, port, path and query, and the request
+/// headers its response varies on).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ResourceLookup {
-    /// Known infected: refuse before the upstream is contacted.
+    /// Known infected with no real validator (`immutable`): refuse before the upstream is
+    /// contacted; no response could show that the object changed.
     Infected(ScanReport),
-    /// Known clean, valid while the response carries this validator.
-    Clean { validator: String },
-    /// Not known (or stale, or the cache failed).
+    /// Known infected under a real validator: refuse the response if it still carries `known`'s
+    /// validator; scan it if it does not (the object changed).
+    InfectedUnlessChanged { known: KnownResource, report: ScanReport },
+    /// Known clean, valid while the response carries `known`'s validator.
+    Clean { known: KnownResource },
+    /// Not known (or stale, stored under other values of the `Vary` headers, or the cache failed).
     Miss,
 }
 
@@ -94,6 +99,9 @@ pub struct ScannerSettings {
     /// Most decoded bytes per encoded byte of a body with a `Content-Encoding`
     /// ([`DecodeLimits::max_ratio`]; `u64::MAX`: no limit). More is `Unscanned { limits_exceeded }`.
     pub max_decode_ratio: u64,
+    /// Longest a clamd slot stays taken, once a body has been sent whole, waiting for clamd to
+    /// reply or close after clamgate stopped waiting (clamd keeps scanning an abandoned body).
+    pub abandoned_scan_max_hold: Duration,
 }
 
 type Inflight = HashMap<ContentKey, watch::Receiver<Option<ScanReport>>>;
@@ -258,8 +266,7 @@ impl Scanner {
         } else {
             subject.input.len().max(self.settings.max_scan_bytes)
         };
-        let mib = u32::try_from(bytes.div_ceil(1024 * 1024)).unwrap_or(u32::MAX);
-        self.settings.scan_timeout + self.settings.scan_timeout_per_mib.saturating_mul(mib)
+        self.scan_deadline(bytes)
     }
 
     /// The cache, then one scan per content at a time: in process, then across instances.
@@ -369,9 +376,10 @@ impl Scanner {
         }
     }
 
-    /// What the cache knows about a resource, for a decision at the request headers.
+    /// What the cache knows about a resource, for a decision at the request headers. An entry
+    /// stored under other values of the request headers its response varied on is a miss.
     pub async fn lookup_resource(&self, resource: &Resource) -> ResourceLookup {
-        let key = ResourceKey::new(&resource.host, &resource.path_and_query);
+        let key = resource.id.key();
         let hit = match self.cache.lookup_resource(&key).await {
             Ok(Some(hit)) => hit,
             Ok(None) => {
@@ -385,49 +393,79 @@ impl Scanner {
             }
         };
         let tier = hit.tier.as_str();
-        let ResourceEntry { validator, content, entry } = hit.value;
+        let ResourceEntry { validator, vary, content, entry } = hit.value;
+        if !vary.matches(&resource.request_headers) {
+            self.metrics.record_cache_lookup("resource", tier, "miss");
+            return ResourceLookup::Miss;
+        }
         if self.is_stale(&entry) {
             self.metrics.record_cache_lookup("resource", tier, "stale");
             return ResourceLookup::Miss;
         }
         self.metrics.record_cache_lookup("resource", tier, "hit");
+        let known = KnownResource { validator, vary: vary.names().to_vec(), content };
         match entry.verdict {
-            CachedVerdict::Clean => ResourceLookup::Clean { validator },
-            CachedVerdict::Infected { signature } => ResourceLookup::Infected(ScanReport {
-                verdict: Verdict::Infected { signature },
-                sha256: content.hex(),
-                body_bytes: 0,
-                engine: Some(entry_engine(&entry.engine_version, entry.database_version)),
-                cached: true,
-            }),
+            CachedVerdict::Clean => ResourceLookup::Clean { known },
+            CachedVerdict::Infected { signature } => {
+                let report = ScanReport {
+                    verdict: Verdict::Infected { signature },
+                    sha256: content.hex(),
+                    body_bytes: 0,
+                    engine: Some(entry_engine(&entry.engine_version, entry.database_version)),
+                    cached: true,
+                };
+                if known.validator == IMMUTABLE_VALIDATOR {
+                    ResourceLookup::Infected(report)
+                } else {
+                    ResourceLookup::InfectedUnlessChanged { known, report }
+                }
+            }
         }
     }
 
-    /// Stores a verdict under a resource key too, tied to the response's validator.
+    /// Stores a verdict under a resource key too, tied to the response's validator and to the
+    /// request's values of the headers named by the response's `Vary` (`vary_names`).
     ///
     /// The entry records `report.sha256`, the SHA-256 of the body as received, so that a later
-    /// resource hit reports the same `sha256` as the scan did. For a body without encoding that is
-    /// its content key; for an encoded body it is not (the resource entry's digest is only reported,
-    /// never looked up).
-    pub async fn store_resource(&self, resource: &Resource, validator: &str, report: &ScanReport) {
+    /// resource hit reports the same `sha256` as the scan did, and a verified hit can be compared
+    /// with it. For a body without encoding that is its content key; for an encoded body it is not
+    /// (the resource entry's digest is never looked up as a content key).
+    pub async fn store_resource(
+        &self,
+        resource: &Resource,
+        validator: &str,
+        vary_names: &[String],
+        report: &ScanReport,
+    ) {
         let Some(entry) = self.entry_for(&report.verdict) else { return };
         let Some(content) = ContentKey::from_hex(&report.sha256) else { return };
-        let key = ResourceKey::new(&resource.host, &resource.path_and_query);
-        let entry = ResourceEntry { validator: validator.to_string(), content, entry };
-        if let Err(err) = self.cache.put_resource(&key, &entry).await {
+        let vary = VaryRecord::of(vary_names.to_vec(), &resource.request_headers);
+        let entry = ResourceEntry { validator: validator.to_string(), vary, content, entry };
+        if let Err(err) = self.cache.put_resource(&resource.id.key(), &entry).await {
             self.note_cache_error("put", &err);
         }
     }
 
-    /// Starts a scan whose body arrives in pieces: each piece goes to clamd as it arrives.
-    pub fn streaming(&self, source: Source) -> StreamingScan<'_> {
-        StreamingScan {
-            scanner: self,
-            source,
-            hasher: Sha256::new(),
-            body_bytes: 0,
-            state: StreamState::NotStarted,
+    /// Removes the resource entry of `resource` (a verified hit whose bytes did not match it), so
+    /// that the next request for it is scanned.
+    pub async fn forget_resource(&self, resource: &Resource) {
+        if let Err(err) = self.cache.delete_resource(&resource.id.key()).await {
+            self.note_cache_error("delete", &err);
         }
+    }
+
+    /// Starts a scan whose body arrives in pieces, held in `body` (an empty body from a
+    /// [`crate::spool::Spool`]) until it is complete: no clamd slot is taken while the pieces
+    /// trickle in, so a slow sender cannot hold a clamd thread.
+    pub fn streaming(&self, source: Source, body: HeldBody) -> StreamingScan<'_> {
+        StreamingScan { scanner: self, source, hasher: Sha256::new(), body_bytes: 0, held: Some(body) }
+    }
+
+    /// The whole-scan deadline of a body of `bytes` bytes without encoding: `scan.timeout_ms`
+    /// plus `scan.timeout_per_mib_ms` for every MiB (rounded up).
+    pub fn scan_deadline(&self, bytes: u64) -> Duration {
+        let mib = u32::try_from(bytes.div_ceil(1024 * 1024)).unwrap_or(u32::MAX);
+        self.settings.scan_timeout + self.settings.scan_timeout_per_mib.saturating_mul(mib)
     }
 
     /// One clamd scan of `body`, decoded first when it has `encodings`.
@@ -538,7 +576,14 @@ impl Scanner {
             tracing::warn!(error = %err, "cannot start a clamd scan");
             err.unscanned_reason()
         })?;
-        Ok(ClamdSession { scan, _permit: permit, started: Instant::now(), sent_bytes: 0 })
+        Ok(ClamdSession {
+            scan,
+            permit,
+            started: Instant::now(),
+            sent_bytes: 0,
+            reply_timeout: self.clamd.timeouts().reply,
+            max_hold: self.settings.abandoned_scan_max_hold,
+        })
     }
 
     /// A fresh cached verdict for the subject's key, counting the lookup.
@@ -924,11 +969,24 @@ impl Drop for Leader<'_> {
 }
 
 /// One clamd INSTREAM connection holding a concurrency slot.
+///
+/// The slot is held while clamd may be scanning: dropped before the body ends, the connection
+/// closes and clamd discards the body, so the slot is free at once. Once the body has ended,
+/// clamd scans it to its end even if clamgate stops waiting (scan deadline, client gone): the
+/// reply is then read by a task of its own that keeps the slot until clamd replies or closes, at
+/// most `max_hold`, so that clamd never runs more of clamgate's scans than
+/// `clamd.max_concurrent_scans` (measured with clamd 1.4.6: an abandoned 1.2 s scan kept its
+/// thread for the whole 1.2 s, however the connection was closed).
 struct ClamdSession {
     scan: InstreamScan,
-    _permit: OwnedSemaphorePermit,
+    permit: OwnedSemaphorePermit,
     started: Instant,
     sent_bytes: u64,
+    /// How long the caller waits for the reply (`clamd.reply_timeout_ms`).
+    reply_timeout: Duration,
+    /// How long the slot stays taken waiting for the reply (`clamd.abandoned_scan_max_hold_ms`,
+    /// at least `reply_timeout`).
+    max_hold: Duration,
 }
 
 impl ClamdSession {
@@ -940,9 +998,31 @@ impl ClamdSession {
         })
     }
 
-    async fn finish(self, metrics: &Metrics) -> Verdict {
-        let ClamdSession { scan, _permit, started, sent_bytes } = self;
-        match scan.finish().await {
+    async fn finish(self, metrics: &Arc<Metrics>) -> Verdict {
+        let ClamdSession { scan, permit, started, sent_bytes, reply_timeout, max_hold } = self;
+        let reply = match scan.end().await {
+            Ok(pending) => {
+                let (reply_tx, reply_rx) = oneshot::channel();
+                let hold = max_hold.max(reply_timeout);
+                let task_metrics = metrics.clone();
+                tokio::spawn(async move {
+                    let reply = pending.read(hold).await;
+                    if let Err(reply) = reply_tx.send(reply) {
+                        AbandonedScan::new(&reply, started.elapsed()).emit(&task_metrics);
+                    }
+                    drop(permit);
+                });
+                match tokio::time::timeout(reply_timeout, reply_rx).await {
+                    Ok(Ok(reply)) => reply,
+                    // The reader task is gone without a word (it panicked): no verdict.
+                    Ok(Err(_)) => Err(ClamdError::ClosedWithoutReply),
+                    Err(_) => Err(ClamdError::Timeout { phase: "reply" }),
+                }
+            }
+            // The body did not end: clamd is not scanning it, and the slot is free now.
+            Err(err) => Err(err),
+        };
+        match reply {
             Ok(reply) => {
                 metrics.record_clamd_scan(started.elapsed().as_secs_f64(), sent_bytes);
                 let verdict = reply.into_verdict();
@@ -959,83 +1039,98 @@ impl ClamdSession {
     }
 }
 
-enum StreamState {
-    NotStarted,
-    Sending(ClamdSession),
-    Failed(UnscannedReason),
+/// A scan clamgate stopped waiting for while clamd was scanning, once its slot is given back.
+struct AbandonedScan {
+    /// `replied` or `closed`: clamd is done with it; `held_too_long`: it was not, after
+    /// `clamd.abandoned_scan_max_hold_ms`, and the slot is given back anyway.
+    outcome: &'static str,
+    held_for: Duration,
+}
+
+impl AbandonedScan {
+    fn new(reply: &Result<ScanReply, ClamdError>, held_for: Duration) -> AbandonedScan {
+        let outcome = match reply {
+            Ok(_) => "replied",
+            Err(ClamdError::Timeout { .. }) => "held_too_long",
+            Err(_) => "closed",
+        };
+        AbandonedScan { outcome, held_for }
+    }
+
+    fn emit(&self, metrics: &Metrics) {
+        metrics.record_abandoned_scan(self.outcome);
+        let held_ms = self.held_for.as_millis() as u64;
+        if self.outcome == "held_too_long" {
+            tracing::warn!(
+                held_ms,
+                "clamd did not finish an abandoned scan within clamd.abandoned_scan_max_hold_ms; \
+                 its slot is given back, so clamd may now run more scans than clamd.max_concurrent_scans"
+            );
+        } else {
+            tracing::debug!(
+                outcome = self.outcome,
+                held_ms,
+                "clamd finished a scan clamgate had stopped waiting for"
+            );
+        }
+    }
 }
 
 /// A scan fed piece by piece; see [`Scanner::streaming`].
+///
+/// The pieces are held (in memory within `bodies.memory_budget_bytes`, then in a temp file) and
+/// hashed as they arrive; [`finish`](Self::finish) scans the whole body through
+/// [`Scanner::scan_held`]: the cache, one scan per content, the whole-scan deadline, a clamd slot
+/// only for the scan itself.
 pub struct StreamingScan<'a> {
     scanner: &'a Scanner,
     source: Source,
     hasher: Sha256,
     body_bytes: u64,
-    state: StreamState,
+    /// `None` once the body passed `max_scan_bytes`: the rest is only hashed.
+    held: Option<HeldBody>,
 }
 
 impl StreamingScan<'_> {
-    /// Hashes the piece and sends it to clamd. Once the body passes `max_scan_bytes`, or clamd
-    /// fails, nothing more is sent; the pieces are still hashed so the report names the content.
-    pub async fn push(&mut self, piece: &[u8]) {
-        self.hasher.update(piece);
+    /// Hashes the piece and holds it. Once the body passes `max_scan_bytes` nothing more is held
+    /// (what was held is freed) and the verdict will be `Unscanned { too_large }`; the pieces are
+    /// still hashed so the report names the content.
+    ///
+    /// An error means the piece could not be held (the spool's disk budget is full, see
+    /// [`crate::spool::SpoolFull`], or the temp file failed): the scan cannot reach a verdict.
+    pub async fn push(&mut self, piece: bytes::Bytes) -> std::io::Result<()> {
+        hash_off_worker(piece.len(), || self.hasher.update(&piece));
         self.body_bytes += piece.len() as u64;
         if self.body_bytes > self.scanner.settings.max_scan_bytes {
-            // Dropping the session closes the connection and frees the slot at once.
-            self.state = StreamState::Failed(UnscannedReason::TooLarge);
-            return;
+            self.held = None;
+            return Ok(());
         }
-        if matches!(self.state, StreamState::NotStarted) {
-            self.state = match self.scanner.open_session().await {
-                Ok(session) => StreamState::Sending(session),
-                Err(reason) => StreamState::Failed(reason),
-            };
-        }
-        if let StreamState::Sending(session) = &mut self.state {
-            for part in piece.chunks(CLAMD_CHUNK_BYTES) {
-                if let Err(reason) = session.send(part).await {
-                    self.state = StreamState::Failed(reason);
-                    break;
-                }
-            }
+        match &mut self.held {
+            Some(held) => held.push(piece).await,
+            None => Ok(()),
         }
     }
 
-    /// Ends the body and returns the verdict. When clamd could not scan, a cached verdict for the
-    /// same content still counts (a known-infected body stays refused while clamd is down).
+    /// Bytes pushed so far.
+    pub fn body_bytes(&self) -> u64 {
+        self.body_bytes
+    }
+
+    /// Ends the body and scans it (see [`Scanner::scan_held`]); counted like any verdict.
     pub async fn finish(self) -> ScanReport {
-        let StreamingScan { scanner, source, hasher, body_bytes, state } = self;
+        let StreamingScan { scanner, source, hasher, body_bytes, held } = self;
         let key = ContentKey::from_digest(hasher.finalize().into());
-        let verdict = match state {
-            StreamState::Sending(session) => session.finish(&scanner.metrics).await,
-            // An empty body still gets a real scan, so that no path reports Clean unscanned.
-            StreamState::NotStarted => scanner.scan_with_clamd(ScanInput::Memory(&[]), &[]).await,
-            StreamState::Failed(reason) => Verdict::Unscanned { reason },
-        };
-        let report = match verdict {
-            Verdict::Unscanned { reason } if reason != UnscannedReason::TooLarge => {
-                if reason.is_engine_trouble() {
-                    scanner.refresh_engine_version().await;
-                }
-                match scanner.cached_report_for(&key, &key, body_bytes).await {
-                    Some(cached) => cached,
-                    None => scanner.unscanned(&key, body_bytes, reason),
-                }
-            }
-            Verdict::Unscanned { reason } => scanner.unscanned(&key, body_bytes, reason),
-            verdict => {
-                scanner.store(&key, &verdict).await;
-                ScanReport {
-                    verdict,
-                    sha256: key.hex(),
-                    body_bytes,
-                    engine: scanner.engine_version(),
-                    cached: false,
-                }
-            }
-        };
-        scanner.metrics.record_verdict(source, &report.verdict);
-        report
+        match held {
+            Some(held) => scanner.scan_held(&held, &key, &[], source, CacheMode::Content).await,
+            None => scanner.report_unscanned(&key.hex(), body_bytes, UnscannedReason::TooLarge, source),
+        }
+    }
+
+    /// The body did not arrive in time: `Unscanned { timeout }` for the bytes received so far
+    /// (the report's `sha256` is theirs), counted like any verdict.
+    pub fn timed_out(self) -> ScanReport {
+        let key = ContentKey::from_digest(self.hasher.finalize().into());
+        self.scanner.report_unscanned(&key.hex(), self.body_bytes, UnscannedReason::Timeout, self.source)
     }
 }
 

@@ -9,7 +9,7 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 
-use support::clamd::ClamdProcess;
+use support::clamd::{ClamdOptions, ClamdProcess};
 use support::clamgate::{test_config, ClamgateInstance};
 
 async fn grpc_status(instance: &ClamgateInstance, service: &str) -> ServingStatus {
@@ -116,4 +116,89 @@ async fn metrics_expose_verdicts_and_clamd_versions() {
     assert!(text.contains("# TYPE clamgate_clamd_scan_duration_seconds histogram"), "{text}");
     assert_eq!(support::clamgate::metric_value(&text, "clamgate_clamd_database_version"), 27001.0, "{text}");
     assert_eq!(instance.admin_status("/nope").await, Some(404));
+}
+
+/// Starts clamd with `overrides` in its clamd.conf, then clamgate with `require_alert_settings`.
+async fn start_with_clamd_settings(
+    overrides: &[&str],
+    require_alert_settings: bool,
+) -> (ClamdProcess, ClamgateInstance) {
+    let config_overrides = overrides.iter().map(|line| line.to_string()).collect();
+    let options = ClamdOptions { config_overrides, ..ClamdOptions::default() };
+    let clamd = tokio::task::spawn_blocking(move || ClamdProcess::start_with(options)).await.expect("clamd");
+    let mut config = test_config(&clamd.address());
+    config.clamd.require_alert_settings = require_alert_settings;
+    (clamd, ClamgateInstance::start(config).await)
+}
+
+/// Waits until the settings self-test has judged `setting` `result` at least `times` times.
+async fn wait_settings_checks(instance: &ClamgateInstance, setting: &str, result: &str, times: f64) {
+    let sample = format!(r#"clamgate_clamd_settings_checks_total{{setting="{setting}",result="{result}"}}"#);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while instance.metric(&sample).await < times {
+        assert!(Instant::now() < deadline, "{sample} did not reach {times}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn setting_enabled(instance: &ClamgateInstance, setting: &str) -> f64 {
+    instance.metric(&format!(r#"clamgate_clamd_setting_enabled{{setting="{setting}"}}"#)).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clamd_without_alert_encrypted_is_not_ready() {
+    // It answers OK for a password-protected zip: such a body would be cached clean.
+    let (_clamd, instance) = start_with_clamd_settings(&["AlertEncrypted no"], true).await;
+    // Twice: the first check's result has been published to readiness by the second.
+    wait_settings_checks(&instance, "AlertEncrypted", "missing", 2.0).await;
+    assert!(
+        instance.metric(r#"clamgate_clamd_probes_total{result="usable"}"#).await >= 2.0,
+        "EICAR is detected"
+    );
+    assert_eq!(instance.admin_status("/readyz").await, Some(503));
+    assert_eq!(grpc_status(&instance, EXT_PROC).await, ServingStatus::NotServing);
+    assert_eq!(grpc_status(&instance, "").await, ServingStatus::NotServing);
+    assert_eq!(setting_enabled(&instance, "AlertEncrypted").await, 0.0);
+    assert_eq!(setting_enabled(&instance, "AlertExceedsMax").await, 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clamd_without_alert_exceeds_max_is_not_ready() {
+    // It answers OK for a zip nested past MaxRecursion, whatever is inside.
+    let (_clamd, instance) = start_with_clamd_settings(&["AlertExceedsMax no"], true).await;
+    wait_settings_checks(&instance, "AlertExceedsMax", "missing", 2.0).await;
+    assert!(
+        instance.metric(r#"clamgate_clamd_probes_total{result="usable"}"#).await >= 2.0,
+        "EICAR is detected"
+    );
+    assert_eq!(instance.admin_status("/readyz").await, Some(503));
+    assert_eq!(grpc_status(&instance, EXT_PROC).await, ServingStatus::NotServing);
+    assert_eq!(setting_enabled(&instance, "AlertEncrypted").await, 1.0);
+    assert_eq!(setting_enabled(&instance, "AlertExceedsMax").await, 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clamd_with_both_alert_settings_is_ready_even_at_the_largest_max_recursion() {
+    // MaxRecursion 100 is the most clamd accepts: the nested self-test body still exceeds it.
+    let (_clamd, instance) = start_with_clamd_settings(&["MaxRecursion 100"], true).await;
+    instance.wait_ready(Duration::from_secs(20)).await;
+    assert_eq!(grpc_status(&instance, EXT_PROC).await, ServingStatus::Serving);
+    for setting in ["AlertEncrypted", "AlertExceedsMax"] {
+        assert_eq!(setting_enabled(&instance, setting).await, 1.0, "{setting}");
+        let missing =
+            format!(r#"clamgate_clamd_settings_checks_total{{setting="{setting}",result="missing"}}"#);
+        assert_eq!(instance.metric(&missing).await, 0.0, "{setting}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warn_only_serves_without_the_alert_settings_and_counts_them() {
+    let (_clamd, instance) =
+        start_with_clamd_settings(&["AlertEncrypted no", "AlertExceedsMax no"], false).await;
+    instance.wait_ready(Duration::from_secs(20)).await;
+    assert_eq!(grpc_status(&instance, EXT_PROC).await, ServingStatus::Serving);
+    wait_settings_checks(&instance, "AlertEncrypted", "missing", 1.0).await;
+    wait_settings_checks(&instance, "AlertExceedsMax", "missing", 1.0).await;
+    assert_eq!(setting_enabled(&instance, "AlertEncrypted").await, 0.0);
+    assert_eq!(setting_enabled(&instance, "AlertExceedsMax").await, 0.0);
 }

@@ -6,7 +6,7 @@ mod support;
 
 use clamgate::cache::{
     decode_entry, decode_resource, CacheEntry, CacheError, CachedVerdict, ContentKey, Hit, LockAttempt,
-    ResourceEntry, ResourceKey, Tier, VerdictCache,
+    ResourceEntry, ResourceId, Tier, VaryRecord, VerdictCache,
 };
 use clamgate::config::CacheConfig;
 use std::collections::BTreeSet;
@@ -108,13 +108,17 @@ async fn two_instances_share_resource_entries_and_locks() {
 
     let mut owners = BTreeSet::new();
     for n in 0..12u64 {
-        let key = ResourceKey::new("mirror.example.org", &format!("/pool/main/p{n}.deb"));
-        let resource =
-            ResourceEntry { validator: format!("etag:\"{n}\""), content: content_key(n), entry: entry(n) };
+        let key = ResourceId::new("https", "mirror.example.org", 443, &format!("/pool/main/p{n}.deb")).key();
+        let resource = ResourceEntry {
+            validator: format!("etag:\"{n}\""),
+            vary: VaryRecord::none(),
+            content: content_key(n),
+            entry: entry(n),
+        };
         first.put_resource(&key, &resource).await.expect("put_resource");
         let hit = second.lookup_resource(&key).await.expect("lookup_resource");
         assert_eq!(hit, Some(Hit { value: resource.clone(), tier: Tier::Redis }));
-        let name = format!("{PREFIX}v1:resource:{}", key.hex());
+        let name = format!("{PREFIX}v2:resource:{}", key.hex());
         let owner = cluster.node_for_key(&name);
         owners.insert(owner);
         let stored = cluster.nodes()[owner].cli(&["GET", &name]);

@@ -52,18 +52,177 @@ async fn a_known_clean_resource_streams_through_without_clamgate_seeing_the_body
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_known_infected_resource_is_refused_before_the_upstream_is_contacted() {
+async fn a_known_infected_resource_is_refused_at_the_response_headers_while_its_etag_stands() {
     let stack = Stack::start().await;
     stack.upstream.put_file_with_headers("bad.exe", samples::eicar(), &[("etag", "\"bad\"")]);
+    assert_eq!(stack.get("/mirror/bad.exe").await.status(), 409);
+    let scans = stack.clamd_scans().await;
+
+    // Same ETag: the upstream is asked, and its answer refused at the headers, before any body
+    // byte reaches the client, whatever the bytes now are.
+    stack.upstream.put_file_with_headers("bad.exe", samples::clean_sample(5_000), &[("etag", "\"bad\"")]);
+    let response = stack.get("/mirror/bad.exe").await;
+    assert_eq!(response.status(), 409);
+    assert_eq!(verdict_header(&response).as_deref(), Some("infected"));
+    let body: serde_json::Value = serde_json::from_str(&response.text().await.expect("text")).expect("JSON");
+    assert_eq!(body["sha256"], sha256_hex(&samples::eicar()), "the cached verdict's digest");
+    assert_eq!(stack.upstream.hits("/mirror/bad.exe"), 2, "the upstream is asked for its validator");
+    // (Envoy may already have streamed body pieces to clamgate in FULL_DUPLEX; they are dropped.)
+    assert_eq!(stack.clamd_scans().await, scans, "a refused version is not scanned");
+
+    // The object was fixed (a new ETag): scanned, delivered, and remembered clean.
+    let fixed = samples::clean_sample(6_000);
+    stack.upstream.put_file_with_headers("bad.exe", fixed.clone(), &[("etag", "\"fixed\"")]);
+    let response = stack.get("/mirror/bad.exe").await;
+    assert_eq!(response.status(), 200, "{}", stack.envoy.logs());
+    assert_eq!(verdict_header(&response).as_deref(), Some("clean"));
+    assert_eq!(sha256_hex(&response.bytes().await.expect("body")), sha256_hex(&fixed));
+    assert_eq!(stack.clamd_scans().await, scans + 1.0, "the new version was scanned");
+    assert_eq!(stack.get("/mirror/bad.exe").await.status(), 200);
+    assert_eq!(stack.clamd_scans().await, scans + 1.0, "and is now a clean resource hit");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn report_only_delivers_a_version_known_infected_and_scans_it_again() {
+    let stack = Stack::start_with(|config| {
+        if let Some(mirror) = config.policies.get_mut("mirror") {
+            mirror.report_only = true;
+        }
+    })
+    .await;
+    stack.upstream.put_file_with_headers("bad.exe", samples::eicar(), &[("etag", "\"bad\"")]);
+    for attempt in 0..2 {
+        let response = stack.get("/mirror/bad.exe").await;
+        assert_eq!(response.status(), 200, "attempt {attempt}: {}", stack.envoy.logs());
+        assert_eq!(sha256_hex(&response.bytes().await.expect("body")), sha256_hex(&samples::eicar()));
+    }
+    assert_eq!(stack.upstream.hits("/mirror/bad.exe"), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_immutable_infected_resource_is_refused_before_the_upstream_is_contacted() {
+    let stack = Stack::start_with(|config| {
+        if let Some(mirror) = config.policies.get_mut("mirror") {
+            mirror.immutable = true;
+        }
+    })
+    .await;
+    // No ETag, no Last-Modified: under `immutable` the URL alone is the validator.
+    stack.upstream.put_file("bad.exe", samples::eicar());
     assert_eq!(stack.get("/mirror/bad.exe").await.status(), 409);
     assert_eq!(stack.upstream.hits("/mirror/bad.exe"), 1);
 
     let response = stack.get("/mirror/bad.exe").await;
     assert_eq!(response.status(), 409);
     assert_eq!(verdict_header(&response).as_deref(), Some("infected"));
-    let body: serde_json::Value = serde_json::from_str(&response.text().await.expect("text")).expect("JSON");
-    assert_eq!(body["sha256"], sha256_hex(&samples::eicar()));
     assert_eq!(stack.upstream.hits("/mirror/bad.exe"), 1, "the upstream must not be asked again");
+}
+
+/// GET through Envoy with one extra request header.
+async fn get_with(stack: &Stack, path: &str, name: &str, value: &str) -> reqwest::Response {
+    let request = stack.http.get(stack.envoy.url(path)).header(name, value);
+    request.send().await.expect("GET through Envoy")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_that_varies_is_a_hit_only_for_the_same_request_values() {
+    let stack = Stack::start().await;
+    let body = samples::clean_sample(30_000);
+    let headers = [("etag", "\"v1\""), ("vary", "Accept-Encoding")];
+    stack.upstream.put_file_with_headers("varies.bin", body.clone(), &headers);
+    let get = |encoding: &'static str| get_with(&stack, "/mirror/varies.bin", "accept-encoding", encoding);
+
+    assert_eq!(get("gzip").await.status(), 200);
+    let bodies = stack.messages("response_body").await;
+    assert!(bodies >= 1.0);
+    assert_eq!(get("gzip").await.status(), 200);
+    assert_eq!(stack.messages("response_body").await, bodies, "the same Accept-Encoding is a hit");
+
+    let response = get("identity").await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(sha256_hex(&response.bytes().await.expect("body")), sha256_hex(&body));
+    assert!(
+        stack.messages("response_body").await > bodies,
+        "another Accept-Encoding must not be answered by the gzip request's entry"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_with_vary_star_is_never_stored_by_resource() {
+    let stack = Stack::start().await;
+    let headers = [("etag", "\"v1\""), ("vary", "*")];
+    stack.upstream.put_file_with_headers("star.bin", samples::clean_sample(20_000), &headers);
+    let mut seen = 0.0;
+    for _ in 0..2 {
+        assert_eq!(stack.get("/mirror/star.bin").await.status(), 200);
+        let now = stack.messages("response_body").await;
+        assert!(now > seen, "each download carries its body to clamgate");
+        seen = now;
+    }
+    let hits = r#"clamgate_cache_lookups_total{key="resource",tier="memory",result="hit"}"#;
+    assert_eq!(stack.clamgate.metric(hits).await, 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_verified_hit_of_an_encoded_body_compares_the_bytes_as_received() {
+    use std::io::Write;
+    let stack = Stack::start_with(|config| {
+        if let Some(mirror) = config.policies.get_mut("mirror") {
+            mirror.verify_resource_hits = true;
+        }
+    })
+    .await;
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    encoder.write_all(&samples::clean_sample(200_000)).expect("gzip");
+    let gzipped = encoder.finish().expect("gzip");
+    let headers = [("etag", "\"gz\""), ("content-encoding", "gzip")];
+    stack.upstream.put_file_with_headers("tool.gz", gzipped.clone(), &headers);
+    for _ in 0..2 {
+        let response = stack.get("/mirror/tool.gz").await;
+        assert_eq!(response.status(), 200, "{}", stack.envoy.logs());
+        assert_eq!(sha256_hex(&response.bytes().await.expect("body")), sha256_hex(&gzipped));
+    }
+    assert_eq!(stack.clamd_scans().await, 1.0, "the second download was a hit");
+    let result = |result: &str| format!("clamgate_resource_hit_verifications_total{{result=\"{result}\"}}");
+    assert_eq!(stack.clamgate.metric(&result("match")).await, 1.0, "the encoded bytes match the entry");
+    assert_eq!(stack.clamgate.metric(&result("mismatch")).await, 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_verified_hit_whose_bytes_changed_under_the_same_etag_invalidates_the_entry() {
+    let stack = Stack::start_with(|config| {
+        if let Some(mirror) = config.policies.get_mut("mirror") {
+            mirror.verify_resource_hits = true;
+        }
+    })
+    .await;
+    let verifications =
+        |result: &str| format!("clamgate_resource_hit_verifications_total{{result=\"{result}\"}}");
+    let original = samples::clean_sample(300_000);
+    stack.upstream.put_file_with_headers("tool.bin", original.clone(), &[("etag", "\"v1\"")]);
+    assert_eq!(stack.get("/mirror/tool.bin").await.status(), 200);
+    assert_eq!(stack.clamd_scans().await, 1.0);
+
+    // A hit: the body streams back through clamgate, unscanned, and matches the entry.
+    let response = stack.get("/mirror/tool.bin").await;
+    assert_eq!(response.status(), 200, "{}", stack.envoy.logs());
+    assert_eq!(verdict_header(&response).as_deref(), Some("clean"));
+    assert_eq!(sha256_hex(&response.bytes().await.expect("body")), sha256_hex(&original));
+    assert_eq!(stack.clamd_scans().await, 1.0, "a hit is not scanned");
+    assert_eq!(stack.clamgate.metric(&verifications("match")).await, 1.0);
+
+    // The origin now serves other bytes under the same ETag (a same-size replace within a second,
+    // or a hostile origin). The first client gets them: detection, not prevention.
+    stack.upstream.put_file_with_headers("tool.bin", samples::eicar(), &[("etag", "\"v1\"")]);
+    let response = stack.get("/mirror/tool.bin").await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(sha256_hex(&response.bytes().await.expect("body")), sha256_hex(&samples::eicar()));
+    assert_eq!(stack.clamgate.metric(&verifications("mismatch")).await, 1.0);
+
+    // The entry is gone: the next request is scanned, and blocked.
+    let response = stack.get("/mirror/tool.bin").await;
+    assert_eq!(response.status(), 409);
+    assert_eq!(stack.clamd_scans().await, 2.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

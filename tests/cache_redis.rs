@@ -9,7 +9,7 @@ mod support;
 
 use clamgate::cache::{
     decode_entry, decode_resource, CacheEntry, CacheError, CachedVerdict, ContentKey, DecodeError, Hit,
-    LockAttempt, ResourceEntry, ResourceKey, Tier, VerdictCache,
+    LockAttempt, ResourceEntry, ResourceId, Tier, VaryRecord, VerdictCache,
 };
 use clamgate::config::CacheConfig;
 use std::time::{Duration, Instant};
@@ -248,7 +248,12 @@ async fn starts_without_redis_and_uses_it_once_it_appears() {
 }
 
 fn resource(validator: &str, entry: CacheEntry) -> ResourceEntry {
-    ResourceEntry { validator: validator.to_string(), content: ContentKey::of(b"abc"), entry }
+    ResourceEntry {
+        validator: validator.to_string(),
+        vary: VaryRecord::none(),
+        content: ContentKey::of(b"abc"),
+        entry,
+    }
 }
 
 async fn raw_get(redis: &RedisProcess, name: &str) -> Option<Vec<u8>> {
@@ -348,7 +353,7 @@ async fn with_redis_stopped_the_memory_tier_still_answers_what_it_has() {
     let mut redis = RedisProcess::start();
     let cache = tiered(&redis, 300);
     let (known, unknown) = (ContentKey::of(b"seen before"), ContentKey::of(b"never seen"));
-    let resource_key = ResourceKey::new("example.org", "/seen");
+    let resource_key = ResourceId::new("http", "example.org", 80, "/seen").key();
     cache.put(&known, &infected()).await.expect("put");
     cache.put_resource(&resource_key, &resource("immutable", clean())).await.expect("put_resource");
 
@@ -381,18 +386,18 @@ async fn resource_entries_round_trip_with_the_documented_key_and_value() {
     let redis = RedisProcess::start();
     let writer = VerdictCache::from_config(&config(&redis.url(), "clamgate-test:")).expect("from_config");
     let reader = tiered(&redis, 300);
-    let key = ResourceKey::new("Example.ORG", "/a?b=1");
+    let key = ResourceId::from_request("https", "Example.ORG", "/a?b=1").expect("identity").key();
     let entry = resource("etag:\"abc\"", infected());
 
     assert_eq!(reader.lookup_resource(&key).await.expect("lookup"), None);
     writer.put_resource(&key, &entry).await.expect("put_resource");
 
-    // printf 'example.org\n/a?b=1' | sha256sum
-    let name = "clamgate-test:v1:resource:99f102d50edb1f4627ce22f2458c2c90678fa1ef34451266400d99bb79c6ac0f";
+    // printf 'clamgate-resource-v2\nhttps\nexample.org\n443\n/a?b=1' | sha256sum
+    let name = "clamgate-test:v2:resource:83da673cd5487561aa378b6b0436afb9c6a8848e3ee630974720df90c671d334";
     let value = raw_get(&redis, name).await.expect("the resource entry is in Redis");
     assert_eq!(
         String::from_utf8_lossy(&value),
-        r#"{"v":1,"validator":"etag:\"abc\"","sha256":"ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad","verdict":"infected","signature":"Eicar-Test-Signature","engine_version":"1.4.6","database_version":null,"scanned_at_unix_secs":1767225600}"#
+        r#"{"v":2,"validator":"etag:\"abc\"","vary":[],"vary_sha256":"e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855","sha256":"ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad","verdict":"infected","signature":"Eicar-Test-Signature","engine_version":"1.4.6","database_version":null,"scanned_at_unix_secs":1767225600}"#
     );
     assert_eq!(decode_resource(&value).expect("decode"), entry);
     let mut raw_connection = raw(&redis).await;
@@ -414,6 +419,11 @@ async fn resource_entries_round_trip_with_the_documented_key_and_value() {
         writer.lookup_resource(&key).await.expect("lookup"),
         Some(Hit { value: newer, tier: Tier::Redis })
     );
+    // A verified hit that did not match deletes the entry from both tiers.
+    writer.delete_resource(&key).await.expect("delete_resource");
+    assert_eq!(raw_get(&redis, name).await, None, "deleted from Redis");
+    assert_eq!(writer.lookup_resource(&key).await.expect("lookup"), None, "and from memory");
+    writer.delete_resource(&key).await.expect("deleting an absent entry is no error");
     // A content entry and a resource entry never read each other's values.
     raw_set(&redis, name, &clamgate::cache::encode_entry(&clean())).await;
     assert!(matches!(writer.lookup_resource(&key).await, Err(CacheError::Decode(_))));
@@ -534,7 +544,7 @@ async fn acl_user_and_password_from_the_config_override_the_url() {
     assert_eq!(cache.get(&key).await.expect("get as the ACL user"), None);
     cache.put(&key, &infected()).await.expect("put");
     assert_eq!(cache.get(&key).await.expect("get"), Some(infected()));
-    let resource_key = ResourceKey::new("example.org", "/x");
+    let resource_key = ResourceId::new("http", "example.org", 80, "/x").key();
     cache.put_resource(&resource_key, &resource("immutable", clean())).await.expect("put_resource");
     let LockAttempt::Acquired(token) =
         cache.try_lock("content:x", Duration::from_secs(5)).await.expect("try_lock")

@@ -8,8 +8,8 @@
 mod support;
 
 use clamgate::cache::{
-    CacheEntry, CacheError, CachedVerdict, ContentKey, Hit, LockAttempt, ResourceEntry, ResourceKey, Tier,
-    VerdictCache,
+    CacheEntry, CacheError, CachedVerdict, ContentKey, Hit, LockAttempt, ResourceEntry, ResourceId, Tier,
+    VaryRecord, VerdictCache,
 };
 use clamgate::config::CacheConfig;
 use std::time::{Duration, Instant};
@@ -89,8 +89,13 @@ async fn entries_and_locks_round_trip_over_tls_with_the_configured_ca() {
         Some(Hit { value: infected(), tier: Tier::Redis })
     );
 
-    let resource_key = ResourceKey::new("example.org", "/x.iso");
-    let resource = ResourceEntry { validator: "immutable".to_string(), content: key, entry: infected() };
+    let resource_key = ResourceId::new("https", "example.org", 443, "/x.iso").key();
+    let resource = ResourceEntry {
+        validator: "immutable".to_string(),
+        vary: VaryRecord::none(),
+        content: key,
+        entry: infected(),
+    };
     writer.put_resource(&resource_key, &resource).await.expect("put_resource");
     let hit = reader.lookup_resource(&resource_key).await.expect("lookup_resource");
     assert_eq!(hit, Some(Hit { value: resource, tier: Tier::Redis }));

@@ -432,25 +432,31 @@ async fn a_policy_name_that_is_not_a_plain_name_fails_closed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn report_only_lets_a_known_infected_resource_through_and_says_so() {
-    let stack = Stack::start_with(|config| {
-        if let Some(mirror) = config.policies.get_mut("mirror") {
-            mirror.report_only = true;
+    // Both kinds of resource entry: one tied to an ETag (checked at the response headers), and
+    // one for an immutable upstream (no validator: decided at the request headers, where a body
+    // answer was a spurious message to Envoy: 500).
+    for (immutable, headers) in [(true, vec![]), (false, vec![("etag", "\"bad\"")])] {
+        let stack = Stack::start_with(|config| {
+            if let Some(mirror) = config.policies.get_mut("mirror") {
+                mirror.report_only = true;
+                mirror.immutable = immutable;
+            }
+        })
+        .await;
+        stack.upstream.put_file_with_headers("bad.exe", samples::eicar(), &headers);
+        for attempt in ["scanned", "resource hit"] {
+            let response = stack.get("/mirror/bad.exe").await;
+            assert_eq!(response.status(), 200, "immutable {immutable}, {attempt}: {}", stack.envoy.logs());
+            assert_eq!(verdict_header(&response).as_deref(), Some("infected"), "{attempt}");
+            assert_eq!(response.bytes().await.expect("body"), samples::eicar(), "{attempt}");
         }
-    })
-    .await;
-    stack.upstream.put_file_with_headers("bad.exe", samples::eicar(), &[("etag", "\"bad\"")]);
-    for attempt in ["scanned", "resource hit"] {
-        let response = stack.get("/mirror/bad.exe").await;
-        assert_eq!(response.status(), 200, "{attempt}: {}", stack.envoy.logs());
-        assert_eq!(verdict_header(&response).as_deref(), Some("infected"), "{attempt}");
-        assert_eq!(response.bytes().await.expect("body"), samples::eicar(), "{attempt}");
+        let hits = r#"clamgate_cache_lookups_total{key="resource",tier="memory",result="hit"}"#;
+        assert_eq!(stack.clamgate.metric(hits).await, 1.0, "the second request was a resource hit");
+        assert_eq!(stack.upstream.hits("/mirror/bad.exe"), 2, "report_only: the request went on");
+        // The body that went on was scanned (from the content cache): each delivery is counted.
+        let infected = r#"clamgate_verdicts_total{source="response",verdict="infected"}"#;
+        assert_eq!(stack.clamgate.metric(infected).await, 2.0, "immutable {immutable}");
     }
-    let hits = r#"clamgate_cache_lookups_total{key="resource",tier="memory",result="hit"}"#;
-    assert_eq!(stack.clamgate.metric(hits).await, 1.0, "the second request was a resource hit");
-    assert_eq!(stack.upstream.hits("/mirror/bad.exe"), 2, "report_only: the request went on");
-    // The body that went on was scanned (from the content cache): each delivery is counted.
-    let infected = r#"clamgate_verdicts_total{source="response",verdict="infected"}"#;
-    assert_eq!(stack.clamgate.metric(infected).await, 2.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -51,8 +51,15 @@ struct Clamgate {
 
 impl Clamgate {
     async fn start() -> Clamgate {
+        Clamgate::start_with(|_| {}).await
+    }
+
+    /// Starts clamgate with its test config adjusted by `adjust`.
+    async fn start_with(adjust: impl FnOnce(&mut clamgate::config::Config)) -> Clamgate {
         let clamd = tokio::task::spawn_blocking(ClamdProcess::start).await.expect("clamd");
-        let instance = ClamgateInstance::start_ready(test_config(&clamd.address())).await;
+        let mut config = test_config(&clamd.address());
+        adjust(&mut config);
+        let instance = ClamgateInstance::start_ready(config).await;
         Clamgate { instance, _clamd: clamd }
     }
 
@@ -593,4 +600,55 @@ async fn control_trailers_are_removed_in_buffered_and_full_duplex_modes() {
     let answer = envoy.next_within(ANSWER_WITHIN).await;
     assert_eq!(streamed_piece(&answer, Side::Response), (&b"clean download"[..], false));
     assert_eq!(removed_trailers(&envoy.next_within(ANSWER_WITHIN).await, Side::Response), expected);
+}
+
+// --- Resource keys -----------------------------------------------------------------------------
+
+/// A GET for `/pkg.bin` on `mirror.example` over `scheme`, as Envoy sends it (no body).
+fn get_over(scheme: &str) -> Request {
+    Request::RequestHeaders(headers(
+        &[(":method", "GET"), (":scheme", scheme), (":authority", "mirror.example"), (":path", "/pkg.bin")],
+        true,
+    ))
+}
+
+/// Whether the answer to a download's request headers switches its response to FULL_DUPLEX: a
+/// body to scan. A known-clean resource's answer leaves it BUFFERED, to pass unbuffered later.
+fn streams_the_response(answer: &ProcessingResponse) -> bool {
+    headers_answer(answer, Side::Request);
+    answer
+        .mode_override
+        .as_ref()
+        .is_some_and(|mode| mode.response_body_mode == BodySendMode::FullDuplexStreamed as i32)
+}
+
+// Envoy sends `:scheme: https` for a download on a TLS listener; the test Envoy has none (it would
+// need certificates in the shipped config), so this client sends it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_and_https_downloads_of_one_path_do_not_share_a_resource_entry() {
+    let clamgate = Clamgate::start_with(|config| {
+        config.policy.cache_mode = clamgate::config::CacheMode::Resource;
+    })
+    .await;
+    // Over http: scanned, and stored by resource.
+    let mut envoy = clamgate.stream(first(get_over("http"), BodySendMode::Buffered)).await;
+    assert!(streams_the_response(&envoy.next_within(ANSWER_WITHIN).await), "a miss is scanned");
+    let response_headers = [(":status", "200"), ("etag", "\"v1\""), ("content-length", "300000")];
+    envoy.send(later(Request::ResponseHeaders(headers(&response_headers, false)))).await;
+    envoy.expect_silence(SILENCE).await;
+    let body = samples::clean_sample(300_000);
+    send_held_body(&mut envoy, Side::Response, &body).await;
+    let common = headers_answer(&envoy.next_within(ANSWER_WITHIN).await, Side::Response);
+    assert_eq!(set_header(&common, "x-clamgate-verdict").as_deref(), Some("clean"));
+    assert!(envoy.body_back(Side::Response).await == body);
+    envoy.close();
+
+    // Over https, the same host and path: not the http entry's to vouch for.
+    let mut envoy = clamgate.stream(first(get_over("https"), BodySendMode::Buffered)).await;
+    assert!(streams_the_response(&envoy.next_within(ANSWER_WITHIN).await), "https must not hit http's entry");
+    envoy.close();
+    // Over http again: the entry is there.
+    let mut envoy = clamgate.stream(first(get_over("http"), BodySendMode::Buffered)).await;
+    assert!(!streams_the_response(&envoy.next_within(ANSWER_WITHIN).await), "http hits its own entry");
+    envoy.close();
 }

@@ -3,7 +3,9 @@
 
 mod support;
 
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use clamgate::config::{CacheMode, Config};
 use clamgate::metrics::{Metrics, Source};
@@ -235,4 +237,63 @@ async fn two_instances_share_verdicts_through_a_redis_cluster() {
         "{text}"
     );
     drop(clamd);
+}
+
+/// INSTREAM scans clamd is running now, from its `STATS` report (a tab-indented line per job).
+fn clamd_scans_running(clamd: &ClamdProcess) -> usize {
+    clamd.stats().lines().filter(|line| line.starts_with("\tINSTREAM")).count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abandoned_scan_keeps_its_clamd_slot_until_clamd_is_done() {
+    // clamd goes on scanning a body after its client has gone: the slot must stay taken, or
+    // clamgate runs more scans in clamd than clamd.max_concurrent_scans.
+    let clamd =
+        Arc::new(tokio::task::spawn_blocking(ClamdProcess::start_for_large_bodies).await.expect("clamd"));
+    let mut config = test_config(&clamd.address());
+    config.clamd.max_concurrent_scans = 1;
+    config.scan.timeout_ms = 300;
+    config.scan.timeout_per_mib_ms = 0;
+    let (scanner, metrics) = scanner(&config);
+
+    // The most scans clamd ran at once, sampled until the test ends.
+    let peak = Arc::new(AtomicUsize::new(0));
+    let done = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let (clamd, peak, done) = (clamd.clone(), peak.clone(), done.clone());
+        tokio::task::spawn_blocking(move || {
+            while !done.load(Ordering::Relaxed) {
+                peak.fetch_max(clamd_scans_running(&clamd), Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        })
+    };
+    let timeout = Verdict::Unscanned { reason: UnscannedReason::Timeout };
+
+    // Seconds of clamd work in a ~1 MiB body: clamgate gives up after 300 ms.
+    let first = scanner.scan_body(&samples::slow_scan_gzip(150, 1), &[], Source::api, CacheMode::Off).await;
+    assert_eq!(first.verdict, timeout);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while clamd_scans_running(&clamd) == 0 {
+        assert!(Instant::now() < deadline, "clamd is not scanning the abandoned body");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // The only slot is still taken by the abandoned scan: this one cannot reach clamd before
+    // its own deadline.
+    let second = scanner.scan_body(&samples::slow_scan_gzip(150, 2), &[], Source::api, CacheMode::Off).await;
+    assert_eq!(second.verdict, timeout);
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let abandoned = r#"clamgate_clamd_abandoned_scans_total{outcome="replied"}"#;
+    while clamd_scans_running(&clamd) > 0 || metric_value(&metrics.encode(), abandoned) < 1.0 {
+        assert!(Instant::now() < deadline, "the abandoned scan did not end");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The slot came back: nothing leaked.
+    let third = scanner.scan_body(&samples::clean_sample(1000), &[], Source::api, CacheMode::Off).await;
+    assert_eq!(third.verdict, Verdict::Clean);
+    done.store(true, Ordering::Relaxed);
+    sampler.await.expect("sampler");
+    assert_eq!(peak.load(Ordering::Relaxed), 1, "clamd ran more scans at once than max_concurrent_scans");
+    assert_eq!(metric_value(&metrics.encode(), abandoned), 1.0);
 }

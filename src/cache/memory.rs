@@ -83,6 +83,14 @@ impl MemoryCache {
         self.put_at(Key::Resource(*key), Value::Resource(entry.clone()), Instant::now())
     }
 
+    /// Removes the resource entry under `key`, if any.
+    pub fn remove_resource(&self, key: &ResourceKey) {
+        let mut lru = self.lock();
+        if let Some(slot) = lru.slots.remove(&Key::Resource(*key)) {
+            lru.recency.remove(&slot.last_used);
+        }
+    }
+
     /// How long an entry is kept.
     pub fn ttl(&self) -> Duration {
         self.ttl
@@ -196,8 +204,17 @@ mod tests {
         }
     }
 
+    fn rkey(host: &str, path: &str) -> ResourceKey {
+        crate::cache::ResourceId::new("http", host, 80, path).key()
+    }
+
     fn resource(n: u8) -> ResourceEntry {
-        ResourceEntry { validator: format!("etag:\"{n}\""), content: key(n), entry: entry(u64::from(n)) }
+        ResourceEntry {
+            validator: format!("etag:\"{n}\""),
+            vary: crate::cache::VaryRecord::none(),
+            content: key(n),
+            entry: entry(u64::from(n)),
+        }
     }
 
     #[test]
@@ -285,34 +302,38 @@ mod tests {
     #[test]
     fn resource_entries_live_beside_content_entries() {
         let cache = MemoryCache::new(10, TTL);
-        let resource_key = ResourceKey::new("example.org", "/a");
+        let resource_key = rkey("example.org", "/a");
         assert_eq!(cache.get_resource(&resource_key), None);
         cache.put_resource(&resource_key, &resource(1));
         cache.put(&key(1), &entry(7));
         assert_eq!(cache.get_resource(&resource_key), Some(resource(1)));
         assert_eq!(cache.get(&key(1)), Some(entry(7)));
-        assert_eq!(cache.get_resource(&ResourceKey::new("example.org", "/b")), None);
+        assert_eq!(cache.get_resource(&rkey("example.org", "/b")), None);
         cache.put_resource(&resource_key, &resource(2));
         assert_eq!(cache.get_resource(&resource_key), Some(resource(2)));
         assert_eq!(cache.len(), 2);
+        cache.remove_resource(&resource_key);
+        cache.remove_resource(&rkey("example.org", "/b"));
+        assert_eq!(cache.get_resource(&resource_key), None, "removed");
+        assert_eq!((cache.get(&key(1)), cache.len()), (Some(entry(7)), 1), "content entries stay");
     }
 
     #[test]
     fn resource_and_content_entries_share_the_bound() {
         let cache = MemoryCache::new(2, TTL);
         cache.put(&key(1), &entry(1));
-        cache.put_resource(&ResourceKey::new("h", "/1"), &resource(1));
-        cache.put_resource(&ResourceKey::new("h", "/2"), &resource(2));
+        cache.put_resource(&rkey("h", "/1"), &resource(1));
+        cache.put_resource(&rkey("h", "/2"), &resource(2));
         assert_eq!(cache.len(), 2);
         assert_eq!(cache.get(&key(1)), None, "the oldest entry, of either kind, is evicted");
-        assert_eq!(cache.get_resource(&ResourceKey::new("h", "/2")), Some(resource(2)));
+        assert_eq!(cache.get_resource(&rkey("h", "/2")), Some(resource(2)));
     }
 
     #[test]
     fn resource_entries_expire_too() {
         let cache = MemoryCache::new(10, TTL);
         let t0 = Instant::now();
-        let resource_key = ResourceKey::new("h", "/x");
+        let resource_key = rkey("h", "/x");
         cache.put_at(Key::Resource(resource_key), Value::Resource(resource(1)), t0);
         assert!(cache.get_at(&Key::Resource(resource_key), t0 + TTL - Duration::from_millis(1)).is_some());
         assert!(cache.get_at(&Key::Resource(resource_key), t0 + TTL).is_none());
@@ -322,7 +343,7 @@ mod tests {
     fn a_zero_ttl_stores_nothing() {
         let cache = MemoryCache::new(10, Duration::ZERO);
         cache.put(&key(1), &entry(1));
-        cache.put_resource(&ResourceKey::new("h", "/x"), &resource(1));
+        cache.put_resource(&rkey("h", "/x"), &resource(1));
         assert!(cache.is_empty());
         assert_eq!(cache.get(&key(1)), None);
     }

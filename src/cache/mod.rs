@@ -7,8 +7,9 @@
 //! signature-database versions that produced them ([`CacheEntry`]), under two kinds of key:
 //! - the SHA-256 of the body as received, or for an encoded body a key derived from it and the
 //!   encoding list (`scanner::encoded_content_key`) ([`ContentKey`]);
-//! - a resource, host + path and query ([`ResourceKey`]), whose [`ResourceEntry`] also holds the
-//!   caller's validator (ETag, Last-Modified...) and the content key of the body scanned.
+//! - a resource, scheme + host + port + path and query ([`ResourceId`], [`ResourceKey`]), whose
+//!   [`ResourceEntry`] also holds the caller's validator (ETag, Last-Modified...), the request
+//!   headers the response varied on ([`VaryRecord`]) and the content key of the body scanned.
 //!
 //! Deciding whether a `Clean` entry from an older database, or a resource entry with another
 //! validator, is still good enough is the scanner's job, not the cache's.
@@ -46,13 +47,13 @@
 //! # Redis key format
 //! ```text
 //! {key_prefix}v1:content:{sha256 hex of the body}
-//! {key_prefix}v1:resource:{sha256 hex of host "\n" path_and_query}
+//! {key_prefix}v2:resource:{sha256 hex of the resource identity, see ResourceKey}
 //! {key_prefix}v1:lock:{object}
 //! clamgate:v1:content:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad
 //! ```
 //! `key_prefix` is `cache.key_prefix` (default `clamgate:`); hex digests are 64 lowercase digits;
 //! `object` is the caller's name for what is being scanned (e.g. `content:{sha256 hex}`). `v1` is
-//! the version of the key scheme. Every operation touches a single key, so the layout works
+//! the version of the key scheme (`v2` for resource keys, which gained scheme, port and Vary). Every operation touches a single key, so the layout works
 //! unchanged on Redis Cluster. Entries are written with `SET key value EX cache.ttl_secs`; a lock's
 //! value is a random token (32 hex digits).
 //!
@@ -63,7 +64,7 @@
 //! ```text
 //! {"v":1,"verdict":"clean","engine_version":"1.4.6","database_version":27000,"scanned_at_unix_secs":1767225600}
 //! {"v":1,"verdict":"infected","signature":"Eicar-Test-Signature","engine_version":"1.4.6","database_version":27000,"scanned_at_unix_secs":1767225600}
-//! {"v":1,"validator":"etag:\"abc\"","sha256":"ba78...15ad","verdict":"clean","engine_version":"1.4.6","database_version":27000,"scanned_at_unix_secs":1767225600}
+//! {"v":2,"validator":"etag:\"abc\"","vary":[],"vary_sha256":"e3b0...b855","sha256":"ba78...15ad","verdict":"clean","engine_version":"1.4.6","database_version":27000,"scanned_at_unix_secs":1767225600}
 //! ```
 //! `database_version` may be `null`. A value with another `v`, an unknown field or any other
 //! defect fails to decode ([`CacheError::Decode`]), so during a rolling upgrade an older instance
@@ -80,7 +81,8 @@ pub use self::entry::{
 pub use self::memory::MemoryCache;
 pub use self::redis::RedisCache;
 pub use self::resource::{
-    decode_resource, encode_resource, ResourceEntry, ResourceKey, RESOURCE_FORMAT_VERSION,
+    decode_resource, encode_resource, vary_names, ResourceEntry, ResourceId, ResourceKey, VaryRecord,
+    RESOURCE_FORMAT_VERSION,
 };
 
 use crate::config::CacheConfig;
@@ -308,6 +310,17 @@ impl VerdictCache {
         }
     }
 
+    /// Removes the resource entry under `key` from both tiers (a verified hit whose bytes did not
+    /// match it). An error means Redis did not take the delete: its entry may live on until its
+    /// TTL, and another instance's memory tier keeps its copy up to `cache.memory_ttl_secs`.
+    pub async fn delete_resource(&self, key: &ResourceKey) -> Result<(), CacheError> {
+        self.memory.remove_resource(key);
+        match &self.redis {
+            Some(redis) => redis.delete_resource(key).await,
+            None => Ok(()),
+        }
+    }
+
     /// Tries to take the cross-instance lock on `object` for `ttl` (at least 1 ms): `Acquired`
     /// with the token to unlock it, `HeldElsewhere` if another holds it, `Local` without Redis.
     /// An error (Redis away or slow, within `cache.redis_timeout_ms`) means nobody can say: the
@@ -367,9 +380,10 @@ pub(crate) fn content_redis_key(key_prefix: &str, key: &ContentKey) -> String {
     format!("{key_prefix}v1:content:{}", key.hex())
 }
 
-/// The Redis key of a resource entry: `{key_prefix}v1:resource:{sha256 hex}`.
+/// The Redis key of a resource entry: `{key_prefix}v2:resource:{sha256 hex}` (v1 keys hashed host
+/// and path only; they are never read).
 pub(crate) fn resource_redis_key(key_prefix: &str, key: &ResourceKey) -> String {
-    format!("{key_prefix}v1:resource:{}", key.hex())
+    format!("{key_prefix}v2:resource:{}", key.hex())
 }
 
 /// The Redis key of the lock on `object`: `{key_prefix}v1:lock:{object}`.
@@ -393,6 +407,7 @@ mod tests {
     fn resource() -> ResourceEntry {
         ResourceEntry {
             validator: "etag:\"v1\"".to_string(),
+            vary: VaryRecord::none(),
             content: ContentKey::of(b"abc"),
             entry: entry(),
         }
@@ -430,11 +445,11 @@ mod tests {
 
     #[test]
     fn resource_and_lock_key_formats() {
-        // printf 'example.org\n/a?b=1' | sha256sum
-        let key = ResourceKey::new("example.org", "/a?b=1");
+        // printf 'clamgate-resource-v2\nhttps\nexample.org\n443\n/a?b=1' | sha256sum
+        let key = ResourceId::new("https", "example.org", 443, "/a?b=1").key();
         assert_eq!(
             resource_redis_key("clamgate:", &key),
-            "clamgate:v1:resource:99f102d50edb1f4627ce22f2458c2c90678fa1ef34451266400d99bb79c6ac0f"
+            "clamgate:v2:resource:83da673cd5487561aa378b6b0436afb9c6a8848e3ee630974720df90c671d334"
         );
         assert_eq!(lock_redis_key("clamgate:", "content:ab12"), "clamgate:v1:lock:content:ab12");
     }
@@ -612,11 +627,13 @@ mod tests {
     #[tokio::test]
     async fn memory_only_resource_entries_and_local_locks() {
         let Ok(cache) = VerdictCache::from_config(&CacheConfig::default()) else { panic!("memory cache") };
-        let key = ResourceKey::new("example.org", "/file.iso");
+        let key = ResourceId::new("http", "example.org", 80, "/file.iso").key();
         assert_eq!(cache.lookup_resource(&key).await.ok(), Some(None));
         assert!(cache.put_resource(&key, &resource()).await.is_ok());
         let hit = cache.lookup_resource(&key).await.ok().flatten();
         assert_eq!(hit, Some(Hit { value: resource(), tier: Tier::Memory }));
+        assert!(cache.delete_resource(&key).await.is_ok());
+        assert_eq!(cache.lookup_resource(&key).await.ok(), Some(None), "deleted");
 
         let attempt = cache.try_lock("content:x", Duration::from_secs(30)).await.ok();
         assert_eq!(attempt, Some(LockAttempt::Local));
@@ -653,7 +670,7 @@ mod tests {
         assert!(put.as_ref().is_err_and(CacheError::is_unavailability), "{put:?}");
         let hit = cache.lookup(&key).await;
         assert_eq!(hit.ok().flatten(), Some(Hit { value: entry(), tier: Tier::Memory }));
-        let resource_key = ResourceKey::new("example.org", "/a");
+        let resource_key = ResourceId::new("http", "example.org", 80, "/a").key();
         assert!(cache.put_resource(&resource_key, &resource()).await.is_err());
         let hit = cache.lookup_resource(&resource_key).await;
         assert_eq!(hit.ok().flatten(), Some(Hit { value: resource(), tier: Tier::Memory }));

@@ -193,6 +193,14 @@ impl RedisCache {
         self.set_bytes(resource_redis_key(&self.key_prefix, key), encode_resource(entry)).await
     }
 
+    /// Deletes the resource entry under `key` (`DEL`); deleting an absent entry is not an error.
+    pub async fn delete_resource(&self, key: &ResourceKey) -> Result<(), CacheError> {
+        let mut cmd = redis::cmd("DEL");
+        cmd.arg(resource_redis_key(&self.key_prefix, key));
+        let _deleted: i64 = self.call(&cmd).await?;
+        Ok(())
+    }
+
     /// `SET {prefix}v1:lock:{object} <token> NX PX <ttl ms>`: `Acquired` with a fresh random
     /// token, or `HeldElsewhere` when the key exists.
     pub async fn try_lock(&self, object: &str, ttl: Duration) -> Result<LockAttempt, CacheError> {

@@ -10,6 +10,7 @@
 //! [`ScanReply`] maps to a [`Verdict`](crate::verdict::Verdict) with [`ScanReply::into_verdict`].
 
 pub mod protocol;
+pub mod selftest;
 
 pub use protocol::{parse_scan_reply, parse_version, ProtocolError, ScanReply};
 
@@ -280,7 +281,9 @@ impl ClamdClient {
 /// - `send` fails only with `Timeout { phase: "write" }`, when a write does not complete in time
 ///   (clamd alive but not reading). The connection then holds a partial chunk and is useless:
 ///   later `send` calls and `finish` return the same error.
-/// - Dropping the scan without `finish` closes the connection; clamd discards the body.
+/// - Dropping the scan before [`end`](Self::end) (or `finish`) closes the connection and clamd
+///   discards the body without scanning it (measured with clamd 1.4.6: no scan thread is taken).
+///   After `end`, clamd scans the body to its end whatever happens to the connection.
 #[derive(Debug)]
 pub struct InstreamScan {
     conn: Connection,
@@ -343,7 +346,7 @@ impl InstreamScan {
     }
 
     /// Ends the body (unless clamd already stopped reading) and reads clamd's reply within the
-    /// reply timeout, up to the first `\0` or `\n`, or to end of file.
+    /// reply timeout: [`end`](Self::end), then [`PendingReply::read`].
     ///
     /// - `Ok(reply)` whenever clamd sent anything, including after a failed write: past
     ///   `StreamMaxLength` this is [`ScanReply::SizeLimitExceeded`]. A reply cut short by end of
@@ -352,7 +355,18 @@ impl InstreamScan {
     /// - `Err(ClosedWithoutReply)` when clamd closed without a word (shutdown, temp file failure).
     /// - `Err(Timeout { phase })` when the terminator could not be written (`"write"`) or no
     ///   reply came (`"reply"`) in time.
-    pub async fn finish(mut self) -> Result<ScanReply, ClamdError> {
+    pub async fn finish(self) -> Result<ScanReply, ClamdError> {
+        let limit = self.timeouts.reply;
+        self.end().await?.read(limit).await
+    }
+
+    /// Ends the body (unless clamd already stopped reading): from here on clamd scans it, and
+    /// goes on scanning even if the connection is closed (clamd 1.4 does not notice a client
+    /// that leaves). The reply is read from the returned [`PendingReply`].
+    ///
+    /// `Err(Timeout { phase: "write" })` when the terminator could not be written in time (or an
+    /// earlier write timed out): the body never ended, so clamd is not scanning it.
+    pub async fn end(mut self) -> Result<PendingReply, ClamdError> {
         match self.state {
             SendState::Open => {
                 match timeout_write(&mut self.conn, &protocol::INSTREAM_END, self.timeouts.write).await {
@@ -364,7 +378,25 @@ impl InstreamScan {
             SendState::StoppedReading => {}
             SendState::TimedOut => return Err(ClamdError::Timeout { phase: "write" }),
         }
-        let raw = read_reply_within(&mut self.conn, self.timeouts.reply).await?;
+        Ok(PendingReply { conn: self.conn })
+    }
+}
+
+/// A connection on which clamd has the whole body and is scanning it (or has answered).
+///
+/// Dropping it closes the connection, but clamd finishes the scan all the same: whoever limits
+/// concurrent scans should keep counting this one until [`read`](Self::read) returns.
+#[derive(Debug)]
+pub struct PendingReply {
+    conn: Connection,
+}
+
+impl PendingReply {
+    /// Reads clamd's reply within `limit`, with the rules of [`InstreamScan::finish`]. When it
+    /// returns, clamd is done with the scan: it has replied, or closed the connection (or, on
+    /// `Timeout`, not answered within `limit`).
+    pub async fn read(mut self, limit: Duration) -> Result<ScanReply, ClamdError> {
+        let raw = read_reply_within(&mut self.conn, limit).await?;
         let reply = parse_scan_reply(&raw.bytes);
         if reply == ScanReply::Clean && !raw.terminated {
             return Ok(ScanReply::Unknown { raw: String::from_utf8_lossy(&raw.bytes).into_owned() });

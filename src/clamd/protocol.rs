@@ -265,6 +265,20 @@ mod tests {
     }
 
     #[test]
+    fn settings_self_test_replies_are_unscanned_not_infected() {
+        // clamd 1.4.6's answers to the health probe's self-test bodies (src/clamd/selftest.rs)
+        // with `AlertEncrypted yes` and `AlertExceedsMax yes`, byte for byte.
+        let encrypted = parse_scan_reply(b"stream: Heuristics.Encrypted.Zip FOUND\0");
+        assert_eq!(encrypted, found("Heuristics.Encrypted.Zip"));
+        assert_eq!(encrypted.into_verdict(), Verdict::Unscanned { reason: UnscannedReason::Encrypted });
+        let nested = parse_scan_reply(b"stream: Heuristics.Limits.Exceeded.MaxRecursion FOUND\0");
+        assert_eq!(nested, found("Heuristics.Limits.Exceeded.MaxRecursion"));
+        assert_eq!(nested.into_verdict(), Verdict::Unscanned { reason: UnscannedReason::LimitsExceeded });
+        // Without the settings, clamd answers plain OK to both: the only reply that is clean.
+        assert_eq!(parse_scan_reply(b"stream: OK\0").into_verdict(), Verdict::Clean);
+    }
+
+    #[test]
     fn size_limit_reply() {
         assert_eq!(parse_scan_reply(b"INSTREAM size limit exceeded. ERROR\0"), ScanReply::SizeLimitExceeded);
         assert_eq!(parse_scan_reply(b"INSTREAM size limit exceeded. ERROR\n"), ScanReply::SizeLimitExceeded);

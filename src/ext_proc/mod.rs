@@ -71,6 +71,12 @@ impl ExtProcService {
         ExtProcService { scanner, config, metrics, spool }
     }
 
+    /// Where this service holds bodies: the Scan API shares it, so one memory and disk budget
+    /// bounds both.
+    pub fn spool(&self) -> Spool {
+        self.spool.clone()
+    }
+
     /// The policy Envoy named for this stream's route (route metadata or gRPC metadata).
     fn policy_for(
         &self,
@@ -199,21 +205,41 @@ impl ExtProcService {
         if let Some(kind) = message_kind(&message) {
             self.metrics.record_ext_proc_message(kind);
         }
-        let answer = match on_message(state, message) {
+        let action = match on_message(state, message) {
+            // The response is the version the cache knows infected: refused before any body byte
+            // passes, unless the policy lets it through (report only), then handled as usual.
+            Action::RefuseCachedInfected { report, otherwise } => {
+                match self.decide(context, state, Direction::Response, &report) {
+                    Decision::Block(block) => {
+                        duplex[Direction::Response as usize] = Some(Duplex::Refused);
+                        return out.send(response::immediate(&block)).await;
+                    }
+                    Decision::Continue { .. } => *otherwise,
+                }
+            }
+            action => action,
+        };
+        let answer = match action {
             Action::Reply(answer) => answer,
             Action::PassBody { direction } => response::body_continue(direction, None),
             Action::LookupResource { resource } => match self.scanner.lookup_resource(&resource).await {
                 ResourceLookup::Infected(report) => {
-                    // Known infected: refused before the upstream is contacted. This answers the
-                    // request headers: under report_only the request goes on (a body answer here
-                    // would be a spurious message to Envoy), and the response is scanned as usual.
+                    // Known infected with no real validator (immutable): refused before the
+                    // upstream is contacted. This answers the request headers: under report_only
+                    // the request goes on (a body answer here would be a spurious message to
+                    // Envoy), and the response is scanned as usual.
                     match self.decide(context, state, Direction::Response, &report) {
                         Decision::Block(block) => response::immediate(&block),
                         Decision::Continue { .. } => state::request_headers_answer(state),
                     }
                 }
-                ResourceLookup::Clean { validator } => {
-                    state.record_clean_resource(validator);
+                ResourceLookup::InfectedUnlessChanged { known, report } => {
+                    // Decided at the response headers, by the validator the upstream sends now.
+                    state.record_infected_resource(known, report);
+                    state::request_headers_answer(state)
+                }
+                ResourceLookup::Clean { known } => {
+                    state.record_clean_resource(known);
                     state::request_headers_answer(state)
                 }
                 ResourceLookup::Miss => state::request_headers_answer(state),
@@ -222,6 +248,22 @@ impl ExtProcService {
                 let verdict_header = self.clean_verdict_header(context, state);
                 tracing::debug!(request_id = %state.request_id, path = %state.path, "resource known clean; body passes unbuffered");
                 response::response_headers_pass_unbuffered(remove_headers, verdict_header)
+            }
+            Action::EchoCachedResource { headers_answer, verify } => {
+                let verdict_header = self.clean_verdict_header(context, state);
+                duplex[Direction::Response as usize] = Some(match verify {
+                    Some(expected) => Duplex::Verifying(Box::new(Verifying::new(expected))),
+                    None => {
+                        self.metrics.record_resource_verification("partial");
+                        Duplex::Echoing
+                    }
+                });
+                response::with_verdict_header(headers_answer, verdict_header)
+            }
+            Action::RefuseCachedInfected { .. } => {
+                // Handled above; on_message never nests it.
+                self.metrics.record_stream_error("internal");
+                return Err(Stop::Fail(Status::internal("clamgate met a nested refusal")));
             }
             Action::Scan { direction, body } => {
                 // A BUFFERED body, one message: tonic's decode buffer keeps room for the largest
@@ -278,6 +320,13 @@ impl ExtProcService {
                 return self.on_piece(context, state, duplex, direction, body, end_of_stream, out).await;
             }
             Action::DuplexTrailers { direction, remove_trailers } => {
+                if matches!(duplex[direction as usize], Some(Duplex::Verifying(_))) {
+                    if let Some(Duplex::Verifying(verifying)) =
+                        duplex[direction as usize].replace(Duplex::Echoing)
+                    {
+                        self.finish_verification(state, *verifying).await;
+                    }
+                }
                 if let Some(Duplex::Holding(holding)) = duplex[direction as usize].take() {
                     let trailers = Some(remove_trailers);
                     self.finish_held(context, state, direction, *holding, trailers, out).await?;
@@ -319,6 +368,17 @@ impl ExtProcService {
         }
         match slot {
             Some(Duplex::Echoing) => out.send(response::streamed_body(direction, body, end_of_stream)).await,
+            Some(Duplex::Verifying(verifying)) => {
+                verifying.push(&body);
+                if end_of_stream {
+                    // Compared before the last piece goes out, so that a mismatching entry is gone
+                    // by the time the client has the whole body and may ask again.
+                    if let Some(Duplex::Verifying(verifying)) = slot.replace(Duplex::Echoing) {
+                        self.finish_verification(state, *verifying).await;
+                    }
+                }
+                out.send(response::streamed_body(direction, body, end_of_stream)).await
+            }
             Some(Duplex::Refused) | None => Ok(()),
             Some(Duplex::Holding(holding)) => {
                 if holding.body.len() + body.len() as u64 > self.scanner.max_scan_bytes() {
@@ -427,10 +487,34 @@ impl ExtProcService {
 
     async fn store_resource(&self, state: &StreamState, direction: Direction, report: &ScanReport) {
         if direction == Direction::Response {
-            if let Some((resource, validator)) = state.resource_to_store() {
-                self.scanner.store_resource(resource, validator, report).await;
+            if let Some((resource, validator, vary)) = state.resource_to_store() {
+                self.scanner.store_resource(resource, validator, vary, report).await;
             }
         }
+    }
+
+    /// The end of a verified resource hit's body: the bytes that passed are compared with the
+    /// entry's content key. A mismatch (the upstream served other bytes under the same validator)
+    /// deletes the entry, so that the next request is scanned; these bytes have reached the
+    /// client already.
+    async fn finish_verification(&self, state: &StreamState, verifying: Verifying) {
+        let received = ContentKey::from_digest(verifying.hasher.finalize().into());
+        if received == verifying.expected {
+            self.metrics.record_resource_verification("match");
+            return;
+        }
+        if let Some(resource) = state.resource() {
+            self.scanner.forget_resource(resource).await;
+        }
+        ResourceMismatch {
+            request_id: &state.request_id,
+            path: &state.path,
+            validator: state.response_validator().unwrap_or_default(),
+            expected: &verifying.expected,
+            received: &received,
+            bytes: verifying.bytes,
+        }
+        .emit(&self.metrics);
     }
 
     /// The verdict header for a body passed as clean (none if the config turns it off).
@@ -546,6 +630,35 @@ fn audit(state: &StreamState, direction: Direction, report: &ScanReport, decisio
     }
 }
 
+/// A verified resource hit whose bytes were not the ones the entry was scanned with: logged on
+/// the audit target and counted by one call.
+struct ResourceMismatch<'a> {
+    request_id: &'a str,
+    path: &'a str,
+    validator: &'a str,
+    expected: &'a ContentKey,
+    received: &'a ContentKey,
+    bytes: u64,
+}
+
+impl ResourceMismatch<'_> {
+    fn emit(&self, metrics: &Metrics) {
+        metrics.record_resource_verification("mismatch");
+        tracing::warn!(
+            target: "clamgate::audit",
+            event = "resource_mismatch",
+            request_id = %self.request_id,
+            path = %self.path,
+            validator = %self.validator,
+            expected_sha256 = %self.expected,
+            sha256 = %self.received,
+            bytes = self.bytes,
+            action = "entry_deleted",
+            "a resource-cache hit delivered other bytes than the entry's under the same validator; entry deleted"
+        );
+    }
+}
+
 /// Why the stream task stops answering.
 enum Stop {
     /// Envoy went away (the client left, or the stream was reset): nobody is waiting.
@@ -572,8 +685,29 @@ enum Duplex {
     Holding(Box<Holding>),
     /// Sent straight back piece by piece (the policy does not scan it, or allowed it unscanned).
     Echoing,
+    /// A resource-cache hit sent straight back piece by piece, hashed on the way to be compared
+    /// with the entry at its end (boxed like `Holding`).
+    Verifying(Box<Verifying>),
     /// Answered already (a block, or the body was sent back): later pieces are ignored.
     Refused,
+}
+
+/// A resource-cache hit's body on its way through: its running SHA-256 and the digest to match.
+struct Verifying {
+    hasher: Sha256,
+    expected: ContentKey,
+    bytes: u64,
+}
+
+impl Verifying {
+    fn new(expected: ContentKey) -> Verifying {
+        Verifying { hasher: Sha256::new(), expected, bytes: 0 }
+    }
+
+    fn push(&mut self, piece: &[u8]) {
+        hash_off_worker(piece.len(), || self.hasher.update(piece));
+        self.bytes += piece.len() as u64;
+    }
 }
 
 /// A FULL_DUPLEX body being held, with its running SHA-256 and the headers' pending answer.

@@ -23,8 +23,10 @@ use envoy_types::pb::envoy::extensions::filters::http::ext_proc::v3::processing_
 use envoy_types::pb::envoy::service::ext_proc::v3::processing_request::Request;
 use envoy_types::pb::envoy::service::ext_proc::v3::{HttpHeaders, ProcessingRequest, ProcessingResponse};
 
+use crate::cache::{vary_names, ContentKey, ResourceId};
 use crate::decode::{parse_content_encoding, Encoding};
 use crate::policy::Direction;
+use crate::scanner::ScanReport;
 use crate::verdict::UnscannedReason;
 
 use super::response;
@@ -45,12 +47,22 @@ pub enum Action {
     Scan { direction: Direction, body: Vec<u8> },
     /// Pass this body without scanning (the policy does not scan this direction).
     PassBody { direction: Direction },
-    /// Look up the resource key of this request: 409 on an infected hit; else record a clean hit
-    /// with [`StreamState::record_clean_resource`] and send [`request_headers_answer`].
+    /// Look up the resource key of this request: 409 on an infected hit without a real validator
+    /// (`immutable`); else record a hit with [`StreamState::record_clean_resource`] or
+    /// [`StreamState::record_infected_resource`] and send [`request_headers_answer`].
     LookupResource { resource: Resource },
     /// The response carries the validator of a resource known clean: let its body through
     /// unbuffered (mode_override to body mode NONE), removing these control headers.
     PassCachedResource { remove_headers: Vec<String> },
+    /// The response carries the validator of a resource known clean and the policy verifies hits
+    /// (its body was switched to FULL_DUPLEX): send `headers_answer` (with the clean verdict
+    /// header) at once, then every body piece straight back; with `verify`, hash the pieces as
+    /// they pass and compare the whole with it at the end (a 206 part is not verified).
+    EchoCachedResource { headers_answer: ProcessingResponse, verify: Option<ContentKey> },
+    /// The response carries the validator of a resource known infected: the policy decides on
+    /// `report` (the cached verdict). Blocked: an immediate response, before any body byte
+    /// passes. Allowed (report only): carry on with `otherwise`, the usual action.
+    RefuseCachedInfected { report: Box<ScanReport>, otherwise: Box<Action> },
     /// FULL_DUPLEX headers of a body to scan: answer nothing yet; the stream task holds the body
     /// ([`Action::Piece`]) and answers at its end: `headers_answer` (with the verdict header
     /// added), then the body in pieces; or a block.
@@ -142,13 +154,18 @@ pub struct StreamState {
     pub path: String,
     /// What this stream's policy asks for.
     policy: StreamPolicy,
-    /// The resource (host + path and query) of a GET or HEAD, when the policy uses resource keys.
+    /// The resource (scheme, host, port, path and query, request headers) of a GET or HEAD,
+    /// when the policy uses resource keys.
     resource: Option<Resource>,
-    /// The validator of a resource the cache knows clean, once looked up.
-    clean_resource_validator: Option<String>,
+    /// What the cache knows clean about this stream's resource, once looked up.
+    clean_resource: Option<KnownResource>,
+    /// What the cache knows infected about it (under a real validator), with the cached report.
+    infected_resource: Option<(KnownResource, ScanReport)>,
     /// The response's status and validator, from its headers.
     response_status: u16,
     response_validator: Option<String>,
+    /// The response's `Vary` names (lower case, sorted); None for `Vary: *`.
+    response_vary: Option<Vec<String>>,
     /// The request headers, kept until their answer is built ([`request_headers_answer`]).
     pending_request: Option<PendingRequest>,
     /// A direction whose body passes unscanned by policy (allowed `Unscannable`).
@@ -176,6 +193,9 @@ pub struct StreamPolicy {
     pub resource_keys: bool,
     /// The policy says the upstream never changes an object under a URL.
     pub immutable: bool,
+    /// Stream a resource-cache hit's body through clamgate and compare its SHA-256 with the
+    /// entry's (`verify_resource_hits`).
+    pub verify_resource_hits: bool,
     /// Bodies above this are not scanned (`Unscanned { too_large }`).
     pub max_scan_bytes: u64,
 }
@@ -187,18 +207,39 @@ impl StreamPolicy {
             scan_responses: policy.scan_responses,
             resource_keys: policy.cache_mode == crate::config::CacheMode::Resource,
             immutable: policy.immutable,
+            verify_resource_hits: policy.verify_resource_hits,
             max_scan_bytes,
         }
     }
 }
 
-/// An object named by URL: the resource key's input.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// An object named by URL, and the request that asked for it: the resource key's input.
+#[derive(Clone, PartialEq, Eq)]
 pub struct Resource {
-    /// `:authority`, lower-case.
-    pub host: String,
-    /// `:path` with its query (a different query may be a different object).
-    pub path_and_query: String,
+    /// Scheme, host, port and path with query (`:scheme`, `:authority`, `:path`).
+    pub id: ResourceId,
+    /// The request's headers (names in lower case, pseudo-headers left out), for the response's
+    /// `Vary` (see [`crate::cache::VaryRecord`]).
+    pub request_headers: Vec<(String, String)>,
+}
+
+/// Header values may be secrets (`authorization`, `cookie`): only their names are shown.
+impl std::fmt::Debug for Resource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = self.request_headers.iter().map(|(name, _)| name.as_str()).collect();
+        f.debug_struct("Resource").field("id", &self.id).field("request_header_names", &names).finish()
+    }
+}
+
+/// A resource entry found for this stream's request: the response is compared with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KnownResource {
+    /// The validator the entry was stored under.
+    pub validator: String,
+    /// The `Vary` names the stored response had (lower case, sorted).
+    pub vary: Vec<String>,
+    /// The SHA-256 of the body as it was received then (what a verified hit is compared with).
+    pub content: ContentKey,
 }
 
 impl StreamState {
@@ -212,9 +253,11 @@ impl StreamState {
             path: String::new(),
             policy,
             resource: None,
-            clean_resource_validator: None,
+            clean_resource: None,
+            infected_resource: None,
             response_status: 0,
             response_validator: None,
+            response_vary: Some(Vec::new()),
             pending_request: None,
             pass_unscanned: [false; 2],
             encodings: [Vec::new(), Vec::new()],
@@ -246,17 +289,43 @@ impl StreamState {
         self.body_mode(direction) == Some(BodySendMode::FullDuplexStreamed)
     }
 
-    /// Records that the cache knows this stream's resource as clean under `validator`.
-    pub fn record_clean_resource(&mut self, validator: String) {
-        self.clean_resource_validator = Some(validator);
+    /// Records that the cache knows this stream's resource as clean (`known`).
+    pub fn record_clean_resource(&mut self, known: KnownResource) {
+        self.clean_resource = Some(known);
     }
 
-    /// The resource and validator under which a verdict on the response body may be stored:
-    /// only a whole (200) response to a GET under a resource-key policy, with a validator.
-    pub fn resource_to_store(&self) -> Option<(&Resource, &str)> {
+    /// Records that the cache knows this stream's resource as infected under a real validator
+    /// (`known`): a response that still carries it is refused with `report` at its headers.
+    pub fn record_infected_resource(&mut self, known: KnownResource, report: ScanReport) {
+        self.infected_resource = Some((known, report));
+    }
+
+    /// This stream's resource (None unless the policy uses resource keys and the request is a
+    /// GET or HEAD with a sound identity).
+    pub fn resource(&self) -> Option<&Resource> {
+        self.resource.as_ref()
+    }
+
+    /// The response's validator, once its headers were seen.
+    pub fn response_validator(&self) -> Option<&str> {
+        self.response_validator.as_deref()
+    }
+
+    /// The resource, validator and `Vary` names under which a verdict on the response body may be
+    /// stored: only a whole (200) response to a GET under a resource-key policy, with a validator,
+    /// and without `Vary: *`.
+    pub fn resource_to_store(&self) -> Option<(&Resource, &str, &[String])> {
         let resource = self.resource.as_ref()?;
         let validator = self.response_validator.as_deref()?;
-        (self.response_status == 200).then_some((resource, validator))
+        let vary = self.response_vary.as_deref()?;
+        (self.response_status == 200).then_some((resource, validator, vary))
+    }
+
+    /// Whether the response (its headers seen) is the version `known` describes: the same
+    /// validator and the same `Vary` names.
+    fn response_is(&self, known: &KnownResource) -> bool {
+        self.response_validator.as_deref() == Some(known.validator.as_str())
+            && self.response_vary.as_deref() == Some(known.vary.as_slice())
     }
 
     /// True once every message Envoy may send has been answered (nothing is pending).
@@ -370,7 +439,8 @@ fn on_headers(
             let path_and_query = header_value(&map, ":path").unwrap_or_default();
             state.path = path_and_query.split('?').next().unwrap_or_default().to_string();
             let method = header_value(&map, ":method").unwrap_or_default();
-            let host = header_value(&map, ":authority").unwrap_or_default().to_ascii_lowercase();
+            let scheme = header_value(&map, ":scheme").unwrap_or_default();
+            let authority = header_value(&map, ":authority").unwrap_or_default();
             let content_length = content_length(&map);
             let has_body = !headers.end_of_stream && content_length != Some(0);
             // The request headers are the first message: the body modes are still the ones Envoy
@@ -428,8 +498,11 @@ fn on_headers(
                     };
                 }
             }
-            if state.policy.resource_keys && (method == "GET" || method == "HEAD") && !host.is_empty() {
-                let resource = Resource { host, path_and_query };
+            let id = (state.policy.resource_keys && (method == "GET" || method == "HEAD"))
+                .then(|| ResourceId::from_request(&scheme, &authority, &path_and_query))
+                .flatten();
+            if let Some(id) = id {
+                let resource = Resource { id, request_headers: request_headers(&map) };
                 state.resource = Some(resource.clone());
                 return Action::LookupResource { resource };
             }
@@ -439,45 +512,76 @@ fn on_headers(
             state.response_status =
                 header_value(&map, ":status").and_then(|status| status.parse().ok()).unwrap_or(0);
             state.response_validator = validator(&map, state.policy.immutable);
-            let known_clean = state.clean_resource_validator.is_some()
-                && state.clean_resource_validator == state.response_validator
-                && matches!(state.response_status, 200 | 206);
-            if known_clean && !headers.end_of_stream && !state.is_full_duplex(Direction::Response) {
-                // The body will not be sent to clamgate at all.
-                state.response = Phase::Done;
-                return Action::PassCachedResource { remove_headers };
+            state.response_vary = vary_names(&header_values(&map, "vary"));
+            let known_infected =
+                state.infected_resource.as_ref().is_some_and(|(known, _)| state.response_is(known));
+            let action = on_response_headers(state, map, headers.end_of_stream, remove_headers, undecodable);
+            match state.infected_resource.take() {
+                // The same version the cache knows infected, whatever the status (a 206 is part of
+                // it; a 304 confirms the client's copy is that version).
+                Some((_, report)) if known_infected => {
+                    Action::RefuseCachedInfected { report: Box::new(report), otherwise: Box::new(action) }
+                }
+                _ => action,
             }
-            if headers.end_of_stream {
-                return Action::Reply(response::headers_continue(direction, remove_headers));
-            }
-            if state.scans(Direction::Response) && state.response_status == 206 {
-                // Part of an object is not the object: never scanned, never passed as scanned.
-                let echo = state.is_full_duplex(Direction::Response);
-                return Action::Unscannable {
-                    direction,
-                    reason: UnscannedReason::PartialContent,
-                    bytes: content_length(&map).unwrap_or(0),
-                    if_allowed: response::headers_continue(direction, remove_headers),
-                    echo,
-                };
-            }
-            if undecodable {
-                let echo = state.is_full_duplex(Direction::Response);
-                return Action::Unscannable {
-                    direction,
-                    reason: UnscannedReason::UnsupportedEncoding,
-                    bytes: content_length(&map).unwrap_or(0),
-                    if_allowed: response::headers_continue(direction, remove_headers),
-                    echo,
-                };
-            }
-            if state.is_full_duplex(Direction::Response) {
-                let headers_answer = response::headers_continue(direction, remove_headers);
-                return duplex_headers(state, direction, headers_answer, None, content_length(&map));
-            }
-            Action::Reply(response::headers_continue(direction, remove_headers))
         }
     }
+}
+
+/// The usual action for the response headers (`state` has their status, validator and Vary).
+fn on_response_headers(
+    state: &mut StreamState,
+    map: HeaderMap,
+    end_of_stream: bool,
+    remove_headers: Vec<String>,
+    undecodable: bool,
+) -> Action {
+    let direction = Direction::Response;
+    let known_clean = state.clean_resource.as_ref().is_some_and(|known| state.response_is(known))
+        && matches!(state.response_status, 200 | 206);
+    if known_clean && !end_of_stream && !state.is_full_duplex(direction) {
+        // The body will not be sent to clamgate at all.
+        state.response = Phase::Done;
+        return Action::PassCachedResource { remove_headers };
+    }
+    if known_clean && !end_of_stream && state.policy.verify_resource_hits {
+        // A verified hit (`verify_resource_hits`): the body was switched to FULL_DUPLEX at the
+        // request headers and streams back through clamgate as it arrives. A part (206) cannot
+        // be compared with the whole object's digest.
+        let verify =
+            state.clean_resource.as_ref().map(|known| known.content).filter(|_| state.response_status == 200);
+        let headers_answer = response::headers_continue(direction, remove_headers);
+        return Action::EchoCachedResource { headers_answer, verify };
+    }
+    if end_of_stream {
+        return Action::Reply(response::headers_continue(direction, remove_headers));
+    }
+    if state.scans(direction) && state.response_status == 206 {
+        // Part of an object is not the object: never scanned, never passed as scanned.
+        let echo = state.is_full_duplex(direction);
+        return Action::Unscannable {
+            direction,
+            reason: UnscannedReason::PartialContent,
+            bytes: content_length(&map).unwrap_or(0),
+            if_allowed: response::headers_continue(direction, remove_headers),
+            echo,
+        };
+    }
+    if undecodable {
+        let echo = state.is_full_duplex(direction);
+        return Action::Unscannable {
+            direction,
+            reason: UnscannedReason::UnsupportedEncoding,
+            bytes: content_length(&map).unwrap_or(0),
+            if_allowed: response::headers_continue(direction, remove_headers),
+            echo,
+        };
+    }
+    if state.is_full_duplex(direction) {
+        let headers_answer = response::headers_continue(direction, remove_headers);
+        return duplex_headers(state, direction, headers_answer, None, content_length(&map));
+    }
+    Action::Reply(response::headers_continue(direction, remove_headers))
 }
 
 /// Headers of a FULL_DUPLEX body: hold them, refuse a body that cannot be scanned (`unscannable`,
@@ -515,19 +619,22 @@ pub fn request_headers_answer(state: &mut StreamState) -> ProcessingResponse {
         method: String::new(),
         has_range: false,
     });
-    let known_clean = state.clean_resource_validator.is_some();
+    let known_clean = state.clean_resource.is_some();
     let mut remove_headers = pending.remove_headers;
     let scans_response = state.scans(Direction::Response) && !known_clean;
     if scans_response && pending.has_range {
         // The whole object is fetched and scanned; the client gets it whole (200).
         remove_headers.extend(["range".to_string(), "if-range".to_string()]);
     }
+    // A known-clean object whose hits are verified streams through clamgate like a scanned one
+    // (it keeps its Range: a part passes unverified, as the policy chose).
+    let verifies_hit = known_clean && state.policy.verify_resource_hits && state.scans(Direction::Response);
     // Not for a BUFFERED request with a body: an override re-applies the request's mode while
     // Envoy is buffering it, and a body over Envoy's limit then stalled until message_timeout
     // (504) instead of Envoy's 413. A FULL_DUPLEX upload is held by clamgate, so its answer
     // (sent after the body) may switch the response too.
     let buffering_upload = pending.has_body && !state.is_full_duplex(Direction::Request);
-    let stream_response = scans_response && pending.method != "HEAD" && !buffering_upload;
+    let stream_response = (scans_response || verifies_hit) && pending.method != "HEAD" && !buffering_upload;
     let request_mode = state.request_body_mode;
     let response_mode = if state.policy.scan_responses || buffering_upload {
         upgrade(state.response_body_mode, stream_response)
@@ -576,6 +683,10 @@ fn content_length(map: &HeaderMap) -> Option<u64> {
     header_value(map, "content-length").and_then(|value| value.trim().parse().ok())
 }
 
+/// The validator of a response without a real one, under an `immutable` policy: the URL alone
+/// names the bytes.
+pub const IMMUTABLE_VALIDATOR: &str = "immutable";
+
 /// The validator that ties a cached verdict to one version of a resource: a strong ETag, else
 /// Last-Modified with Content-Length; else, only for an immutable upstream, the URL alone.
 pub fn validator(headers: &HeaderMap, immutable: bool) -> Option<String> {
@@ -594,7 +705,7 @@ pub fn validator(headers: &HeaderMap, immutable: bool) -> Option<String> {
     if let (Some(last_modified), Some(length)) = (last_modified, length) {
         return Some(format!("lm:{last_modified};len:{length}"));
     }
-    immutable.then(|| "immutable".to_string())
+    immutable.then(|| IMMUTABLE_VALIDATOR.to_string())
 }
 
 fn on_body(state: &mut StreamState, direction: Direction, body: Vec<u8>, end_of_stream: bool) -> Action {
@@ -657,6 +768,22 @@ fn control_headers(map: &HeaderMap) -> Vec<String> {
     names
 }
 
+/// The request's headers for `Vary`: names in lower case, pseudo-headers (`:path`...) left out.
+fn request_headers(map: &HeaderMap) -> Vec<(String, String)> {
+    map.headers
+        .iter()
+        .filter(|header| !header.key.starts_with(':'))
+        .map(|header| {
+            let value = if header.raw_value.is_empty() {
+                header.value.clone()
+            } else {
+                String::from_utf8_lossy(&header.raw_value).into_owned()
+            };
+            (header.key.to_ascii_lowercase(), value)
+        })
+        .collect()
+}
+
 /// Every value of a header that may repeat, in order.
 fn header_values(map: &HeaderMap, name: &str) -> Vec<String> {
     map.headers
@@ -706,6 +833,7 @@ mod tests {
         scan_responses: true,
         resource_keys: false,
         immutable: false,
+        verify_resource_hits: false,
         max_scan_bytes: 1 << 20,
     };
     const RESOURCE_KEYS: StreamPolicy = StreamPolicy { resource_keys: true, ..SCAN_BOTH };
@@ -976,7 +1104,13 @@ mod tests {
             on_message(
                 state,
                 buffered(Request::RequestHeaders(headers(
-                    &[(":method", "GET"), (":authority", "h"), (":path", "/a"), ("range", "bytes=0-9")],
+                    &[
+                        (":method", "GET"),
+                        (":scheme", "http"),
+                        (":authority", "h"),
+                        (":path", "/a"),
+                        ("range", "bytes=0-9"),
+                    ],
                     true,
                 ))),
             )
@@ -985,7 +1119,7 @@ mod tests {
         assert_eq!(removed_headers(&ranged(&mut state)), vec!["range", "if-range"]);
         let mut state = StreamState::new(RESOURCE_KEYS);
         assert!(matches!(ranged(&mut state), Action::LookupResource { .. }));
-        state.record_clean_resource("etag:\"v1\"".into());
+        state.record_clean_resource(known("etag:\"v1\""));
         let answer = Action::Reply(request_headers_answer(&mut state));
         assert!(removed_headers(&answer).is_empty(), "a known-clean object may be fetched in parts");
         assert_eq!(modes_of(&answer), None, "a known-clean download stays BUFFERED, for the validator check");
@@ -1241,10 +1375,29 @@ mod tests {
     }
 
     fn get(path: &str) -> ProcessingRequest {
-        buffered(Request::RequestHeaders(headers(
-            &[(":method", "GET"), (":authority", "Mirror.Example"), (":path", path)],
-            true,
-        )))
+        get_with(&[(":authority", "Mirror.Example"), (":path", path)])
+    }
+
+    /// A GET over http with these extra headers (`:authority`, `:path`, others).
+    fn get_with(pairs: &[(&str, &str)]) -> ProcessingRequest {
+        let mut all = vec![(":method", "GET"), (":scheme", "http")];
+        all.extend_from_slice(pairs);
+        buffered(Request::RequestHeaders(headers(&all, true)))
+    }
+
+    /// An entry known under `validator`, without Vary, for the body `b"abc"`.
+    fn known(validator: &str) -> KnownResource {
+        KnownResource { validator: validator.to_string(), vary: Vec::new(), content: ContentKey::of(b"abc") }
+    }
+
+    fn infected_report() -> ScanReport {
+        ScanReport {
+            verdict: crate::verdict::Verdict::Infected { signature: "Eicar-Test-Signature".into() },
+            sha256: ContentKey::of(b"abc").hex(),
+            body_bytes: 0,
+            engine: None,
+            cached: true,
+        }
     }
 
     fn response_headers(pairs: &[(&str, &str)]) -> ProcessingRequest {
@@ -1258,10 +1411,8 @@ mod tests {
         let Action::LookupResource { resource, .. } = action else {
             panic!("expected a lookup, got {action:?}")
         };
-        assert_eq!(
-            resource,
-            Resource { host: "mirror.example".into(), path_and_query: "/pkg/a.tar.gz?v=2".into() }
-        );
+        assert_eq!(resource.id, ResourceId::new("http", "mirror.example", 80, "/pkg/a.tar.gz?v=2"));
+        assert!(resource.request_headers.is_empty(), "pseudo-headers are not request headers");
     }
 
     #[test]
@@ -1280,7 +1431,7 @@ mod tests {
     fn a_known_clean_resource_with_the_same_validator_passes_unbuffered() {
         let mut state = StreamState::new(RESOURCE_KEYS);
         on_message(&mut state, get("/a"));
-        state.record_clean_resource("etag:\"v1\"".into());
+        state.record_clean_resource(known("etag:\"v1\""));
         let action = on_message(
             &mut state,
             response_headers(&[(":status", "200"), ("etag", "\"v1\""), ("x-clamgate-verdict", "x")]),
@@ -1293,7 +1444,7 @@ mod tests {
     fn a_known_clean_resource_may_answer_in_parts() {
         let mut state = StreamState::new(RESOURCE_KEYS);
         on_message(&mut state, get("/a"));
-        state.record_clean_resource("etag:\"v1\"".into());
+        state.record_clean_resource(known("etag:\"v1\""));
         let action = on_message(&mut state, response_headers(&[(":status", "206"), ("etag", "\"v1\"")]));
         assert!(matches!(action, Action::PassCachedResource { .. }), "{action:?}");
     }
@@ -1303,7 +1454,7 @@ mod tests {
         for response in [vec![(":status", "200"), ("etag", "\"v2\"")], vec![(":status", "200")]] {
             let mut state = StreamState::new(RESOURCE_KEYS);
             on_message(&mut state, get("/a"));
-            state.record_clean_resource("etag:\"v1\"".into());
+            state.record_clean_resource(known("etag:\"v1\""));
             request_headers_answer(&mut state);
             assert!(
                 matches!(on_message(&mut state, response_headers(&response)), Action::Reply(_)),
@@ -1344,12 +1495,204 @@ mod tests {
         let mut state = StreamState::new(RESOURCE_KEYS);
         on_message(&mut state, get("/a"));
         on_message(&mut state, response_headers(&[(":status", "200"), ("etag", "\"v1\"")]));
-        let (resource, validator) = state.resource_to_store().expect("storable");
-        assert_eq!((resource.path_and_query.as_str(), validator), ("/a", "etag:\"v1\""));
+        let (resource, validator, vary) = state.resource_to_store().expect("storable");
+        assert_eq!((resource.id.path_and_query(), validator, vary), ("/a", "etag:\"v1\"", &[][..]));
 
         let mut state = StreamState::new(RESOURCE_KEYS);
         on_message(&mut state, get("/a"));
         on_message(&mut state, response_headers(&[(":status", "206"), ("etag", "\"v1\"")]));
         assert!(state.resource_to_store().is_none());
+    }
+
+    fn resource_of(action: Action) -> Resource {
+        match action {
+            Action::LookupResource { resource } => resource,
+            other => panic!("expected a lookup, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn scheme_and_port_are_part_of_the_resource() {
+        let lookup = |pairs: &[(&str, &str)]| {
+            let mut state = StreamState::new(RESOURCE_KEYS);
+            let mut all = vec![(":method", "GET"), (":path", "/a")];
+            all.extend_from_slice(pairs);
+            resource_of(on_message(&mut state, buffered(Request::RequestHeaders(headers(&all, true)))))
+                .id
+                .key()
+        };
+        let http = lookup(&[(":scheme", "http"), (":authority", "h")]);
+        assert_ne!(lookup(&[(":scheme", "https"), (":authority", "h")]), http, "http and https do not share");
+        assert_ne!(lookup(&[(":scheme", "http"), (":authority", "h:8080")]), http, ":8080 is not :80");
+        assert_eq!(
+            lookup(&[(":scheme", "http"), (":authority", "H:80")]),
+            http,
+            "the default port is the same"
+        );
+    }
+
+    #[test]
+    fn a_request_without_a_sound_identity_is_not_looked_up() {
+        for pairs in [
+            vec![(":scheme", "http"), (":authority", "")],
+            vec![(":authority", "h")],
+            vec![(":scheme", "http"), (":authority", "h:99999")],
+        ] {
+            let mut state = StreamState::new(RESOURCE_KEYS);
+            let mut all = vec![(":method", "GET"), (":path", "/a")];
+            all.extend_from_slice(&pairs);
+            let action = on_message(&mut state, buffered(Request::RequestHeaders(headers(&all, true))));
+            assert!(matches!(action, Action::Reply(_)), "{pairs:?}: {action:?}");
+            on_message(&mut state, response_headers(&[(":status", "200"), ("etag", "\"v1\"")]));
+            assert!(state.resource_to_store().is_none(), "{pairs:?}: nothing stored either");
+        }
+    }
+
+    #[test]
+    fn the_request_headers_and_the_response_vary_are_kept_for_the_entry() {
+        let mut state = StreamState::new(RESOURCE_KEYS);
+        let resource = resource_of(on_message(
+            &mut state,
+            get_with(&[(":authority", "h"), (":path", "/a"), ("Accept-Encoding", "gzip")]),
+        ));
+        assert_eq!(resource.request_headers, vec![("accept-encoding".to_string(), "gzip".to_string())]);
+        assert!(!format!("{resource:?}").contains("gzip"), "header values are not shown: {resource:?}");
+        on_message(
+            &mut state,
+            response_headers(&[(":status", "200"), ("etag", "\"v1\""), ("vary", "Accept-Encoding, Origin")]),
+        );
+        let (_, _, vary) = state.resource_to_store().expect("storable");
+        assert_eq!(vary, ["accept-encoding".to_string(), "origin".to_string()]);
+    }
+
+    #[test]
+    fn a_response_with_vary_star_is_not_stored() {
+        let mut state = StreamState::new(RESOURCE_KEYS);
+        on_message(&mut state, get("/a"));
+        on_message(&mut state, response_headers(&[(":status", "200"), ("etag", "\"v1\""), ("vary", "*")]));
+        assert!(state.resource_to_store().is_none());
+    }
+
+    #[test]
+    fn a_known_clean_validator_with_other_vary_names_is_scanned() {
+        let mut state = StreamState::new(RESOURCE_KEYS);
+        on_message(&mut state, get("/a"));
+        state.record_clean_resource(known("etag:\"v1\""));
+        request_headers_answer(&mut state);
+        let action = on_message(
+            &mut state,
+            response_headers(&[(":status", "200"), ("etag", "\"v1\""), ("vary", "origin")]),
+        );
+        assert!(matches!(action, Action::Reply(_)), "{action:?}");
+        let action = on_message(&mut state, message(Request::ResponseBody(body(b"new", true))));
+        assert!(matches!(action, Action::Scan { .. }), "{action:?}");
+    }
+
+    const VERIFY: StreamPolicy = StreamPolicy { verify_resource_hits: true, ..RESOURCE_KEYS };
+
+    #[test]
+    fn a_verified_hit_streams_through_and_is_compared_with_the_entry() {
+        let mut state = StreamState::new(VERIFY);
+        on_message(&mut state, get("/a"));
+        state.record_clean_resource(known("etag:\"v1\""));
+        let answer = Action::Reply(request_headers_answer(&mut state));
+        assert_eq!(
+            modes_of(&answer),
+            Some((BodySendMode::Buffered, BodySendMode::FullDuplexStreamed, SKIP, SEND)),
+            "a verified hit streams through clamgate"
+        );
+        let action = on_message(&mut state, response_headers(&[(":status", "200"), ("etag", "\"v1\"")]));
+        let Action::EchoCachedResource { verify, .. } = action else {
+            panic!("expected an echo, got {action:?}")
+        };
+        assert_eq!(verify, Some(ContentKey::of(b"abc")));
+        let action = on_message(&mut state, message(Request::ResponseBody(body(b"abc", true))));
+        assert!(matches!(action, Action::Piece { end_of_stream: true, .. }), "{action:?}");
+    }
+
+    #[test]
+    fn a_hit_on_a_route_that_streams_responses_is_scanned_unless_hits_are_verified() {
+        for (policy, echoed) in [(RESOURCE_KEYS, false), (VERIFY, true)] {
+            let mut state = StreamState::new(policy);
+            let first = with_modes(
+                Request::RequestHeaders(headers(
+                    &[(":method", "GET"), (":scheme", "http"), (":authority", "h"), (":path", "/a")],
+                    true,
+                )),
+                BodySendMode::Buffered,
+                BodySendMode::FullDuplexStreamed,
+            );
+            on_message(&mut state, first);
+            state.record_clean_resource(known("etag:\"v1\""));
+            request_headers_answer(&mut state);
+            let action = on_message(&mut state, response_headers(&[(":status", "200"), ("etag", "\"v1\"")]));
+            match action {
+                Action::EchoCachedResource { .. } => assert!(echoed),
+                Action::Hold { .. } => {
+                    assert!(!echoed, "without verification the body is scanned, as before")
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_verified_hit_in_parts_passes_unverified_and_a_changed_one_is_held() {
+        let mut state = StreamState::new(VERIFY);
+        on_message(&mut state, get("/a"));
+        state.record_clean_resource(known("etag:\"v1\""));
+        request_headers_answer(&mut state);
+        let action = on_message(&mut state, response_headers(&[(":status", "206"), ("etag", "\"v1\"")]));
+        assert!(matches!(action, Action::EchoCachedResource { verify: None, .. }), "{action:?}");
+
+        let mut state = StreamState::new(VERIFY);
+        on_message(&mut state, get("/a"));
+        state.record_clean_resource(known("etag:\"v1\""));
+        request_headers_answer(&mut state);
+        let action = on_message(&mut state, response_headers(&[(":status", "200"), ("etag", "\"v2\"")]));
+        assert!(matches!(action, Action::Hold { .. }), "{action:?}");
+    }
+
+    #[test]
+    fn an_infected_entry_refuses_only_the_same_validator() {
+        for (etag, refused) in [("\"bad\"", true), ("\"fixed\"", false)] {
+            let mut state = StreamState::new(RESOURCE_KEYS);
+            on_message(&mut state, get_with(&[(":authority", "h"), (":path", "/a"), ("range", "bytes=0-1")]));
+            state.record_infected_resource(known("etag:\"bad\""), infected_report());
+            let answer = Action::Reply(request_headers_answer(&mut state));
+            assert_eq!(removed_headers(&answer), vec!["range", "if-range"], "the whole object is fetched");
+            assert_eq!(
+                modes_of(&answer),
+                Some((BodySendMode::Buffered, BodySendMode::FullDuplexStreamed, SKIP, SEND))
+            );
+            let action = on_message(&mut state, response_headers(&[(":status", "200"), ("etag", etag)]));
+            match action {
+                Action::RefuseCachedInfected { report, otherwise } => {
+                    assert!(refused, "{etag}");
+                    assert_eq!(*report, infected_report());
+                    assert!(matches!(*otherwise, Action::Hold { .. }), "report only: scanned as usual");
+                }
+                Action::Hold { .. } => assert!(!refused, "{etag}: the changed object is scanned"),
+                other => panic!("{etag}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn an_infected_entry_refuses_a_head_and_a_not_modified_with_its_validator() {
+        for (status, end_of_stream) in [("200", true), ("304", true), ("206", false)] {
+            let mut state = StreamState::new(RESOURCE_KEYS);
+            on_message(&mut state, get("/a"));
+            state.record_infected_resource(known("etag:\"bad\""), infected_report());
+            request_headers_answer(&mut state);
+            let action = on_message(
+                &mut state,
+                message(Request::ResponseHeaders(headers(
+                    &[(":status", status), ("etag", "\"bad\"")],
+                    end_of_stream,
+                ))),
+            );
+            assert!(matches!(action, Action::RefuseCachedInfected { .. }), "{status}: {action:?}");
+        }
     }
 }

@@ -198,6 +198,12 @@ impl ClamdProcess {
         assert_eq!(reply, "RELOADING", "unexpected reply to RELOAD");
     }
 
+    /// clamd's `STATS` report: threads, queue, and one tab-indented line per job
+    /// (`\tINSTREAM 0.300425 instream(127.0.0.1@46784)` while a scan runs).
+    pub fn stats(&self) -> String {
+        self.command_until_end(b"zSTATS\0").expect("send STATS to clamd")
+    }
+
     /// clamd's raw `VERSION` reply, without the terminator.
     pub fn version_string(&self) -> String {
         self.command(b"zVERSION\0").expect("send VERSION to clamd")
@@ -333,6 +339,18 @@ impl ClamdProcess {
     fn command(&self, command: &[u8]) -> std::io::Result<String> {
         let address = SocketAddr::from((Ipv4Addr::LOCALHOST, self.port));
         exchange(TcpStream::connect_timeout(&address, COMMAND_TIMEOUT)?, command)
+    }
+
+    /// Sends one command over TCP and returns everything clamd sends until it closes (for
+    /// multi-line replies such as `STATS`).
+    fn command_until_end(&self, command: &[u8]) -> std::io::Result<String> {
+        let address = SocketAddr::from((Ipv4Addr::LOCALHOST, self.port));
+        let mut stream = TcpStream::connect_timeout(&address, COMMAND_TIMEOUT)?;
+        stream.set_timeouts(COMMAND_TIMEOUT)?;
+        stream.write_all(command)?;
+        let mut reply = Vec::new();
+        stream.read_to_end(&mut reply)?;
+        Ok(String::from_utf8_lossy(&reply).into_owned())
     }
 
     fn diagnostics(&self) -> String {

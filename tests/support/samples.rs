@@ -159,3 +159,79 @@ fn pseudo_random(seed: u64, len: usize) -> Vec<u8> {
     out.truncate(len);
     out
 }
+
+/// A gzip of a line naming `nonce` and then `zeros_mib` MiB of zero bytes: a few KiB to send that
+/// keep clamd busy for seconds (it inflates and scans every byte; ~70 MB/s with the test
+/// database on this machine), unique per `nonce` so that clamd's cache of clean results does not
+/// answer it at once. clamd's `MaxFileSize` and `MaxScanSize` must exceed the inflated size
+/// (`ClamdOptions::large_bodies()`), or it stops early.
+///
+/// The deflate stream is written by hand with fixed Huffman codes (one literal zero, then
+/// length-258 distance-1 copies): compressing hundreds of MiB with `flate2` takes seconds in a
+/// debug build.
+pub fn slow_scan_gzip(zeros_mib: usize, nonce: u64) -> Vec<u8> {
+    let line = format!("clamgate slow scan {nonce:016x}\n");
+    let copies = (zeros_mib * 1024 * 1024 - 1) / 258;
+    let zeros = 1 + copies * 258;
+    let mut bits = BitWriter::default();
+    bits.put(1, 1); // BFINAL
+    bits.put(1, 2); // BTYPE 01: fixed Huffman codes
+    for &byte in line.as_bytes().iter().chain(&[0u8]) {
+        assert!(byte < 144, "literals 0-143 have 8-bit codes 0x30-0xbf");
+        bits.code(0x30 + u32::from(byte), 8);
+    }
+    for _ in 0..copies {
+        bits.code(0xc5, 8); // length code 285: 258 bytes, no extra bits
+        bits.code(0, 5); // distance code 0: distance 1
+    }
+    bits.code(0, 7); // end of block (256)
+    let deflate = bits.finish();
+
+    let mut crc = flate2::Crc::new();
+    crc.update(line.as_bytes());
+    let block = vec![0u8; 1024 * 1024];
+    let mut left = zeros;
+    while left > 0 {
+        let n = left.min(block.len());
+        crc.update(&block[..n]);
+        left -= n;
+    }
+    let size = line.len() + zeros;
+    let mut gzip = vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff];
+    gzip.extend_from_slice(&deflate);
+    gzip.extend_from_slice(&crc.sum().to_le_bytes());
+    gzip.extend_from_slice(&(size as u32).to_le_bytes());
+    gzip
+}
+
+/// Bits for a deflate stream: values least significant bit first, Huffman codes most
+/// significant bit first (RFC 1951, 3.1.1).
+#[derive(Default)]
+struct BitWriter {
+    out: Vec<u8>,
+    acc: u64,
+    len: u32,
+}
+
+impl BitWriter {
+    fn put(&mut self, value: u32, bits: u32) {
+        self.acc |= u64::from(value) << self.len;
+        self.len += bits;
+        while self.len >= 8 {
+            self.out.push(self.acc as u8);
+            self.acc >>= 8;
+            self.len -= 8;
+        }
+    }
+
+    fn code(&mut self, code: u32, bits: u32) {
+        self.put(code.reverse_bits() >> (32 - bits), bits);
+    }
+
+    fn finish(mut self) -> Vec<u8> {
+        if self.len > 0 {
+            self.out.push(self.acc as u8);
+        }
+        self.out
+    }
+}
