@@ -62,6 +62,7 @@ pub fn build_scanner(config: &Config, metrics: Arc<Metrics>) -> Result<Scanner, 
         lock_ttl: Duration::from_millis(config.cache.lock_ttl_ms),
         max_decode_ratio: config.scan.decode_ratio_limit(),
         abandoned_scan_max_hold: Duration::from_millis(config.clamd.abandoned_scan_max_hold_ms),
+        max_skipped_encoding_bytes: config.scan.max_skipped_encoding_bytes,
     };
     Ok(Scanner::new(ClamdClient::new(address, timeouts), cache, settings, metrics))
 }

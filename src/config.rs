@@ -116,6 +116,11 @@ pub struct ScanConfig {
     /// 1 MiB is decoded; more is `Unscanned { limits_exceeded }` (a decompression bomb). 0 turns the
     /// check off (`max_scan_bytes` still bounds the decoded size).
     pub max_decode_ratio: u64,
+    /// Most bytes of a body with a `Content-Encoding` that its decoders may read without decoding
+    /// them (gzip `FEXTRA`, `FNAME` and `FCOMMENT` fields of every member, zstd skippable frames);
+    /// more is `Unscanned { unsupported_encoding }`. The received bytes are scanned as well, but a
+    /// file hidden there is never scanned as a file.
+    pub max_skipped_encoding_bytes: u64,
 }
 
 /// How bodies are held while they are scanned (see README, "Bodies of any size").
@@ -171,6 +176,21 @@ pub struct CacheConfig {
     pub redis_timeout_ms: u64,
     /// Prefix of every Redis key clamgate writes.
     pub key_prefix: String,
+    /// Raise it (by one) after adding your own signatures to clamd: every `Clean` entry written
+    /// under a lower epoch is stale and rescanned. Stamped into every entry; an entry with a higher
+    /// epoch than this instance's is used, so a rolling restart is safe.
+    pub signature_epoch: u64,
+    /// How long an `Unscanned` verdict that depends only on the bytes (`limits_exceeded`,
+    /// `too_large`, `unsupported_encoding`) is cached by content key, so that a decompression bomb
+    /// replayed is not decoded and scanned again each time. 0 turns it off. At most `ttl_secs`.
+    pub unscanned_ttl_secs: u64,
+    /// File holding the key (at least 32 bytes; surrounding whitespace ignored) with which every
+    /// value written to Redis is authenticated (HMAC-SHA256 over the value and its key). When set,
+    /// a value read from Redis without a valid tag is refused (a miss). Never logged.
+    pub hmac_key_file: Option<String>,
+    /// During a key rotation, the previous key's file: values tagged with it are still accepted
+    /// for reads (never used for writes).
+    pub hmac_previous_key_file: Option<String>,
 }
 
 /// The Envoy ext_proc server.
@@ -382,6 +402,9 @@ impl Default for ScanConfig {
             timeout_ms: 25_000,
             timeout_per_mib_ms: 100,
             max_decode_ratio: 10_000,
+            // pzstd adds 12 bytes a frame, a zstd seekable seek table 12 (or 16) bytes a frame,
+            // gzip a file name: 64 KiB passes them all with room, and hides no file of note.
+            max_skipped_encoding_bytes: 64 * 1024,
         }
     }
 }
@@ -423,6 +446,10 @@ impl Default for CacheConfig {
             lock_ttl_ms: 30_000,
             redis_timeout_ms: 250,
             key_prefix: "clamgate:".to_string(),
+            signature_epoch: 0,
+            unscanned_ttl_secs: 300,
+            hmac_key_file: None,
+            hmac_previous_key_file: None,
         }
     }
 }
@@ -491,6 +518,10 @@ impl fmt::Debug for CacheConfig {
             lock_ttl_ms,
             redis_timeout_ms,
             key_prefix,
+            signature_epoch,
+            unscanned_ttl_secs,
+            hmac_key_file,
+            hmac_previous_key_file,
         } = self;
         let cluster_urls: Vec<String> = redis_cluster_urls.iter().map(|url| redact_url(url)).collect();
         f.debug_struct("CacheConfig")
@@ -506,6 +537,10 @@ impl fmt::Debug for CacheConfig {
             .field("lock_ttl_ms", lock_ttl_ms)
             .field("redis_timeout_ms", redis_timeout_ms)
             .field("key_prefix", key_prefix)
+            .field("signature_epoch", signature_epoch)
+            .field("unscanned_ttl_secs", unscanned_ttl_secs)
+            .field("hmac_key_file", hmac_key_file)
+            .field("hmac_previous_key_file", hmac_previous_key_file)
             .finish()
     }
 }
@@ -531,6 +566,8 @@ const MAX_DECODE_RATIO: u64 = u32::MAX as u64;
 const MAX_CONCURRENT_SCANS: u64 = 1024;
 const MIN_MESSAGE_BYTES: u64 = 1024 * 1024;
 const MAX_REDIS_POOL_SIZE: u64 = 64;
+/// Upper bound of `cache.unscanned_ttl_secs`: an hour is "briefly" (limits may change).
+const MAX_UNSCANNED_TTL_SECS: u64 = 60 * 60;
 
 /// The policy name that selects `[policy]`; no `[policies.NAME]` may take it.
 pub const DEFAULT_POLICY_NAME: &str = "default";
@@ -639,14 +676,39 @@ impl Config {
         let cluster = self.cache.redis_cluster_urls.iter().enumerate();
         let urls = urls.chain(cluster.map(|(i, url)| (format!("cache.redis_cluster_urls[{i}]"), url)));
         let mut tls = false;
+        let mut remote = None;
         for (key, url) in urls {
             tls |= url.starts_with("rediss://");
+            if let Some((host, false)) = redis_tcp_host(url) {
+                if url.starts_with("redis://") {
+                    warnings.push(format!(
+                        "{key}: redis:// to {host} is plaintext: anyone on the network path can read \
+                         and rewrite verdicts (and the password); use rediss://"
+                    ));
+                }
+                remote.get_or_insert(host);
+            }
             if url.starts_with("rediss://") && url_fragment(url).as_deref() == Some("insecure") {
                 warnings.push(format!(
                     "{key}: \"#insecure\" turns off the check of Redis's TLS certificate: anyone on the \
                      network path can pose as Redis and serve forged verdicts"
                 ));
             }
+        }
+        match (&remote, &self.cache.hmac_key_file) {
+            (Some(host), None) => warnings.push(format!(
+                "cache.hmac_key_file: not set while Redis ({host}) is not on loopback: anyone who can \
+                 write to that Redis can plant a Clean verdict for any body; set a key file shared by \
+                 every instance"
+            )),
+            (_, Some(_)) if self.cache.redis_url.is_none() && self.cache.redis_cluster_urls.is_empty() => {
+                warnings.push(
+                    "cache.hmac_key_file: set, but no Redis is configured (the in-process cache needs no \
+                     key), so it is not used"
+                        .to_string(),
+                )
+            }
+            _ => {}
         }
         if self.cache.redis_tls_ca_file.is_some() && !tls {
             warnings.push(
@@ -838,6 +900,8 @@ const OPTIONAL_KEYS: &[(&str, Kind)] = &[
     ("cache.redis_username", Kind::Str),
     ("cache.redis_password", Kind::Str),
     ("cache.redis_tls_ca_file", Kind::Str),
+    ("cache.hmac_key_file", Kind::Str),
+    ("cache.hmac_previous_key_file", Kind::Str),
 ];
 
 /// Tables of named tables, each shaped like a template table: `[policies.NAME]` takes the keys
@@ -1515,6 +1579,8 @@ fn check_values(config: &Config, checker: &mut Checker<'_>) {
     checker.check("scan.timeout_ms", within(scan.timeout_ms, 1, MAX_DURATION_MS));
     checker.check("scan.timeout_per_mib_ms", within(scan.timeout_per_mib_ms, 0, MAX_DURATION_MS));
     checker.check("scan.max_decode_ratio", within(scan.max_decode_ratio, 0, MAX_DECODE_RATIO));
+    checker
+        .check("scan.max_skipped_encoding_bytes", within(scan.max_skipped_encoding_bytes, 0, MAX_SCAN_BYTES));
     check_bodies(bodies, checker);
     check_cache(cache, checker);
     checker.check(
@@ -1563,6 +1629,10 @@ fn check_cache(cache: &CacheConfig, checker: &mut Checker<'_>) {
         lock_ttl_ms,
         redis_timeout_ms,
         key_prefix: prefix,
+        signature_epoch: _,
+        unscanned_ttl_secs,
+        hmac_key_file,
+        hmac_previous_key_file,
     } = cache;
     if let Some(url) = redis_url {
         checker.check("cache.redis_url", self::redis_url(url));
@@ -1603,6 +1673,22 @@ fn check_cache(cache: &CacheConfig, checker: &mut Checker<'_>) {
     checker.check("cache.lock_ttl_ms", within(*lock_ttl_ms, 1, MAX_DURATION_MS));
     checker.check("cache.redis_timeout_ms", within(*redis_timeout_ms, 1, MAX_DURATION_MS));
     checker.check("cache.key_prefix", key_prefix(prefix));
+    checker.check("cache.unscanned_ttl_secs", within(*unscanned_ttl_secs, 0, MAX_UNSCANNED_TTL_SECS));
+    for (key, path) in
+        [("cache.hmac_key_file", hmac_key_file), ("cache.hmac_previous_key_file", hmac_previous_key_file)]
+    {
+        if let Some(path) = path {
+            checker.check(key, crate::cache::seal::read_key_file(path).map(|_| ()));
+        }
+    }
+    if hmac_previous_key_file.is_some() && hmac_key_file.is_none() {
+        checker.check(
+            "cache.hmac_previous_key_file",
+            Err("set without cache.hmac_key_file: during a rotation the new key goes in hmac_key_file \
+                 and the old one here"
+                .to_string()),
+        );
+    }
 }
 
 fn within(value: u64, min: u64, max: u64) -> Result<(), String> {
@@ -1732,6 +1818,20 @@ fn redis_crate_accepts(url: &str) -> Result<(), String> {
             Err(format!("is not a usable Redis URL ({reason}), found {:?}", redact_url(url)))
         }
     }
+}
+
+/// The host of a `redis://` or `rediss://` URL (IPv6 in brackets) and whether it is a loopback
+/// address or `localhost`; `None` for a unix socket or a URL that does not parse.
+fn redis_tcp_host(url: &str) -> Option<(String, bool)> {
+    let parsed = redis::parse_redis_url(url)?;
+    if !matches!(parsed.scheme(), "redis" | "rediss") {
+        return None;
+    }
+    let host = parsed.host_str()?.to_string();
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    let loopback = bare.eq_ignore_ascii_case("localhost")
+        || bare.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+    Some((host, loopback))
 }
 
 /// The fragment of a Redis URL (`insecure` in `rediss://host:6380/#insecure`), if it parses.
@@ -2740,6 +2840,112 @@ mod tests {
         );
     }
 
+    /// The warning for a Redis off loopback without an HMAC key, for host `HOST`.
+    const NO_HMAC_KEY_WARNING: &str = "cache.hmac_key_file: not set while Redis (HOST) is not on loopback: \
+        anyone who can write to that Redis can plant a Clean verdict for any body; set a key file shared \
+        by every instance";
+
+    fn plaintext_warning(key: &str, host: &str) -> String {
+        format!(
+            "{key}: redis:// to {host} is plaintext: anyone on the network path can read and rewrite \
+             verdicts (and the password); use rediss://"
+        )
+    }
+
+    #[test]
+    fn plaintext_or_unauthenticated_remote_redis_is_warned_about() {
+        let warnings = |text: &str, env: &[(&str, &str)]| load(text, env).unwrap().warnings();
+        for local in [
+            "redis://127.0.0.1:6379/0",
+            "redis://localhost:6379",
+            "redis://:pw@127.0.0.2:6379",
+            "redis://[::1]:6379",
+            "unix:///run/redis.sock",
+            "redis+unix:///run/redis.sock",
+        ] {
+            assert!(warnings(&format!("[cache]\nredis_url = {local:?}\n"), &[]).is_empty(), "{local}");
+        }
+        assert_eq!(
+            warnings("[cache]\nredis_url = \"redis://:pw@10.0.0.7:6379/0\"\n", &[]),
+            [
+                plaintext_warning("cache.redis_url", "10.0.0.7"),
+                NO_HMAC_KEY_WARNING.replace("HOST", "10.0.0.7")
+            ]
+        );
+        assert_eq!(
+            warnings(
+                "[cache]\nredis_cluster_urls = [\"redis://r1:7000\", \"redis://[fd00::2]:7000\"]\n",
+                &[]
+            ),
+            [
+                plaintext_warning("cache.redis_cluster_urls[0]", "r1"),
+                plaintext_warning("cache.redis_cluster_urls[1]", "[fd00::2]"),
+                NO_HMAC_KEY_WARNING.replace("HOST", "r1"),
+            ]
+        );
+        // TLS and a key: nothing to say. TLS without a key: the key is still missing.
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("hmac.key");
+        std::fs::write(&key, format!("{}\n", "k".repeat(40))).unwrap();
+        let key = key.to_str().unwrap();
+        let tls = "[cache]\nredis_url = \"rediss://redis.internal:6380\"\n";
+        assert!(warnings(tls, &[("CLAMGATE_CACHE_HMAC_KEY_FILE", key)]).is_empty());
+        assert_eq!(warnings(tls, &[]), [NO_HMAC_KEY_WARNING.replace("HOST", "redis.internal")]);
+        // Plaintext with a key: values cannot be forged, but the link is still readable.
+        assert_eq!(
+            warnings("[cache]\nredis_url = \"redis://10.0.0.7\"\n", &[("CLAMGATE_CACHE_HMAC_KEY_FILE", key)]),
+            [plaintext_warning("cache.redis_url", "10.0.0.7")]
+        );
+        assert_eq!(
+            warnings("", &[("CLAMGATE_CACHE_HMAC_KEY_FILE", key)]),
+            ["cache.hmac_key_file: set, but no Redis is configured (the in-process cache needs no key), so it is not used"]
+        );
+    }
+
+    #[test]
+    fn hmac_key_files_must_hold_a_long_enough_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = dir.path().join("good.key");
+        std::fs::write(&good, "k".repeat(32)).unwrap();
+        let short = dir.path().join("short.key");
+        std::fs::write(&short, format!("  {}\n\n", "k".repeat(31))).unwrap();
+        let missing = dir.path().join("missing.key");
+        let (good, short, missing) =
+            (good.to_str().unwrap(), short.to_str().unwrap(), missing.to_str().unwrap());
+        let config =
+            load(&format!("[cache]\nhmac_key_file = {good:?}\nhmac_previous_key_file = {good:?}\n"), &[])
+                .unwrap();
+        assert_eq!(config.cache.hmac_key_file.as_deref(), Some(good));
+        let errors = errors(
+            &format!("[cache]\nhmac_key_file = {short:?}\nhmac_previous_key_file = {missing:?}\n"),
+            &[],
+        );
+        assert_eq!(errors.len(), 2, "{errors:#?}");
+        assert!(
+            errors[0].starts_with("cache.hmac_key_file: ") && errors[0].contains("fewer than 32 bytes"),
+            "{errors:#?}"
+        );
+        assert!(!errors[0].contains("kkkk"), "no key material in errors: {errors:#?}");
+        assert!(errors[1].starts_with("cache.hmac_previous_key_file: cannot read "), "{errors:#?}");
+        assert!(error(&format!("[cache]\nhmac_previous_key_file = {good:?}\n"), &[])
+            .starts_with("cache.hmac_previous_key_file: set without cache.hmac_key_file"),);
+        // An empty variable unsets the key.
+        let unset =
+            load(&format!("[cache]\nhmac_key_file = {good:?}\n"), &[("CLAMGATE_CACHE_HMAC_KEY_FILE", "")]);
+        assert_eq!(unset.unwrap().cache.hmac_key_file, None);
+    }
+
+    #[test]
+    fn signature_epoch_and_unscanned_ttl_have_their_ranges() {
+        let config = load("[cache]\nsignature_epoch = 3\nunscanned_ttl_secs = 0\n", &[]).unwrap();
+        assert_eq!((config.cache.signature_epoch, config.cache.unscanned_ttl_secs), (3, 0));
+        assert_eq!(CacheConfig::default().unscanned_ttl_secs, 300);
+        assert_eq!(
+            error("", &[("CLAMGATE_CACHE_UNSCANNED_TTL_SECS", "3601")]),
+            "cache.unscanned_ttl_secs: must be at most 3600, found 3601 (set by CLAMGATE_CACHE_UNSCANNED_TTL_SECS)"
+        );
+    }
+
     #[test]
     fn the_tls_ca_file_must_be_a_readable_pem_file() {
         let dir = tempfile::tempdir().unwrap();
@@ -2756,7 +2962,7 @@ mod tests {
         };
         let config = load(&with_ca(&ca), &[]).unwrap();
         assert_eq!(config.cache.redis_tls_ca_file.as_deref(), ca.to_str());
-        assert!(config.warnings().is_empty());
+        assert_eq!(config.warnings(), [NO_HMAC_KEY_WARNING.replace("HOST", "redis")]);
         assert_eq!(
             error(&with_ca(&missing), &[]),
             format!(
@@ -2799,7 +3005,7 @@ mod tests {
         );
         // Without a rediss:// URL it is not used: a warning.
         let text = format!(
-            "[cache]\nredis_cluster_urls = [\"redis://r1:7000\"]\nredis_tls_ca_file = {:?}\n",
+            "[cache]\nredis_cluster_urls = [\"redis://127.0.0.1:7000\"]\nredis_tls_ca_file = {:?}\n",
             ca.display().to_string()
         );
         assert_eq!(
@@ -2963,7 +3169,10 @@ mod tests {
         assert!(load(SAMPLE, &[]).unwrap().warnings().is_empty());
         assert_eq!(
             load("[cache]\nredis_cluster_urls = [\"rediss://:pw@r1:7000/#insecure\"]\n", &[]).unwrap().warnings(),
-            ["cache.redis_cluster_urls[0]: \"#insecure\" turns off the check of Redis's TLS certificate: anyone on the network path can pose as Redis and serve forged verdicts"]
+            [
+                "cache.redis_cluster_urls[0]: \"#insecure\" turns off the check of Redis's TLS certificate: anyone on the network path can pose as Redis and serve forged verdicts".to_string(),
+                NO_HMAC_KEY_WARNING.replace("HOST", "r1"),
+            ]
         );
     }
 
@@ -3007,6 +3216,15 @@ mod tests {
     }
 
     #[test]
+    fn the_skipped_encoding_bytes_are_bounded_and_overridable() {
+        assert_eq!(ScanConfig::default().max_skipped_encoding_bytes, 65_536);
+        let env = [("CLAMGATE_SCAN_MAX_SKIPPED_ENCODING_BYTES", "0")];
+        assert_eq!(load("", &env).unwrap().scan.max_skipped_encoding_bytes, 0);
+        let err = load("[scan]\nmax_skipped_encoding_bytes = 4294967296\n", &[]).unwrap_err().to_string();
+        assert!(err.contains("scan.max_skipped_encoding_bytes: must be at most 4294967295"), "{err}");
+    }
+
+    #[test]
     fn the_sample_config_lists_every_key() {
         let text = sample_uncommented();
         let table = toml::from_str::<Table>(&text).unwrap();
@@ -3027,7 +3245,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let ca = dir.path().join("ca.pem");
         std::fs::write(&ca, "-----BEGIN CERTIFICATE-----\n").unwrap();
-        let env = [("CLAMGATE_CACHE_REDIS_TLS_CA_FILE", ca.to_str().unwrap())];
+        let key = dir.path().join("hmac.key");
+        std::fs::write(&key, "k".repeat(32)).unwrap();
+        let env = [
+            ("CLAMGATE_CACHE_REDIS_TLS_CA_FILE", ca.to_str().unwrap()),
+            ("CLAMGATE_CACHE_HMAC_KEY_FILE", key.to_str().unwrap()),
+            ("CLAMGATE_CACHE_HMAC_PREVIOUS_KEY_FILE", key.to_str().unwrap()),
+        ];
         if let Err(err) = load(&text, &env) {
             panic!("the uncommented clamgate.toml is invalid:\n{err}");
         }

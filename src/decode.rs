@@ -16,7 +16,7 @@
 //! gzip.write_all(b"hello, clamd")?;
 //! let body = gzip.finish()?;
 //!
-//! let limits = DecodeLimits { max_output_bytes: 1 << 30, max_ratio: 100 };
+//! let limits = DecodeLimits { max_output_bytes: 1 << 30, max_ratio: 100, max_skipped_bytes: 64 * 1024 };
 //! let mut decoder = BodyDecoder::new(&parse_content_encoding(&["gzip"])?, limits);
 //! let mut scanned = Vec::new();
 //! for (chunk, end_of_stream) in [(&body[..7], false), (&body[7..], true)] {
@@ -45,6 +45,18 @@
 //! - Windows are bounded so that a hostile stream header cannot make the decoder allocate much:
 //!   brotli's large-window extension is refused (16 MiB at most, RFC 7932) and a zstd frame may
 //!   ask for at most an 8 MiB window (the bound RFC 9659 sets for HTTP).
+//! - Bytes a decoder reads without decoding them (gzip's `FEXTRA`, `FNAME` and `FCOMMENT`
+//!   header fields, zstd skippable frames) are counted ([`BodyDecoder::skipped_bytes`]); past
+//!   [`DecodeLimits::max_skipped_bytes`] for the body the decoding stops with
+//!   [`DecodeError::SkippedTooMuch`]: a file hidden there is never clamd-scanned *decoded*, so
+//!   clamgate refuses to call such a body clean on the strength of its decoding (the scanner also
+//!   scans the received bytes as they are). brotli metadata meta-blocks cannot be counted:
+//!   `brotli-decompressor` 6.2 skips them internally and its public API offers no callback (only
+//!   its C FFI does); the scanner's scan of the received bytes covers them.
+//! - gzip members are counted, at most [`MAX_GZIP_MEMBERS`] a layer ([`DecodeError::TooManyMembers`]
+//!   past it). When gzip is the first encoding applied, its members are the files a client may
+//!   see (a browser reads only the first, `zcat` all of them): [`BodyDecoder::gzip_member`] says
+//!   which member each piece came from, so the scanner can scan each member on its own.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -67,6 +79,14 @@ pub const RATIO_CHECK_FLOOR_BYTES: u64 = 1024 * 1024;
 /// The most encodings [`parse_content_encoding`] accepts on one body. Real servers apply one;
 /// each layer costs a [`PIECE_BYTES`] buffer and a decoder state, so a long list is refused.
 pub const MAX_STACKED_ENCODINGS: usize = 4;
+
+/// The most gzip members one gzip layer may hold; more is [`DecodeError::TooManyMembers`].
+///
+/// Real servers and tools write one member (`gzip`, `pigz`, nginx, every HTTP library);
+/// concatenated files (`cat a.gz b.gz`) make a few. Each member of the content is scanned on its
+/// own, a clamd scan each, so their number is bounded. (`bgzip` writes a member per 64 KiB: such a
+/// file served with `Content-Encoding: gzip` is refused past 1 MiB.)
+pub const MAX_GZIP_MEMBERS: u32 = 16;
 
 /// log2 of the largest zstd window accepted: 8 MiB, as RFC 9659 requires of `zstd` in HTTP.
 const ZSTD_WINDOW_LOG_MAX: u32 = 23;
@@ -158,6 +178,11 @@ pub struct DecodeLimits {
     /// [`DecodeError::RatioExceeded`]. Checked only once the decoded output passes
     /// [`RATIO_CHECK_FLOOR_BYTES`]. `u64::MAX` turns the check off.
     pub max_ratio: u64,
+    /// The most bytes, over the whole body and every layer, that the decoders may read without
+    /// decoding them: gzip `FEXTRA` (with its length), `FNAME` and `FCOMMENT` (with their
+    /// terminating zero) of every member, and whole zstd skippable frames (with their 8-byte
+    /// header). More is [`DecodeError::SkippedTooMuch`]. `u64::MAX` turns the check off.
+    pub max_skipped_bytes: u64,
 }
 
 /// Why a body could not be decoded. Once returned, [`BodyDecoder::next_piece`] keeps returning it.
@@ -174,6 +199,23 @@ pub enum DecodeError {
     RatioExceeded {
         /// The limit, in decoded bytes per encoded byte.
         ratio_limit: u64,
+    },
+    /// The decoders read more than [`DecodeLimits::max_skipped_bytes`] bytes that carry no
+    /// content (gzip header fields, zstd skippable frames): a place to hide a file from a scan of
+    /// the decoded body.
+    #[error(
+        "the encoding carries more than {limit} bytes that are not content (gzip extra, name or \
+         comment fields, zstd skippable frames)"
+    )]
+    SkippedTooMuch {
+        /// The limit, in skipped bytes.
+        limit: u64,
+    },
+    /// A gzip layer holds more than [`MAX_GZIP_MEMBERS`] members.
+    #[error("more than {limit} concatenated gzip members")]
+    TooManyMembers {
+        /// The limit, in members.
+        limit: u32,
     },
     /// The bytes are not valid in `encoding`: malformed, truncated, or followed by extra bytes.
     #[error("corrupt {encoding} body: {detail}")]
@@ -281,6 +323,23 @@ impl BodyDecoder {
         self.decoded_bytes
     }
 
+    /// Bytes the decoders have read without decoding them, over every layer (see
+    /// [`DecodeLimits::max_skipped_bytes`]).
+    pub fn skipped_bytes(&self) -> u64 {
+        self.layers.iter().filter_map(|layer| layer.decoder.as_ref()).map(LayerDecoder::skipped_bytes).sum()
+    }
+
+    /// When gzip is the first encoding applied (the layer whose output is the content): the
+    /// number, from 1, of the gzip member the piece last handed out by
+    /// [`next_piece`](Self::next_piece) came from; once the body is decoded, how many members it
+    /// has. A piece never spans two members. 0 for other encodings, and before gzip's first byte.
+    pub fn gzip_member(&self) -> u32 {
+        match self.layers.last().and_then(|innermost| innermost.decoder.as_ref()) {
+            Some(LayerDecoder::Gzip(gzip)) => gzip.members,
+            _ => 0,
+        }
+    }
+
     /// Gets the next piece ready and checks it against the limits; `false` if there is none yet.
     fn ready_a_piece(&mut self) -> Result<bool, DecodeError> {
         let ready = if self.layers.is_empty() { self.take_identity_piece() } else { self.decode_a_piece()? };
@@ -324,7 +383,10 @@ impl BodyDecoder {
                 has_input || self.layers[index].may_hold_output
             });
             match runnable {
-                Some(index) => self.run_layer(index)?,
+                Some(index) => {
+                    self.run_layer(index)?;
+                    self.check_skipped(index)?;
+                }
                 None if self.input_finished => return self.check_streams_ended().map(|()| false),
                 None => return Ok(false),
             }
@@ -350,6 +412,21 @@ impl BodyDecoder {
             Some(previous) => {
                 let consumed = layer.run(previous.output())?;
                 previous.consume_output(consumed);
+            }
+        }
+        Ok(())
+    }
+
+    /// After layer `index` ran: the body's skipped bytes and that layer's gzip members are within
+    /// bounds. Checked after every run, which reads at most one input buffer, so a decoder never
+    /// skips far past the bound.
+    fn check_skipped(&self, index: usize) -> Result<(), DecodeError> {
+        if self.skipped_bytes() > self.limits.max_skipped_bytes {
+            return Err(DecodeError::SkippedTooMuch { limit: self.limits.max_skipped_bytes });
+        }
+        if let Some(LayerDecoder::Gzip(gzip)) = &self.layers[index].decoder {
+            if gzip.members > MAX_GZIP_MEMBERS {
+                return Err(DecodeError::TooManyMembers { limit: MAX_GZIP_MEMBERS });
             }
         }
         Ok(())
@@ -501,6 +578,17 @@ impl LayerDecoder {
         }
     }
 
+    /// Input bytes read without being decoded (see [`DecodeLimits::max_skipped_bytes`]).
+    fn skipped_bytes(&self) -> u64 {
+        match self {
+            LayerDecoder::Gzip(decoder) => decoder.skipped_bytes,
+            LayerDecoder::Zstd(decoder) => decoder.skipped_bytes,
+            // Every byte of a deflate stream is deflate; brotli's metadata cannot be seen (see the
+            // module documentation).
+            LayerDecoder::Deflate(_) | LayerDecoder::Brotli(_) => 0,
+        }
+    }
+
     /// The input so far is a complete stream: it may end here.
     fn is_complete(&self) -> bool {
         match self {
@@ -509,7 +597,7 @@ impl LayerDecoder {
                 matches!(decoder, DeflateDecoder::Inflating { ended: true, .. })
             }
             LayerDecoder::Brotli(decoder) => decoder.ended,
-            LayerDecoder::Zstd(decoder) => decoder.at_frame_end,
+            LayerDecoder::Zstd(decoder) => decoder.is_complete(),
         }
     }
 }
@@ -561,6 +649,10 @@ struct GzipDecoder {
     body_crc: Crc,
     /// CRC-32 of the current member's header so far, checked against the optional header CRC.
     header_crc: Crc,
+    /// Members begun, counting the current one (a decoder exists once its first byte arrived).
+    members: u32,
+    /// Bytes of `FEXTRA` (with its length), `FNAME` and `FCOMMENT` read, over every member.
+    skipped_bytes: u64,
 }
 
 /// Where in a gzip member the decoder is.
@@ -622,6 +714,8 @@ impl GzipDecoder {
             inflater: Decompress::new(false),
             body_crc: Crc::new(),
             header_crc: Crc::new(),
+            members: 1,
+            skipped_bytes: 0,
         }
     }
 
@@ -648,6 +742,8 @@ impl GzipDecoder {
             }
             // Header bytes read in this round, which the optional header CRC covers.
             let mut header_bytes = 0;
+            // Whether they are the optional fields, read but never decoded.
+            let mut skipped = false;
             match &mut self.part {
                 GzipPart::Fixed { bytes, filled } => {
                     header_bytes = fill(bytes, filled, rest);
@@ -658,6 +754,7 @@ impl GzipDecoder {
                 }
                 GzipPart::ExtraLength { flags, bytes, filled } => {
                     header_bytes = fill(bytes, filled, rest);
+                    skipped = true;
                     if *filled == bytes.len() {
                         let (flags, remaining) = (*flags, usize::from(u16::from_le_bytes(*bytes)));
                         self.part = match remaining {
@@ -668,6 +765,7 @@ impl GzipDecoder {
                 }
                 GzipPart::Extra { flags, remaining } => {
                     header_bytes = (*remaining).min(rest.len());
+                    skipped = true;
                     *remaining -= header_bytes;
                     if *remaining == 0 {
                         self.part = GzipPart::after(GzipHeaderField::Extra, *flags);
@@ -676,6 +774,7 @@ impl GzipDecoder {
                 GzipPart::Name { flags } => {
                     let (taken, terminated) = through_zero_byte(rest);
                     header_bytes = taken;
+                    skipped = true;
                     if terminated {
                         self.part = GzipPart::after(GzipHeaderField::Name, *flags);
                     }
@@ -683,6 +782,7 @@ impl GzipDecoder {
                 GzipPart::Comment { flags } => {
                     let (taken, terminated) = through_zero_byte(rest);
                     header_bytes = taken;
+                    skipped = true;
                     if terminated {
                         self.part = GzipPart::after(GzipHeaderField::Comment, *flags);
                     }
@@ -717,10 +817,15 @@ impl GzipDecoder {
                     self.body_crc.reset();
                     self.header_crc.reset();
                     self.part = GzipPart::member_start();
+                    // The caller checks the count against MAX_GZIP_MEMBERS after this call.
+                    self.members += 1;
                 }
                 GzipPart::Body => unreachable!("handled before the match"),
             }
             self.header_crc.update(&rest[..header_bytes]);
+            if skipped {
+                self.skipped_bytes += header_bytes as u64;
+            }
             consumed += header_bytes;
         }
     }
@@ -856,11 +961,37 @@ impl BrotliDecoder {
     }
 }
 
-/// zstd (RFC 8878): frames one after another, each window at most 8 MiB.
+/// zstd (RFC 8878): frames one after another, each window at most 8 MiB. Skippable frames are
+/// read here, counted and never given to zstd (which would skip them unseen).
 struct ZstdDecoder {
     context: ZstdContext<'static>,
-    /// The last frame is complete and flushed: the body may end here.
-    at_frame_end: bool,
+    part: ZstdPart,
+    /// Bytes of skippable frames read, headers included.
+    skipped_bytes: u64,
+}
+
+/// Where in a zstd body the decoder is.
+enum ZstdPart {
+    /// Between frames (or before the first): the next frame's magic number.
+    Magic { bytes: [u8; 4], filled: usize },
+    /// The frame size of a skippable frame, after its magic number.
+    SkippableSize { bytes: [u8; 4], filled: usize },
+    /// The data of a skippable frame.
+    Skipping { remaining: u32 },
+    /// A zstd frame, decoded by zstd, which gets the magic number read here first.
+    Frame { magic: [u8; 4], fed: usize },
+}
+
+impl ZstdPart {
+    fn frame_start() -> ZstdPart {
+        ZstdPart::Magic { bytes: [0; 4], filled: 0 }
+    }
+}
+
+/// Whether a frame's magic number (little-endian) is one of the 16 of skippable frames,
+/// 0x184D2A50 to 0x184D2A5F (RFC 8878, section 3.1.2).
+fn is_skippable_magic(magic: [u8; 4]) -> bool {
+    u32::from_le_bytes(magic) & 0xffff_fff0 == 0x184d_2a50
 }
 
 impl ZstdDecoder {
@@ -869,19 +1000,80 @@ impl ZstdDecoder {
         context
             .set_parameter(DParameter::WindowLogMax(ZSTD_WINDOW_LOG_MAX))
             .map_err(|err| err.to_string())?;
-        Ok(ZstdDecoder { context, at_frame_end: false })
+        Ok(ZstdDecoder { context, part: ZstdPart::frame_start(), skipped_bytes: 0 })
+    }
+
+    /// Every frame begun has ended: the body may end here.
+    fn is_complete(&self) -> bool {
+        matches!(self.part, ZstdPart::Magic { filled: 0, .. })
     }
 
     fn decode(&mut self, input: &[u8], output: &mut [u8]) -> Result<Step, String> {
-        let status = self.context.run_on_buffers(input, output).map_err(|err| err.to_string())?;
-        // zstd returns 0 once a frame is decoded and flushed. A call that moved nothing says
-        // nothing new (between frames it asks for the next frame's header).
-        if status.remaining == 0 {
-            self.at_frame_end = true;
-        } else if status.bytes_read > 0 || status.bytes_written > 0 {
-            self.at_frame_end = false;
+        let mut consumed = 0;
+        loop {
+            let rest = &input[consumed..];
+            match &mut self.part {
+                ZstdPart::Frame { magic, fed } => {
+                    let from_magic = *fed < magic.len();
+                    let frame_input: &[u8] = if from_magic { &magic[*fed..] } else { rest };
+                    let status =
+                        self.context.run_on_buffers(frame_input, output).map_err(|err| err.to_string())?;
+                    if from_magic {
+                        *fed += status.bytes_read;
+                    } else {
+                        consumed += status.bytes_read;
+                    }
+                    // zstd returns 0 once the frame is decoded and flushed, and stops there.
+                    let frame_ended = status.remaining == 0;
+                    if frame_ended {
+                        self.part = ZstdPart::frame_start();
+                    }
+                    // Output goes back at once; bytes after a frame are read in the next call.
+                    if status.bytes_written > 0 {
+                        return Ok(Step { consumed, produced: status.bytes_written });
+                    }
+                    if status.bytes_read == 0 && !frame_ended {
+                        // zstd needs more input than this call has.
+                        return Ok(Step { consumed, produced: 0 });
+                    }
+                    continue;
+                }
+                _ if rest.is_empty() => return Ok(Step { consumed, produced: 0 }),
+                ZstdPart::Magic { bytes, filled } => {
+                    consumed += fill(bytes, filled, rest);
+                    if *filled == bytes.len() {
+                        let magic = *bytes;
+                        self.part = if is_skippable_magic(magic) {
+                            self.skipped_bytes += magic.len() as u64;
+                            ZstdPart::SkippableSize { bytes: [0; 4], filled: 0 }
+                        } else {
+                            ZstdPart::Frame { magic, fed: 0 }
+                        };
+                    }
+                }
+                ZstdPart::SkippableSize { bytes, filled } => {
+                    let taken = fill(bytes, filled, rest);
+                    consumed += taken;
+                    self.skipped_bytes += taken as u64;
+                    if *filled == bytes.len() {
+                        self.part = match u32::from_le_bytes(*bytes) {
+                            0 => ZstdPart::frame_start(),
+                            remaining => ZstdPart::Skipping { remaining },
+                        };
+                    }
+                }
+                ZstdPart::Skipping { remaining } => {
+                    let taken = rest.len().min(*remaining as usize);
+                    consumed += taken;
+                    self.skipped_bytes += taken as u64;
+                    // `taken` is at most `remaining`, a u32.
+                    *remaining -= taken as u32;
+                    if *remaining == 0 {
+                        self.part = ZstdPart::frame_start();
+                    }
+                }
+            }
         }
-        Ok(Step { consumed: status.bytes_read, produced: status.bytes_written })
     }
 }
 
@@ -896,7 +1088,8 @@ mod tests {
 
     use super::*;
 
-    const NO_LIMITS: DecodeLimits = DecodeLimits { max_output_bytes: u64::MAX, max_ratio: u64::MAX };
+    const NO_LIMITS: DecodeLimits =
+        DecodeLimits { max_output_bytes: u64::MAX, max_ratio: u64::MAX, max_skipped_bytes: u64::MAX };
 
     /// About 160 KiB of text that compresses a few times over, so every encoding spans many
     /// pieces and buffers.
@@ -1221,7 +1414,7 @@ mod tests {
             let body = &sample_body()[..decoded_bytes];
             for encoding in [Encoding::Gzip, Encoding::Deflate, Encoding::Brotli, Encoding::Zstd] {
                 let encoded = encode(encoding, body);
-                let exact = DecodeLimits { max_output_bytes: decoded_bytes as u64, max_ratio: u64::MAX };
+                let exact = DecodeLimits { max_output_bytes: decoded_bytes as u64, ..NO_LIMITS };
                 for chunk_bytes in [7, 1000, encoded.len()] {
                     let decoded = decode_in_chunks(&[encoding], &encoded, chunk_bytes, exact);
                     assert_eq!(decoded.as_deref(), Ok(body), "{encoding}, {decoded_bytes} bytes");
@@ -1308,7 +1501,7 @@ mod tests {
         assert_eq!(decoded, body);
         assert_eq!(pieces, body.len().div_ceil(PIECE_BYTES));
 
-        let limits = DecodeLimits { max_output_bytes: 100_000, max_ratio: 1 };
+        let limits = DecodeLimits { max_output_bytes: 100_000, max_ratio: 1, ..NO_LIMITS };
         assert_eq!(decode_in_chunks(&[], body, 4096, limits), Err(DecodeError::TooLarge { limit: 100_000 }));
     }
 
@@ -1346,7 +1539,7 @@ mod tests {
 
         // The ratio limit trips as soon as the output passes the floor.
         let started = Instant::now();
-        let limits = DecodeLimits { max_output_bytes: 1 << 30, max_ratio: 100 };
+        let limits = DecodeLimits { max_output_bytes: 1 << 30, max_ratio: 100, ..NO_LIMITS };
         let (error, decoder) = feed_until_error(&[Encoding::Gzip], &bomb, limits);
         assert_eq!(error, DecodeError::RatioExceeded { ratio_limit: 100 });
         assert!(decoder.decoded_bytes() <= RATIO_CHECK_FLOOR_BYTES, "{decoder:?}");
@@ -1354,7 +1547,7 @@ mod tests {
 
         // The size limit trips with the output at most one piece short of it, never past it, and
         // early in the input.
-        let limits = DecodeLimits { max_output_bytes: 8 * 1024 * 1024, max_ratio: u64::MAX };
+        let limits = DecodeLimits { max_output_bytes: 8 * 1024 * 1024, max_ratio: u64::MAX, ..NO_LIMITS };
         let (error, decoder) = feed_until_error(&[Encoding::Gzip], &bomb, limits);
         assert_eq!(error, DecodeError::TooLarge { limit: 8 * 1024 * 1024 });
         assert!(decoder.decoded_bytes() <= limits.max_output_bytes, "{decoder:?}");
@@ -1363,7 +1556,7 @@ mod tests {
 
         // Stacked: a few hundred bytes that decode to the 64 KiB bomb, that decodes to 64 MiB.
         let double_bomb = gzip(&bomb);
-        let limits = DecodeLimits { max_output_bytes: 1 << 30, max_ratio: 1000 };
+        let limits = DecodeLimits { max_output_bytes: 1 << 30, max_ratio: 1000, ..NO_LIMITS };
         let (error, decoder) = feed_until_error(&[Encoding::Gzip, Encoding::Gzip], &double_bomb, limits);
         assert_eq!(error, DecodeError::RatioExceeded { ratio_limit: 1000 });
         assert!(decoder.decoded_bytes() <= RATIO_CHECK_FLOOR_BYTES, "{decoder:?}");
@@ -1372,8 +1565,279 @@ mod tests {
     #[test]
     fn small_bodies_may_exceed_the_ratio() {
         let zeros = vec![0; RATIO_CHECK_FLOOR_BYTES as usize];
-        let limits = DecodeLimits { max_output_bytes: u64::MAX, max_ratio: 2 };
+        let limits = DecodeLimits { max_output_bytes: u64::MAX, max_ratio: 2, ..NO_LIMITS };
         assert_eq!(decode_in_chunks(&[Encoding::Gzip], &gzip(&zeros), 100, limits), Ok(zeros));
+    }
+
+    /// A gzip member of `data` whose header carries the optional fields given.
+    fn gzip_with_fields(
+        data: &[u8],
+        extra: Option<&[u8]>,
+        name: Option<&[u8]>,
+        comment: Option<&[u8]>,
+    ) -> Vec<u8> {
+        let mut builder = flate2::GzBuilder::new();
+        if let Some(extra) = extra {
+            builder = builder.extra(extra);
+        }
+        if let Some(name) = name {
+            builder = builder.filename(name);
+        }
+        if let Some(comment) = comment {
+            builder = builder.comment(comment);
+        }
+        let mut encoder = builder.write(Vec::new(), Compression::default());
+        encoder.write_all(data).unwrap();
+        encoder.finish().unwrap()
+    }
+
+    /// A zstd skippable frame with magic number 0x184D2A50 + `variant` holding `data`.
+    fn skippable_frame(variant: u8, data: &[u8]) -> Vec<u8> {
+        let mut frame = (0x184d_2a50u32 | u32::from(variant & 0x0f)).to_le_bytes().to_vec();
+        frame.extend_from_slice(&(data.len() as u32).to_le_bytes());
+        frame.extend_from_slice(data);
+        frame
+    }
+
+    fn with_skip_limit(max_skipped_bytes: u64) -> DecodeLimits {
+        DecodeLimits { max_skipped_bytes, ..NO_LIMITS }
+    }
+
+    /// Decodes `encoded` whole and returns the skipped bytes counted.
+    fn skipped_after_decoding(encodings: &[Encoding], encoded: &[u8], chunk_bytes: usize) -> u64 {
+        let mut decoder = BodyDecoder::new(encodings, NO_LIMITS);
+        let mut decoded = Vec::new();
+        for chunk in encoded.chunks(chunk_bytes) {
+            decoder.push(Bytes::copy_from_slice(chunk));
+            drain(&mut decoder, &mut decoded).unwrap();
+        }
+        decoder.finish();
+        drain(&mut decoder, &mut decoded).unwrap();
+        decoder.skipped_bytes()
+    }
+
+    #[test]
+    fn gzip_extra_name_and_comment_count_as_skipped_in_every_member() {
+        let body = b"the content";
+        let plain = gzip(body);
+        // FEXTRA: its 2-byte length and 5 bytes; FNAME and FCOMMENT with their terminating zero.
+        let fields = gzip_with_fields(body, Some(b"extra"), Some(b"name.txt"), Some(b"a comment"));
+        let only_name = gzip_with_fields(body, None, Some(b"name.txt"), None);
+        for chunk_bytes in [1, 3, 4096] {
+            assert_eq!(skipped_after_decoding(&[Encoding::Gzip], &plain, chunk_bytes), 0);
+            assert_eq!(skipped_after_decoding(&[Encoding::Gzip], &fields, chunk_bytes), 7 + 9 + 10);
+            assert_eq!(skipped_after_decoding(&[Encoding::Gzip], &only_name, chunk_bytes), 9);
+            let two_members = [fields.clone(), only_name.clone()].concat();
+            assert_eq!(skipped_after_decoding(&[Encoding::Gzip], &two_members, chunk_bytes), 26 + 9);
+        }
+        assert_eq!(decode_whole(&[Encoding::Gzip], &fields).as_deref(), Ok(&body[..]));
+    }
+
+    #[test]
+    fn zstd_skippable_frames_are_counted_and_never_decoded() {
+        let (first, second) = sample_body().split_at(40_000);
+        // pzstd writes a 12-byte skippable frame (the frame's compressed size) before each frame.
+        let pzstd_like = [
+            skippable_frame(0, &(zstd(first).len() as u32).to_le_bytes()),
+            zstd(first),
+            skippable_frame(0, &(zstd(second).len() as u32).to_le_bytes()),
+            zstd(second),
+        ]
+        .concat();
+        let hidden = b"a file hidden where no decoder looks";
+        let everywhere = [
+            skippable_frame(0xf, hidden),
+            zstd(first),
+            skippable_frame(3, b""),
+            zstd(second),
+            skippable_frame(7, hidden),
+        ]
+        .concat();
+        for chunk_bytes in [1, 5, 999, everywhere.len()] {
+            for (encoded, skipped) in [(&pzstd_like, 24), (&everywhere, 3 * 8 + 2 * hidden.len() as u64)] {
+                let decoded = decode_in_chunks(&[Encoding::Zstd], encoded, chunk_bytes, NO_LIMITS);
+                assert_eq!(decoded.as_deref(), Ok(sample_body()), "in chunks of {chunk_bytes}");
+                assert_eq!(skipped_after_decoding(&[Encoding::Zstd], encoded, chunk_bytes), skipped);
+            }
+        }
+        // A body of skippable frames alone is an empty body; one cut short is truncated.
+        assert_eq!(decode_whole(&[Encoding::Zstd], &skippable_frame(1, hidden)), Ok(Vec::new()));
+        let frame = skippable_frame(1, hidden);
+        for cut in [2, 4, 6, 8, frame.len() - 1] {
+            assert_corrupt(decode_whole(&[Encoding::Zstd], &frame[..cut]), Encoding::Zstd);
+        }
+        // A frame that is neither zstd nor skippable is corrupt, as before.
+        let mut not_a_frame = zstd(first);
+        not_a_frame.extend_from_slice(&[0x51, 0x2a, 0x4d, 0x19, 0, 0, 0, 0]);
+        assert_corrupt(decode_whole(&[Encoding::Zstd], &not_a_frame), Encoding::Zstd);
+    }
+
+    #[test]
+    fn skipped_bytes_past_the_limit_stop_the_decoding() {
+        let hidden = vec![b'h'; 10_000];
+        let cases = [
+            (vec![Encoding::Zstd], [skippable_frame(0, &hidden), zstd(sample_body())].concat(), 10_008),
+            (vec![Encoding::Gzip], gzip_with_fields(sample_body(), Some(&hidden), None, None), 10_002),
+            (vec![Encoding::Gzip], gzip_with_fields(sample_body(), None, None, Some(&hidden)), 10_001),
+            // Stacked: the count is over every layer (a gzip name under a zstd skippable frame).
+            (
+                vec![Encoding::Gzip, Encoding::Zstd],
+                [
+                    skippable_frame(0, &hidden),
+                    zstd(&gzip_with_fields(sample_body(), None, Some(&hidden), None)),
+                ]
+                .concat(),
+                20_009,
+            ),
+        ];
+        for (encodings, encoded, skipped) in &cases {
+            for chunk_bytes in [1, 4096, encoded.len()] {
+                let at_the_limit =
+                    decode_in_chunks(encodings, encoded, chunk_bytes, with_skip_limit(*skipped));
+                assert_eq!(at_the_limit.as_deref(), Ok(sample_body()), "{encodings:?}");
+                let one_over =
+                    decode_in_chunks(encodings, encoded, chunk_bytes, with_skip_limit(skipped - 1));
+                assert_eq!(
+                    one_over,
+                    Err(DecodeError::SkippedTooMuch { limit: skipped - 1 }),
+                    "{encodings:?}"
+                );
+            }
+        }
+        // The bound holds however long the field: a gzip name that never ends is stopped early.
+        let mut endless_name = vec![0x1f, 0x8b, 8, FNAME, 0, 0, 0, 0, 0, 255];
+        endless_name.resize(4 * 1024 * 1024, b'n');
+        let mut decoder = BodyDecoder::new(&[Encoding::Gzip], with_skip_limit(64 * 1024));
+        let mut decoded = Vec::new();
+        let mut error = None;
+        for chunk in endless_name.chunks(64 * 1024) {
+            decoder.push(Bytes::copy_from_slice(chunk));
+            if let Err(err) = drain(&mut decoder, &mut decoded) {
+                error = Some(err);
+                break;
+            }
+        }
+        assert_eq!(error, Some(DecodeError::SkippedTooMuch { limit: 64 * 1024 }));
+        assert!(decoder.encoded_bytes() <= 2 * 64 * 1024 + 10, "{decoder:?}");
+    }
+
+    #[test]
+    fn gzip_members_of_the_content_are_numbered_piece_by_piece() {
+        let members: [&[u8]; 4] = [&sample_body()[..100_000], b"", b"second", &sample_body()[100_000..]];
+        let encoded: Vec<u8> = members.iter().flat_map(|member| gzip(member)).collect();
+        for chunk_bytes in [1, 777, encoded.len()] {
+            let mut decoder = BodyDecoder::new(&[Encoding::Gzip], NO_LIMITS);
+            assert_eq!(decoder.gzip_member(), 0);
+            let mut by_member: Vec<Vec<u8>> = vec![Vec::new(); members.len()];
+            let mut take = |decoder: &mut BodyDecoder| {
+                while let Some(piece) = decoder.next_piece().unwrap() {
+                    let piece = piece.to_vec();
+                    by_member[decoder.gzip_member() as usize - 1].extend_from_slice(&piece);
+                }
+            };
+            for chunk in encoded.chunks(chunk_bytes) {
+                decoder.push(Bytes::copy_from_slice(chunk));
+                take(&mut decoder);
+            }
+            decoder.finish();
+            take(&mut decoder);
+            assert_eq!(decoder.gzip_member(), 4, "in chunks of {chunk_bytes}");
+            assert_eq!(by_member, members.map(<[u8]>::to_vec), "in chunks of {chunk_bytes}");
+        }
+        // gzip applied first (the content) under br: its members count. gzip applied last (over
+        // brotli bytes): they do not, the content is brotli's.
+        let inner = brotli(&[gzip(b"one"), gzip(b"two")].concat());
+        let mut decoder = BodyDecoder::new(&[Encoding::Gzip, Encoding::Brotli], NO_LIMITS);
+        decoder.push(inner);
+        decoder.finish();
+        let mut decoded = Vec::new();
+        drain(&mut decoder, &mut decoded).unwrap();
+        assert_eq!((decoded.as_slice(), decoder.gzip_member()), (&b"onetwo"[..], 2));
+        let outer = [gzip(&brotli(b"one")[..5]), gzip(&brotli(b"one")[5..])].concat();
+        let mut decoder = BodyDecoder::new(&[Encoding::Brotli, Encoding::Gzip], NO_LIMITS);
+        decoder.push(outer);
+        decoder.finish();
+        let mut decoded = Vec::new();
+        drain(&mut decoder, &mut decoded).unwrap();
+        assert_eq!((decoded.as_slice(), decoder.gzip_member()), (&b"one"[..], 0));
+        assert_eq!(BodyDecoder::new(&[Encoding::Zstd], NO_LIMITS).gzip_member(), 0);
+    }
+
+    #[test]
+    fn more_than_16_gzip_members_are_refused() {
+        let members =
+            |count: usize| -> Vec<u8> { (0..count).flat_map(|n| gzip(format!("{n}").as_bytes())).collect() };
+        let sixteen = decode_whole(&[Encoding::Gzip], &members(16)).unwrap();
+        assert_eq!(sixteen, (0..16).map(|n| n.to_string()).collect::<String>().into_bytes());
+        for encodings in [&[Encoding::Gzip][..], &[Encoding::Gzip, Encoding::Zstd]] {
+            let encoded = match encodings {
+                [_, Encoding::Zstd] => zstd(&members(17)),
+                _ => members(17),
+            };
+            assert_eq!(
+                decode_whole(encodings, &encoded),
+                Err(DecodeError::TooManyMembers { limit: MAX_GZIP_MEMBERS })
+            );
+        }
+        // An outer gzip layer is bounded too.
+        let inner = zstd(&sample_body()[..100]);
+        assert!(inner.len() > 16);
+        let outer: Vec<u8> = inner.chunks(1).flat_map(gzip).collect();
+        assert_eq!(
+            decode_whole(&[Encoding::Zstd, Encoding::Gzip], &outer),
+            Err(DecodeError::TooManyMembers { limit: MAX_GZIP_MEMBERS })
+        );
+    }
+
+    /// A brotli stream (16 KiB window) of a metadata meta-block holding `metadata`, then
+    /// `content` in one uncompressed meta-block (RFC 7932, 9.2), written bit by bit, least
+    /// significant bit first: the brotli encoder cannot write metadata.
+    fn brotli_with_metadata(metadata: &[u8], content: &[u8]) -> Vec<u8> {
+        assert!((1..=256).contains(&metadata.len()) && (1..=16 * 1024).contains(&content.len()));
+        struct Bits {
+            out: Vec<u8>,
+            used: u32,
+        }
+        impl Bits {
+            fn put(&mut self, fields: &[(usize, u32)]) {
+                for &(value, count) in fields {
+                    for bit in 0..count {
+                        if self.used == 0 {
+                            self.out.push(0);
+                        }
+                        *self.out.last_mut().unwrap() |= (((value >> bit) & 1) as u8) << self.used;
+                        self.used = (self.used + 1) % 8;
+                    }
+                }
+            }
+            /// Pads to a byte boundary, then appends `bytes`.
+            fn put_aligned(&mut self, bytes: &[u8]) {
+                self.used = 0;
+                self.out.extend_from_slice(bytes);
+            }
+        }
+        let mut bits = Bits { out: Vec::new(), used: 0 };
+        // WBITS 16; ISLAST 0, MNIBBLES 0 (coded 3), reserved 0, MSKIPBYTES 1, MSKIPLEN - 1.
+        bits.put(&[(0, 1), (0, 1), (3, 2), (0, 1), (1, 2), (metadata.len() - 1, 8)]);
+        bits.put_aligned(metadata);
+        // ISLAST 0, MNIBBLES 4 (coded 0), MLEN - 1, ISUNCOMPRESSED 1.
+        bits.put(&[(0, 1), (0, 2), (content.len() - 1, 16), (1, 1)]);
+        bits.put_aligned(content);
+        // ISLAST 1, ISLASTEMPTY 1.
+        bits.put(&[(1, 1), (1, 1)]);
+        bits.out
+    }
+
+    #[test]
+    fn brotli_metadata_is_skipped_and_cannot_be_counted() {
+        // Documents the limit the scanner's scan of the received bytes makes up for:
+        // brotli-decompressor skips metadata meta-blocks without a way to see them.
+        let encoded = brotli_with_metadata(b"hidden in a metadata block", b"the content");
+        for chunk_bytes in [1, 5, encoded.len()] {
+            let decoded = decode_in_chunks(&[Encoding::Brotli], &encoded, chunk_bytes, with_skip_limit(0));
+            assert_eq!(decoded.as_deref(), Ok(&b"the content"[..]));
+        }
+        assert_eq!(skipped_after_decoding(&[Encoding::Brotli], &encoded, 7), 0);
     }
 
     #[test]

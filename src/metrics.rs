@@ -42,6 +42,12 @@ struct CacheLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RejectedValueLabels {
+    key: &'static str,
+    reason: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct WaitLabels {
     scope: &'static str,
 }
@@ -108,6 +114,7 @@ pub struct Metrics {
     scanned_bytes: Counter,
     cache_lookups: Family<CacheLabels, Counter>,
     cache_errors: Family<CacheErrorLabels, Counter>,
+    cache_rejected_values: Family<RejectedValueLabels, Counter>,
     scan_waits: Family<WaitLabels, Counter>,
     scan_wait_duration: Histogram,
     ext_proc_messages: Family<MessageLabels, Counter>,
@@ -160,6 +167,12 @@ impl Metrics {
             "cache_errors",
             "Verdict cache failures (each one treated as a miss or a skipped write)",
             cache_errors.clone(),
+        );
+        let cache_rejected_values = Family::<RejectedValueLabels, Counter>::default();
+        registry.register(
+            "cache_rejected_values",
+            "Values read from Redis and refused because their HMAC tag is missing (missing_tag) or does not verify (bad_tag), by key kind (content, resource); each one a miss",
+            cache_rejected_values.clone(),
         );
         let scan_waits = Family::<WaitLabels, Counter>::default();
         registry.register(
@@ -238,7 +251,7 @@ impl Metrics {
         let decoded_bodies = Family::<DecodeLabels, Counter>::default();
         registry.register(
             "decoded_bodies",
-            "Bodies with a Content-Encoding decoded for clamd, by encoding (gzip, deflate, br, zstd, stacked) and outcome (complete, too_large, ratio_exceeded, corrupt)",
+            "Bodies with a Content-Encoding decoded for clamd, by encoding (gzip, deflate, br, zstd, stacked) and outcome (complete, too_large, ratio_exceeded, skipped_too_much, too_many_members, corrupt)",
             decoded_bodies.clone(),
         );
         let resource_verifications = Family::<VerificationLabels, Counter>::default();
@@ -283,6 +296,7 @@ impl Metrics {
             scanned_bytes,
             cache_lookups,
             cache_errors,
+            cache_rejected_values,
             scan_waits,
             scan_wait_duration,
             ext_proc_messages,
@@ -351,6 +365,12 @@ impl Metrics {
         self.ext_proc_messages.get_or_create(&MessageLabels { kind }).inc();
     }
 
+    /// Counts a value refused by its HMAC check: `key` is `content` or `resource`, `reason`
+    /// `missing_tag` or `bad_tag`.
+    pub fn record_cache_rejected_value(&self, key: &'static str, reason: &'static str) {
+        self.cache_rejected_values.get_or_create(&RejectedValueLabels { key, reason }).inc();
+    }
+
     /// Counts a failed cache call: `operation` is `get` or `put`.
     pub fn record_cache_error(&self, backend: &'static str, operation: &'static str) {
         self.cache_errors.get_or_create(&CacheErrorLabels { backend, operation }).inc();
@@ -372,7 +392,8 @@ impl Metrics {
 
     /// Counts a body decoded for clamd up to its end or a decoding error: `encoding` is `gzip`,
     /// `deflate`, `br`, `zstd` or `stacked` (more than one); `outcome` is `complete`, `too_large`,
-    /// `ratio_exceeded` or `corrupt`.
+    /// `ratio_exceeded`, `skipped_too_much` (more than `scan.max_skipped_encoding_bytes` skipped),
+    /// `too_many_members` (gzip) or `corrupt`.
     pub fn record_decoded_body(&self, encoding: &'static str, outcome: &'static str) {
         self.decoded_bodies.get_or_create(&DecodeLabels { encoding, outcome }).inc();
     }
@@ -447,5 +468,20 @@ mod tests {
             text.contains(r#"clamgate_cache_lookups_total{key="content",tier="memory",result="hit"} 1"#),
             "{text}"
         );
+    }
+
+    #[test]
+    fn rejected_cache_values_are_counted_by_key_and_reason() {
+        let metrics = Metrics::new();
+        metrics.record_cache_rejected_value("content", "missing_tag");
+        metrics.record_cache_rejected_value("content", "missing_tag");
+        metrics.record_cache_rejected_value("resource", "bad_tag");
+        let text = metrics.encode();
+        for line in [
+            r#"clamgate_cache_rejected_values_total{key="content",reason="missing_tag"} 2"#,
+            r#"clamgate_cache_rejected_values_total{key="resource",reason="bad_tag"} 1"#,
+        ] {
+            assert!(text.contains(line), "{text}");
+        }
     }
 }

@@ -5,16 +5,25 @@
 //! policy decides what the client gets. A cache failure is a miss, never a verdict.
 //!
 //! - **Staleness.** A Clean entry written under an older signature database than the one clamd
-//!   now reports is stale: the body is scanned again and the entry overwritten. Infected entries
-//!   stand until their TTL. The current database version comes from the health probe's `VERSION`
-//!   and from a `VERSION` after a failed scan, never per request.
+//!   now reports, or under a lower `cache.signature_epoch` than this instance's, is stale: the
+//!   body is scanned again and the entry overwritten. Infected entries stand until their TTL. The
+//!   current database version comes from the health probe's `VERSION` and from a `VERSION` after a
+//!   failed scan, never per request. An entry is stamped with the version known *before* its scan
+//!   started: a scan that straddled a signature reload may have used the old signatures.
+//! - **Unscanned, briefly.** An `Unscanned` verdict that depends only on the bytes
+//!   (`limits_exceeded`, `too_large`, `unsupported_encoding`) is cached by content key for
+//!   `cache.unscanned_ttl_secs`, so a replayed decompression bomb costs one decode; a hit answers
+//!   the same reason, and the policy decides as before. Never under a resource key.
 //! - **One scan per object at a time.** Concurrent scans of the same content wait for the first
 //!   (in process); with Redis, instances take a short lock so only one of them scans, and a
 //!   waiter scans itself if the holder dies (its lock expires).
 //! - **Encoded bodies.** A body with a `Content-Encoding` is decoded ([`crate::decode`]) piece by
 //!   piece on its way to clamd, so clamd sees what the client will see; the caller keeps (and
-//!   delivers) the encoded bytes. Its cache key is derived from the received bytes and the
-//!   encodings ([`encoded_content_key`]).
+//!   delivers) the encoded bytes. Every received byte reaches clamd: the received bytes are
+//!   scanned too, as they are (a file hidden where decoders do not look, an upload the
+//!   application stores undecoded), and when gzip gives the content each of its members is
+//!   scanned on its own as well (browsers read only the first). Its cache key is derived from the
+//!   received bytes and the encodings ([`encoded_content_key`]), and covers all these scans.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -102,6 +111,9 @@ pub struct ScannerSettings {
     /// Longest a clamd slot stays taken, once a body has been sent whole, waiting for clamd to
     /// reply or close after clamgate stopped waiting (clamd keeps scanning an abandoned body).
     pub abandoned_scan_max_hold: Duration,
+    /// Most bytes the decoders may read without decoding them ([`DecodeLimits::max_skipped_bytes`]).
+    /// More is `Unscanned { unsupported_encoding }`.
+    pub max_skipped_encoding_bytes: u64,
 }
 
 type Inflight = HashMap<ContentKey, watch::Receiver<Option<ScanReport>>>;
@@ -116,6 +128,7 @@ pub struct Scanner {
     engine: RwLock<Option<EngineVersion>>,
     inflight: Mutex<Inflight>,
     cache_error_log: Throttle,
+    rejected_value_log: Throttle,
     version_refresh: Throttle,
 }
 
@@ -135,6 +148,7 @@ impl Scanner {
             engine: RwLock::new(None),
             inflight: Mutex::new(HashMap::new()),
             cache_error_log: Throttle::new(Duration::from_secs(CACHE_ERROR_LOG_INTERVAL_SECS)),
+            rejected_value_log: Throttle::new(Duration::from_secs(CACHE_ERROR_LOG_INTERVAL_SECS)),
             version_refresh: Throttle::new(Duration::from_millis(VERSION_REFRESH_MIN_INTERVAL_MS)),
         }
     }
@@ -187,9 +201,16 @@ impl Scanner {
     /// With `encodings`, clamd gets the decoded body, decoded piece by piece as it is sent (never
     /// whole in memory), within [`DecodeLimits`]: at most `max_scan_bytes` decoded
     /// (`Unscanned { too_large }` past it) and at most `max_decode_ratio` decoded bytes per
-    /// encoded byte (`Unscanned { limits_exceeded }`); bytes that do not decode are
+    /// encoded byte (`Unscanned { limits_exceeded }`); bytes that do not decode, more than
+    /// `max_skipped_encoding_bytes` that the decoders skip (gzip header fields, zstd skippable
+    /// frames) and more than [`crate::decode::MAX_GZIP_MEMBERS`] gzip members are
     /// `Unscanned { unsupported_encoding }`. What was decoded before such a stop is still scanned:
     /// if clamd finds a signature in it the body is `Infected`, never `Clean`.
+    ///
+    /// An encoded body gets more than one clamd scan, all within the one deadline: the decoded
+    /// body, the body as received, and, when gzip gives the content and has several members, each
+    /// member alone. It is `Infected` if any scan finds a signature (the first found is
+    /// reported), `Clean` only if every scan is, and otherwise `Unscanned` for the first reason.
     pub async fn scan_held(
         &self,
         body: &HeldBody,
@@ -259,7 +280,9 @@ impl Scanner {
     /// get. That is the body's size without an encoding. An encoded body's decoded size is known
     /// only once it is decoded, and decoding stops at `max_scan_bytes`: it gets the deadline of a
     /// `max_scan_bytes` body (27.5 s with the defaults), so a well-compressed body is not cut short
-    /// by the deadline of its encoded size, and a stuck scan still ends.
+    /// by the deadline of its encoded size, and a stuck scan still ends. The scans of an encoded
+    /// body ([`Self::scan_encoded`]) share it: the decoded body and the received bytes are each at
+    /// most `max_scan_bytes`, and clamd scans that well within the 25 s base.
     fn deadline_for(&self, subject: &Subject<'_>) -> Duration {
         let bytes = if subject.encodings.is_empty() {
             subject.input.len()
@@ -359,19 +382,24 @@ impl Scanner {
 
     /// A clamd scan whose verdict is written to the cache (`store`, under the subject's key) and
     /// whose failure refreshes the engine version. The caller bounds it by `scan.timeout_ms`.
+    ///
+    /// The verdict is stamped with the engine version known before the scan: should clamd reload
+    /// its signatures meanwhile, the scan may have used the old ones, so its `Clean` must be stale
+    /// for the new database.
     async fn clamd_scan(&self, subject: &Subject<'_>, store: bool) -> ScanReport {
+        let engine = self.engine_version();
         let verdict = self.scan_with_clamd(subject.input, subject.encodings).await;
         if matches!(&verdict, Verdict::Unscanned { reason } if reason.is_engine_trouble()) {
             self.refresh_engine_version().await;
         }
         if store {
-            self.store(&subject.key, &verdict).await;
+            self.store(&subject.key, &verdict, engine.as_ref()).await;
         }
         ScanReport {
             verdict,
             sha256: subject.received.hex(),
             body_bytes: subject.input.len(),
-            engine: self.engine_version(),
+            engine,
             cached: false,
         }
     }
@@ -420,6 +448,8 @@ impl Scanner {
                     ResourceLookup::InfectedUnlessChanged { known, report }
                 }
             }
+            // Never stored under a resource key (`VerdictCache::put_resource` drops it).
+            CachedVerdict::Unscanned { .. } => ResourceLookup::Miss,
         }
     }
 
@@ -437,7 +467,7 @@ impl Scanner {
         vary_names: &[String],
         report: &ScanReport,
     ) {
-        let Some(entry) = self.entry_for(&report.verdict) else { return };
+        let Some(entry) = self.entry_for(&report.verdict, report.engine.as_ref()) else { return };
         let Some(content) = ContentKey::from_hex(&report.sha256) else { return };
         let vary = VaryRecord::of(vary_names.to_vec(), &resource.request_headers);
         let entry = ResourceEntry { validator: validator.to_string(), vary, content, entry };
@@ -468,21 +498,139 @@ impl Scanner {
         self.settings.scan_timeout + self.settings.scan_timeout_per_mib.saturating_mul(mib)
     }
 
-    /// One clamd scan of `body`, decoded first when it has `encodings`.
+    /// The clamd verdict on `body`: one scan of the bytes as they are, and for a body with
+    /// `encodings` the scans [`Self::scan_encoded`] makes.
     async fn scan_with_clamd(&self, body: ScanInput<'_>, encodings: &[Encoding]) -> Verdict {
+        if encodings.is_empty() {
+            self.scan_received(body).await
+        } else {
+            self.scan_encoded(body, encodings).await
+        }
+    }
+
+    /// One clamd scan of the bytes as received.
+    async fn scan_received(&self, body: ScanInput<'_>) -> Verdict {
         let mut session = match self.open_session().await {
             Ok(session) => session,
             Err(reason) => return Verdict::Unscanned { reason },
         };
-        let sent = if encodings.is_empty() {
-            send_body(&mut session, body).await
-        } else {
-            self.send_decoded(&mut session, body, encodings).await
+        match send_body(&mut session, body).await {
+            Ok(()) => session.finish(&self.metrics).await,
+            Err(reason) => Verdict::Unscanned { reason },
+        }
+    }
+
+    /// Scans an encoded body so that every byte received reaches clamd in some form, one clamd
+    /// scan after the other (one slot at a time, each streamed from the held body):
+    /// 1. the decoded body, what a client that decodes sees;
+    /// 2. the body as received: bytes the decoders skip (gzip header fields, zstd skippable
+    ///    frames, brotli metadata), and what an application that stores an upload undecoded keeps;
+    /// 3. when gzip gives the content (it was applied first) and the body has several members,
+    ///    each member alone: a browser reads only the first, and a hash signature matches only a
+    ///    whole file. A gzip applied over another encoding is not split: its members are pieces
+    ///    of that encoding's stream, not files.
+    ///
+    /// A signature found stops the scans; so does clamd being unable to scan, since no later scan
+    /// could make the body `Clean`.
+    async fn scan_encoded(&self, body: ScanInput<'_>, encodings: &[Encoding]) -> Verdict {
+        let (mut verdict, members) = self.scan_decoded(body, encodings).await;
+        if is_settled(&verdict) {
+            return verdict;
+        }
+        verdict = combine_verdicts(verdict, self.scan_received(body).await);
+        if members > 1 && !is_settled(&verdict) {
+            verdict = combine_verdicts(verdict, self.scan_gzip_members(body, encodings).await);
+        }
+        verdict
+    }
+
+    /// One clamd scan of the decoding of `body`, and the number of gzip members of its content
+    /// ([`BodyDecoder::gzip_member`]: 0 unless gzip gives the content).
+    async fn scan_decoded(&self, body: ScanInput<'_>, encodings: &[Encoding]) -> (Verdict, u32) {
+        let mut session = match self.open_session().await {
+            Ok(session) => session,
+            Err(reason) => return (Verdict::Unscanned { reason }, 0),
         };
-        match sent {
+        let (sent, members) = self.send_decoded(&mut session, body, encodings).await;
+        let verdict = match sent {
             Ok(()) => session.finish(&self.metrics).await,
             Err(SendFailure::Unscanned(reason)) => Verdict::Unscanned { reason },
             Err(SendFailure::Decode(err)) => self.finish_undecodable(session, encodings, &err).await,
+        };
+        (verdict, members)
+    }
+
+    /// Decodes `body` again and scans each member of the gzip layer that gives the content as a
+    /// file of its own, one clamd scan per non-empty member, one after the other. Decoding stops
+    /// where the first decoding did (the verdict on the decoded body already says why); the member
+    /// it stopped in is scanned as far as it decoded.
+    async fn scan_gzip_members(&self, body: ScanInput<'_>, encodings: &[Encoding]) -> Verdict {
+        let mut decoder = BodyDecoder::new(encodings, self.decode_limits());
+        let mut piece = Vec::new();
+        let large_body = body.len() >= BLOCKING_HASH_BYTES as u64;
+        let mut verdict = Verdict::Clean;
+        // The member being scanned, and its clamd session.
+        let mut current: Option<(u32, ClamdSession)> = None;
+        let mut offset = 0u64;
+        'input: loop {
+            let input = match body.read_at(offset).await {
+                Ok(input) => input,
+                Err(reason) => return combine_verdicts(verdict, Verdict::Unscanned { reason }),
+            };
+            offset += input.len() as u64;
+            let end = input.is_empty() || offset >= body.len();
+            decoder.push(input);
+            if end {
+                decoder.finish();
+            }
+            loop {
+                let next = off_worker(large_body, || {
+                    let decoded = decoder.next_piece()?.map(|decoded| {
+                        piece.clear();
+                        piece.extend_from_slice(decoded);
+                    });
+                    Ok::<_, DecodeError>(decoded.map(|()| decoder.gzip_member()))
+                });
+                let member = match next {
+                    Ok(Some(member)) => member,
+                    Ok(None) => break,
+                    // Decoding stopped: the decoded scan has counted and reported why.
+                    Err(_) => break 'input,
+                };
+                if current.as_ref().is_none_or(|(scanning, _)| *scanning != member) {
+                    if let Some((_, session)) = current.take() {
+                        verdict = combine_verdicts(verdict, session.finish(&self.metrics).await);
+                        if is_settled(&verdict) {
+                            return verdict;
+                        }
+                    }
+                    match self.open_session().await {
+                        Ok(session) => current = Some((member, session)),
+                        Err(reason) => return combine_verdicts(verdict, Verdict::Unscanned { reason }),
+                    }
+                }
+                if let Some((_, session)) = current.as_mut() {
+                    if let Err(reason) = session.send(&piece).await {
+                        return combine_verdicts(verdict, Verdict::Unscanned { reason });
+                    }
+                }
+            }
+            if end {
+                break;
+            }
+        }
+        if let Some((_, session)) = current {
+            verdict = combine_verdicts(verdict, session.finish(&self.metrics).await);
+        }
+        verdict
+    }
+
+    /// The bounds on decoding one body.
+    fn decode_limits(&self) -> DecodeLimits {
+        DecodeLimits {
+            max_output_bytes: self.settings.max_scan_bytes,
+            max_ratio: self.settings.max_decode_ratio,
+            max_skipped_bytes: self.settings.max_skipped_encoding_bytes,
         }
     }
 
@@ -495,22 +643,24 @@ impl Scanner {
     /// Decoding is CPU work: a body of [`BLOCKING_HASH_BYTES`] or more, and any body once its
     /// output passed one batch, is decoded under `block_in_place` (see [`off_worker`]), so the
     /// worker's other tasks move to another thread instead of waiting behind it.
+    ///
+    /// Returns, with the outcome, the number of gzip members of the content decoded
+    /// ([`BodyDecoder::gzip_member`]).
     async fn send_decoded(
         &self,
         session: &mut ClamdSession,
         body: ScanInput<'_>,
         encodings: &[Encoding],
-    ) -> Result<(), SendFailure> {
-        let limits = DecodeLimits {
-            max_output_bytes: self.settings.max_scan_bytes,
-            max_ratio: self.settings.max_decode_ratio,
-        };
-        let mut decoder = BodyDecoder::new(encodings, limits);
+    ) -> (Result<(), SendFailure>, u32) {
+        let mut decoder = BodyDecoder::new(encodings, self.decode_limits());
         let mut batch = Vec::with_capacity(CLAMD_CHUNK_BYTES + crate::decode::PIECE_BYTES);
         let large_body = body.len() >= BLOCKING_HASH_BYTES as u64;
         let mut offset = 0u64;
         let result = loop {
-            let input = body.read_at(offset).await.map_err(SendFailure::Unscanned)?;
+            let input = match body.read_at(offset).await {
+                Ok(input) => input,
+                Err(reason) => return (Err(SendFailure::Unscanned(reason)), decoder.gzip_member()),
+            };
             offset += input.len() as u64;
             let end = input.is_empty() || offset >= body.len();
             decoder.push(input);
@@ -524,14 +674,15 @@ impl Scanner {
                 break Ok(());
             }
         };
+        let members = decoder.gzip_member();
         let outcome = match &result {
             Ok(()) => "complete",
             Err(SendFailure::Decode(err)) => decode_outcome(err),
             // clamd failed: the decoding did not reach an end.
-            Err(SendFailure::Unscanned(_)) => return result,
+            Err(SendFailure::Unscanned(_)) => return (result, members),
         };
         self.metrics.record_decoded_body(encoding_label(encodings), outcome);
-        result
+        (result, members)
     }
 
     /// The verdict on a body whose decoding stopped (`err`): what was decoded and sent is
@@ -635,11 +786,16 @@ impl Scanner {
         }
     }
 
-    /// A Clean entry from a signature database older than clamd's current one must be rescanned;
-    /// an Infected entry stands until its TTL.
+    /// A Clean entry from a signature database older than clamd's current one, or from a lower
+    /// `cache.signature_epoch` than this instance's, must be rescanned (a higher epoch is an
+    /// instance already restarted with new custom signatures: fresh). An Infected entry stands
+    /// until its TTL, an Unscanned one until its short TTL.
     fn is_stale(&self, entry: &CacheEntry) -> bool {
         if !matches!(entry.verdict, CachedVerdict::Clean) {
             return false;
+        }
+        if entry.signature_epoch < self.cache.signature_epoch() {
+            return true;
         }
         let current = self.engine_version().and_then(|engine| engine.database_version);
         match (entry.database_version, current) {
@@ -651,26 +807,36 @@ impl Scanner {
         }
     }
 
-    async fn store(&self, key: &ContentKey, verdict: &Verdict) {
-        let Some(entry) = self.entry_for(verdict) else { return };
+    /// Writes a verdict under a content key: `Clean` and `Infected`, and briefly the `Unscanned`
+    /// reasons that depend only on the bytes. `engine` is the version known before the scan.
+    async fn store(&self, key: &ContentKey, verdict: &Verdict, engine: Option<&EngineVersion>) {
+        let Some(cached) = CachedVerdict::from_content_verdict(verdict) else { return };
+        let entry = self.stamp(cached, engine);
         if let Err(err) = self.cache.put(key, &entry).await {
             self.note_cache_error("put", &err);
         }
     }
 
-    /// The cache entry for a verdict, recording the engine and database that produced it.
-    fn entry_for(&self, verdict: &Verdict) -> Option<CacheEntry> {
-        let cached = CachedVerdict::from_verdict(verdict)?;
-        let engine = self.engine_version().unwrap_or_default();
-        Some(CacheEntry {
-            verdict: cached,
+    /// The resource-key entry for a verdict (`Clean` or `Infected` only), stamped with `engine`,
+    /// the engine and database known before the scan (the report's).
+    fn entry_for(&self, verdict: &Verdict, engine: Option<&EngineVersion>) -> Option<CacheEntry> {
+        Some(self.stamp(CachedVerdict::from_verdict(verdict)?, engine))
+    }
+
+    /// An entry recording the engine and database that produced `verdict` and this instance's
+    /// signature epoch.
+    fn stamp(&self, verdict: CachedVerdict, engine: Option<&EngineVersion>) -> CacheEntry {
+        let engine = engine.cloned().unwrap_or_default();
+        CacheEntry {
+            verdict,
             engine_version: engine.engine,
             database_version: engine.database_version,
+            signature_epoch: self.cache.signature_epoch(),
             scanned_at_unix_secs: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map(|d| d.as_secs())
                 .unwrap_or(0),
-        })
+        }
     }
 
     /// Asks clamd for its version after a failed scan (at most once a second): a failed scan is
@@ -697,7 +863,27 @@ impl Scanner {
 
     fn note_cache_error(&self, operation: &'static str, err: &crate::cache::CacheError) {
         self.metrics.record_cache_error(self.cache.kind(), operation);
+        if let crate::cache::CacheError::Rejected { key, reason } = err {
+            self.note_rejected_value(key, *reason);
+            return;
+        }
         self.log_cache_error(operation, err);
+    }
+
+    /// A value read from Redis failed its HMAC check: counted every time, logged at most once per
+    /// interval (without the value or any key material). Either someone wrote to Redis who should
+    /// not, or an instance writes without (or with another) `cache.hmac_key_file`.
+    fn note_rejected_value(&self, key: &'static str, reason: crate::cache::Rejection) {
+        self.metrics.record_cache_rejected_value(key, reason.as_str());
+        if self.rejected_value_log.ready() {
+            tracing::warn!(
+                key,
+                reason = reason.as_str(),
+                "verdict cache value refused: {reason}; treated as a miss and scanned. Forged, or written \
+                 by an instance without this cache.hmac_key_file (logged at most every \
+                 {CACHE_ERROR_LOG_INTERVAL_SECS} s; see clamgate_cache_rejected_values_total)"
+            );
+        }
     }
 
     /// Logs a cache failure at most once per interval: Redis down must not flood the log.
@@ -801,18 +987,43 @@ fn decode_outcome(err: &DecodeError) -> &'static str {
     match err {
         DecodeError::TooLarge { .. } => "too_large",
         DecodeError::RatioExceeded { .. } => "ratio_exceeded",
+        DecodeError::SkippedTooMuch { .. } => "skipped_too_much",
+        DecodeError::TooManyMembers { .. } => "too_many_members",
         DecodeError::Corrupt { .. } => "corrupt",
     }
 }
 
 /// Why a body whose decoding stopped is unscanned: decoded output over `max_scan_bytes` is
-/// `too_large`, a decompression bomb (ratio) `limits_exceeded`, undecodable bytes
-/// `unsupported_encoding`.
+/// `too_large`, a decompression bomb (ratio) `limits_exceeded`; undecodable bytes, too many
+/// skipped bytes or gzip members `unsupported_encoding`.
 fn unscanned_reason_for(err: &DecodeError) -> UnscannedReason {
     match err {
         DecodeError::TooLarge { .. } => UnscannedReason::TooLarge,
         DecodeError::RatioExceeded { .. } => UnscannedReason::LimitsExceeded,
-        DecodeError::Corrupt { .. } => UnscannedReason::UnsupportedEncoding,
+        DecodeError::SkippedTooMuch { .. }
+        | DecodeError::TooManyMembers { .. }
+        | DecodeError::Corrupt { .. } => UnscannedReason::UnsupportedEncoding,
+    }
+}
+
+/// The verdict on a body from two scans of it, `first` the earlier: a signature either found
+/// (the first one's, if both did); otherwise the first reason one of them was not scanned;
+/// `Clean` only if both are.
+fn combine_verdicts(first: Verdict, second: Verdict) -> Verdict {
+    match (first, second) {
+        (infected @ Verdict::Infected { .. }, _) | (_, infected @ Verdict::Infected { .. }) => infected,
+        (unscanned @ Verdict::Unscanned { .. }, _) => unscanned,
+        (Verdict::Clean, second) => second,
+    }
+}
+
+/// Whether no further scan of the body can change `verdict`: it is `Infected`, or clamd could
+/// not scan (a further scan would not find it able either, and could not make the body `Clean`).
+fn is_settled(verdict: &Verdict) -> bool {
+    match verdict {
+        Verdict::Infected { .. } => true,
+        Verdict::Unscanned { reason } => reason.is_engine_trouble(),
+        Verdict::Clean => false,
     }
 }
 
@@ -825,15 +1036,15 @@ enum SendFailure {
 }
 
 /// Sends `body` to clamd as it is.
-async fn send_body(session: &mut ClamdSession, body: ScanInput<'_>) -> Result<(), SendFailure> {
+async fn send_body(session: &mut ClamdSession, body: ScanInput<'_>) -> Result<(), UnscannedReason> {
     let mut offset = 0u64;
     while offset < body.len() {
-        let piece = body.read_at(offset).await.map_err(SendFailure::Unscanned)?;
+        let piece = body.read_at(offset).await?;
         if piece.is_empty() {
             break;
         }
         offset += piece.len() as u64;
-        session.send(&piece).await.map_err(SendFailure::Unscanned)?;
+        session.send(&piece).await?;
     }
     Ok(())
 }
@@ -1153,7 +1364,7 @@ mod tests {
     }
 
     fn limits(max_output_bytes: u64) -> DecodeLimits {
-        DecodeLimits { max_output_bytes, max_ratio: u64::MAX }
+        DecodeLimits { max_output_bytes, max_ratio: u64::MAX, max_skipped_bytes: u64::MAX }
     }
 
     #[test]
@@ -1207,12 +1418,49 @@ mod tests {
                 "ratio_exceeded",
             ),
             (corrupt, UnscannedReason::UnsupportedEncoding, "corrupt"),
+            (
+                DecodeError::SkippedTooMuch { limit: 1 },
+                UnscannedReason::UnsupportedEncoding,
+                "skipped_too_much",
+            ),
+            (
+                DecodeError::TooManyMembers { limit: 1 },
+                UnscannedReason::UnsupportedEncoding,
+                "too_many_members",
+            ),
         ] {
             assert_eq!((unscanned_reason_for(&err), decode_outcome(&err)), (reason, outcome));
         }
         assert_eq!(encoding_label(&[Encoding::Brotli]), "br");
         assert_eq!(encoding_label(&[Encoding::Gzip, Encoding::Zstd]), "stacked");
         assert_eq!(encoding_list(&[Encoding::Gzip, Encoding::Zstd]), "gzip,zstd");
+    }
+
+    #[test]
+    fn scans_of_one_body_combine_infected_first_then_the_first_reason_then_clean() {
+        let infected = |signature: &str| Verdict::Infected { signature: signature.to_string() };
+        let unscanned = |reason| Verdict::Unscanned { reason };
+        let (too_large, timeout) = (UnscannedReason::TooLarge, UnscannedReason::Timeout);
+        for (first, second, combined) in [
+            (Verdict::Clean, Verdict::Clean, Verdict::Clean),
+            (Verdict::Clean, infected("b"), infected("b")),
+            (infected("a"), Verdict::Clean, infected("a")),
+            (infected("a"), infected("b"), infected("a")),
+            (unscanned(too_large), infected("b"), infected("b")),
+            (infected("a"), unscanned(too_large), infected("a")),
+            (unscanned(too_large), Verdict::Clean, unscanned(too_large)),
+            (Verdict::Clean, unscanned(timeout), unscanned(timeout)),
+            (unscanned(too_large), unscanned(timeout), unscanned(too_large)),
+        ] {
+            assert_eq!(
+                combine_verdicts(first.clone(), second.clone()),
+                combined,
+                "{first:?} then {second:?}"
+            );
+        }
+        assert!(is_settled(&infected("a")) && is_settled(&unscanned(timeout)));
+        assert!(!is_settled(&Verdict::Clean) && !is_settled(&unscanned(too_large)));
+        assert!(!is_settled(&unscanned(UnscannedReason::UnsupportedEncoding)));
     }
 
     #[test]
@@ -1243,6 +1491,49 @@ mod tests {
         let err = decode_batch(&mut decoder, &mut batch).err();
         assert!(matches!(err, Some(DecodeError::TooLarge { .. })), "{err:?}");
         assert_eq!(batch, vec![b'a'; 2 * PIECE_BYTES]);
+    }
+
+    #[test]
+    fn clean_entries_are_stale_under_a_newer_database_or_a_higher_epoch() {
+        let mut config = Config::default();
+        config.cache.signature_epoch = 2;
+        let scanner = scanner(&config);
+        let engine = |database_version| EngineVersion { database_version, ..EngineVersion::default() };
+        scanner.set_engine_version(engine(Some(100)));
+        let clean = |database_version, signature_epoch| CacheEntry {
+            verdict: CachedVerdict::Clean,
+            engine_version: "1.4.6".to_string(),
+            database_version,
+            signature_epoch,
+            scanned_at_unix_secs: 0,
+        };
+        assert!(!scanner.is_stale(&clean(Some(100), 2)));
+        assert!(scanner.is_stale(&clean(Some(99), 2)), "older database");
+        assert!(scanner.is_stale(&clean(None, 2)), "no database then, one now");
+        assert!(scanner.is_stale(&clean(Some(100), 1)), "lower epoch");
+        assert!(scanner.is_stale(&clean(Some(100), 0)), "written before epochs (v1)");
+        assert!(!scanner.is_stale(&clean(Some(100), 3)), "a higher epoch: an instance already restarted");
+        assert!(!scanner.is_stale(&clean(Some(101), 2)));
+        for verdict in [
+            CachedVerdict::Infected { signature: "X".to_string() },
+            CachedVerdict::Unscanned { reason: UnscannedReason::LimitsExceeded },
+        ] {
+            assert!(!scanner.is_stale(&CacheEntry { verdict, ..clean(Some(1), 0) }), "only Clean goes stale");
+        }
+    }
+
+    #[test]
+    fn entries_are_stamped_with_the_given_engine_and_this_instances_epoch() {
+        let mut config = Config::default();
+        config.cache.signature_epoch = 7;
+        let scanner = scanner(&config);
+        scanner.set_engine_version(EngineVersion { database_version: Some(200), ..EngineVersion::default() });
+        let before =
+            EngineVersion { engine: "1.4.6".to_string(), database_version: Some(199), database_date: None };
+        let entry = scanner.entry_for(&Verdict::Clean, Some(&before)).expect("Clean is cacheable");
+        assert_eq!((entry.database_version, entry.signature_epoch), (Some(199), 7));
+        let unscanned = Verdict::Unscanned { reason: UnscannedReason::LimitsExceeded };
+        assert_eq!(scanner.entry_for(&unscanned, Some(&before)), None, "never under a resource key");
     }
 
     #[test]

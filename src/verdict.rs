@@ -5,7 +5,8 @@ use std::fmt;
 /// What clamgate knows about a body after trying to scan it.
 ///
 /// There are three outcomes, never two: a scan that did not happen is `Unscanned`, never `Clean`.
-/// Only `Clean` and `Infected` are ever cached.
+/// `Clean` and `Infected` are cached for `cache.ttl_secs`; an `Unscanned` verdict only briefly, and
+/// only when its reason depends on the bytes alone (`cache::BRIEFLY_CACHED_REASONS`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
     /// clamd answered `stream: OK`.
@@ -26,7 +27,8 @@ impl Verdict {
         }
     }
 
-    /// Whether this verdict may be stored in the verdict cache.
+    /// Whether this verdict may be stored in the verdict cache for `cache.ttl_secs` (and under a
+    /// resource key).
     pub fn is_cacheable(&self) -> bool {
         matches!(self, Verdict::Clean | Verdict::Infected { .. })
     }

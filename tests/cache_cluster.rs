@@ -49,6 +49,7 @@ fn entry(n: u64) -> CacheEntry {
         verdict,
         engine_version: "1.4.6".to_string(),
         database_version: Some(27000),
+        signature_epoch: 0,
         scanned_at_unix_secs: n,
     }
 }

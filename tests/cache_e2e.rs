@@ -1,6 +1,6 @@
 //! The verdict cache through a real Envoy: resource keys decided at the headers, signature
-//! updates, one scan for many concurrent requests, Redis failing and returning, and the route
-//! policy chosen by Envoy.
+//! updates, one scan for many concurrent requests, Redis failing and returning, the route
+//! policy chosen by Envoy, a verdict forged in Redis refused, and a replayed bomb decoded once.
 
 mod support;
 
@@ -391,4 +391,66 @@ async fn the_route_names_its_policy_and_request_ids_are_envoys() {
     assert_eq!(stack.clamgate.metric(hits).await, 1.0, "the mirror policy looked the resource up");
     assert_eq!(stack.get("/files/a.bin").await.status(), 409);
     assert_eq!(stack.clamgate.metric(hits).await, 1.0, "the default policy uses no resource keys");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_an_hmac_key_a_clean_verdict_forged_in_redis_does_not_let_eicar_through() {
+    let redis = tokio::task::spawn_blocking(RedisProcess::start).await.expect("redis");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let key_file = dir.path().join("cache-hmac.key");
+    // As the docs suggest making one: base64 of 32 random bytes, with a newline.
+    std::fs::write(&key_file, "c3VwZXItc2VjcmV0LWtleS1mb3ItY2xhbWdhdGUtdGVzdHM=\n").expect("key file");
+    let (url, key_path) = (redis.url(), key_file.to_string_lossy().to_string());
+    let stack = Stack::start_with(|config| {
+        config.cache.redis_url = Some(url);
+        config.cache.hmac_key_file = Some(key_path);
+    })
+    .await;
+    let eicar = samples::eicar();
+    stack.upstream.put_file("eicar.com", eicar.clone());
+
+    // Someone with write access to Redis plants a Clean verdict for EICAR's content key.
+    let forged = clamgate::cache::encode_entry(&clamgate::cache::CacheEntry {
+        verdict: clamgate::cache::CachedVerdict::Clean,
+        engine_version: "1.4.6".to_string(),
+        database_version: Some(u64::from(u32::MAX)),
+        signature_epoch: u64::MAX,
+        scanned_at_unix_secs: 1_767_225_600,
+    });
+    let name = format!("clamgate:v1:content:{}", sha256_hex(&eicar));
+    let client = redis::Client::open(redis.url()).expect("redis URL");
+    let mut connection = client.get_multiplexed_async_connection().await.expect("connect");
+    let _: () = redis::cmd("SET").arg(&name).arg(forged).query_async(&mut connection).await.expect("SET");
+
+    let response = stack.get("/files/eicar.com").await;
+    assert_eq!(response.status(), 409, "the forged entry must be refused and the body scanned");
+    assert_eq!(stack.clamd_scans().await, 1.0);
+    let rejected = r#"clamgate_cache_rejected_values_total{key="content",reason="missing_tag"}"#;
+    assert_eq!(stack.clamgate.metric(rejected).await, 1.0);
+    // clamgate's own verdict replaced it, authenticated.
+    let stored: Vec<u8> = redis::cmd("GET").arg(&name).query_async(&mut connection).await.expect("GET");
+    assert!(stored.starts_with(b"hmac-sha256:"), "{}", String::from_utf8_lossy(&stored));
+    assert_eq!(stack.get("/files/eicar.com").await.status(), 409);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decompression_bomb_fetched_twice_is_decoded_and_scanned_once() {
+    let stack = Stack::start_with(|config| config.scan.max_decode_ratio = 100).await;
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    std::io::Write::write_all(&mut encoder, &vec![0u8; 8 * 1024 * 1024]).expect("gzip");
+    let bomb = encoder.finish().expect("gzip");
+    stack.upstream.put_file_with_headers("bomb.gz", bomb, &[("content-encoding", "gzip")]);
+    for attempt in 0..2 {
+        let response = stack.get("/files/bomb.gz").await;
+        assert_eq!(response.status(), 502, "attempt {attempt}: {}", stack.envoy.logs());
+        assert_eq!(verdict_header(&response).as_deref(), Some("unscanned"));
+        let body: serde_json::Value =
+            serde_json::from_str(&response.text().await.expect("text")).expect("JSON");
+        assert_eq!(body["reason"], "limits_exceeded", "attempt {attempt}: the same reason from the cache");
+    }
+    let decoded = r#"clamgate_decoded_bodies_total{encoding="gzip",outcome="ratio_exceeded"}"#;
+    assert_eq!(stack.clamgate.metric(decoded).await, 1.0, "one decode for two requests");
+    assert_eq!(stack.clamd_scans().await, 1.0, "one clamd scan for two requests");
+    let hits = r#"clamgate_cache_lookups_total{key="content",tier="memory",result="hit"}"#;
+    assert_eq!(stack.clamgate.metric(hits).await, 1.0);
 }

@@ -1,6 +1,7 @@
 //! The verdict cache against a real `redis-server`: round trips, the TTL, sharing between
 //! instances, Redis going away, hanging and coming back without clamgate restarting; the memory
-//! tier in front of Redis; resource entries; the cross-instance lock; ACL users; the pool.
+//! tier in front of Redis; resource entries; the cross-instance lock; ACL users; the pool; the v2
+//! format (epochs, briefly cached Unscanned entries, v1 still read) and HMAC-sealed values.
 //!
 //! The tests of the Redis tier itself turn the memory tier off (`memory_ttl_secs = 0`), so that
 //! every call reaches Redis.
@@ -8,10 +9,11 @@
 mod support;
 
 use clamgate::cache::{
-    decode_entry, decode_resource, CacheEntry, CacheError, CachedVerdict, ContentKey, DecodeError, Hit,
-    LockAttempt, ResourceEntry, ResourceId, Tier, VaryRecord, VerdictCache,
+    decode_entry, decode_resource, encode_entry, CacheEntry, CacheError, CachedVerdict, ContentKey,
+    DecodeError, Hit, LockAttempt, Rejection, ResourceEntry, ResourceId, Tier, VaryRecord, VerdictCache,
 };
 use clamgate::config::CacheConfig;
+use clamgate::verdict::UnscannedReason;
 use std::time::{Duration, Instant};
 use support::redis::RedisProcess;
 
@@ -52,6 +54,7 @@ fn clean() -> CacheEntry {
         verdict: CachedVerdict::Clean,
         engine_version: "1.4.6".to_string(),
         database_version: Some(27000),
+        signature_epoch: 0,
         scanned_at_unix_secs: 1_767_225_600,
     }
 }
@@ -140,7 +143,7 @@ async fn writes_the_documented_key_and_value_with_the_ttl() {
     let ttl: i64 = redis::cmd("TTL").arg(name).query_async(&mut raw).await.expect("TTL");
     assert!((TTL_SECS as i64 - 10..=TTL_SECS as i64).contains(&ttl), "TTL {ttl}, expected about {TTL_SECS}");
     let value: Vec<u8> = redis::cmd("GET").arg(name).query_async(&mut raw).await.expect("GET");
-    assert!(value.starts_with(br#"{"v":1,"#), "{}", String::from_utf8_lossy(&value));
+    assert!(value.starts_with(br#"{"v":2,"#), "{}", String::from_utf8_lossy(&value));
     assert_eq!(decode_entry(&value).expect("decode"), infected());
     let keys: Vec<String> = redis::cmd("KEYS").arg("*").query_async(&mut raw).await.expect("KEYS");
     assert_eq!(keys, vec![name.to_string()]);
@@ -159,10 +162,10 @@ async fn unreadable_values_are_decode_errors_not_entries() {
     assert!(matches!(got, Err(CacheError::Decode(DecodeError::Malformed(_)))), "{got:?}");
 
     let newer =
-        r#"{"v":2,"verdict":"clean","engine_version":"9","database_version":1,"scanned_at_unix_secs":1}"#;
+        r#"{"v":3,"verdict":"clean","engine_version":"9","database_version":1,"scanned_at_unix_secs":1}"#;
     let _: () = redis::cmd("SET").arg(&name).arg(newer).query_async(&mut raw).await.expect("SET");
     let got = cache.get(&key).await;
-    assert!(matches!(got, Err(CacheError::Decode(DecodeError::UnsupportedVersion(2)))), "{got:?}");
+    assert!(matches!(got, Err(CacheError::Decode(DecodeError::UnsupportedVersion(3)))), "{got:?}");
 
     // A decode error is an answer, not an outage: the next write and read work at once.
     cache.put(&key, &clean()).await.expect("put");
@@ -397,7 +400,7 @@ async fn resource_entries_round_trip_with_the_documented_key_and_value() {
     let value = raw_get(&redis, name).await.expect("the resource entry is in Redis");
     assert_eq!(
         String::from_utf8_lossy(&value),
-        r#"{"v":2,"validator":"etag:\"abc\"","vary":[],"vary_sha256":"e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855","sha256":"ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad","verdict":"infected","signature":"Eicar-Test-Signature","engine_version":"1.4.6","database_version":null,"scanned_at_unix_secs":1767225600}"#
+        r#"{"v":2,"validator":"etag:\"abc\"","vary":[],"vary_sha256":"e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855","sha256":"ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad","verdict":"infected","signature":"Eicar-Test-Signature","engine_version":"1.4.6","database_version":null,"signature_epoch":0,"scanned_at_unix_secs":1767225600}"#
     );
     assert_eq!(decode_resource(&value).expect("decode"), entry);
     let mut raw_connection = raw(&redis).await;
@@ -617,4 +620,174 @@ async fn a_pool_of_four_uses_four_connections_and_stays_correct_under_concurrenc
     assert_eq!(others, 4, "the cache should hold exactly its 4 pooled connections:\n{list}");
     let size: i64 = redis::cmd("DBSIZE").query_async(&mut raw_connection).await.expect("DBSIZE");
     assert_eq!(size, 64);
+}
+
+// --- Format v2: epochs, briefly cached Unscanned entries, authenticated values ------------------
+
+fn bomb() -> CacheEntry {
+    CacheEntry { verdict: CachedVerdict::Unscanned { reason: UnscannedReason::LimitsExceeded }, ..clean() }
+}
+
+async fn ttl_of(redis: &RedisProcess, name: &str) -> i64 {
+    let mut raw = raw(redis).await;
+    redis::cmd("TTL").arg(name).query_async(&mut raw).await.expect("TTL")
+}
+
+#[tokio::test]
+async fn entries_written_by_an_older_clamgate_still_read_as_signature_epoch_0() {
+    let redis = RedisProcess::start();
+    let cache = cache(&redis);
+    let v1 = br#"{"v":1,"verdict":"clean","engine_version":"1.4.6","database_version":27000,"scanned_at_unix_secs":1767225600}"#;
+    raw_set(&redis, ABC_CONTENT_KEY, v1).await;
+    assert_eq!(cache.get(&ContentKey::of(b"abc")).await.expect("get"), Some(clean()));
+    // (Resource entries of v1 live under keys this version never computes: scheme, port and Vary
+    // joined the identity in v2.)
+
+    // What this build writes carries its epoch.
+    let epoch_5 = CacheEntry { signature_epoch: 5, ..clean() };
+    cache.put(&ContentKey::of(b"abc"), &epoch_5).await.expect("put");
+    let stored = raw_get(&redis, ABC_CONTENT_KEY).await.expect("stored");
+    assert!(String::from_utf8_lossy(&stored).contains(r#""signature_epoch":5"#));
+    assert_eq!(cache.get(&ContentKey::of(b"abc")).await.expect("get"), Some(epoch_5));
+}
+
+#[tokio::test]
+async fn unscanned_entries_live_unscanned_ttl_secs_and_never_under_resource_keys() {
+    let redis = RedisProcess::start();
+    let cfg = CacheConfig { unscanned_ttl_secs: 60, ..config(&redis.url(), "clamgate-test:") };
+    let cache = VerdictCache::from_config(&cfg).expect("from_config");
+    let key = ContentKey::of(b"abc");
+    cache.put(&key, &bomb()).await.expect("put");
+    let ttl = ttl_of(&redis, ABC_CONTENT_KEY).await;
+    assert!((50..=60).contains(&ttl), "TTL {ttl}: unscanned_ttl_secs, not ttl_secs");
+    assert_eq!(cache.get(&key).await.expect("get"), Some(bomb()));
+    let stored = raw_get(&redis, ABC_CONTENT_KEY).await.expect("stored");
+    assert!(stored.starts_with(br#"{"v":2,"verdict":"unscanned","reason":"limits_exceeded","#));
+
+    let resource_key = ResourceId::new("http", "example.org", 80, "/bomb.gz").key();
+    cache.put_resource(&resource_key, &resource("immutable", bomb())).await.expect("put_resource");
+    let mut raw_connection = raw(&redis).await;
+    let keys: Vec<String> =
+        redis::cmd("KEYS").arg("*resource*").query_async(&mut raw_connection).await.expect("KEYS");
+    assert!(keys.is_empty(), "an unscanned verdict under a resource key: {keys:?}");
+
+    // An instance with them off neither writes nor uses them.
+    let off = CacheConfig { unscanned_ttl_secs: 0, ..cfg };
+    let off = VerdictCache::from_config(&off).expect("from_config");
+    assert_eq!(off.get(&key).await.expect("get"), None);
+    let other = ContentKey::of(b"other bomb");
+    off.put(&other, &bomb()).await.expect("put");
+    assert_eq!(cache.get(&other).await.expect("get"), None);
+}
+
+/// A cache of Redis alone with the key in `current` (and `previous`), files in `dir`.
+fn keyed(
+    redis: &RedisProcess,
+    dir: &tempfile::TempDir,
+    current: &str,
+    previous: Option<&str>,
+) -> VerdictCache {
+    let file = |key: &str| {
+        let path = dir.path().join(format!("{}.key", &key[..1]));
+        std::fs::write(&path, format!("{key}\n")).expect("key file");
+        Some(path.to_string_lossy().to_string())
+    };
+    let cfg = CacheConfig {
+        hmac_key_file: file(current),
+        hmac_previous_key_file: previous.and_then(file),
+        ..config(&redis.url(), "clamgate-test:")
+    };
+    VerdictCache::from_config(&cfg).expect("from_config")
+}
+
+const KEY_A: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+const KEY_B: &str = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
+
+fn is_rejected(result: Result<impl std::fmt::Debug, CacheError>, key: &str, reason: Rejection) -> bool {
+    matches!(result, Err(CacheError::Rejected { key: k, reason: r }) if k == key && r == reason)
+}
+
+#[tokio::test]
+async fn with_an_hmac_key_values_are_sealed_and_anything_else_is_rejected() {
+    let redis = RedisProcess::start();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cache = keyed(&redis, &dir, KEY_A, None);
+    let key = ContentKey::of(b"abc");
+    cache.put(&key, &infected()).await.expect("put");
+    let stored = raw_get(&redis, ABC_CONTENT_KEY).await.expect("stored");
+    let text = String::from_utf8_lossy(&stored).to_string();
+    assert!(
+        text.starts_with("hmac-sha256:") && text[12..76].bytes().all(|b| b.is_ascii_hexdigit()),
+        "{text}"
+    );
+    assert_eq!(&text[76..77], ":");
+    assert_eq!(decode_entry(&stored[77..]).expect("the entry after the tag"), infected());
+    assert_eq!(cache.get(&key).await.expect("get"), Some(infected()));
+
+    // Bare, as redis-cli or an instance without the key writes it.
+    raw_set(&redis, ABC_CONTENT_KEY, &encode_entry(&clean())).await;
+    assert!(is_rejected(cache.get(&key).await, "content", Rejection::MissingTag));
+    // Tampered: the verdict changed after sealing.
+    let tampered =
+        text.replace(r#""verdict":"infected","signature":"Eicar-Test-Signature""#, r#""verdict":"clean""#);
+    raw_set(&redis, ABC_CONTENT_KEY, tampered.as_bytes()).await;
+    assert!(is_rejected(cache.get(&key).await, "content", Rejection::BadTag));
+    // A genuine value moved to another key.
+    let other = ContentKey::of(b"clean file");
+    cache.put(&other, &clean()).await.expect("put");
+    let genuine =
+        raw_get(&redis, &format!("clamgate-test:v1:content:{}", other.hex())).await.expect("stored");
+    raw_set(&redis, ABC_CONTENT_KEY, &genuine).await;
+    assert!(is_rejected(cache.get(&key).await, "content", Rejection::BadTag));
+    // Sealed with another key.
+    keyed(&redis, &dir, KEY_B, None).put(&key, &clean()).await.expect("put");
+    assert!(is_rejected(cache.get(&key).await, "content", Rejection::BadTag));
+
+    // Resource entries too.
+    // printf 'clamgate-resource-v2\nhttps\nexample.org\n443\n/a?b=1' | sha256sum
+    let resource_key = ResourceId::new("https", "Example.ORG", 443, "/a?b=1").key();
+    let name = "clamgate-test:v2:resource:83da673cd5487561aa378b6b0436afb9c6a8848e3ee630974720df90c671d334";
+    cache.put_resource(&resource_key, &resource("immutable", clean())).await.expect("put_resource");
+    assert!(raw_get(&redis, name).await.expect("stored").starts_with(b"hmac-sha256:"));
+    assert!(cache.lookup_resource(&resource_key).await.expect("lookup").is_some());
+    raw_set(&redis, name, &clamgate::cache::encode_resource(&resource("immutable", clean()))).await;
+    assert!(is_rejected(cache.lookup_resource(&resource_key).await, "resource", Rejection::MissingTag));
+}
+
+#[tokio::test]
+async fn a_rejected_value_never_reaches_the_memory_tier() {
+    let redis = RedisProcess::start();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cfg = CacheConfig { memory_ttl_secs: 300, ..config(&redis.url(), "clamgate-test:") };
+    let path = dir.path().join("key");
+    std::fs::write(&path, KEY_A).expect("key file");
+    let cfg = CacheConfig { hmac_key_file: Some(path.to_string_lossy().to_string()), ..cfg };
+    let cache = VerdictCache::from_config(&cfg).expect("from_config");
+    let key = ContentKey::of(b"abc");
+    raw_set(&redis, ABC_CONTENT_KEY, &encode_entry(&clean())).await;
+    for _ in 0..2 {
+        assert!(is_rejected(cache.lookup(&key).await, "content", Rejection::MissingTag));
+    }
+}
+
+#[tokio::test]
+async fn a_key_rotation_reads_the_previous_key_and_writes_the_new_one() {
+    let redis = RedisProcess::start();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let old = keyed(&redis, &dir, KEY_A, None);
+    let key = ContentKey::of(b"abc");
+    old.put(&key, &infected()).await.expect("put");
+
+    let rotating = keyed(&redis, &dir, KEY_B, Some(KEY_A));
+    assert_eq!(rotating.get(&key).await.expect("get with the previous key"), Some(infected()));
+    rotating.put(&key, &clean()).await.expect("put");
+    // Written with the new key: the old instance no longer reads it, a finished rotation does.
+    assert!(is_rejected(old.get(&key).await, "content", Rejection::BadTag));
+    assert_eq!(keyed(&redis, &dir, KEY_B, None).get(&key).await.expect("get"), Some(clean()));
+
+    // An instance without a key reads sealed values unchecked and writes bare ones.
+    let keyless = cache(&redis);
+    assert_eq!(keyless.get(&key).await.expect("get"), Some(clean()));
+    keyless.put(&key, &infected()).await.expect("put");
+    assert!(is_rejected(rotating.get(&key).await, "content", Rejection::MissingTag));
 }

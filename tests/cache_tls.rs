@@ -48,6 +48,7 @@ fn infected() -> CacheEntry {
         verdict: CachedVerdict::Infected { signature: "Eicar-Test-Signature".to_string() },
         engine_version: "1.4.6".to_string(),
         database_version: Some(27000),
+        signature_epoch: 0,
         scanned_at_unix_secs: 1_767_225_600,
     }
 }
@@ -114,7 +115,7 @@ async fn entries_and_locks_round_trip_over_tls_with_the_configured_ca() {
 
     // What was written is really there, as seen by redis-cli over TLS.
     let stored = redis.cli(&["GET", &format!("clamgate-test:v1:content:{}", key.hex())]);
-    assert!(stored.starts_with(r#"{"v":1,"verdict":"infected""#), "{stored}");
+    assert!(stored.starts_with(r#"{"v":2,"verdict":"infected""#), "{stored}");
 }
 
 #[tokio::test]

@@ -465,3 +465,235 @@ async fn a_large_encoded_download_held_on_disk_is_decoded_from_the_held_copy() {
     let complete = r#"clamgate_decoded_bodies_total{encoding="zstd",outcome="complete"}"#;
     assert_eq!(stack.clamgate.metric(complete).await, 1.0);
 }
+
+// --- What decoders skip, and gzip members: every received byte reaches clamd -------------------
+
+/// `data` as one gzip member whose header carries an extra field, a file name or a comment.
+fn gzip_with_header(
+    data: &[u8],
+    extra: Option<&[u8]>,
+    name: Option<&[u8]>,
+    comment: Option<&[u8]>,
+) -> Vec<u8> {
+    let mut builder = flate2::GzBuilder::new();
+    if let Some(extra) = extra {
+        builder = builder.extra(extra);
+    }
+    if let Some(name) = name {
+        builder = builder.filename(name);
+    }
+    if let Some(comment) = comment {
+        builder = builder.comment(comment);
+    }
+    let mut encoder = builder.write(Vec::new(), Compression::default());
+    encoder.write_all(data).expect("gzip");
+    encoder.finish().expect("gzip")
+}
+
+/// A zstd skippable frame (magic number 0x184D2A50) holding `data`: decoders skip it unread.
+fn skippable_frame(data: &[u8]) -> Vec<u8> {
+    let mut frame = 0x184d_2a50u32.to_le_bytes().to_vec();
+    frame.extend_from_slice(&u32::try_from(data.len()).expect("frame size").to_le_bytes());
+    frame.extend_from_slice(data);
+    frame
+}
+
+/// Bits written least significant first, as brotli reads them (RFC 7932, section 2).
+#[derive(Default)]
+struct BitWriter {
+    bytes: Vec<u8>,
+    /// Bits used in the last byte; 0: the next bit starts a new byte.
+    used: u32,
+}
+
+impl BitWriter {
+    fn bits(&mut self, value: u64, count: u32) {
+        for bit in 0..count {
+            if self.used == 0 {
+                self.bytes.push(0);
+            }
+            if let Some(last) = self.bytes.last_mut() {
+                *last |= (((value >> bit) & 1) as u8) << self.used;
+            }
+            self.used = (self.used + 1) % 8;
+        }
+    }
+
+    /// Pads to a byte boundary with zero bits, then appends `data` as it is.
+    fn aligned_bytes(&mut self, data: &[u8]) {
+        self.used = 0;
+        self.bytes.extend_from_slice(data);
+    }
+}
+
+/// A brotli stream (16 KiB window) that opens with a metadata meta-block holding `metadata`,
+/// which decoders skip, then carries `content` in uncompressed meta-blocks (RFC 7932, 9.2).
+/// The brotli encoder cannot write metadata, so this is built bit by bit.
+fn brotli_with_metadata(metadata: &[u8], content: &[u8]) -> Vec<u8> {
+    assert!(!metadata.is_empty() && metadata.len() <= 1 << 24);
+    let mut out = BitWriter::default();
+    out.bits(0, 1); // WBITS: 16
+                    // ISLAST = 0, MNIBBLES = 0 (coded 3): metadata; a reserved 0 bit; MSKIPBYTES; MSKIPLEN - 1.
+    out.bits(0, 1);
+    out.bits(3, 2);
+    out.bits(0, 1);
+    let skip_len = metadata.len() as u64 - 1;
+    let skip_bytes = (1..=3).find(|bytes| skip_len < 1 << (8 * bytes)).expect("at most 16 MiB");
+    out.bits(skip_bytes, 2);
+    out.bits(skip_len, 8 * skip_bytes as u32);
+    out.aligned_bytes(metadata);
+    for chunk in content.chunks(16 * 1024) {
+        // ISLAST = 0, MNIBBLES = 4 (coded 0), MLEN - 1 in 16 bits, ISUNCOMPRESSED = 1.
+        out.bits(0, 1);
+        out.bits(0, 2);
+        out.bits(chunk.len() as u64 - 1, 16);
+        out.bits(1, 1);
+        out.aligned_bytes(chunk);
+    }
+    out.bits(1, 1); // ISLAST
+    out.bits(1, 1); // ISLASTEMPTY
+    out.bytes
+}
+
+/// Decodes with the real libraries (not clamgate's decoder): what a client would read.
+fn client_decodes(content_encoding: &str, body: &[u8]) -> Vec<u8> {
+    let mut decoded = Vec::new();
+    match content_encoding {
+        "gzip" => {
+            std::io::Read::read_to_end(&mut flate2::read::MultiGzDecoder::new(body), &mut decoded)
+                .expect("gzip");
+        }
+        "zstd" => decoded = zstd::decode_all(body).expect("zstd"),
+        "br" => {
+            brotli::BrotliDecompress(&mut &body[..], &mut decoded).expect("brotli");
+        }
+        other => panic!("no client decoder for {other}"),
+    }
+    decoded
+}
+
+/// Asserts a 409 naming a signature that starts with `signature`.
+async fn assert_infected_409(stack: &Stack, path: &str, signature: &str) {
+    let response = get(stack, path).await;
+    assert_eq!(response.status(), 409, "{path}\n{}", stack.envoy.logs());
+    let json = json_body(response).await;
+    assert!(json["signature"].as_str().unwrap_or_default().starts_with(signature), "{path}: {json}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_hidden_where_decoders_do_not_look_is_found_in_the_received_bytes() {
+    let stack = Stack::start().await;
+    let eicar = samples::eicar();
+    let harmless = text(30_000, 8);
+    // EICAR over the skip bound: the decoding is refused, but the signature found wins.
+    let mut big_hidden = text(70 * 1024, 9);
+    big_hidden.extend_from_slice(&eicar);
+    let cases = [
+        ("gzip-extra", "gzip", gzip_with_header(&harmless, Some(&eicar), None, None)),
+        ("gzip-name", "gzip", gzip_with_header(&harmless, None, Some(&eicar), None)),
+        ("gzip-comment", "gzip", gzip_with_header(&harmless, None, None, Some(&eicar))),
+        ("zstd-skippable", "zstd", [skippable_frame(&eicar), zstd(&harmless)].concat()),
+        ("zstd-skippable-over-the-bound", "zstd", [skippable_frame(&big_hidden), zstd(&harmless)].concat()),
+        ("br-metadata", "br", brotli_with_metadata(&eicar, &harmless)),
+    ];
+    for (name, content_encoding, body) in cases {
+        // A client that decodes gets the harmless text: the EICAR is only where decoders skip.
+        assert_eq!(client_decodes(content_encoding, &body), harmless, "{name}");
+        stack.upstream.put_file_with_headers(name, body, &[("content-encoding", content_encoding)]);
+        assert_infected_409(&stack, &format!("/files/{name}"), "Test.Eicar.Body").await;
+    }
+
+    // An upload the application would store as received never reaches it.
+    let upload = [skippable_frame(&eicar), zstd(&harmless)].concat();
+    let response = raw_client()
+        .post(stack.envoy.url("/upload/hidden.zst"))
+        .header("content-encoding", "zstd")
+        .body(upload)
+        .send()
+        .await
+        .expect("POST through Envoy");
+    assert_eq!(response.status(), 409, "{}", stack.envoy.logs());
+    assert_eq!(stack.upstream.received("hidden.zst"), None, "the upstream received the infected upload");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_gzip_member_of_the_content_is_scanned_as_a_file() {
+    let stack = Stack::start().await;
+    let sample = samples::hash_only_sample();
+    let harmless = text(10_000, 10);
+    let members = [gzip(&sample), gzip(&harmless)].concat();
+    // zcat sees the sample and more: no hash signature matches the concatenation.
+    assert_eq!(client_decodes("gzip", &members), [sample.clone(), harmless.clone()].concat());
+    let cases = [
+        // A browser reads only the first member: exactly the file test.hdb names.
+        ("first.gz", "gzip", members.clone()),
+        // ...and zcat every member: the second as well.
+        ("second.gz", "gzip", [gzip(&harmless), gzip(&sample)].concat()),
+        // Under br, where clamd cannot see the gzip members in the received bytes.
+        ("first.gz.br", "gzip, br", brotli(&members)),
+    ];
+    for (name, content_encoding, body) in cases {
+        stack.upstream.put_file_with_headers(name, body, &[("content-encoding", content_encoding)]);
+        assert_infected_409(&stack, &format!("/files/{name}"), "Test.HashOnly").await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_decoders_skip_is_bounded_and_clean_encoded_bodies_arrive_unchanged() {
+    const BOUND: usize = 64 * 1024;
+    let stack = Stack::start().await;
+    let harmless = text(300_000, 11);
+    let (first, second) = harmless.split_at(100_000);
+    let frame_size = |frame: &[u8]| skippable_frame(&u32::try_from(frame.len()).expect("size").to_le_bytes());
+    // Real encoders' skipped bytes, under the bound: pzstd's 12-byte frames, a gzip file name,
+    // several members; and exactly the bound (8 header bytes and the rest data).
+    let clean = [
+        (
+            "pzstd.zst",
+            "zstd",
+            [frame_size(&zstd(first)), zstd(first), frame_size(&zstd(second)), zstd(second)].concat(),
+        ),
+        ("named.gz", "gzip", gzip_with_header(&harmless, None, Some(b"report.txt"), Some(b"made by gzip"))),
+        ("members.gz", "gzip", [gzip(first), gzip(second)].concat()),
+        ("at-the-bound.zst", "zstd", [skippable_frame(&text(BOUND - 8, 12)), zstd(&harmless)].concat()),
+        ("metadata.br", "br", brotli_with_metadata(&text(BOUND, 13), &harmless)),
+    ];
+    for (name, content_encoding, body) in clean {
+        assert_eq!(client_decodes(content_encoding, &body), harmless, "{name}");
+        stack.upstream.put_file_with_headers(name, body.clone(), &[("content-encoding", content_encoding)]);
+        let response = get(&stack, &format!("/files/{name}")).await;
+        assert_eq!(response.status(), 200, "{name}\n{}", stack.envoy.logs());
+        assert_eq!(header(&response, "x-clamgate-verdict"), "clean", "{name}");
+        let received = response.bytes().await.expect("body");
+        assert_eq!(sha256_hex(&received), sha256_hex(&body), "{name}: the client must get the bytes as sent");
+    }
+
+    // One byte over the bound, or too many members: refused, not called clean.
+    let over = [
+        ("over-the-bound.zst", "zstd", [skippable_frame(&text(BOUND - 7, 12)), zstd(&harmless)].concat()),
+        // Over the bound together (a field over 64 KiB is one flate2 refuses to read).
+        (
+            "long-name-and-comment.gz",
+            "gzip",
+            gzip_with_header(&harmless, None, Some(&text(BOUND / 2, 14)), Some(&text(BOUND / 2, 15))),
+        ),
+        (
+            "17-members.gz",
+            "gzip",
+            harmless.chunks(harmless.len().div_ceil(17)).flat_map(gzip).collect::<Vec<u8>>(),
+        ),
+    ];
+    for (name, content_encoding, body) in over {
+        assert_eq!(client_decodes(content_encoding, &body), harmless, "{name}");
+        stack.upstream.put_file_with_headers(name, body, &[("content-encoding", content_encoding)]);
+        assert_unscanned_502(&stack, &format!("/files/{name}"), "unsupported_encoding").await;
+    }
+    let exposition = stack.clamgate.metrics().await;
+    for (sample, expected) in [
+        (r#"clamgate_decoded_bodies_total{encoding="zstd",outcome="skipped_too_much"}"#, 1.0),
+        (r#"clamgate_decoded_bodies_total{encoding="gzip",outcome="skipped_too_much"}"#, 1.0),
+        (r#"clamgate_decoded_bodies_total{encoding="gzip",outcome="too_many_members"}"#, 1.0),
+    ] {
+        assert_eq!(metric_value(&exposition, sample), expected, "{sample}");
+    }
+}

@@ -1,5 +1,7 @@
 //! The scan path against real clamd and real Redis: verdicts for every sample kind, clamd down,
-//! Redis down, and a verdict shared between two instances through Redis.
+//! Redis down, a verdict shared between two instances through Redis; what the cache trusts:
+//! entries stamped across a signature reload, signature epochs, briefly cached Unscanned
+//! verdicts, and HMAC-authenticated Redis values.
 
 mod support;
 
@@ -7,9 +9,15 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use clamgate::cache::{
+    decode_entry, encode_entry, encode_resource, CacheEntry, CachedVerdict, ContentKey, ResourceEntry,
+    ResourceId, VaryRecord, VerdictCache,
+};
 use clamgate::config::{CacheMode, Config};
+use clamgate::decode::Encoding;
+use clamgate::ext_proc::state::Resource;
 use clamgate::metrics::{Metrics, Source};
-use clamgate::scanner::Scanner;
+use clamgate::scanner::{ResourceLookup, Scanner};
 use clamgate::verdict::{UnscannedReason, Verdict};
 use support::clamd::ClamdProcess;
 use support::clamgate::{metric_value, test_config};
@@ -296,4 +304,413 @@ async fn an_abandoned_scan_keeps_its_clamd_slot_until_clamd_is_done() {
     sampler.await.expect("sampler");
     assert_eq!(peak.load(Ordering::Relaxed), 1, "clamd ran more scans at once than max_concurrent_scans");
     assert_eq!(metric_value(&metrics.encode(), abandoned), 1.0);
+}
+
+// --- Staleness, signature epochs, briefly cached Unscanned verdicts, authenticated values --------
+
+/// Tells the scanner what clamd now reports, as the health probe does.
+async fn learn_version(scanner: &Scanner) {
+    let version = scanner.clamd().version().await.expect("VERSION");
+    scanner.set_engine_version(version);
+}
+
+/// Installs daily database `version` in `clamd` and waits until clamd uses it.
+async fn reload_daily(clamd: &ClamdProcess, version: u32) {
+    // Blocking, but short; nothing else on this runtime needs to run meanwhile.
+    clamd.install_daily(version);
+    clamd.reload();
+    clamd.wait_for_daily_version(version);
+}
+
+fn stale_lookups(metrics: &Metrics, tier: &str) -> f64 {
+    let sample = format!(r#"clamgate_cache_lookups_total{{key="content",tier="{tier}",result="stale"}}"#);
+    metric_value(&metrics.encode(), &sample)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scan_waiting_for_a_slot_across_a_reload_is_stamped_with_the_older_database() {
+    // A scan reads the database version before it waits for a clamd slot: if clamd reloads
+    // meanwhile, the scan may still have started on the old signatures, so its Clean must be
+    // stale under the new ones.
+    let clamd =
+        Arc::new(tokio::task::spawn_blocking(|| ClamdProcess::start_with_daily(1)).await.expect("clamd"));
+    let mut config = test_config(&clamd.address());
+    config.clamd.max_concurrent_scans = 1;
+    config.scan.timeout_ms = 60_000;
+    let (scanner, metrics) = scanner(&config);
+    let scanner = Arc::new(scanner);
+    learn_version(&scanner).await;
+    let body = samples::clean_sample(200_000);
+
+    // A slow scan (seconds of clamd work) takes the only clamd slot.
+    let slow = tokio::spawn({
+        let scanner = scanner.clone();
+        async move { scanner.scan_body(&samples::slow_scan_gzip(150, 7), &[], Source::api, CacheMode::Off).await }
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while clamd_scans_running(&clamd) == 0 {
+        assert!(Instant::now() < deadline, "the slow scan did not reach clamd");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // This scan looks the cache up (a miss), reads the version and waits for the slot.
+    let waiting = tokio::spawn({
+        let (scanner, body) = (scanner.clone(), body.clone());
+        async move { scanner.scan_body(&body, &[], Source::api, CacheMode::Content).await }
+    });
+    let miss = r#"clamgate_cache_lookups_total{key="content",tier="memory",result="miss"}"#;
+    while metric_value(&metrics.encode(), miss) < 1.0 {
+        assert!(Instant::now() < deadline, "the second scan did not look the cache up");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(clamd_scans_running(&clamd) > 0, "the slow scan must still hold the slot");
+    reload_daily(&clamd, 2).await;
+    learn_version(&scanner).await;
+
+    let report = waiting.await.expect("waiting scan");
+    assert_eq!(report.verdict, Verdict::Clean);
+    assert_eq!(report.engine.and_then(|e| e.database_version), Some(1), "the version before the scan");
+    slow.await.expect("slow scan");
+
+    let again = scanner.scan_body(&body, &[], Source::api, CacheMode::Content).await;
+    assert!(!again.cached, "the scan started under database 1: its Clean is stale under database 2");
+    assert_eq!(stale_lookups(&metrics, "memory"), 1.0);
+    // The rescan was stamped with database 2: now it is a hit.
+    assert!(scanner.scan_body(&body, &[], Source::api, CacheMode::Content).await.cached);
+}
+
+/// A key file with `byte` repeated 32 times, in `dir`.
+fn key_file(dir: &tempfile::TempDir, name: &str, byte: u8) -> String {
+    let path = dir.path().join(name);
+    std::fs::write(&path, [byte; 32]).expect("write key file");
+    path.to_str().expect("UTF-8 path").to_string()
+}
+
+async fn raw_connection(redis: &RedisProcess) -> redis::aio::MultiplexedConnection {
+    let client = redis::Client::open(redis.url()).expect("URL");
+    client.get_multiplexed_async_connection().await.expect("connect")
+}
+
+async fn raw_set(redis: &RedisProcess, name: &str, value: &[u8]) {
+    let mut connection = raw_connection(redis).await;
+    let _: () = redis::cmd("SET").arg(name).arg(value).query_async(&mut connection).await.expect("SET");
+}
+
+async fn raw_get(redis: &RedisProcess, name: &str) -> Option<Vec<u8>> {
+    let mut connection = raw_connection(redis).await;
+    redis::cmd("GET").arg(name).query_async(&mut connection).await.expect("GET")
+}
+
+fn content_redis_key(body: &[u8]) -> String {
+    format!("clamgate:v1:content:{}", ContentKey::of(body).hex())
+}
+
+/// A Clean entry as anyone could write it: fresh for a scanner that knows no database yet.
+fn forged_clean() -> Vec<u8> {
+    encode_entry(&CacheEntry {
+        verdict: CachedVerdict::Clean,
+        engine_version: "1.4.6".to_string(),
+        database_version: Some(u64::from(u32::MAX)),
+        signature_epoch: u64::MAX,
+        scanned_at_unix_secs: 1_767_225_600,
+    })
+}
+
+fn rejected(metrics: &Metrics, key: &str, reason: &str) -> f64 {
+    let sample = format!(r#"clamgate_cache_rejected_values_total{{key="{key}",reason="{reason}"}}"#);
+    metric_value(&metrics.encode(), &sample)
+}
+
+#[tokio::test]
+async fn without_an_hmac_key_a_forged_clean_entry_is_believed() {
+    // The threat cache.hmac_key_file answers: behaviour without a key is unchanged.
+    let clamd = tokio::task::spawn_blocking(ClamdProcess::start).await.expect("clamd");
+    let redis = tokio::task::spawn_blocking(RedisProcess::start).await.expect("redis");
+    let (scanner, _) = scanner(&shared_config(&clamd, &redis.url()));
+    let eicar = samples::eicar();
+    raw_set(&redis, &content_redis_key(&eicar), &forged_clean()).await;
+    let report = scanner.scan_body(&eicar, &[], Source::api, CacheMode::Content).await;
+    assert_eq!((report.verdict, report.cached), (Verdict::Clean, true));
+}
+
+#[tokio::test]
+async fn with_an_hmac_key_forged_and_unauthenticated_values_are_refused_and_the_body_is_scanned() {
+    let clamd = tokio::task::spawn_blocking(ClamdProcess::start).await.expect("clamd");
+    let redis = tokio::task::spawn_blocking(RedisProcess::start).await.expect("redis");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut config = shared_config(&clamd, &redis.url());
+    config.cache.hmac_key_file = Some(key_file(&dir, "current.key", b'c'));
+    let (scanner_with_key, metrics) = scanner(&config);
+    let eicar = samples::eicar();
+    let eicar_key = content_redis_key(&eicar);
+
+    // A bare Clean entry for EICAR, as redis-cli could write it.
+    raw_set(&redis, &eicar_key, &forged_clean()).await;
+    let report = scanner_with_key.scan_body(&eicar, &[], Source::api, CacheMode::Content).await;
+    assert!(signature(&report.verdict).starts_with("Test.Eicar.Body"), "{:?}", report.verdict);
+    assert!(!report.cached);
+    assert_eq!(rejected(&metrics, "content", "missing_tag"), 1.0);
+    // The scan's verdict replaced the forgery, sealed.
+    let stored = raw_get(&redis, &eicar_key).await.expect("stored");
+    assert!(stored.starts_with(b"hmac-sha256:"), "{}", String::from_utf8_lossy(&stored));
+
+    // A genuine sealed Clean value copied onto EICAR's key does not verify there.
+    let clean = samples::clean_sample(5_000);
+    let _ = scanner_with_key.scan_body(&clean, &[], Source::api, CacheMode::Content).await;
+    let genuine = raw_get(&redis, &content_redis_key(&clean)).await.expect("stored");
+    raw_set(&redis, &eicar_key, &genuine).await;
+    let (other_instance, other_metrics) = scanner(&config);
+    let report = other_instance.scan_body(&eicar, &[], Source::api, CacheMode::Content).await;
+    assert!(matches!(report.verdict, Verdict::Infected { .. }), "{:?}", report.verdict);
+    assert_eq!(rejected(&other_metrics, "content", "bad_tag"), 1.0);
+
+    // Tagged with another key: a forger with a key of their own, writing through the cache API.
+    let mut wrong_key = config.cache.clone();
+    wrong_key.hmac_key_file = Some(key_file(&dir, "wrong.key", b'w'));
+    let forger = VerdictCache::from_config(&wrong_key).expect("cache");
+    let forged_body = samples::eicar_zip();
+    forger
+        .put(&ContentKey::of(&forged_body), &decode_entry(&forged_clean()).expect("entry"))
+        .await
+        .expect("put");
+    let stored = raw_get(&redis, &content_redis_key(&forged_body)).await.expect("stored");
+    assert!(stored.starts_with(b"hmac-sha256:"));
+    let report = other_instance.scan_body(&forged_body, &[], Source::api, CacheMode::Content).await;
+    assert!(matches!(report.verdict, Verdict::Infected { .. }), "{:?}", report.verdict);
+    assert_eq!(rejected(&other_metrics, "content", "bad_tag"), 2.0);
+}
+
+#[tokio::test]
+async fn with_an_hmac_key_values_written_without_it_are_refused_and_a_rotation_keeps_the_old_ones() {
+    let mut clamd = tokio::task::spawn_blocking(ClamdProcess::start).await.expect("clamd");
+    let redis = tokio::task::spawn_blocking(RedisProcess::start).await.expect("redis");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let keyless_config = shared_config(&clamd, &redis.url());
+    let (keyless, keyless_metrics) = scanner(&keyless_config);
+    let mut old_key = keyless_config.clone();
+    old_key.cache.hmac_key_file = Some(key_file(&dir, "old.key", b'o'));
+    let (old_instance, _) = scanner(&old_key);
+    let mut rotated = keyless_config.clone();
+    rotated.cache.hmac_key_file = Some(key_file(&dir, "new.key", b'n'));
+    rotated.cache.hmac_previous_key_file = old_key.cache.hmac_key_file.clone();
+    let (rotated_instance, rotated_metrics) = scanner(&rotated);
+
+    let (bare, sealed) = (samples::clean_sample(7_000), samples::clean_sample(9_000));
+    assert_eq!(keyless.scan_body(&bare, &[], Source::api, CacheMode::Content).await.verdict, Verdict::Clean);
+    assert_eq!(
+        old_instance.scan_body(&sealed, &[], Source::api, CacheMode::Content).await.verdict,
+        Verdict::Clean
+    );
+    clamd = tokio::task::spawn_blocking(move || {
+        clamd.stop();
+        clamd
+    })
+    .await
+    .expect("stop clamd");
+
+    // The keyless instance's bare value is refused; with clamd down that is no verdict at all.
+    let report = rotated_instance.scan_body(&bare, &[], Source::api, CacheMode::Content).await;
+    assert!(matches!(report.verdict, Verdict::Unscanned { .. }), "{:?}", report.verdict);
+    assert_eq!(rejected(&rotated_metrics, "content", "missing_tag"), 1.0);
+    // The previous key's value is accepted during the rotation.
+    let report = rotated_instance.scan_body(&sealed, &[], Source::api, CacheMode::Content).await;
+    assert_eq!((report.verdict, report.cached), (Verdict::Clean, true));
+    // An instance without a key reads sealed values (keys are rolled out one instance at a time).
+    let report = keyless.scan_body(&sealed, &[], Source::api, CacheMode::Content).await;
+    assert_eq!((report.verdict, report.cached), (Verdict::Clean, true));
+    assert_eq!(rejected(&keyless_metrics, "content", "missing_tag"), 0.0);
+    drop(clamd);
+}
+
+#[tokio::test]
+async fn with_an_hmac_key_a_forged_resource_entry_is_refused() {
+    let clamd = tokio::task::spawn_blocking(ClamdProcess::start).await.expect("clamd");
+    let redis = tokio::task::spawn_blocking(RedisProcess::start).await.expect("redis");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut config = shared_config(&clamd, &redis.url());
+    config.cache.hmac_key_file = Some(key_file(&dir, "current.key", b'c'));
+    let (scanner, metrics) = scanner(&config);
+    let resource = url_resource("/tool.exe");
+    let forged = ResourceEntry {
+        validator: "etag:\"v1\"".to_string(),
+        vary: VaryRecord::none(),
+        content: ContentKey::of(&samples::eicar()),
+        entry: decode_entry(&forged_clean()).expect("entry"),
+    };
+    let key = resource.id.key();
+    raw_set(&redis, &format!("clamgate:v2:resource:{}", key.hex()), &encode_resource(&forged)).await;
+    assert_eq!(scanner.lookup_resource(&resource).await, ResourceLookup::Miss);
+    assert_eq!(rejected(&metrics, "resource", "missing_tag"), 1.0);
+
+    // What this instance stores, it reads back.
+    let report = scanner.scan_body(&samples::eicar(), &[], Source::api, CacheMode::Resource).await;
+    scanner.store_resource(&resource, "etag:\"v1\"", &[], &report).await;
+    let (reader, _) = self::scanner(&config);
+    assert!(matches!(reader.lookup_resource(&resource).await, ResourceLookup::InfectedUnlessChanged { .. }));
+}
+
+/// `path` on the test mirror, requested without headers the response could vary on.
+fn url_resource(path: &str) -> Resource {
+    Resource { id: ResourceId::new("https", "mirror.example", 443, path), request_headers: Vec::new() }
+}
+
+fn epoch_config(clamd: &ClamdProcess, redis: &RedisProcess, epoch: u64) -> Config {
+    let mut config = shared_config(clamd, &redis.url());
+    config.cache.signature_epoch = epoch;
+    config
+}
+
+#[tokio::test]
+async fn a_higher_signature_epoch_makes_clean_entries_stale_and_leaves_infected_ones() {
+    let mut clamd = tokio::task::spawn_blocking(ClamdProcess::start).await.expect("clamd");
+    let redis = tokio::task::spawn_blocking(RedisProcess::start).await.expect("redis");
+    let (old, old_metrics) = scanner(&epoch_config(&clamd, &redis, 0));
+    let (new, new_metrics) = scanner(&epoch_config(&clamd, &redis, 1));
+    let clean = samples::clean_sample(11_000);
+    let eicar = samples::eicar();
+    for body in [&clean, &eicar] {
+        assert!(!old.scan_body(body, &[], Source::api, CacheMode::Content).await.cached);
+    }
+    let scans = clamd_scans(&new_metrics);
+
+    // The restarted instance (epoch 1) rescans what epoch 0 found clean...
+    let report = new.scan_body(&clean, &[], Source::api, CacheMode::Content).await;
+    assert_eq!((report.verdict, report.cached), (Verdict::Clean, false));
+    assert_eq!(stale_lookups(&new_metrics, "redis"), 1.0);
+    assert_eq!(clamd_scans(&new_metrics), scans + 1.0);
+    // ...and from then on its own entry answers, from memory.
+    assert!(new.scan_body(&clean, &[], Source::api, CacheMode::Content).await.cached);
+
+    clamd = tokio::task::spawn_blocking(move || {
+        clamd.stop();
+        clamd
+    })
+    .await
+    .expect("stop clamd");
+    // Infected stands whatever the epoch.
+    let report = new.scan_body(&eicar, &[], Source::api, CacheMode::Content).await;
+    assert!(report.cached && signature(&report.verdict).starts_with("Test.Eicar.Body"));
+    // An instance still on epoch 0 trusts epoch 1's entry (a rolling restart is safe).
+    let (old_again, _) = scanner(&epoch_config(&clamd, &redis, 0));
+    let report = old_again.scan_body(&clean, &[], Source::api, CacheMode::Content).await;
+    assert_eq!((report.verdict, report.cached), (Verdict::Clean, true));
+    assert_eq!(stale_lookups(&old_metrics, "redis") + stale_lookups(&old_metrics, "memory"), 0.0);
+    drop(clamd);
+}
+
+#[tokio::test]
+async fn a_higher_signature_epoch_makes_clean_resource_entries_stale() {
+    let clamd = tokio::task::spawn_blocking(ClamdProcess::start).await.expect("clamd");
+    let redis = tokio::task::spawn_blocking(RedisProcess::start).await.expect("redis");
+    let (old, _) = scanner(&epoch_config(&clamd, &redis, 0));
+    let (new, new_metrics) = scanner(&epoch_config(&clamd, &redis, 1));
+    let clean_url = url_resource("/a.bin");
+    let infected_url = url_resource("/b.exe");
+    for (resource, body) in [(&clean_url, samples::clean_sample(12_000)), (&infected_url, samples::eicar())] {
+        let report = old.scan_body(&body, &[], Source::api, CacheMode::Resource).await;
+        old.store_resource(resource, "etag:\"1\"", &[], &report).await;
+    }
+    assert!(matches!(old.lookup_resource(&clean_url).await, ResourceLookup::Clean { .. }));
+    assert_eq!(new.lookup_resource(&clean_url).await, ResourceLookup::Miss);
+    let stale = r#"clamgate_cache_lookups_total{key="resource",tier="redis",result="stale"}"#;
+    assert_eq!(metric_value(&new_metrics.encode(), stale), 1.0);
+    assert!(matches!(new.lookup_resource(&infected_url).await, ResourceLookup::InfectedUnlessChanged { .. }));
+}
+
+/// A gzip body of `len` zeros: about a thousand times smaller than what it decodes to.
+fn gzip_bomb(len: usize) -> Vec<u8> {
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    std::io::Write::write_all(&mut encoder, &vec![0u8; len]).expect("gzip");
+    encoder.finish().expect("gzip")
+}
+
+fn decoded_bodies(metrics: &Metrics) -> f64 {
+    metrics
+        .encode()
+        .lines()
+        .filter(|line| line.starts_with("clamgate_decoded_bodies_total{"))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Ratio 100: a gzip of zeros (about 1000:1) is a bomb past the first MiB.
+fn bomb_config(clamd: &ClamdProcess) -> Config {
+    let mut config = test_config(&clamd.address());
+    config.scan.max_decode_ratio = 100;
+    config
+}
+
+#[tokio::test]
+async fn the_same_bomb_twice_is_decoded_and_scanned_once() {
+    let clamd = tokio::task::spawn_blocking(ClamdProcess::start).await.expect("clamd");
+    let (scanner, metrics) = scanner(&bomb_config(&clamd));
+    let bomb = gzip_bomb(8 * 1024 * 1024);
+    let limits = Verdict::Unscanned { reason: UnscannedReason::LimitsExceeded };
+    let first = scanner.scan_body(&bomb, &[Encoding::Gzip], Source::api, CacheMode::Content).await;
+    assert_eq!((first.verdict, first.cached), (limits.clone(), false));
+    let (decoded, scans) = (decoded_bodies(&metrics), clamd_scans(&metrics));
+    assert_eq!(decoded, 1.0);
+
+    let second = scanner.scan_body(&bomb, &[Encoding::Gzip], Source::api, CacheMode::Content).await;
+    assert_eq!((second.verdict, second.cached), (limits, true), "answered from the cache, same reason");
+    assert_eq!(
+        (decoded_bodies(&metrics), clamd_scans(&metrics)),
+        (decoded, scans),
+        "no second decode or scan"
+    );
+    let hits = r#"clamgate_cache_lookups_total{key="content",tier="memory",result="hit"}"#;
+    assert_eq!(metric_value(&metrics.encode(), hits), 1.0, "counted as a cache hit");
+    assert_eq!(metric_value(&metrics.encode(), r#"clamgate_unscanned_total{reason="limits_exceeded"}"#), 2.0);
+}
+
+#[tokio::test]
+async fn with_unscanned_ttl_0_every_bomb_is_decoded_again() {
+    let clamd = tokio::task::spawn_blocking(ClamdProcess::start).await.expect("clamd");
+    let mut config = bomb_config(&clamd);
+    config.cache.unscanned_ttl_secs = 0;
+    let (scanner, metrics) = scanner(&config);
+    let bomb = gzip_bomb(8 * 1024 * 1024);
+    for _ in 0..2 {
+        let report = scanner.scan_body(&bomb, &[Encoding::Gzip], Source::api, CacheMode::Content).await;
+        assert!(!report.cached);
+    }
+    assert_eq!(decoded_bodies(&metrics), 2.0);
+}
+
+#[tokio::test]
+async fn a_bomb_is_shared_through_redis_briefly_and_engine_trouble_never_is() {
+    let mut clamd = tokio::task::spawn_blocking(ClamdProcess::start).await.expect("clamd");
+    let redis = tokio::task::spawn_blocking(RedisProcess::start).await.expect("redis");
+    let mut config = bomb_config(&clamd);
+    config.cache.redis_url = Some(redis.url());
+    config.cache.unscanned_ttl_secs = 120;
+    let (first, _) = scanner(&config);
+    let (second, second_metrics) = scanner(&config);
+    let bomb = gzip_bomb(8 * 1024 * 1024);
+    let _ = first.scan_body(&bomb, &[Encoding::Gzip], Source::api, CacheMode::Content).await;
+    let report = second.scan_body(&bomb, &[Encoding::Gzip], Source::api, CacheMode::Content).await;
+    assert_eq!(report.verdict, Verdict::Unscanned { reason: UnscannedReason::LimitsExceeded });
+    assert!(report.cached);
+    assert_eq!(decoded_bodies(&second_metrics), 0.0);
+    let key = format!(
+        "clamgate:v1:content:{}",
+        clamgate::scanner::encoded_content_key(&ContentKey::of(&bomb), &[Encoding::Gzip]).hex()
+    );
+    let mut connection = raw_connection(&redis).await;
+    let ttl: i64 = redis::cmd("TTL").arg(&key).query_async(&mut connection).await.expect("TTL");
+    assert!((1..=120).contains(&ttl), "kept unscanned_ttl_secs, not ttl_secs: {ttl}");
+    let stored = raw_get(&redis, &key).await.expect("stored");
+    assert!(stored.starts_with(br#"{"v":2,"verdict":"unscanned","reason":"limits_exceeded""#));
+
+    // clamd down: engine trouble, not remembered.
+    let body = samples::clean_sample(4_000);
+    clamd = tokio::task::spawn_blocking(move || {
+        clamd.stop();
+        clamd
+    })
+    .await
+    .expect("stop clamd");
+    let report = first.scan_body(&body, &[], Source::api, CacheMode::Content).await;
+    assert_eq!(report.verdict, Verdict::Unscanned { reason: UnscannedReason::EngineUnavailable });
+    assert_eq!(raw_get(&redis, &content_redis_key(&body)).await, None);
+    drop(clamd);
 }

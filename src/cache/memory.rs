@@ -70,6 +70,12 @@ impl MemoryCache {
         self.put_at(Key::Content(*key), Value::Content(entry.clone()), Instant::now())
     }
 
+    /// [`MemoryCache::put`] for at most `ttl` (never longer than the configured TTL; a zero
+    /// `ttl` stores nothing): for entries that must not live as long as the others.
+    pub fn put_for(&self, key: &ContentKey, entry: &CacheEntry, ttl: Duration) {
+        self.put_until(Key::Content(*key), Value::Content(entry.clone()), Instant::now(), ttl.min(self.ttl))
+    }
+
     /// The resource entry stored under `key`, like [`MemoryCache::get`].
     pub fn get_resource(&self, key: &ResourceKey) -> Option<ResourceEntry> {
         match self.get_at(&Key::Resource(*key), Instant::now())? {
@@ -130,10 +136,16 @@ impl MemoryCache {
 
     /// `value` is cloned by the caller, so that the lock covers map operations only.
     fn put_at(&self, key: Key, value: Value, now: Instant) {
-        if self.ttl.is_zero() {
+        self.put_until(key, value, now, self.ttl)
+    }
+
+    fn put_until(&self, key: Key, value: Value, now: Instant, ttl: Duration) {
+        if ttl.is_zero() {
+            // A replaced entry must not outlive its replacement's refusal.
+            self.remove(&key);
             return;
         }
-        let expires_at = now.checked_add(self.ttl);
+        let expires_at = now.checked_add(ttl);
         let mut lru = self.lock();
         lru.clock += 1;
         let tick = lru.clock;
@@ -145,6 +157,13 @@ impl MemoryCache {
         while lru.slots.len() > self.max_entries {
             let Some((_, oldest)) = lru.recency.pop_first() else { break };
             lru.slots.remove(&oldest);
+        }
+    }
+
+    fn remove(&self, key: &Key) {
+        let mut lru = self.lock();
+        if let Some(slot) = lru.slots.remove(key) {
+            lru.recency.remove(&slot.last_used);
         }
     }
 
@@ -185,6 +204,7 @@ mod tests {
             verdict: CachedVerdict::Clean,
             engine_version: "1.4.6".to_string(),
             database_version: Some(27000),
+            signature_epoch: 0,
             scanned_at_unix_secs: n,
         }
     }
@@ -337,6 +357,23 @@ mod tests {
         cache.put_at(Key::Resource(resource_key), Value::Resource(resource(1)), t0);
         assert!(cache.get_at(&Key::Resource(resource_key), t0 + TTL - Duration::from_millis(1)).is_some());
         assert!(cache.get_at(&Key::Resource(resource_key), t0 + TTL).is_none());
+    }
+
+    #[test]
+    fn put_for_keeps_an_entry_the_shorter_of_its_ttl_and_the_cache_ttl() {
+        let cache = MemoryCache::new(10, TTL);
+        let t0 = Instant::now();
+        let short = Duration::from_secs(5);
+        cache.put_until(Key::Content(key(1)), Value::Content(entry(1)), t0, short);
+        assert_eq!(get_at(&cache, key(1), t0 + short - Duration::from_millis(1)), Some(entry(1)));
+        assert_eq!(get_at(&cache, key(1), t0 + short), None);
+        // Longer than the cache's TTL: capped.
+        cache.put_for(&key(2), &entry(2), Duration::MAX);
+        assert!(cache.get(&key(2)).is_some());
+        assert_eq!(get_at(&cache, key(2), Instant::now() + TTL), None);
+        // Zero: nothing stored, and what was there is gone.
+        cache.put_for(&key(2), &entry(3), Duration::ZERO);
+        assert_eq!(cache.get(&key(2)), None);
     }
 
     #[test]

@@ -3,16 +3,26 @@
 //! while the others wait.
 //!
 //! # What is cached
-//! Only `Clean` and `Infected` ([`CachedVerdict`] has no other variant), with the engine and
-//! signature-database versions that produced them ([`CacheEntry`]), under two kinds of key:
+//! `Clean` and `Infected` verdicts, for `cache.ttl_secs`, and briefly (`cache.unscanned_ttl_secs`,
+//! content keys only) `Unscanned` verdicts whose reason depends only on the bytes
+//! ([`BRIEFLY_CACHED_REASONS`]: a decompression bomb replayed costs one decode, not one per request).
+//! Each entry records the engine and signature-database versions and the signature epoch that
+//! produced it ([`CacheEntry`]). Two kinds of key:
 //! - the SHA-256 of the body as received, or for an encoded body a key derived from it and the
 //!   encoding list (`scanner::encoded_content_key`) ([`ContentKey`]);
 //! - a resource, scheme + host + port + path and query ([`ResourceId`], [`ResourceKey`]), whose
 //!   [`ResourceEntry`] also holds the caller's validator (ETag, Last-Modified...), the request
 //!   headers the response varied on ([`VaryRecord`]) and the content key of the body scanned.
 //!
-//! Deciding whether a `Clean` entry from an older database, or a resource entry with another
-//! validator, is still good enough is the scanner's job, not the cache's.
+//! Deciding whether a `Clean` entry from an older database or signature epoch, or a resource entry
+//! with another validator, is still good enough is the scanner's job, not the cache's. A resource
+//! entry never holds `Unscanned` ([`VerdictCache::put_resource`] drops one).
+//!
+//! # Authenticated values
+//! With `cache.hmac_key_file`, every value written to Redis carries an HMAC-SHA256 tag over the
+//! value and its Redis key, and a value read without a valid tag is refused
+//! ([`CacheError::Rejected`], a miss): see [`seal`](self::seal). The memory tier holds only what
+//! this process wrote or verified.
 //!
 //! # Tiers
 //! [`VerdictCache::from_config`] builds:
@@ -62,21 +72,26 @@
 //! [`encode_entry`]/[`decode_entry`] for content entries,
 //! [`encode_resource`]/[`decode_resource`] for resource entries:
 //! ```text
-//! {"v":1,"verdict":"clean","engine_version":"1.4.6","database_version":27000,"scanned_at_unix_secs":1767225600}
-//! {"v":1,"verdict":"infected","signature":"Eicar-Test-Signature","engine_version":"1.4.6","database_version":27000,"scanned_at_unix_secs":1767225600}
-//! {"v":2,"validator":"etag:\"abc\"","vary":[],"vary_sha256":"e3b0...b855","sha256":"ba78...15ad","verdict":"clean","engine_version":"1.4.6","database_version":27000,"scanned_at_unix_secs":1767225600}
+//! {"v":2,"verdict":"clean","engine_version":"1.4.6","database_version":27000,"signature_epoch":0,"scanned_at_unix_secs":1767225600}
+//! {"v":2,"verdict":"infected","signature":"Eicar-Test-Signature","engine_version":"1.4.6","database_version":27000,"signature_epoch":0,"scanned_at_unix_secs":1767225600}
+//! {"v":2,"verdict":"unscanned","reason":"limits_exceeded","engine_version":"1.4.6","database_version":27000,"signature_epoch":0,"scanned_at_unix_secs":1767225600}
+//! {"v":2,"validator":"etag:\"abc\"","vary":[],"vary_sha256":"e3b0...b855","sha256":"ba78...15ad","verdict":"clean","engine_version":"1.4.6","database_version":27000,"signature_epoch":0,"scanned_at_unix_secs":1767225600}
 //! ```
-//! `database_version` may be `null`. A value with another `v`, an unknown field or any other
-//! defect fails to decode ([`CacheError::Decode`]), so during a rolling upgrade an older instance
-//! treats a newer instance's entries as misses instead of misreading them.
+//! `database_version` may be `null`. This build writes `"v":2` (with `signature_epoch`, and
+//! `"verdict":"unscanned","reason":...` entries) and still reads `"v":1` (as epoch 0). A value with
+//! another `v`, an unknown field or any other defect fails to decode ([`CacheError::Decode`]), so
+//! during a rolling upgrade an older instance treats a newer instance's entries as misses instead
+//! of misreading them. With HMAC keys the value is prefixed `hmac-sha256:<tag>:`.
 
 mod entry;
 mod memory;
 mod redis;
 mod resource;
+pub mod seal;
 
 pub use self::entry::{
-    decode_entry, encode_entry, CacheEntry, CachedVerdict, ContentKey, DecodeError, ENTRY_FORMAT_VERSION,
+    decode_entry, encode_entry, CacheEntry, CachedVerdict, ContentKey, DecodeError, BRIEFLY_CACHED_REASONS,
+    ENTRY_FORMAT_VERSION,
 };
 pub use self::memory::MemoryCache;
 pub use self::redis::RedisCache;
@@ -84,6 +99,7 @@ pub use self::resource::{
     decode_resource, encode_resource, vary_names, ResourceEntry, ResourceId, ResourceKey, VaryRecord,
     RESOURCE_FORMAT_VERSION,
 };
+pub use self::seal::{Rejection, ValueKey, ValueKeys};
 
 use crate::config::CacheConfig;
 use sha2::{Digest, Sha256};
@@ -111,11 +127,15 @@ pub enum CacheError {
     /// The stored value is not an entry this build can read (garbage, or a newer format).
     #[error(transparent)]
     Decode(#[from] DecodeError),
+    /// HMAC keys are configured and the value read from Redis does not carry a valid tag: forged,
+    /// tampered with, or written by an instance without the key. `key` is `content` or `resource`.
+    #[error("{key} value refused: {reason}")]
+    Rejected { key: &'static str, reason: Rejection },
 }
 
 impl CacheError {
     /// A metric label with a bounded set of values: `invalid_config`, `redis`, `timeout`,
-    /// `unavailable`, `decode`.
+    /// `unavailable`, `decode`, `rejected`.
     pub fn label(&self) -> &'static str {
         match self {
             CacheError::InvalidConfig(_) => "invalid_config",
@@ -123,6 +143,7 @@ impl CacheError {
             CacheError::Timeout => "timeout",
             CacheError::Unavailable => "unavailable",
             CacheError::Decode(_) => "decode",
+            CacheError::Rejected { .. } => "rejected",
         }
     }
 
@@ -132,7 +153,7 @@ impl CacheError {
         match self {
             CacheError::Timeout | CacheError::Unavailable => true,
             CacheError::Redis(err) => self::redis::is_connection_failure(err),
-            CacheError::InvalidConfig(_) | CacheError::Decode(_) => false,
+            CacheError::InvalidConfig(_) | CacheError::Decode(_) | CacheError::Rejected { .. } => false,
         }
     }
 }
@@ -221,6 +242,11 @@ impl fmt::Display for LockToken {
 pub struct VerdictCache {
     memory: MemoryCache,
     redis: Option<RedisCache>,
+    /// `cache.signature_epoch`: stamped into every entry this instance writes.
+    signature_epoch: u64,
+    /// `cache.unscanned_ttl_secs`: how long an `Unscanned` entry lives (zero: never stored, never
+    /// used).
+    unscanned_ttl: Duration,
 }
 
 impl VerdictCache {
@@ -253,7 +279,37 @@ impl VerdictCache {
         }
         let memory_ttl_secs = if shared { cfg.memory_ttl_secs.min(cfg.ttl_secs) } else { cfg.ttl_secs };
         let memory = MemoryCache::new(cfg.memory_max_entries, Duration::from_secs(memory_ttl_secs));
-        Ok(VerdictCache { memory, redis })
+        Ok(VerdictCache {
+            memory,
+            redis,
+            signature_epoch: cfg.signature_epoch,
+            unscanned_ttl: Duration::from_secs(cfg.unscanned_ttl_secs.min(cfg.ttl_secs)),
+        })
+    }
+
+    /// `cache.signature_epoch`: the epoch this instance stamps into its entries. A `Clean` entry
+    /// with a lower one is stale (the scanner's rule).
+    pub fn signature_epoch(&self) -> u64 {
+        self.signature_epoch
+    }
+
+    /// How long an `Unscanned` entry lives; zero when they are off.
+    pub fn unscanned_ttl(&self) -> Duration {
+        self.unscanned_ttl
+    }
+
+    /// An `Unscanned` entry read while they are off (another instance wrote it) is not used.
+    fn usable(&self, entry: &CacheEntry) -> bool {
+        !entry.verdict.is_unscanned() || !self.unscanned_ttl.is_zero()
+    }
+
+    /// How long the memory tier keeps `entry`: its TTL, shorter for an `Unscanned` entry.
+    fn memory_ttl_for(&self, entry: &CacheEntry) -> Duration {
+        if entry.verdict.is_unscanned() {
+            self.memory.ttl().min(self.unscanned_ttl)
+        } else {
+            self.memory.ttl()
+        }
     }
 
     /// The entry for `key` and the tier that had it; `Ok(None)` is a miss. Memory is asked
@@ -265,9 +321,9 @@ impl VerdictCache {
             return Ok(Some(Hit { value, tier: Tier::Memory }));
         }
         let Some(redis) = &self.redis else { return Ok(None) };
-        let found = redis.get(key).await?;
+        let found = redis.get(key).await?.filter(|entry| self.usable(entry));
         if let Some(entry) = &found {
-            self.memory.put(key, entry);
+            self.memory.put_for(key, entry, self.memory_ttl_for(entry));
         }
         Ok(found.map(|value| Hit { value, tier: Tier::Redis }))
     }
@@ -278,10 +334,14 @@ impl VerdictCache {
     }
 
     /// Stores `entry` under `key` in both tiers, replacing any previous entry: in memory at once,
-    /// then in Redis for `cache.ttl_secs`. An error means Redis did not take it (this instance
-    /// still remembers it).
+    /// then in Redis for `cache.ttl_secs` (`cache.unscanned_ttl_secs` for an `Unscanned` entry,
+    /// which is not stored at all when that is 0). An error means Redis did not take it (this
+    /// instance still remembers it).
     pub async fn put(&self, key: &ContentKey, entry: &CacheEntry) -> Result<(), CacheError> {
-        self.memory.put(key, entry);
+        if !self.usable(entry) {
+            return Ok(());
+        }
+        self.memory.put_for(key, entry, self.memory_ttl_for(entry));
         match &self.redis {
             Some(redis) => redis.put(key, entry).await,
             None => Ok(()),
@@ -301,8 +361,12 @@ impl VerdictCache {
         Ok(found.map(|value| Hit { value, tier: Tier::Redis }))
     }
 
-    /// Stores a resource entry in both tiers, like [`VerdictCache::put`].
+    /// Stores a resource entry in both tiers, like [`VerdictCache::put`]. An `Unscanned` verdict
+    /// is never stored under a resource key: it is dropped here.
     pub async fn put_resource(&self, key: &ResourceKey, entry: &ResourceEntry) -> Result<(), CacheError> {
+        if entry.entry.verdict.is_unscanned() {
+            return Ok(());
+        }
         self.memory.put_resource(key, entry);
         match &self.redis {
             Some(redis) => redis.put_resource(key, entry).await,
@@ -400,7 +464,15 @@ mod tests {
             verdict: CachedVerdict::Infected { signature: "Eicar-Test-Signature".to_string() },
             engine_version: "1.4.6".to_string(),
             database_version: Some(27000),
+            signature_epoch: 0,
             scanned_at_unix_secs: 1_767_225_600,
+        }
+    }
+
+    fn unscanned() -> CacheEntry {
+        CacheEntry {
+            verdict: CachedVerdict::Unscanned { reason: crate::verdict::UnscannedReason::LimitsExceeded },
+            ..entry()
         }
     }
 
@@ -538,6 +610,7 @@ mod tests {
             redis_pool_size: 0,
             memory_max_entries: 0,
             redis_tls_ca_file: Some("/nonexistent/clamgate-ca.pem".to_string()),
+            hmac_previous_key_file: Some("/nonexistent/clamgate-hmac.key".to_string()),
             ..unreachable(0)
         };
         let message = invalid_config_message(&cfg);
@@ -547,6 +620,8 @@ mod tests {
             "cache.redis_pool_size",
             "cache.memory_max_entries",
             "cache.redis_tls_ca_file",
+            "cache.hmac_previous_key_file: cannot read",
+            "cache.hmac_previous_key_file: set without cache.hmac_key_file",
         ] {
             assert!(message.contains(key), "{key} missing from {message}");
         }
@@ -622,6 +697,34 @@ mod tests {
         assert_eq!(cache.get(&ContentKey::of(b"other")).await.ok(), Some(None));
         let hit = cache.lookup(&key).await.ok().flatten();
         assert_eq!(hit, Some(Hit { value: entry(), tier: Tier::Memory }));
+    }
+
+    #[tokio::test]
+    async fn unscanned_entries_live_unscanned_ttl_secs_and_never_under_resource_keys() {
+        let cfg = CacheConfig { unscanned_ttl_secs: 7, signature_epoch: 4, ..CacheConfig::default() };
+        let Ok(cache) = VerdictCache::from_config(&cfg) else { panic!("memory cache") };
+        assert_eq!((cache.unscanned_ttl(), cache.signature_epoch()), (Duration::from_secs(7), 4));
+        let key = ContentKey::of(b"bomb");
+        assert!(cache.put(&key, &unscanned()).await.is_ok());
+        assert_eq!(cache.get(&key).await.ok(), Some(Some(unscanned())));
+
+        let resource_key = ResourceId::new("http", "example.org", 80, "/bomb.gz").key();
+        let resource = ResourceEntry { entry: unscanned(), ..resource() };
+        assert!(cache.put_resource(&resource_key, &resource).await.is_ok());
+        assert_eq!(cache.lookup_resource(&resource_key).await.ok(), Some(None), "dropped");
+
+        // Capped by ttl_secs; 0 turns them off: neither stored nor used.
+        let short = CacheConfig { ttl_secs: 3, unscanned_ttl_secs: 300, ..CacheConfig::default() };
+        assert_eq!(
+            VerdictCache::from_config(&short).map(|c| c.unscanned_ttl()).ok(),
+            Some(Duration::from_secs(3))
+        );
+        let off = CacheConfig { unscanned_ttl_secs: 0, ..CacheConfig::default() };
+        let Ok(off) = VerdictCache::from_config(&off) else { panic!("memory cache") };
+        assert!(off.put(&key, &unscanned()).await.is_ok());
+        assert_eq!(off.get(&key).await.ok(), Some(None));
+        assert!(off.put(&key, &entry()).await.is_ok());
+        assert_eq!(off.get(&key).await.ok(), Some(Some(entry())), "other entries are unaffected");
     }
 
     #[tokio::test]
@@ -702,8 +805,10 @@ mod tests {
             CacheError::Timeout.label(),
             CacheError::Unavailable.label(),
             CacheError::Decode(DecodeError::UnsupportedVersion(2)).label(),
+            CacheError::Rejected { key: "content", reason: Rejection::BadTag }.label(),
         ];
-        assert_eq!(labels, ["invalid_config", "timeout", "unavailable", "decode"]);
+        assert_eq!(labels, ["invalid_config", "timeout", "unavailable", "decode", "rejected"]);
+        assert!(!CacheError::Rejected { key: "content", reason: Rejection::MissingTag }.is_unavailability());
         assert!(!CacheError::Decode(DecodeError::UnsupportedVersion(2)).is_unavailability());
     }
 }

@@ -36,6 +36,7 @@
 
 use super::entry::{decode_entry, encode_entry, CacheEntry, ContentKey};
 use super::resource::{decode_resource, encode_resource, ResourceEntry, ResourceKey};
+use super::seal::{self, ValueKeys};
 use super::{content_redis_key, lock_redis_key, resource_redis_key, CacheError, LockAttempt, LockToken};
 use crate::config::CacheConfig;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -69,8 +70,12 @@ pub struct RedisCache {
     endpoint: String,
     key_prefix: String,
     ttl_secs: u64,
+    /// `cache.unscanned_ttl_secs`, for `Unscanned` entries.
+    unscanned_ttl_secs: u64,
     timeout: Duration,
     backoff: Mutex<Backoff>,
+    /// `cache.hmac_key_file` (and the previous key): values are sealed and checked with them.
+    keys: Option<ValueKeys>,
 }
 
 /// Where the entries live.
@@ -134,6 +139,10 @@ impl RedisCache {
         }
         let timeout = Duration::from_millis(cfg.redis_timeout_ms);
         let root_cert = read_ca_file(cfg, &mut problems);
+        let keys = seal::keys_from_config(cfg).unwrap_or_else(|key_problems| {
+            problems.extend(key_problems);
+            None
+        });
         let built = match (cfg.redis_url.as_deref(), cfg.redis_cluster_urls.as_slice()) {
             (Some(_), [_, ..]) => {
                 problems.push("set cache.redis_url or cache.redis_cluster_urls, not both".to_string());
@@ -154,8 +163,10 @@ impl RedisCache {
             endpoint,
             key_prefix: cfg.key_prefix.clone(),
             ttl_secs: cfg.ttl_secs,
+            unscanned_ttl_secs: cfg.unscanned_ttl_secs.min(cfg.ttl_secs),
             timeout,
             backoff: Mutex::new(Backoff::default()),
+            keys,
         })
     }
 
@@ -171,26 +182,49 @@ impl RedisCache {
     }
 
     /// The entry under `key`, `Ok(None)` when Redis has none. An error (Redis unreachable, slow,
-    /// or holding a value this build cannot read) is for the caller to count as a miss.
+    /// holding a value this build cannot read, or, with HMAC keys, a value without a valid tag:
+    /// [`CacheError::Rejected`]) is for the caller to count as a miss.
     pub async fn get(&self, key: &ContentKey) -> Result<Option<CacheEntry>, CacheError> {
-        let value = self.get_bytes(content_redis_key(&self.key_prefix, key)).await?;
-        Ok(value.map(|bytes| decode_entry(&bytes)).transpose()?)
+        let name = content_redis_key(&self.key_prefix, key);
+        let Some(value) = self.get_bytes(name.clone()).await? else { return Ok(None) };
+        Ok(Some(decode_entry(self.open("content", &name, &value)?)?))
     }
 
-    /// Writes `entry` under `key` with `SET key value EX ttl_secs`, replacing any previous entry.
+    /// Writes `entry` under `key` with `SET key value EX ttl_secs` (`unscanned_ttl_secs` for an
+    /// `Unscanned` entry), replacing any previous entry; sealed when HMAC keys are configured.
     pub async fn put(&self, key: &ContentKey, entry: &CacheEntry) -> Result<(), CacheError> {
-        self.set_bytes(content_redis_key(&self.key_prefix, key), encode_entry(entry)).await
+        let name = content_redis_key(&self.key_prefix, key);
+        let ttl_secs = if entry.verdict.is_unscanned() { self.unscanned_ttl_secs } else { self.ttl_secs };
+        if ttl_secs == 0 {
+            return Ok(());
+        }
+        let value = seal::seal(self.keys.as_ref(), &name, encode_entry(entry));
+        self.set_bytes(name, value, ttl_secs).await
     }
 
     /// The resource entry under `key`, like [`RedisCache::get`].
     pub async fn get_resource(&self, key: &ResourceKey) -> Result<Option<ResourceEntry>, CacheError> {
-        let value = self.get_bytes(resource_redis_key(&self.key_prefix, key)).await?;
-        Ok(value.map(|bytes| decode_resource(&bytes)).transpose()?)
+        let name = resource_redis_key(&self.key_prefix, key);
+        let Some(value) = self.get_bytes(name.clone()).await? else { return Ok(None) };
+        Ok(Some(decode_resource(self.open("resource", &name, &value)?)?))
     }
 
     /// Writes a resource entry, like [`RedisCache::put`].
     pub async fn put_resource(&self, key: &ResourceKey, entry: &ResourceEntry) -> Result<(), CacheError> {
-        self.set_bytes(resource_redis_key(&self.key_prefix, key), encode_resource(entry)).await
+        let name = resource_redis_key(&self.key_prefix, key);
+        let value = seal::seal(self.keys.as_ref(), &name, encode_resource(entry));
+        self.set_bytes(name, value, self.ttl_secs).await
+    }
+
+    /// Whether values are sealed and checked with HMAC keys.
+    pub fn authenticates_values(&self) -> bool {
+        self.keys.is_some()
+    }
+
+    /// The entry bytes of `value` read from `name`, checked against the HMAC keys if any.
+    fn open<'v>(&self, kind: &'static str, name: &str, value: &'v [u8]) -> Result<&'v [u8], CacheError> {
+        seal::open(self.keys.as_ref(), name, value)
+            .map_err(|reason| CacheError::Rejected { key: kind, reason })
     }
 
     /// Deletes the resource entry under `key` (`DEL`); deleting an absent entry is not an error.
@@ -239,9 +273,9 @@ impl RedisCache {
         self.call(&cmd).await
     }
 
-    async fn set_bytes(&self, key: String, value: Vec<u8>) -> Result<(), CacheError> {
+    async fn set_bytes(&self, key: String, value: Vec<u8>, ttl_secs: u64) -> Result<(), CacheError> {
         let mut cmd = redis::cmd("SET");
-        cmd.arg(key).arg(value).arg("EX").arg(self.ttl_secs);
+        cmd.arg(key).arg(value).arg("EX").arg(ttl_secs);
         self.call(&cmd).await
     }
 
@@ -339,6 +373,8 @@ impl fmt::Debug for RedisCache {
             .field("pool_size", &pool_size)
             .field("key_prefix", &self.key_prefix)
             .field("ttl_secs", &self.ttl_secs)
+            .field("unscanned_ttl_secs", &self.unscanned_ttl_secs)
+            .field("hmac", &self.keys.is_some())
             .field("timeout", &self.timeout)
             .finish_non_exhaustive()
     }

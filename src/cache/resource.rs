@@ -11,13 +11,14 @@
 //! The value, produced and read only by [`encode_resource`] and [`decode_resource`], is versioned
 //! JSON like a content entry:
 //! ```text
-//! {"v":2,"validator":"etag:\"abc\"","vary":["accept-encoding"],"vary_sha256":"5e2b...","sha256":"ba78...15ad","verdict":"clean","engine_version":"1.4.6","database_version":27000,"scanned_at_unix_secs":1767225600}
+//! {"v":2,"validator":"etag:\"abc\"","vary":["accept-encoding"],"vary_sha256":"5e2b...","sha256":"ba78...15ad","verdict":"clean","engine_version":"1.4.6","database_version":27000,"signature_epoch":0,"scanned_at_unix_secs":1767225600}
 //! ```
 //! `sha256` is the [`ContentKey`] of the body that was scanned (64 lowercase hex digits);
 //! `signature` follows `verdict` for infected entries, as in content entries. The same strictness
 //! applies: another `v`, an unknown field or a contradiction is a [`DecodeError`], i.e. a miss.
-//! Version 1 (no scheme, port or Vary) is never read: its entries are misses, and live under keys
-//! this version does not compute anyway.
+//! Version 1 (no scheme, port, Vary or signature epoch) is never read: its entries are misses,
+//! and live under keys this version does not compute anyway. A resource entry is only ever `clean`
+//! or `infected`: an `unscanned` one is invalid.
 
 use super::entry::{
     check_version, verdict_from_wire, verdict_to_wire, CacheEntry, ContentKey, DecodeError, WireVerdict,
@@ -279,6 +280,7 @@ struct ResourceV2Out<'a> {
     signature: Option<&'a str>,
     engine_version: &'a str,
     database_version: Option<u64>,
+    signature_epoch: u64,
     scanned_at_unix_secs: u64,
 }
 
@@ -297,12 +299,15 @@ struct ResourceV2In {
     signature: Option<String>,
     engine_version: String,
     database_version: Option<u64>,
+    signature_epoch: u64,
     scanned_at_unix_secs: u64,
 }
 
 /// Encodes `resource` as the current format (see the module documentation for an example).
+/// An `Unscanned` verdict is encoded too, but [`decode_resource`] rejects it: callers never store
+/// one (`VerdictCache::put_resource` drops it).
 pub fn encode_resource(resource: &ResourceEntry) -> Vec<u8> {
-    let (verdict, signature) = verdict_to_wire(&resource.entry.verdict);
+    let (verdict, signature, _reason) = verdict_to_wire(&resource.entry.verdict);
     let wire = ResourceV2Out {
         v: RESOURCE_FORMAT_VERSION,
         validator: &resource.validator,
@@ -313,6 +318,7 @@ pub fn encode_resource(resource: &ResourceEntry) -> Vec<u8> {
         signature,
         engine_version: &resource.entry.engine_version,
         database_version: resource.entry.database_version,
+        signature_epoch: resource.entry.signature_epoch,
         scanned_at_unix_secs: resource.entry.scanned_at_unix_secs,
     };
     // As for content entries: cannot fail, and an empty value would decode as a miss.
@@ -321,9 +327,9 @@ pub fn encode_resource(resource: &ResourceEntry) -> Vec<u8> {
 
 /// Decodes a value written by [`encode_resource`]. Any other version, an unknown or missing field,
 /// a digest that is not 64 lowercase hex digits, Vary names that are not as [`vary_names`] makes
-/// them, or a self-contradicting verdict is an error.
+/// them, a self-contradicting verdict or an `unscanned` one is an error.
 pub fn decode_resource(bytes: &[u8]) -> Result<ResourceEntry, DecodeError> {
-    check_version(bytes, RESOURCE_FORMAT_VERSION)?;
+    check_version(bytes, &[RESOURCE_FORMAT_VERSION])?;
     let wire: ResourceV2In = serde_json::from_slice(bytes)?;
     let content = ContentKey::from_hex(&wire.sha256)
         .ok_or(DecodeError::Invalid("sha256 is not 64 lowercase hex digits"))?;
@@ -332,7 +338,10 @@ pub fn decode_resource(bytes: &[u8]) -> Result<ResourceEntry, DecodeError> {
     if vary_names(&wire.vary).as_ref() != Some(&wire.vary) {
         return Err(DecodeError::Invalid("vary is not a sorted list of distinct lower-case names"));
     }
-    let verdict = verdict_from_wire(wire.verdict, wire.signature)?;
+    if wire.verdict == WireVerdict::Unscanned {
+        return Err(DecodeError::Invalid("a resource entry is never unscanned"));
+    }
+    let verdict = verdict_from_wire(wire.verdict, wire.signature, None)?;
     Ok(ResourceEntry {
         validator: wire.validator,
         vary: VaryRecord { names: wire.vary, values_sha256: *values_sha256.as_bytes() },
@@ -341,6 +350,7 @@ pub fn decode_resource(bytes: &[u8]) -> Result<ResourceEntry, DecodeError> {
             verdict,
             engine_version: wire.engine_version,
             database_version: wire.database_version,
+            signature_epoch: wire.signature_epoch,
             scanned_at_unix_secs: wire.scanned_at_unix_secs,
         },
     })
@@ -352,8 +362,8 @@ mod tests {
     use crate::cache::CachedVerdict;
 
     const EMPTY_SHA256: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
-    const CLEAN_V2: &[u8] = br#"{"v":2,"validator":"etag:\"abc\"","vary":[],"vary_sha256":"e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855","sha256":"ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad","verdict":"clean","engine_version":"1.4.6","database_version":27000,"scanned_at_unix_secs":1767225600}"#;
-    const INFECTED_V2: &[u8] = br#"{"v":2,"validator":"immutable","vary":["accept-encoding"],"vary_sha256":"c5497af5e816d1c7e0d4f4a713b374da9436163f06bb8ad8ebb70bd5c6a683c8","sha256":"ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad","verdict":"infected","signature":"Eicar-Test-Signature","engine_version":"1.4.6","database_version":null,"scanned_at_unix_secs":1767225600}"#;
+    const CLEAN_V2: &[u8] = br#"{"v":2,"validator":"etag:\"abc\"","vary":[],"vary_sha256":"e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855","sha256":"ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad","verdict":"clean","engine_version":"1.4.6","database_version":27000,"signature_epoch":0,"scanned_at_unix_secs":1767225600}"#;
+    const INFECTED_V2: &[u8] = br#"{"v":2,"validator":"immutable","vary":["accept-encoding"],"vary_sha256":"c5497af5e816d1c7e0d4f4a713b374da9436163f06bb8ad8ebb70bd5c6a683c8","sha256":"ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad","verdict":"infected","signature":"Eicar-Test-Signature","engine_version":"1.4.6","database_version":null,"signature_epoch":0,"scanned_at_unix_secs":1767225600}"#;
 
     fn request(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         pairs.iter().map(|(name, value)| (name.to_string(), value.to_string())).collect()
@@ -368,6 +378,7 @@ mod tests {
                 verdict: CachedVerdict::Clean,
                 engine_version: "1.4.6".to_string(),
                 database_version: Some(27000),
+                signature_epoch: 0,
                 scanned_at_unix_secs: 1_767_225_600,
             },
         }
