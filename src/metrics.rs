@@ -232,7 +232,7 @@ impl Metrics {
         let held_memory = Gauge::default();
         registry.register(
             "held_body_memory_bytes",
-            "Body bytes held in memory by streams waiting for a verdict (bounded by bodies.memory_budget_bytes)",
+            "Body bytes held in memory by streams waiting for a verdict, and the decode buffers of BUFFERED bodies (bounded by bodies.memory_budget_bytes: past it, bodies go to temp files)",
             held_memory.clone(),
         );
         let held_memory_peak = Gauge::default();
@@ -396,7 +396,10 @@ impl Metrics {
     }
 
     /// Counts an ext_proc stream ended with an error status; `kind` is `protocol` (out-of-order or
-    /// unsupported messages), `inbound` (a message Envoy sent could not be read) or `internal`.
+    /// unsupported messages, a policy name that cannot be read), `body_mode` (Envoy's
+    /// processing_mode or observability_mode would let a scanned body pass unscanned), `inbound`
+    /// (a message Envoy sent could not be read), `spool` / `spool_full` (a body could not be
+    /// held) or `internal` (the stream task panicked or was cancelled).
     pub fn record_stream_error(&self, kind: &'static str) {
         self.stream_errors.get_or_create(&StreamErrorLabels { kind }).inc();
     }

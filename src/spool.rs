@@ -20,6 +20,18 @@ use crate::metrics::Metrics;
 /// Largest piece a held body is read back in (Envoy's limit for one streamed body chunk).
 pub const READ_PIECE_BYTES: usize = 64 * 1024;
 
+/// Pieces smaller than this are copied together into a buffer of up to [`COALESCED_BYTES`]
+/// instead of being kept one by one: a flood of tiny FULL_DUPLEX pieces then costs about the
+/// bytes it carries, not a `Bytes` and an allocation per byte.
+const SMALL_PIECE_BYTES: usize = 16 * 1024;
+/// The size a buffer of coalesced small pieces grows to (doubling) before a new one starts.
+const COALESCED_BYTES: usize = 64 * 1024;
+/// The first buffer of coalesced pieces holds at least this many bytes.
+const MIN_COALESCED_BYTES: usize = 256;
+/// Memory a kept piece costs beyond its bytes (its `Bytes` handle and start offset, and the
+/// allocator's share), charged to the budget with it.
+const PIECE_OVERHEAD_BYTES: u64 = 64;
+
 /// A body that fits neither in memory nor within `bodies.disk_budget_bytes`: the stream cannot be
 /// held now (an `io::Error` of kind `StorageFull` whose inner error is this).
 #[derive(Debug, thiserror::Error)]
@@ -66,6 +78,13 @@ impl ByteBudget {
         self.used.fetch_sub(bytes, Ordering::AcqRel);
     }
 
+    /// Takes `bytes` whether they fit or not: for memory that exists already (a message tonic
+    /// has decoded), so that bodies held later go to disk instead of adding to it.
+    fn take_anyway(&self, bytes: u64) {
+        let before = self.used.fetch_add(bytes, Ordering::AcqRel);
+        self.peak.fetch_max(before + bytes, Ordering::AcqRel);
+    }
+
     /// Bytes held in memory now.
     pub fn used(&self) -> u64 {
         self.used.load(Ordering::Acquire)
@@ -107,16 +126,63 @@ impl Spool {
 
     /// An empty body to fill.
     pub fn hold(&self) -> HeldBody {
-        HeldBody { spool: self.clone(), pieces: Vec::new(), in_memory: 0, file: None, on_disk: 0, len: 0 }
+        HeldBody {
+            spool: self.clone(),
+            pieces: Vec::new(),
+            starts: Vec::new(),
+            tail: Vec::new(),
+            in_memory: 0,
+            file: None,
+            on_disk: 0,
+            len: 0,
+        }
+    }
+
+    /// A charge on the memory budget for memory clamgate does not hold itself (tonic's decode
+    /// buffer of one stream), starting at nothing; see [`MemoryCharge::raise_to`].
+    pub fn charge(&self) -> MemoryCharge {
+        MemoryCharge { spool: self.clone(), bytes: AtomicU64::new(0) }
+    }
+}
+
+/// Memory counted in the budget while it lives, given back on drop.
+pub struct MemoryCharge {
+    spool: Spool,
+    bytes: AtomicU64,
+}
+
+impl MemoryCharge {
+    /// Raises the charge to `bytes` (never lowers it), even past the budget: the memory exists.
+    pub fn raise_to(&self, bytes: u64) {
+        let before = self.bytes.fetch_max(bytes, Ordering::AcqRel);
+        if bytes > before {
+            self.spool.budget.take_anyway(bytes - before);
+            self.spool.metrics.set_held_memory(self.spool.budget.used());
+        }
+    }
+}
+
+impl Drop for MemoryCharge {
+    fn drop(&mut self) {
+        let bytes = *self.bytes.get_mut();
+        if bytes > 0 {
+            self.spool.budget.give_back(bytes);
+            self.spool.metrics.set_held_memory(self.spool.budget.used());
+        }
     }
 }
 
 /// One body being held. Memory goes back to the budget and the temp file disappears on drop.
 pub struct HeldBody {
     spool: Spool,
-    /// The body while it is in memory (empty once it moved to `file`).
+    /// The body while it is in memory (empty once it moved to `file`), then `tail`.
     pieces: Vec<Bytes>,
-    /// Bytes of `pieces`, taken from the budget.
+    /// The offset in the body of each of `pieces`, for a binary search.
+    starts: Vec<u64>,
+    /// Small pieces copied together, after `pieces` (in memory or, once on disk, not yet
+    /// written): at most [`COALESCED_BYTES`].
+    tail: Vec<u8>,
+    /// Memory of `pieces` and `tail` (bytes, allocations, overhead), taken from the budget.
     in_memory: u64,
     /// The whole body, once it left memory.
     file: Option<Arc<std::fs::File>>,
@@ -141,27 +207,120 @@ impl HeldBody {
     }
 
     /// Appends a piece: in memory while this stream's cap and the shared budget allow, else the
-    /// whole body moves to a temp file and stays there.
+    /// whole body moves to a temp file and stays there. Small pieces are copied together
+    /// (in memory, and before they are written to the file).
     pub async fn push(&mut self, piece: Bytes) -> io::Result<()> {
         if piece.is_empty() {
             return Ok(());
         }
         let size = piece.len() as u64;
         if self.file.is_none() {
-            let fits_stream = self.in_memory + size <= self.spool.stream_memory_bytes;
-            if fits_stream && self.spool.budget.try_take(size) {
-                self.in_memory += size;
-                self.len += size;
-                self.pieces.push(piece);
+            let charge = self.memory_charge(piece.len());
+            let fits_stream = self.in_memory + charge <= self.spool.stream_memory_bytes;
+            if fits_stream && self.spool.budget.try_take(charge) {
+                self.in_memory += charge;
+                self.keep_in_memory(piece);
                 self.spool.metrics.set_held_memory(self.spool.budget.used());
                 return Ok(());
             }
             self.move_to_disk().await?;
         }
         self.take_disk(size)?;
+        if piece.len() < SMALL_PIECE_BYTES {
+            // Written with the next small pieces: one write per [`COALESCED_BYTES`], not per piece.
+            if self.tail.len() + piece.len() > COALESCED_BYTES {
+                self.flush_tail().await?;
+            }
+            self.tail.extend_from_slice(&piece);
+            self.len += size;
+            return Ok(());
+        }
+        self.flush_tail().await?;
         self.write_at(piece, self.len).await?;
         self.len += size;
         Ok(())
+    }
+
+    /// What keeping a piece of `size` bytes in memory adds to `in_memory`.
+    fn memory_charge(&self, size: usize) -> u64 {
+        if size >= SMALL_PIECE_BYTES {
+            // The tail, if any, is sealed first: one more kept piece.
+            let sealed_tail = if self.tail.is_empty() { 0 } else { PIECE_OVERHEAD_BYTES };
+            return size as u64 + PIECE_OVERHEAD_BYTES + sealed_tail;
+        }
+        let capacity = self.tail.capacity();
+        match self.tail_growth(size) {
+            (new_capacity, false) => new_capacity.saturating_sub(capacity) as u64,
+            // The current tail grows to its full size, and a new one starts.
+            (new_capacity, true) => {
+                (COALESCED_BYTES.saturating_sub(capacity) + new_capacity) as u64 + PIECE_OVERHEAD_BYTES
+            }
+        }
+    }
+
+    /// For `size` more small bytes: the capacity of the tail that takes them (its current one if
+    /// they fit) and whether the current tail is sealed first. A full tail is sealed and a new
+    /// one of [`COALESCED_BYTES`] started; a tail that is not full doubles, within that size.
+    fn tail_growth(&self, size: usize) -> (usize, bool) {
+        let needed = self.tail.len() + size;
+        if needed <= self.tail.capacity() {
+            return (self.tail.capacity(), false);
+        }
+        if needed > COALESCED_BYTES {
+            // Sealed: the new tail takes what did not fit, and grows from there.
+            let rest = needed - COALESCED_BYTES.max(self.tail.len());
+            return (rest.max(MIN_COALESCED_BYTES).next_power_of_two().min(COALESCED_BYTES), true);
+        }
+        let doubled = (self.tail.capacity() * 2).max(MIN_COALESCED_BYTES);
+        (doubled.max(needed).min(COALESCED_BYTES), false)
+    }
+
+    /// Keeps a piece in memory (its charge is taken already).
+    fn keep_in_memory(&mut self, piece: Bytes) {
+        let size = piece.len();
+        if size >= SMALL_PIECE_BYTES {
+            self.seal_tail();
+            self.starts.push(self.len);
+            self.len += size as u64;
+            self.pieces.push(piece);
+            return;
+        }
+        let (capacity, sealed) = self.tail_growth(size);
+        let mut rest = &piece[..];
+        if sealed {
+            // Fill the tail up to its full size, seal it, and start the next with the rest.
+            let room = COALESCED_BYTES.saturating_sub(self.tail.len()).min(rest.len());
+            self.tail.reserve_exact(COALESCED_BYTES - self.tail.len());
+            self.tail.extend_from_slice(&rest[..room]);
+            self.len += room as u64;
+            rest = &rest[room..];
+            self.seal_tail();
+        }
+        if self.tail.capacity() < capacity {
+            self.tail.reserve_exact(capacity - self.tail.len());
+        }
+        self.tail.extend_from_slice(rest);
+        self.len += rest.len() as u64;
+    }
+
+    /// Moves the tail to `pieces` (its memory stays charged; `Bytes` keeps the allocation).
+    fn seal_tail(&mut self) {
+        if self.tail.is_empty() {
+            return;
+        }
+        let tail = std::mem::take(&mut self.tail);
+        self.starts.push(self.len - tail.len() as u64);
+        self.pieces.push(Bytes::from(tail));
+    }
+
+    /// Writes the small pieces waiting in `tail` to the temp file.
+    async fn flush_tail(&mut self) -> io::Result<()> {
+        if self.tail.is_empty() {
+            return Ok(());
+        }
+        let tail = Bytes::from(std::mem::take(&mut self.tail));
+        let offset = self.len - tail.len() as u64;
+        self.write_at(tail, offset).await
     }
 
     /// Reads `max` bytes (fewer at the end) from `offset`; empty past the end.
@@ -172,49 +331,76 @@ impl HeldBody {
         }
         match &self.file {
             Some(file) => {
+                // The file holds the body up to the small pieces still waiting in `tail`.
+                let written = self.len - self.tail.len() as u64;
+                let from_tail = |from: u64, to: u64| {
+                    self.tail[(from - written) as usize..(to - written) as usize].to_vec()
+                };
+                if offset >= written {
+                    return Ok(Bytes::from(from_tail(offset, end)));
+                }
                 let file = file.clone();
-                let len = (end - offset) as usize;
-                blocking(move || {
+                let file_end = end.min(written);
+                let len = (file_end - offset) as usize;
+                let mut buffer = blocking(move || {
                     let mut buffer = vec![0u8; len];
                     file.read_exact_at(&mut buffer, offset)?;
-                    Ok(Bytes::from(buffer))
+                    Ok(buffer)
                 })
-                .await
+                .await?;
+                if end > written {
+                    buffer.extend_from_slice(&from_tail(written, end));
+                }
+                Ok(Bytes::from(buffer))
             }
-            None => Ok(self.memory_slice(offset, end)),
+            None => Ok(self.memory_slice(offset, end).0),
         }
     }
 
-    /// The bytes in `offset..end` of an in-memory body, copied only if they span pieces.
-    fn memory_slice(&self, offset: u64, end: u64) -> Bytes {
-        let mut start_of_piece = 0u64;
+    /// The bytes in `offset..end` of an in-memory body, copied only if they span pieces, and how
+    /// many pieces were looked at: the first is found by binary search, so reading a body back
+    /// looks at each piece about once, however many pieces it has.
+    fn memory_slice(&self, offset: u64, end: u64) -> (Bytes, usize) {
+        // The last kept piece that starts at or before `offset`.
+        let first = self.starts.partition_point(|start| *start <= offset).saturating_sub(1);
+        let mut visited = 0;
         let mut out: Option<Vec<u8>> = None;
-        for piece in &self.pieces {
+        for (start_of_piece, piece) in self.starts[first..].iter().zip(&self.pieces[first..]) {
+            visited += 1;
             let piece_end = start_of_piece + piece.len() as u64;
-            if piece_end > offset && start_of_piece < end {
-                let from = offset.saturating_sub(start_of_piece) as usize;
+            if piece_end > offset && *start_of_piece < end {
+                let from = offset.saturating_sub(*start_of_piece) as usize;
                 let to = (end.min(piece_end) - start_of_piece) as usize;
                 if out.is_none() && piece_end >= end {
-                    return piece.slice(from..to);
+                    return (piece.slice(from..to), visited);
                 }
                 out.get_or_insert_with(Vec::new).extend_from_slice(&piece[from..to]);
             }
             if piece_end >= end {
-                break;
+                return (Bytes::from(out.unwrap_or_default()), visited);
             }
-            start_of_piece = piece_end;
         }
-        Bytes::from(out.unwrap_or_default())
+        // The rest is in the tail of coalesced small pieces.
+        let tail_start = self.len - self.tail.len() as u64;
+        if end > tail_start && !self.tail.is_empty() {
+            visited += 1;
+            let from = (offset.max(tail_start) - tail_start) as usize;
+            let to = (end - tail_start) as usize;
+            out.get_or_insert_with(Vec::new).extend_from_slice(&self.tail[from..to]);
+        }
+        (Bytes::from(out.unwrap_or_default()), visited)
     }
 
     async fn move_to_disk(&mut self) -> io::Result<()> {
         // The whole body so far must fit the disk budget before a file is made.
-        self.take_disk(self.in_memory)?;
+        self.take_disk(self.len)?;
         let dir = self.spool.dir.clone();
         let file = Arc::new(blocking(move || tempfile::tempfile_in(&dir)).await?);
         self.file = Some(file);
         self.spool.metrics.record_spilled_body();
+        self.seal_tail();
         let pieces = std::mem::take(&mut self.pieces);
+        self.starts = Vec::new();
         let mut offset = 0u64;
         for piece in pieces {
             let size = piece.len() as u64;
@@ -258,7 +444,9 @@ impl Drop for HeldBody {
     fn drop(&mut self) {
         self.release_memory();
         if self.file.is_some() {
-            self.spool.metrics.add_held_disk(-(self.len as i64));
+            // Small pieces still waiting in `tail` were never written (nor counted).
+            let written = self.len - self.tail.len() as u64;
+            self.spool.metrics.add_held_disk(-(written as i64));
         }
         self.spool.disk_budget.give_back(self.on_disk);
     }
@@ -356,6 +544,86 @@ mod tests {
         assert!(!in_memory.on_disk(), "a body that fits in memory needs no disk budget");
         third.push(Bytes::from(pattern(10_000, 4))).await.unwrap();
         assert!(SpoolFull::is(&third.push(Bytes::from(pattern(1, 5))).await.unwrap_err()));
+    }
+
+    #[tokio::test]
+    async fn a_flood_of_one_byte_pieces_costs_about_the_bytes_it_carries() {
+        let spool = spool(64 << 20, 64 << 20);
+        let mut body = spool.hold();
+        let expected = pattern(100_000, 7);
+        for byte in &expected {
+            body.push(Bytes::copy_from_slice(&[*byte])).await.unwrap();
+        }
+        assert!(!body.on_disk());
+        let accounted = spool.budget.used();
+        // Before coalescing, 100k pieces were kept one by one (a 32-byte `Bytes` in the Vec and an
+        // allocation of its own each: some 64 bytes of memory per byte) and charged as 100k bytes.
+        assert!(accounted >= 100_000, "charged {accounted}: at least the bytes themselves");
+        assert!(accounted <= 2 * 100_000, "charged {accounted} for 100000 bytes");
+        assert!(body.pieces.len() <= 2, "{} pieces kept for 100000 one-byte pushes", body.pieces.len());
+        assert_eq!(read_all(&body, READ_PIECE_BYTES).await, expected);
+        drop(body);
+        assert_eq!(spool.budget.used(), 0);
+    }
+
+    #[tokio::test]
+    async fn reading_a_body_back_looks_at_each_piece_about_once() {
+        // Pieces large enough to be kept one by one, and a small tail after them.
+        let spool = spool(64 << 20, 64 << 20);
+        let mut body = spool.hold();
+        let pieces = 1000;
+        let mut expected = Vec::new();
+        for index in 0..pieces {
+            let piece = pattern(SMALL_PIECE_BYTES, index as u8);
+            expected.extend_from_slice(&piece);
+            body.push(Bytes::from(piece)).await.unwrap();
+        }
+        body.push(Bytes::from_static(b"tail")).await.unwrap();
+        expected.extend_from_slice(b"tail");
+        let (mut offset, mut reads, mut visited, mut back) = (0u64, 0, 0, Vec::new());
+        while offset < body.len() {
+            let end = body.len().min(offset + READ_PIECE_BYTES as u64);
+            let (piece, looked_at) = body.memory_slice(offset, end);
+            offset += piece.len() as u64;
+            back.extend_from_slice(&piece);
+            reads += 1;
+            visited += looked_at;
+        }
+        assert!(back == expected, "the body read back differs");
+        // A scan from the first piece on every read looked at ~pieces * reads / 2 = 125000.
+        assert!(
+            visited <= pieces + 1 + reads,
+            "{visited} pieces looked at for {reads} reads of {pieces} pieces"
+        );
+    }
+
+    #[tokio::test]
+    async fn small_pieces_on_disk_are_written_together_and_read_back_with_the_unwritten_rest() {
+        let spool = spool(0, 0);
+        let mut body = spool.hold();
+        let expected = pattern(150_000, 3);
+        for chunk in expected.chunks(7) {
+            body.push(Bytes::copy_from_slice(chunk)).await.unwrap();
+        }
+        assert!(body.on_disk());
+        assert!(!body.tail.is_empty(), "the last small pieces wait to be written");
+        assert_eq!(read_all(&body, 1000).await, expected, "read across the file and the waiting pieces");
+        assert_eq!(read_all(&body, READ_PIECE_BYTES).await, expected);
+    }
+
+    #[tokio::test]
+    async fn a_memory_charge_counts_even_past_the_budget_and_is_given_back() {
+        let spool = spool(1000, 1000);
+        let charge = spool.charge();
+        charge.raise_to(600);
+        charge.raise_to(400);
+        charge.raise_to(1500);
+        assert_eq!(spool.budget.used(), 1500, "memory that exists is counted, within budget or not");
+        let mut body = spool.hold();
+        body.push(Bytes::from(pattern(10, 0))).await.unwrap();
+        assert!(body.on_disk(), "no room left in memory");
+        drop(charge);
+        assert_eq!(spool.budget.used(), 0);
     }
 
     #[tokio::test]

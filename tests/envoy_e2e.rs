@@ -272,3 +272,249 @@ async fn a_scan_slower_than_scan_timeout_is_503_not_a_pass() {
     assert_eq!(upstream.hits("/files/clean.bin"), 1, "the upstream answered; its body was held");
     drop(silent);
 }
+
+// --- Envoy configurations under which clamgate cannot scan -------------------------------------
+
+/// A route under `prefix` to the upstream (the prefix stripped) with its own ext_proc
+/// `processing_mode` (`modes`: the six mode fields, YAML flow style).
+fn route_with_modes(prefix: &str, modes: &str) -> String {
+    format!(
+        r#"              - match: {{prefix: "{prefix}"}}
+                route: {{cluster: upstream_http, prefix_rewrite: "/", timeout: 60s}}
+                typed_per_filter_config:
+                  envoy.filters.http.ext_proc:
+                    "@type": type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExtProcPerRoute
+                    overrides:
+                      processing_mode: {{{modes}}}
+"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_that_sends_no_body_clamgate_scans_is_503_never_the_body() {
+    // A route whose processing_mode turns off a body the policy scans: Envoy would deliver it
+    // unscanned, without an error, a metric or a verdict header. clamgate fails the stream.
+    let routes = [
+        route_with_modes(
+            "/no-response-body/",
+            "request_header_mode: SEND, response_header_mode: SEND, request_body_mode: FULL_DUPLEX_STREAMED, \
+             response_body_mode: NONE, request_trailer_mode: SEND, response_trailer_mode: SKIP",
+        ),
+        route_with_modes(
+            "/no-request-body/",
+            "request_header_mode: SEND, response_header_mode: SEND, request_body_mode: NONE, \
+             response_body_mode: BUFFERED, request_trailer_mode: SKIP, response_trailer_mode: SKIP",
+        ),
+    ]
+    .concat();
+    let stack =
+        Stack::start_with_envoy(|_| {}, move |config| support::envoy::add_routes(&config, &routes)).await;
+    stack.upstream.put_file("eicar.com", samples::eicar());
+    stack.upstream.put_file("clean.bin", samples::clean_sample(10_000));
+
+    // Responses not sent to clamgate: refused at the request headers, the upstream never asked.
+    for path in ["/no-response-body/files/eicar.com", "/no-response-body/files/clean.bin"] {
+        let response = stack.get(path).await;
+        assert_eq!(response.status(), 503, "{path}: {}", stack.envoy.logs());
+    }
+    assert_eq!(stack.upstream.hits_with_prefix("/files/"), 0);
+    // A HEAD response has no body: nothing is left unscanned.
+    let response =
+        stack.http.head(stack.envoy.url("/no-response-body/files/clean.bin")).send().await.expect("HEAD");
+    assert_eq!(response.status(), 200, "{}", stack.envoy.logs());
+
+    // Requests not sent to clamgate: an upload is refused; a GET has no body and still works
+    // (its response is scanned).
+    let response = stack.post("/no-request-body/upload/eicar.com", samples::eicar()).await;
+    assert_eq!(response.status(), 503, "{}", stack.envoy.logs());
+    assert_eq!(stack.upstream.received("eicar.com"), None);
+    let response = stack.get("/no-request-body/files/clean.bin").await;
+    assert_eq!(response.status(), 200, "{}", stack.envoy.logs());
+    assert_eq!(verdict_header(&response).as_deref(), Some("clean"));
+    assert_eq!(stack.get("/no-request-body/files/eicar.com").await.status(), 409);
+
+    let errors = stack.clamgate.metric(r#"clamgate_ext_proc_stream_errors_total{kind="body_mode"}"#).await;
+    assert_eq!(errors, 3.0, "each refused stream is counted");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ext_proc_filter_in_observability_mode_is_counted_as_a_stream_error() {
+    // observability_mode: Envoy does not wait for clamgate, so nothing can be blocked. clamgate
+    // cannot stop the body, but it must not look like a working scan: the stream fails and is
+    // counted (kind body_mode) and logged.
+    let stack = Stack::start_with_envoy(
+        |_| {},
+        |config| {
+            let anchor = "              failure_mode_allow: false\n";
+            assert_eq!(config.matches(anchor).count(), 1);
+            config.replacen(anchor, &format!("{anchor}              observability_mode: true\n"), 1)
+        },
+    )
+    .await;
+    stack.upstream.put_file("clean.bin", samples::clean_sample(1_000));
+    let response = stack.get("/files/clean.bin").await;
+    assert_ne!(verdict_header(&response).as_deref(), Some("clean"), "{}", stack.envoy.logs());
+    let metric = r#"clamgate_ext_proc_stream_errors_total{kind="body_mode"}"#;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while stack.clamgate.metric(metric).await < 1.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no body_mode stream error counted\n{}",
+            stack.envoy.logs()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+// --- Policy names Envoy sends ------------------------------------------------------------------
+
+/// A route under `prefix` to the upstream (the prefix stripped), with `extra` YAML (indented by
+/// 16 spaces) for its metadata or its ExtProcPerRoute.
+fn route_with(prefix: &str, extra: &str) -> String {
+    format!(
+        "              - match: {{prefix: \"{prefix}\"}}\n                route: {{cluster: upstream_http, prefix_rewrite: \"/\", timeout: 60s}}\n{extra}"
+    )
+}
+
+fn route_metadata_policy(prefix: &str, value: &str) -> String {
+    route_with(
+        prefix,
+        &format!("                metadata: {{filter_metadata: {{clamgate: {{policy: {value}}}}}}}\n"),
+    )
+}
+
+fn grpc_metadata_policy(prefix: &str, value: &str) -> String {
+    route_with(
+        prefix,
+        &format!(
+            r#"                typed_per_filter_config:
+                  envoy.filters.http.ext_proc:
+                    "@type": type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExtProcPerRoute
+                    overrides:
+                      grpc_initial_metadata: [{{key: x-clamgate-policy, value: {value}}}]
+"#
+        ),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_name_that_is_not_a_plain_name_fails_closed() {
+    // Each would select the default [policy] if read loosely; each must be a 503 instead. (An
+    // empty grpc_initial_metadata value is not sent at all by Envoy 1.40: see ext_proc_stream.rs.)
+    let routes = [
+        route_metadata_policy("/meta-number/", "3"),
+        route_metadata_policy("/meta-bool/", "true"),
+        route_metadata_policy("/meta-struct/", "{name: mirror}"),
+        route_metadata_policy("/meta-empty/", "\"\""),
+        grpc_metadata_policy("/grpc-utf8/", "\"mirr\u{f6}r\""),
+        // Controls: a plain name works through either carrier.
+        route_metadata_policy("/meta-mirror/", "mirror"),
+        grpc_metadata_policy("/grpc-mirror/", "mirror"),
+    ]
+    .concat();
+    let stack =
+        Stack::start_with_envoy(|_| {}, move |config| support::envoy::add_routes(&config, &routes)).await;
+    stack.upstream.put_file("clean.bin", samples::clean_sample(1_000));
+    let mut statuses = Vec::new();
+    for prefix in ["/meta-number/", "/meta-bool/", "/meta-struct/", "/meta-empty/", "/grpc-utf8/"] {
+        let response = stack.get(&format!("{prefix}files/clean.bin")).await;
+        statuses.push((prefix, response.status().as_u16()));
+    }
+    assert!(statuses.iter().all(|(_, status)| *status == 503), "{statuses:?}\n{}", stack.envoy.logs());
+    assert_eq!(stack.upstream.hits("/files/clean.bin"), 0, "no request reached the upstream");
+    for prefix in ["/meta-mirror/", "/grpc-mirror/"] {
+        let response = stack.get(&format!("{prefix}files/clean.bin")).await;
+        assert_eq!(response.status(), 200, "{prefix}: {}", stack.envoy.logs());
+    }
+}
+
+// --- Answers at the headers ----------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn report_only_lets_a_known_infected_resource_through_and_says_so() {
+    // Both kinds of resource entry: one tied to an ETag (checked at the response headers), and
+    // one for an immutable upstream (no validator: decided at the request headers, where a body
+    // answer was a spurious message to Envoy: 500).
+    for (immutable, headers) in [(true, vec![]), (false, vec![("etag", "\"bad\"")])] {
+        let stack = Stack::start_with(|config| {
+            if let Some(mirror) = config.policies.get_mut("mirror") {
+                mirror.report_only = true;
+                mirror.immutable = immutable;
+            }
+        })
+        .await;
+        stack.upstream.put_file_with_headers("bad.exe", samples::eicar(), &headers);
+        for attempt in ["scanned", "resource hit"] {
+            let response = stack.get("/mirror/bad.exe").await;
+            assert_eq!(response.status(), 200, "immutable {immutable}, {attempt}: {}", stack.envoy.logs());
+            assert_eq!(verdict_header(&response).as_deref(), Some("infected"), "{attempt}");
+            assert_eq!(response.bytes().await.expect("body"), samples::eicar(), "{attempt}");
+        }
+        let hits = r#"clamgate_cache_lookups_total{key="resource",tier="memory",result="hit"}"#;
+        assert_eq!(stack.clamgate.metric(hits).await, 1.0, "the second request was a resource hit");
+        assert_eq!(stack.upstream.hits("/mirror/bad.exe"), 2, "report_only: the request went on");
+        // The body that went on was scanned (from the content cache): each delivery is counted.
+        let infected = r#"clamgate_verdicts_total{source="response",verdict="infected"}"#;
+        assert_eq!(stack.clamgate.metric(infected).await, 2.0, "immutable {immutable}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_allowed_unscanned_at_their_headers_carry_the_unscanned_verdict() {
+    let stack = Stack::start_with(|config| {
+        config.scan.max_scan_bytes = 100_000;
+        config.policy.on_unscanned.too_large = clamgate::config::Action::Allow;
+    })
+    .await;
+    let big = samples::clean_sample(200_000);
+    stack.upstream.put_file("big.bin", big.clone());
+    let response = stack.get("/files/big.bin").await;
+    assert_eq!(response.status(), 200, "{}", stack.envoy.logs());
+    assert_eq!(verdict_header(&response).as_deref(), Some("unscanned"));
+    assert_eq!(response.bytes().await.expect("body").len(), big.len());
+
+    let response = stack.post("/upload/big.bin", big.clone()).await;
+    assert_eq!(response.status(), 201, "{}", stack.envoy.logs());
+    let headers = stack.upstream.received_headers("/upload/big.bin").expect("the upload arrived");
+    assert_eq!(headers.get("x-clamgate-verdict").map(|v| v.as_bytes()), Some(&b"unscanned"[..]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn buffered_bodies_count_against_the_memory_budget() {
+    // A route that keeps uploads BUFFERED (one gRPC message): the body and tonic's decode buffer
+    // for it are counted in bodies.memory_budget_bytes, so with a 1 MiB budget a 2 MiB body goes
+    // to a temp file while it is scanned (before, it sat in memory, uncounted).
+    let route = route_with_modes(
+        "/buffered/",
+        "request_header_mode: SEND, response_header_mode: SEND, request_body_mode: BUFFERED, \
+         response_body_mode: BUFFERED, request_trailer_mode: SKIP, response_trailer_mode: SKIP",
+    );
+    let stack = Stack::start_with_envoy(
+        |config| {
+            config.bodies.memory_budget_bytes = 1024 * 1024;
+            config.bodies.stream_memory_bytes = 1024 * 1024;
+        },
+        move |config| support::envoy::add_routes(&config, &route),
+    )
+    .await;
+    let clean = samples::clean_sample(2 * 1024 * 1024);
+    let response = stack.post("/buffered/upload/clean.bin", clean.clone()).await;
+    assert_eq!(response.status(), 201, "{}", stack.envoy.logs());
+    assert!(stack.upstream.received("clean.bin") == Some(clean), "the clean upload arrived unchanged");
+    let response = stack.post("/buffered/upload/bad.bin", eicar_at_the_end(2 * 1024 * 1024)).await;
+    assert_eq!(response.status(), 409, "{}", stack.envoy.logs());
+    assert_eq!(stack.upstream.received("bad.bin"), None);
+
+    // Both uploads went to disk (and the upstream's short answer to the clean one too: that
+    // stream's decode buffer still holds the budget).
+    let spilled = stack.clamgate.metric("clamgate_spilled_bodies_total").await;
+    assert!(spilled >= 2.0, "both uploads went to disk: {spilled} spilled");
+    let peak = stack.clamgate.metric("clamgate_held_body_memory_peak_bytes").await;
+    assert!(peak >= 2.0 * 1024.0 * 1024.0, "the decode buffer of a 2 MiB message is counted: peak {peak}");
+    // Everything is given back when the streams end.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while stack.clamgate.metric("clamgate_held_body_memory_bytes").await != 0.0 {
+        assert!(std::time::Instant::now() < deadline, "held memory never went back to 0");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}

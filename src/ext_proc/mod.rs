@@ -9,19 +9,23 @@
 //!
 //! Rule 1 of `docs/envoy-ext-proc.md`: a stream that ends with grpc-status OK before clamgate has
 //! answered makes Envoy deliver the body unscanned. So the task ends the stream OK only after
-//! Envoy has closed its side; every failure (a protocol violation, a panic) sends an error status.
+//! Envoy has closed its side; every failure sends an error status: a protocol violation through
+//! the channel, a panic or an abort of the task through [`Answers`], which watches the task itself
+//! (so the status never needs room in a full channel).
 
 pub mod response;
 pub mod route_policy;
 pub mod state;
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{ready, Context, Poll};
 
 use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::ExternalProcessor;
 use envoy_types::pb::envoy::service::ext_proc::v3::{ProcessingRequest, ProcessingResponse};
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
+use tokio::task::JoinHandle;
 use tonic::{Request, Response, Status, Streaming};
 
 use sha2::{Digest, Sha256};
@@ -31,8 +35,9 @@ use crate::config::{Config, PolicyConfig, ResponseConfig};
 use crate::metrics::{Metrics, Source};
 use crate::policy::{decide, Decision, DecisionContext, Direction};
 use crate::scanner::{hash_off_worker, ResourceLookup, ScanReport, Scanner};
-use crate::spool::{HeldBody, Spool, SpoolFull, READ_PIECE_BYTES};
+use crate::spool::{HeldBody, MemoryCharge, Spool, SpoolFull, READ_PIECE_BYTES};
 use crate::verdict::{UnscannedReason, Verdict};
+use route_policy::GrpcMetadataPolicy;
 use state::{on_message, Action, StreamPolicy, StreamState};
 
 /// The gRPC metadata key that names the policy of a route.
@@ -41,7 +46,7 @@ pub const POLICY_METADATA_KEY: &str = "x-clamgate-policy";
 pub use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::ExternalProcessorServer;
 
 /// Answers in flight per stream. Outside FULL_DUPLEX mode Envoy waits for each answer, so one
-/// is pending at a time; the room is for the error status that the guard may add.
+/// is pending at a time.
 const STREAM_CHANNEL_CAPACITY: usize = 4;
 
 /// The ext_proc gRPC service.
@@ -76,12 +81,17 @@ impl ExtProcService {
     fn policy_for(
         &self,
         first: &ProcessingRequest,
-        grpc_metadata_policy: Option<&str>,
+        grpc_metadata_policy: &GrpcMetadataPolicy,
     ) -> Result<PolicyConfig, Status> {
         let fail = |message: String| {
             tracing::warn!(error = %message, "cannot tell which policy the route uses; failing the stream");
             self.metrics.record_stream_error("protocol");
             Status::failed_precondition(message)
+        };
+        let grpc_metadata_policy = match grpc_metadata_policy {
+            None => None,
+            Some(Ok(name)) => Some(name.as_str()),
+            Some(Err(err)) => return Err(fail(err.to_string())),
         };
         let name = route_policy::select(&first.attributes, grpc_metadata_policy)
             .map_err(|err| fail(err.to_string()))?;
@@ -97,6 +107,9 @@ impl ExtProcService {
 struct StreamContext {
     policy: PolicyConfig,
     response: ResponseConfig,
+    /// tonic's decode buffer, counted in `bodies.memory_budget_bytes`: it grows to the largest
+    /// message (a BUFFERED body) and keeps that size until the stream ends.
+    decode_buffer: MemoryCharge,
 }
 
 type AnswerStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<ProcessingResponse, Status>> + Send>>;
@@ -109,29 +122,27 @@ impl ExternalProcessor for ExtProcService {
         &self,
         request: Request<Streaming<ProcessingRequest>>,
     ) -> Result<Response<Self::ProcessStream>, Status> {
-        let grpc_metadata_policy = request
-            .metadata()
-            .get(POLICY_METADATA_KEY)
-            .map(|value| value.to_str().map(str::to_string).unwrap_or_default());
+        // Read as bytes: a value that is not printable ASCII fails the stream (not the default).
+        let values: Vec<&[u8]> =
+            request.metadata().get_all(POLICY_METADATA_KEY).iter().map(|value| value.as_bytes()).collect();
+        let grpc_metadata_policy = route_policy::grpc_metadata_policy(&values);
         let inbound = request.into_inner();
         let (answers, receiver) = mpsc::channel(STREAM_CHANNEL_CAPACITY);
-        tokio::spawn(self.clone().run_stream(grpc_metadata_policy, inbound, answers));
-        Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
+        let task = tokio::spawn(self.clone().run_stream(grpc_metadata_policy, inbound, answers));
+        Ok(Response::new(Box::pin(Answers::new(receiver, task, self.metrics.clone()))))
     }
 }
 
 impl ExtProcService {
     async fn run_stream(
         self,
-        grpc_metadata_policy: Option<String>,
+        grpc_metadata_policy: GrpcMetadataPolicy,
         inbound: Streaming<ProcessingRequest>,
         answers: mpsc::Sender<Result<ProcessingResponse, Status>>,
     ) {
         let _open = OpenStream::count(self.metrics.clone());
-        let mut guard =
-            UnansweredGuard { answers: answers.clone(), metrics: self.metrics.clone(), armed: true };
+        // A panic in here ends the task without a status: `Answers` adds it.
         let outcome = self.drive(grpc_metadata_policy, inbound, &answers).await;
-        guard.armed = false;
         if let Err(status) = outcome {
             let _ = answers.send(Err(status)).await;
         }
@@ -141,16 +152,20 @@ impl ExtProcService {
     /// waiting. Err: the status to end the stream with.
     async fn drive(
         &self,
-        grpc_metadata_policy: Option<String>,
+        grpc_metadata_policy: GrpcMetadataPolicy,
         mut inbound: Streaming<ProcessingRequest>,
         answers: &mpsc::Sender<Result<ProcessingResponse, Status>>,
     ) -> Result<(), Status> {
         // The policy comes with the first message (its route metadata attribute).
         let Some(first) = self.receive(&mut inbound, None).await? else { return Ok(()) };
-        let policy = self.policy_for(&first, grpc_metadata_policy.as_deref())?;
+        let policy = self.policy_for(&first, &grpc_metadata_policy)?;
         let stream_policy = StreamPolicy::from_config(&policy, self.scanner.max_scan_bytes());
         let mut state = StreamState::new(stream_policy);
-        let context = StreamContext { policy, response: self.config.response.clone() };
+        let context = StreamContext {
+            policy,
+            response: self.config.response.clone(),
+            decode_buffer: self.spool.charge(),
+        };
         let out = Outbox { answers };
         let mut duplex = [None, None];
         let mut next = Some(first);
@@ -210,9 +225,13 @@ impl ExtProcService {
             Action::LookupResource { resource } => match self.scanner.lookup_resource(&resource).await {
                 ResourceLookup::Infected(report) => {
                     // Known infected with no real validator (immutable): refused before the
-                    // upstream is contacted.
-                    let decision = self.decide(context, state, Direction::Response, &report);
-                    response::body_decision(Direction::Response, &decision)
+                    // upstream is contacted. This answers the request headers: under report_only
+                    // the request goes on (a body answer here would be a spurious message to
+                    // Envoy), and the response is scanned as usual.
+                    match self.decide(context, state, Direction::Response, &report) {
+                        Decision::Block(block) => response::immediate(&block),
+                        Decision::Continue { .. } => state::request_headers_answer(state),
+                    }
                 }
                 ResourceLookup::InfectedUnlessChanged { known, report } => {
                     // Decided at the response headers, by the validator the upstream sends now.
@@ -247,16 +266,26 @@ impl ExtProcService {
                 return Err(Stop::Fail(Status::internal("clamgate met a nested refusal")));
             }
             Action::Scan { direction, body } => {
+                // A BUFFERED body, one message: tonic's decode buffer keeps room for the largest
+                // message for the rest of the stream, and the body itself is held like a
+                // FULL_DUPLEX one (memory within the budget, else a temp file) while it is scanned.
+                context.decode_buffer.raise_to(body.len() as u64);
+                let key = hash_off_worker(body.len(), || ContentKey::of(&body));
+                let mut held = self.spool.hold();
+                if let Err(err) = held.push(bytes::Bytes::from(body)).await {
+                    return Err(self.hold_failed(state, &err));
+                }
                 let report = self
                     .scanner
-                    .scan_body(
-                        &body,
+                    .scan_held(
+                        &held,
+                        &key,
                         state.encodings(direction),
                         source(direction),
                         context.policy.cache_mode,
                     )
                     .await;
-                drop(body);
+                drop(held);
                 self.store_resource(state, direction, &report).await;
                 let decision = self.decide(context, state, direction, &report);
                 response::body_decision(direction, &decision)
@@ -277,19 +306,20 @@ impl ExtProcService {
                         duplex[direction as usize] = Some(Duplex::Refused);
                         response::immediate(&block)
                     }
-                    Decision::Continue { .. } => {
+                    Decision::Continue { verdict_header } => {
                         state.pass_unscanned(direction);
                         if echo {
                             duplex[direction as usize] = Some(Duplex::Echoing);
                         }
-                        if_allowed
+                        // The headers go on now: they carry `x-clamgate-verdict: unscanned`.
+                        response::with_verdict_header(if_allowed, verdict_header)
                     }
                 }
             }
             Action::Piece { direction, body, end_of_stream } => {
                 return self.on_piece(context, state, duplex, direction, body, end_of_stream, out).await;
             }
-            Action::DuplexTrailers { direction } => {
+            Action::DuplexTrailers { direction, remove_trailers } => {
                 if matches!(duplex[direction as usize], Some(Duplex::Verifying(_))) {
                     if let Some(Duplex::Verifying(verifying)) =
                         duplex[direction as usize].replace(Duplex::Echoing)
@@ -298,7 +328,8 @@ impl ExtProcService {
                     }
                 }
                 if let Some(Duplex::Holding(holding)) = duplex[direction as usize].take() {
-                    self.finish_held(context, state, direction, *holding, true, out).await?;
+                    let trailers = Some(remove_trailers);
+                    self.finish_held(context, state, direction, *holding, trailers, out).await?;
                     duplex[direction as usize] = Some(Duplex::Refused);
                     // Answered by finish_held (after the body), unless it blocked.
                     return Ok(());
@@ -306,11 +337,11 @@ impl ExtProcService {
                 if matches!(duplex[direction as usize], Some(Duplex::Refused)) {
                     return Ok(());
                 }
-                response::trailers_continue(direction)
+                response::trailers_continue(direction, remove_trailers)
             }
             Action::Fail(error) => {
                 tracing::warn!(request_id = %state.request_id, error = %error, "ending ext_proc stream with an error");
-                self.metrics.record_stream_error("protocol");
+                self.metrics.record_stream_error(error.kind());
                 return Err(Stop::Fail(error.to_status()));
             }
         };
@@ -359,26 +390,29 @@ impl ExtProcService {
                     return Ok(());
                 }
                 if let Err(err) = holding.push(body).await {
-                    if SpoolFull::is(&err) {
-                        // Capacity, not a fault: Envoy answers 503 and the client may retry.
-                        tracing::warn!(request_id = %state.request_id, error = %err, "no room to hold a body (bodies.disk_budget_bytes); failing the stream");
-                        self.metrics.record_stream_error("spool_full");
-                        return Err(Stop::Fail(Status::resource_exhausted(
-                            "clamgate has no room to hold the body",
-                        )));
-                    }
-                    tracing::error!(request_id = %state.request_id, error = %err, "cannot hold a body (temp file); failing the stream");
-                    self.metrics.record_stream_error("spool");
-                    return Err(Stop::Fail(Status::internal("clamgate could not hold the body")));
+                    return Err(self.hold_failed(state, &err));
                 }
                 if end_of_stream {
                     let Some(Duplex::Holding(holding)) = slot.take() else { unreachable!() };
                     *slot = Some(Duplex::Refused);
-                    self.finish_held(context, state, direction, *holding, false, out).await?;
+                    self.finish_held(context, state, direction, *holding, None, out).await?;
                 }
                 Ok(())
             }
         }
+    }
+
+    /// A body could not be held (no room, or a failing temp file): the stream fails.
+    fn hold_failed(&self, state: &StreamState, err: &std::io::Error) -> Stop {
+        if SpoolFull::is(err) {
+            // Capacity, not a fault: Envoy answers 503 and the client may retry.
+            tracing::warn!(request_id = %state.request_id, error = %err, "no room to hold a body (bodies.disk_budget_bytes); failing the stream");
+            self.metrics.record_stream_error("spool_full");
+            return Stop::Fail(Status::resource_exhausted("clamgate has no room to hold the body"));
+        }
+        tracing::error!(request_id = %state.request_id, error = %err, "cannot hold a body (temp file); failing the stream");
+        self.metrics.record_stream_error("spool");
+        Stop::Fail(Status::internal("clamgate could not hold the body"))
     }
 
     /// A held body grew past `max_scan_bytes`: `Unscanned { too_large }`. Blocked: the immediate
@@ -412,14 +446,15 @@ impl ExtProcService {
     }
 
     /// The end of a held body: scan it whole, then block, or send the headers (if held) and the
-    /// body back in pieces, and the trailers' answer if trailers ended it.
+    /// body back in pieces, and the trailers' answer if trailers ended it (`trailers`: the names
+    /// to remove from them).
     async fn finish_held(
         &self,
         context: &StreamContext,
         state: &mut StreamState,
         direction: Direction,
         holding: Holding,
-        trailers: bool,
+        trailers: Option<Vec<String>>,
         out: &Outbox<'_>,
     ) -> Result<(), Stop> {
         let key = ContentKey::from_digest(holding.hasher.clone().finalize().into());
@@ -441,9 +476,9 @@ impl ExtProcService {
             Decision::Continue { verdict_header } => {
                 // A body that trailers end gets no end_of_stream on its last piece: the trailers'
                 // answer ends it (Envoy closes the side stream after an end_of_stream piece).
-                holding.send_back(direction, verdict_header, !trailers, out).await?;
-                if trailers {
-                    out.send(response::trailers_continue(direction)).await?;
+                holding.send_back(direction, verdict_header, trailers.is_none(), out).await?;
+                if let Some(remove_trailers) = trailers {
+                    out.send(response::trailers_continue(direction, remove_trailers)).await?;
                 }
                 Ok(())
             }
@@ -745,20 +780,103 @@ impl Drop for OpenStream {
     }
 }
 
-/// Sends an error status if the stream task ends (or panics) while it is still armed, so that no
-/// path ends the RPC OK before a decision.
-struct UnansweredGuard {
-    answers: mpsc::Sender<Result<ProcessingResponse, Status>>,
+/// The answer stream of one ext_proc stream: what the stream task sends, then, if the task
+/// ended without returning (a panic, or an abort), an error status.
+///
+/// The task's own answers (an error status included) come through the channel, in order. The
+/// channel closes when the task ends, however it ends; only then is the task's outcome read, and a
+/// task that did not return gets `internal`. This needs no room in the channel: a panic while
+/// the channel is full (Envoy slow to read a FULL_DUPLEX body sent back) still ends the RPC with
+/// an error, never OK (rule 1).
+struct Answers {
+    receiver: mpsc::Receiver<Result<ProcessingResponse, Status>>,
+    /// None once the task's outcome has been read.
+    task: Option<JoinHandle<()>>,
     metrics: Arc<Metrics>,
-    armed: bool,
 }
 
-impl Drop for UnansweredGuard {
-    fn drop(&mut self) {
-        if self.armed {
-            self.metrics.record_stream_error("internal");
-            let _ =
-                self.answers.try_send(Err(Status::internal("clamgate ended the stream before a decision")));
+impl Answers {
+    fn new(
+        receiver: mpsc::Receiver<Result<ProcessingResponse, Status>>,
+        task: JoinHandle<()>,
+        metrics: Arc<Metrics>,
+    ) -> Answers {
+        Answers { receiver, task: Some(task), metrics }
+    }
+}
+
+impl tokio_stream::Stream for Answers {
+    type Item = Result<ProcessingResponse, Status>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        if let Some(answer) = ready!(this.receiver.poll_recv(cx)) {
+            return Poll::Ready(Some(answer));
         }
+        // Every sender is gone: the task has ended (or is ending: its future is being dropped).
+        let Some(task) = this.task.as_mut() else { return Poll::Ready(None) };
+        let outcome = ready!(Pin::new(task).poll(cx));
+        this.task = None;
+        match outcome {
+            Ok(()) => Poll::Ready(None),
+            Err(err) => {
+                let why = if err.is_panic() { "panicked" } else { "was cancelled" };
+                tracing::error!(error = %err, "the ext_proc stream task {why}; ending the stream with an error");
+                this.metrics.record_stream_error("internal");
+                Poll::Ready(Some(Err(Status::internal("clamgate ended the stream before a decision"))))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio_stream::StreamExt;
+
+    /// A stand-in for the stream task: it fills the channel, then `end`s (a panic, or waiting to
+    /// be aborted). A mock, because no real input makes clamgate's task panic (that is the bug
+    /// this guards against), and the channel is full only while Envoy is slow to read.
+    async fn answers_of_a_task_that_fills_the_channel(
+        abort: bool,
+    ) -> Vec<Result<ProcessingResponse, Status>> {
+        let metrics = Arc::new(Metrics::new());
+        let (answers, receiver) = mpsc::channel(1);
+        let (full, channel_is_full) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(async move {
+            answers.send(Ok(ProcessingResponse::default())).await.expect("room for one answer");
+            assert!(answers.try_send(Ok(ProcessingResponse::default())).is_err(), "the channel is full");
+            let _ = full.send(());
+            if abort {
+                std::future::pending::<()>().await;
+            }
+            panic!("fault injected while the answer channel is full");
+        });
+        channel_is_full.await.expect("the task filled the channel");
+        if abort {
+            task.abort();
+        }
+        Answers::new(receiver, task, metrics).collect().await
+    }
+
+    #[tokio::test]
+    async fn a_task_that_panics_or_is_aborted_with_the_channel_full_ends_the_stream_with_an_error() {
+        for abort in [false, true] {
+            let items = answers_of_a_task_that_fills_the_channel(abort).await;
+            let statuses: Vec<Option<tonic::Code>> =
+                items.iter().map(|item| item.as_ref().err().map(Status::code)).collect();
+            assert_eq!(statuses, vec![None, Some(tonic::Code::Internal)], "abort: {abort}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_task_that_returns_ends_the_stream_after_its_answers() {
+        let (answers, receiver) = mpsc::channel(1);
+        let task = tokio::spawn(async move {
+            let _ = answers.send(Err(Status::aborted("the task's own status"))).await;
+        });
+        let items: Vec<_> = Answers::new(receiver, task, Arc::new(Metrics::new())).collect().await;
+        assert_eq!(items.len(), 1);
+        assert_eq!(items[0].as_ref().err().map(Status::code), Some(tonic::Code::Aborted));
     }
 }

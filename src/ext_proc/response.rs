@@ -130,9 +130,11 @@ pub fn streamed_body(direction: Direction, body: Vec<u8>, end_of_stream: bool) -
     })
 }
 
-/// Continue after trailers, unchanged.
-pub fn trailers_continue(direction: Direction) -> ProcessingResponse {
-    let answer = TrailersResponse::default();
+/// Continue after trailers, removing the named trailers (client- or upstream-sent control names).
+pub fn trailers_continue(direction: Direction, remove_trailers: Vec<String>) -> ProcessingResponse {
+    let header_mutation = (!remove_trailers.is_empty())
+        .then(|| HeaderMutation { remove_headers: remove_trailers, set_headers: Vec::new() });
+    let answer = TrailersResponse { header_mutation };
     reply(match direction {
         Direction::Request => Response::RequestTrailers(answer),
         Direction::Response => Response::ResponseTrailers(answer),

@@ -34,32 +34,86 @@ pub enum RouteMetadataError {
     NoPolicy,
     #[error("route metadata and gRPC metadata name different policies ({route:?} and {grpc:?})")]
     Conflict { route: String, grpc: String },
+    #[error("the route metadata attribute is not a string (it is {0})")]
+    AttributeNotText(&'static str),
+    #[error("the {0} names an empty policy")]
+    EmptyName(&'static str),
+    #[error("the {0} names a policy that is not printable ASCII")]
+    NotAscii(&'static str),
+    #[error("the {0} is sent more than once")]
+    Repeated(&'static str),
+}
+
+/// Where a policy name came from, for errors.
+const ROUTE_METADATA: &str = "route metadata";
+const GRPC_METADATA: &str = "gRPC metadata x-clamgate-policy";
+
+/// The gRPC metadata value `x-clamgate-policy` as Envoy sent it: absent, readable text, or bytes
+/// that are not printable ASCII (an error once the stream starts, never the default policy).
+pub type GrpcMetadataPolicy = Option<Result<String, RouteMetadataError>>;
+
+/// Reads the `x-clamgate-policy` gRPC metadata values: one, in printable ASCII (what policy names
+/// are made of, see `config.rs`); several, or other bytes, are an error.
+pub fn grpc_metadata_policy(values: &[&[u8]]) -> GrpcMetadataPolicy {
+    let value = match values {
+        [] => return None,
+        [value] => *value,
+        _ => return Some(Err(RouteMetadataError::Repeated(GRPC_METADATA))),
+    };
+    Some(match std::str::from_utf8(value) {
+        Ok(text) if text.chars().all(|c| c.is_ascii_graphic()) => Ok(text.to_string()),
+        _ => Err(RouteMetadataError::NotAscii(GRPC_METADATA)),
+    })
+}
+
+/// A named policy must have a name: an empty one (`config.policy_named("")` is the default
+/// policy) or one outside printable ASCII is an error, never the default.
+fn checked_name(name: String, source: &'static str) -> Result<String, RouteMetadataError> {
+    if name.is_empty() {
+        return Err(RouteMetadataError::EmptyName(source));
+    }
+    if !name.chars().all(|c| c.is_ascii_graphic()) {
+        return Err(RouteMetadataError::NotAscii(source));
+    }
+    Ok(name)
 }
 
 /// The policy name for a stream: from the route metadata attribute and/or the gRPC metadata.
 /// `Ok(None)` means the route names none (the default policy applies).
+/// A name that is empty or not printable ASCII, from either carrier, is an error.
 pub fn select(
     attributes: &HashMap<String, Struct>,
     grpc_metadata_policy: Option<&str>,
 ) -> Result<Option<String>, RouteMetadataError> {
-    let route = match route_metadata_text(attributes) {
+    let route = match route_metadata_text(attributes)? {
         Some(text) => policy_in_route_metadata(text)?,
         None => None,
     };
-    match (route, grpc_metadata_policy) {
-        (Some(route), Some(grpc)) if route != grpc => {
-            Err(RouteMetadataError::Conflict { route, grpc: grpc.to_string() })
-        }
+    let route = route.map(|name| checked_name(name, ROUTE_METADATA)).transpose()?;
+    let grpc = grpc_metadata_policy.map(|name| checked_name(name.to_string(), GRPC_METADATA)).transpose()?;
+    match (route, grpc) {
+        (Some(route), Some(grpc)) if route != grpc => Err(RouteMetadataError::Conflict { route, grpc }),
         (Some(route), _) => Ok(Some(route)),
-        (None, grpc) => Ok(grpc.map(str::to_string)),
+        (None, grpc) => Ok(grpc),
     }
 }
 
-fn route_metadata_text(attributes: &HashMap<String, Struct>) -> Option<&str> {
+/// The route metadata attribute's text; None when Envoy did not send it (or sent null). Any
+/// other kind of value is an error: it may name a policy clamgate cannot read.
+fn route_metadata_text(attributes: &HashMap<String, Struct>) -> Result<Option<&str>, RouteMetadataError> {
     use envoy_types::pb::google::protobuf::value::Kind;
-    match &attributes.get(ATTRIBUTE_NAMESPACE)?.fields.get(ROUTE_METADATA_ATTRIBUTE)?.kind {
-        Some(Kind::StringValue(text)) => Some(text),
-        _ => None,
+    let Some(value) =
+        attributes.get(ATTRIBUTE_NAMESPACE).and_then(|ns| ns.fields.get(ROUTE_METADATA_ATTRIBUTE))
+    else {
+        return Ok(None);
+    };
+    match &value.kind {
+        Some(Kind::StringValue(text)) => Ok(Some(text)),
+        None | Some(Kind::NullValue(_)) => Ok(None),
+        Some(Kind::NumberValue(_)) => Err(RouteMetadataError::AttributeNotText("a number")),
+        Some(Kind::BoolValue(_)) => Err(RouteMetadataError::AttributeNotText("a bool")),
+        Some(Kind::StructValue(_)) => Err(RouteMetadataError::AttributeNotText("a struct")),
+        Some(Kind::ListValue(_)) => Err(RouteMetadataError::AttributeNotText("a list")),
     }
 }
 
@@ -297,6 +351,35 @@ mod tests {
         ));
         assert!(matches!(policy_in_route_metadata("a { b: \"c } }"), Err(RouteMetadataError::Syntax(_))));
         assert!(matches!(policy_in_route_metadata("a } b"), Err(RouteMetadataError::Syntax(_))));
+    }
+
+    #[test]
+    fn empty_or_non_ascii_names_and_non_text_attributes_are_errors_not_the_default() {
+        let named = |name: &str| {
+            format!("filter_metadata {{ key: \"clamgate\" value {{ fields {{ key: \"policy\" value {{ string_value: \"{name}\" }} }} }} }}")
+        };
+        assert_eq!(select(&attributes(&named("")), None), Err(RouteMetadataError::EmptyName(ROUTE_METADATA)));
+        assert_eq!(
+            select(&attributes(&named("mirr\\303\\266r")), None),
+            Err(RouteMetadataError::NotAscii(ROUTE_METADATA))
+        );
+        assert_eq!(select(&HashMap::new(), Some("")), Err(RouteMetadataError::EmptyName(GRPC_METADATA)));
+        assert_eq!(select(&HashMap::new(), Some("a b")), Err(RouteMetadataError::NotAscii(GRPC_METADATA)));
+        for kind in [Kind::NumberValue(3.0), Kind::BoolValue(true), Kind::StructValue(Struct::default())] {
+            let mut fields = std::collections::BTreeMap::new();
+            fields.insert(ROUTE_METADATA_ATTRIBUTE.to_string(), Value { kind: Some(kind.clone()) });
+            let mut map = HashMap::new();
+            map.insert(ATTRIBUTE_NAMESPACE.to_string(), Struct { fields: fields.into_iter().collect() });
+            assert!(matches!(select(&map, None), Err(RouteMetadataError::AttributeNotText(_))), "{kind:?}");
+        }
+        // gRPC metadata bytes: one value, printable ASCII.
+        assert_eq!(grpc_metadata_policy(&[]), None);
+        assert_eq!(grpc_metadata_policy(&[b"mirror"]), Some(Ok("mirror".into())));
+        let not_ascii = Some(Err(RouteMetadataError::NotAscii(GRPC_METADATA)));
+        assert_eq!(grpc_metadata_policy(&["mirr\u{f6}r".as_bytes()]), not_ascii);
+        assert_eq!(grpc_metadata_policy(&[b"\xff"]), not_ascii);
+        let repeated = Some(Err(RouteMetadataError::Repeated(GRPC_METADATA)));
+        assert_eq!(grpc_metadata_policy(&[b"mirror", b"other"]), repeated);
     }
 
     #[test]

@@ -82,8 +82,9 @@ pub enum Action {
     },
     /// One piece of a FULL_DUPLEX body; `end_of_stream` on the last (or trailers follow).
     Piece { direction: Direction, body: Vec<u8>, end_of_stream: bool },
-    /// FULL_DUPLEX trailers: the body of `direction` is complete; answer the trailers after it.
-    DuplexTrailers { direction: Direction },
+    /// FULL_DUPLEX trailers: the body of `direction` is complete; answer the trailers after it,
+    /// removing `remove_trailers` (control names a client or upstream sent).
+    DuplexTrailers { direction: Direction, remove_trailers: Vec<String> },
     /// End the stream with an error status: never answer, never end OK.
     Fail(StreamError),
 }
@@ -99,9 +100,29 @@ pub enum StreamError {
     UnsupportedBodyMode { direction: Direction, mode: String },
     #[error("a {0:?} body arrived in pieces but the body mode is unknown; refusing to scan part of it")]
     PartialBody(Direction),
+    #[error(
+        "Envoy's processing_mode sends no {0:?} body (body mode NONE) but the policy scans it: \
+         fix the route's or the filter's processing_mode"
+    )]
+    BodyModeNone(Direction),
+    #[error("Envoy runs ext_proc in observability_mode: it would not wait for a verdict")]
+    ObservabilityMode,
 }
 
 impl StreamError {
+    /// The `kind` label of `clamgate_ext_proc_stream_errors_total`: `body_mode` for an Envoy
+    /// configuration under which bodies cannot be scanned, `protocol` for messages out of order.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            StreamError::UnsupportedBodyMode { .. }
+            | StreamError::BodyModeNone(_)
+            | StreamError::ObservabilityMode => "body_mode",
+            StreamError::OutOfOrder(_) | StreamError::EmptyMessage | StreamError::PartialBody(_) => {
+                "protocol"
+            }
+        }
+    }
+
     /// The gRPC status Envoy sees (any non-OK status makes it answer `status_on_error`).
     pub fn to_status(&self) -> tonic::Status {
         tonic::Status::failed_precondition(self.to_string())
@@ -353,6 +374,10 @@ pub fn on_message(state: &mut StreamState, message: ProcessingRequest) -> Action
             }
         }
     }
+    if message.observability_mode && (state.policy.scan_requests || state.policy.scan_responses) {
+        // Envoy neither waits for nor applies an answer: a scan could never block anything.
+        return Action::Fail(StreamError::ObservabilityMode);
+    }
     let Some(request) = message.request else { return Action::Fail(StreamError::EmptyMessage) };
     let attributes = message.attributes;
     match request {
@@ -360,8 +385,8 @@ pub fn on_message(state: &mut StreamState, message: ProcessingRequest) -> Action
         Request::ResponseHeaders(headers) => on_headers(state, Direction::Response, headers, &attributes),
         Request::RequestBody(body) => on_body(state, Direction::Request, body.body, body.end_of_stream),
         Request::ResponseBody(body) => on_body(state, Direction::Response, body.body, body.end_of_stream),
-        Request::RequestTrailers(_) => on_trailers(state, Direction::Request),
-        Request::ResponseTrailers(_) => on_trailers(state, Direction::Response),
+        Request::RequestTrailers(trailers) => on_trailers(state, Direction::Request, trailers.trailers),
+        Request::ResponseTrailers(trailers) => on_trailers(state, Direction::Response, trailers.trailers),
     }
 }
 
@@ -418,6 +443,23 @@ fn on_headers(
             let authority = header_value(&map, ":authority").unwrap_or_default();
             let content_length = content_length(&map);
             let has_body = !headers.end_of_stream && content_length != Some(0);
+            // The request headers are the first message: the body modes are still the ones Envoy
+            // reported (its configuration), not clamgate's override. NONE for a direction the
+            // policy scans would pass that body unscanned without a word: the route or filter is
+            // misconfigured. A request without a body has nothing to scan; a HEAD gets no
+            // response body.
+            if state.scans(Direction::Request)
+                && has_body
+                && state.request_body_mode == Some(BodySendMode::None)
+            {
+                return Action::Fail(StreamError::BodyModeNone(Direction::Request));
+            }
+            if state.scans(Direction::Response)
+                && method != "HEAD"
+                && state.response_body_mode == Some(BodySendMode::None)
+            {
+                return Action::Fail(StreamError::BodyModeNone(Direction::Response));
+            }
             state.pending_request = Some(PendingRequest {
                 remove_headers,
                 has_body,
@@ -698,17 +740,19 @@ fn on_body(state: &mut StreamState, direction: Direction, body: Vec<u8>, end_of_
     }
 }
 
-fn on_trailers(state: &mut StreamState, direction: Direction) -> Action {
+fn on_trailers(state: &mut StreamState, direction: Direction, trailers: Option<HeaderMap>) -> Action {
     if *state.phase_mut(direction) == Phase::AwaitingHeaders {
         return Action::Fail(StreamError::OutOfOrder(format!("{direction:?} trailers before headers")));
     }
     let was_streaming = *state.phase_mut(direction) == Phase::AwaitingBody && state.is_full_duplex(direction);
     // Trailers end the direction: with BUFFERED the body was answered before them.
     *state.phase_mut(direction) = Phase::Done;
+    // A client's or upstream's `x-clamgate-*` trailer is removed like such a header.
+    let remove_trailers = trailers.as_ref().map(control_headers).unwrap_or_default();
     if was_streaming {
-        return Action::DuplexTrailers { direction };
+        return Action::DuplexTrailers { direction, remove_trailers };
     }
-    Action::Reply(response::trailers_continue(direction))
+    Action::Reply(response::trailers_continue(direction, remove_trailers))
 }
 
 /// Names of `x-clamgate-*` headers present, to be removed.
@@ -1100,7 +1144,10 @@ mod tests {
         on_message(&mut state, response_headers(&[(":status", "200")]));
         on_message(&mut state, message(Request::ResponseBody(body(b"x", false))));
         let action = on_message(&mut state, message(Request::ResponseTrailers(HttpTrailers::default())));
-        assert_eq!(action, Action::DuplexTrailers { direction: Direction::Response });
+        assert_eq!(
+            action,
+            Action::DuplexTrailers { direction: Direction::Response, remove_trailers: vec![] }
+        );
         assert!(state.is_complete());
     }
 
@@ -1167,6 +1214,95 @@ mod tests {
                 "{mode:?}: {action:?}"
             );
         }
+    }
+
+    #[test]
+    fn envoy_sending_no_body_of_a_scanned_direction_fails_the_stream() {
+        let upload = [(":method", "POST"), ("content-length", "5")];
+        // Request body mode NONE: an upload fails; a request without a body has nothing to scan.
+        let mut state = StreamState::new(StreamPolicy { scan_responses: false, ..SCAN_BOTH });
+        let first = with_modes(
+            Request::RequestHeaders(headers(&upload, false)),
+            BodySendMode::None,
+            BodySendMode::Buffered,
+        );
+        assert_eq!(
+            on_message(&mut state, first),
+            Action::Fail(StreamError::BodyModeNone(Direction::Request))
+        );
+        for (pairs, end_of_stream) in
+            [(vec![(":method", "GET")], true), (vec![(":method", "POST"), ("content-length", "0")], false)]
+        {
+            let mut state = StreamState::new(SCAN_BOTH);
+            let first = with_modes(
+                Request::RequestHeaders(headers(&pairs, end_of_stream)),
+                BodySendMode::None,
+                BodySendMode::Buffered,
+            );
+            assert!(matches!(on_message(&mut state, first), Action::Reply(_)), "{pairs:?}");
+        }
+        // Response body mode NONE: every request but a HEAD fails at its headers.
+        let mut state = StreamState::new(SCAN_BOTH);
+        let first = with_modes(get_headers_only("GET"), BodySendMode::Buffered, BodySendMode::None);
+        assert_eq!(
+            on_message(&mut state, first),
+            Action::Fail(StreamError::BodyModeNone(Direction::Response))
+        );
+        let mut state = StreamState::new(SCAN_BOTH);
+        let first = with_modes(get_headers_only("HEAD"), BodySendMode::Buffered, BodySendMode::None);
+        assert!(matches!(on_message(&mut state, first), Action::Reply(_)));
+        // A direction the policy does not scan may be NONE.
+        let mut state = StreamState::new(StreamPolicy { scan_responses: false, ..SCAN_BOTH });
+        let first = with_modes(get_headers_only("GET"), BodySendMode::Buffered, BodySendMode::None);
+        assert!(matches!(on_message(&mut state, first), Action::Reply(_)));
+        assert_eq!(StreamError::BodyModeNone(Direction::Response).kind(), "body_mode");
+    }
+
+    #[test]
+    fn observability_mode_fails_the_stream() {
+        let mut state = StreamState::new(SCAN_BOTH);
+        let first = ProcessingRequest { observability_mode: true, ..buffered(get_headers_only("GET")) };
+        assert_eq!(on_message(&mut state, first), Action::Fail(StreamError::ObservabilityMode));
+    }
+
+    #[test]
+    fn control_trailers_are_removed() {
+        let trailers = |pairs: &[(&str, &str)]| HttpTrailers { trailers: headers(pairs, true).headers };
+        // BUFFERED: the body was answered, the trailers' answer removes them.
+        let mut state = StreamState::new(SCAN_BOTH);
+        on_message(&mut state, buffered(Request::RequestHeaders(headers(&[(":method", "POST")], false))));
+        on_message(&mut state, message(Request::RequestBody(body(b"x", false))));
+        let action = on_message(
+            &mut state,
+            message(Request::RequestTrailers(trailers(&[
+                ("X-Clamgate-Verdict", "clean"),
+                ("grpc-status", "0"),
+            ]))),
+        );
+        assert_eq!(
+            action,
+            Action::Reply(response::trailers_continue(Direction::Request, vec!["x-clamgate-verdict".into()]))
+        );
+        // FULL_DUPLEX: the names go with the trailers' answer sent after the body.
+        let mut state = StreamState::new(SCAN_BOTH);
+        on_message(&mut state, get("/a"));
+        on_message(&mut state, response_headers(&[(":status", "200")]));
+        on_message(&mut state, message(Request::ResponseBody(body(b"x", false))));
+        let action = on_message(
+            &mut state,
+            message(Request::ResponseTrailers(trailers(&[("x-clamgate-verdict", "clean")]))),
+        );
+        assert_eq!(
+            action,
+            Action::DuplexTrailers {
+                direction: Direction::Response,
+                remove_trailers: vec!["x-clamgate-verdict".into()]
+            }
+        );
+    }
+
+    fn get_headers_only(method: &str) -> Request {
+        Request::RequestHeaders(headers(&[(":method", method), (":path", "/a")], true))
     }
 
     #[test]

@@ -289,6 +289,21 @@ pub fn render_config(clamgate_grpc: SocketAddr, upstream: SocketAddr) -> String 
     config
 }
 
+/// The line of the shipped config that starts its catch-all route; test routes go before it.
+const DEFAULT_ROUTE: &str = "              - match: {prefix: \"/\"}\n";
+
+/// `config` (a rendered shipped config) with `routes` (YAML list items indented by 14 spaces, as
+/// the shipped routes are) inserted before the catch-all route, so they match first.
+pub fn add_routes(config: &str, routes: &str) -> String {
+    assert_eq!(
+        config.matches(DEFAULT_ROUTE).count(),
+        1,
+        "envoy: the catch-all route `{}` must occur once in the config",
+        DEFAULT_ROUTE.trim()
+    );
+    config.replacen(DEFAULT_ROUTE, &format!("{routes}{DEFAULT_ROUTE}"), 1)
+}
+
 /// The bound address of the listener called `name` in admin `/listeners?format=json`.
 pub fn listener_address(json: &str, name: &str) -> Option<SocketAddr> {
     let value: serde_json::Value = serde_json::from_str(json).ok()?;

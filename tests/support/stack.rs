@@ -32,13 +32,32 @@ impl Stack {
 
     /// Starts everything around a clamd the test started (e.g. with a daily database).
     pub async fn start_with_clamd(clamd: ClamdProcess, adjust: impl FnOnce(&mut Config)) -> Stack {
+        Stack::start_edited(clamd, adjust, |config| config).await
+    }
+
+    /// Starts everything with Envoy's config (the shipped one, rendered) changed by `edit_envoy`
+    /// first, e.g. with [`super::envoy::add_routes`].
+    pub async fn start_with_envoy(
+        adjust: impl FnOnce(&mut Config),
+        edit_envoy: impl FnOnce(String) -> String + Send + 'static,
+    ) -> Stack {
+        let clamd = tokio::task::spawn_blocking(ClamdProcess::start).await.expect("start clamd");
+        Stack::start_edited(clamd, adjust, edit_envoy).await
+    }
+
+    async fn start_edited(
+        clamd: ClamdProcess,
+        adjust: impl FnOnce(&mut Config),
+        edit_envoy: impl FnOnce(String) -> String + Send + 'static,
+    ) -> Stack {
         let mut config = test_config(&clamd.address());
         adjust(&mut config);
         let clamgate = ClamgateInstance::start_ready(config).await;
         let upstream = Upstream::start().await;
         let (grpc, upstream_addr) = (clamgate.grpc_addr, upstream.addr());
         let envoy = tokio::task::spawn_blocking(move || {
-            let envoy = EnvoyProcess::start(grpc, upstream_addr);
+            let config = edit_envoy(super::envoy::render_config(grpc, upstream_addr));
+            let envoy = EnvoyProcess::start_with_config(config);
             envoy.wait_clamgate_healthy(Duration::from_secs(20));
             envoy
         })
