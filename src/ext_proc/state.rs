@@ -556,25 +556,19 @@ fn on_response_headers(
     if end_of_stream {
         return Action::Reply(response::headers_continue(direction, remove_headers));
     }
-    if state.scans(direction) && state.response_status == 206 {
+    let unscannable = if state.scans(direction) && state.response_status == 206 {
         // Part of an object is not the object: never scanned, never passed as scanned.
-        let echo = state.is_full_duplex(direction);
+        Some(UnscannedReason::PartialContent)
+    } else {
+        undecodable.then_some(UnscannedReason::UnsupportedEncoding)
+    };
+    if let Some(reason) = unscannable {
         return Action::Unscannable {
             direction,
-            reason: UnscannedReason::PartialContent,
+            reason,
             bytes: content_length(&map).unwrap_or(0),
             if_allowed: response::headers_continue(direction, remove_headers),
-            echo,
-        };
-    }
-    if undecodable {
-        let echo = state.is_full_duplex(direction);
-        return Action::Unscannable {
-            direction,
-            reason: UnscannedReason::UnsupportedEncoding,
-            bytes: content_length(&map).unwrap_or(0),
-            if_allowed: response::headers_continue(direction, remove_headers),
-            echo,
+            echo: state.is_full_duplex(direction),
         };
     }
     if state.is_full_duplex(direction) {
