@@ -366,6 +366,28 @@ impl ExtProcService {
             // with the override, so only the body is owed.
             *slot = Some(Duplex::Holding(Box::new(Holding::new(self.spool.hold(), None))));
         }
+        // A held body is owned here and put back while more of it is owed.
+        if let Some(Duplex::Holding(mut holding)) =
+            slot.take_if(|duplex| matches!(duplex, Duplex::Holding(_)))
+        {
+            if holding.body.len() + body.len() as u64 > self.scanner.max_scan_bytes() {
+                *slot = Some(self.release_too_large(context, state, direction, *holding, out).await?);
+                if matches!(slot, Some(Duplex::Echoing)) {
+                    out.send(response::streamed_body(direction, body, end_of_stream)).await?;
+                }
+                return Ok(());
+            }
+            if let Err(err) = holding.push(body).await {
+                return Err(self.hold_failed(state, &err));
+            }
+            if end_of_stream {
+                *slot = Some(Duplex::Refused);
+                self.finish_held(context, state, direction, *holding, None, out).await?;
+            } else {
+                *slot = Some(Duplex::Holding(holding));
+            }
+            return Ok(());
+        }
         match slot {
             Some(Duplex::Echoing) => out.send(response::streamed_body(direction, body, end_of_stream)).await,
             Some(Duplex::Verifying(verifying)) => {
@@ -379,26 +401,8 @@ impl ExtProcService {
                 }
                 out.send(response::streamed_body(direction, body, end_of_stream)).await
             }
-            Some(Duplex::Refused) | None => Ok(()),
-            Some(Duplex::Holding(holding)) => {
-                if holding.body.len() + body.len() as u64 > self.scanner.max_scan_bytes() {
-                    let Some(Duplex::Holding(holding)) = slot.take() else { unreachable!() };
-                    *slot = Some(self.release_too_large(context, state, direction, *holding, out).await?);
-                    if matches!(slot, Some(Duplex::Echoing)) {
-                        out.send(response::streamed_body(direction, body, end_of_stream)).await?;
-                    }
-                    return Ok(());
-                }
-                if let Err(err) = holding.push(body).await {
-                    return Err(self.hold_failed(state, &err));
-                }
-                if end_of_stream {
-                    let Some(Duplex::Holding(holding)) = slot.take() else { unreachable!() };
-                    *slot = Some(Duplex::Refused);
-                    self.finish_held(context, state, direction, *holding, None, out).await?;
-                }
-                Ok(())
-            }
+            // Held bodies were handled above; after a block, later pieces are ignored.
+            Some(Duplex::Refused) | Some(Duplex::Holding(_)) | None => Ok(()),
         }
     }
 
