@@ -12,7 +12,6 @@ mod support;
 
 use std::time::Duration;
 
-use envoy_types::pb::envoy::config::core::v3::{HeaderMap, HeaderValue};
 use envoy_types::pb::envoy::extensions::filters::http::ext_proc::v3::processing_mode::{
     BodySendMode, HeaderSendMode,
 };
@@ -21,12 +20,13 @@ use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_client::Ex
 use envoy_types::pb::envoy::service::ext_proc::v3::processing_request::Request;
 use envoy_types::pb::envoy::service::ext_proc::v3::processing_response::Response;
 use envoy_types::pb::envoy::service::ext_proc::v3::{
-    CommonResponse, HttpBody, HttpHeaders, HttpTrailers, ImmediateResponse, ProcessingRequest,
-    ProcessingResponse, ProtocolConfiguration,
+    CommonResponse, HttpBody, HttpTrailers, ImmediateResponse, ProcessingRequest, ProcessingResponse,
+    ProtocolConfiguration,
 };
 use serde_json::Value;
 use support::clamd::ClamdProcess;
 use support::clamgate::{test_config, ClamgateInstance};
+use support::envoy::envoy_headers;
 use support::samples;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -192,29 +192,16 @@ fn later(request: Request) -> ProcessingRequest {
     ProcessingRequest { request: Some(request), ..ProcessingRequest::default() }
 }
 
-/// Headers as Envoy sends them: lower-case keys, values in `raw_value`.
-fn headers(pairs: &[(&str, &str)], end_of_stream: bool) -> HttpHeaders {
-    let headers = pairs
-        .iter()
-        .map(|(key, value)| HeaderValue {
-            key: key.to_string(),
-            raw_value: value.as_bytes().to_vec(),
-            ..HeaderValue::default()
-        })
-        .collect();
-    HttpHeaders { headers: Some(HeaderMap { headers }), end_of_stream, ..HttpHeaders::default() }
-}
-
 /// The headers of an upload with a body of unknown length (chunked), plus `extra`.
 fn upload_headers(extra: &[(&str, &str)]) -> Request {
     let mut pairs = vec![(":method", "POST"), (":path", "/upload"), (":authority", "app.example")];
     pairs.extend_from_slice(extra);
-    Request::RequestHeaders(headers(&pairs, false))
+    Request::RequestHeaders(envoy_headers(&pairs, false))
 }
 
 /// The headers of a download request (no body).
 fn get_headers() -> Request {
-    Request::RequestHeaders(headers(
+    Request::RequestHeaders(envoy_headers(
         &[(":method", "GET"), (":path", "/file.bin"), (":authority", "app.example")],
         true,
     ))
@@ -405,7 +392,7 @@ async fn a_buffered_download_is_switched_to_full_duplex_then_held_and_released_w
     assert_eq!(mode.response_trailer_mode, send, "Envoy requires SEND with FULL_DUPLEX: {mode:?}");
 
     // From here on, Envoy in FULL_DUPLEX mode: the response headers wait for the body's end.
-    envoy.send(later(Request::ResponseHeaders(headers(&[(":status", "200")], false)))).await;
+    envoy.send(later(Request::ResponseHeaders(envoy_headers(&[(":status", "200")], false)))).await;
     envoy.expect_silence(SILENCE).await;
     let body = three_pieces(false);
     send_held_body(&mut envoy, Side::Response, &body).await;
@@ -427,7 +414,7 @@ async fn a_download_whose_envoy_side_ends_before_the_body_does_fails_the_stream(
     let clamgate = Clamgate::start().await;
     let mut envoy = clamgate.stream(first(get_headers(), BodySendMode::Buffered)).await;
     headers_answer(&envoy.next_within(ANSWER_WITHIN).await, Side::Request);
-    envoy.send(later(Request::ResponseHeaders(headers(&[(":status", "200")], false)))).await;
+    envoy.send(later(Request::ResponseHeaders(envoy_headers(&[(":status", "200")], false)))).await;
     envoy.send(later(body_piece(Side::Response, &samples::clean_sample(PIECE_BYTES), false))).await;
     envoy.expect_silence(SILENCE).await;
     envoy.close();
@@ -441,7 +428,7 @@ async fn a_download_whose_envoy_side_ends_before_the_body_does_fails_the_stream(
 async fn messages_out_of_order_fail_the_stream() {
     let clamgate = Clamgate::start().await;
     let response_headers_first =
-        first(Request::ResponseHeaders(headers(&[(":status", "200")], false)), BodySendMode::Buffered);
+        first(Request::ResponseHeaders(envoy_headers(&[(":status", "200")], false)), BodySendMode::Buffered);
     let upload_body_first = first(
         body_piece(Side::Request, &samples::clean_sample(PIECE_BYTES), false),
         BodySendMode::FullDuplexStreamed,
@@ -468,7 +455,7 @@ async fn response_headers_while_an_upload_is_held_fail_the_stream() {
     let clamgate = Clamgate::start().await;
     let mut envoy = clamgate.stream(first(upload_headers(&[]), BodySendMode::FullDuplexStreamed)).await;
     envoy.send(later(body_piece(Side::Request, &samples::clean_sample(PIECE_BYTES), false))).await;
-    envoy.send(later(Request::ResponseHeaders(headers(&[(":status", "200")], false)))).await;
+    envoy.send(later(Request::ResponseHeaders(envoy_headers(&[(":status", "200")], false)))).await;
     let status = envoy.expect_error_status().await;
     assert!(status.message().contains("out of order"), "{status:?}");
 }
@@ -544,7 +531,7 @@ async fn an_empty_or_non_ascii_policy_in_grpc_metadata_fails_the_stream() {
 }
 
 fn trailers(side: Side, pairs: &[(&str, &str)]) -> Request {
-    let trailers = HttpTrailers { trailers: headers(pairs, true).headers };
+    let trailers = HttpTrailers { trailers: envoy_headers(pairs, true).headers };
     match side {
         Side::Request => Request::RequestTrailers(trailers),
         Side::Response => Request::ResponseTrailers(trailers),
@@ -595,7 +582,7 @@ async fn control_trailers_are_removed_in_buffered_and_full_duplex_modes() {
     // A download (switched to FULL_DUPLEX) whose upstream ends the body with trailers.
     let mut envoy = clamgate.stream(first(get_headers(), BodySendMode::Buffered)).await;
     headers_answer(&envoy.next_within(ANSWER_WITHIN).await, Side::Request);
-    envoy.send(later(Request::ResponseHeaders(headers(&[(":status", "200")], false)))).await;
+    envoy.send(later(Request::ResponseHeaders(envoy_headers(&[(":status", "200")], false)))).await;
     envoy.send(later(body_piece(Side::Response, b"clean download", false))).await;
     envoy.send(later(trailers(Side::Response, &spoofed))).await;
     headers_answer(&envoy.next_within(ANSWER_WITHIN).await, Side::Response);
@@ -608,7 +595,7 @@ async fn control_trailers_are_removed_in_buffered_and_full_duplex_modes() {
 
 /// A GET for `/pkg.bin` on `mirror.example` over `scheme`, as Envoy sends it (no body).
 fn get_over(scheme: &str) -> Request {
-    Request::RequestHeaders(headers(
+    Request::RequestHeaders(envoy_headers(
         &[(":method", "GET"), (":scheme", scheme), (":authority", "mirror.example"), (":path", "/pkg.bin")],
         true,
     ))
@@ -636,7 +623,7 @@ async fn http_and_https_downloads_of_one_path_do_not_share_a_resource_entry() {
     let mut envoy = clamgate.stream(first(get_over("http"), BodySendMode::Buffered)).await;
     assert!(streams_the_response(&envoy.next_within(ANSWER_WITHIN).await), "a miss is scanned");
     let response_headers = [(":status", "200"), ("etag", "\"v1\""), ("content-length", "300000")];
-    envoy.send(later(Request::ResponseHeaders(headers(&response_headers, false)))).await;
+    envoy.send(later(Request::ResponseHeaders(envoy_headers(&response_headers, false)))).await;
     envoy.expect_silence(SILENCE).await;
     let body = samples::clean_sample(300_000);
     send_held_body(&mut envoy, Side::Response, &body).await;

@@ -11,17 +11,16 @@ use std::time::{Duration, Instant};
 
 use clamgate::proto::clamgate::v1::scanner_client::ScannerClient;
 use clamgate::proto::clamgate::v1::{ScanChunk, Verdict};
-use envoy_types::pb::envoy::config::core::v3::{HeaderMap, HeaderValue};
 use envoy_types::pb::envoy::extensions::filters::http::ext_proc::v3::processing_mode::BodySendMode;
 use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_client::ExternalProcessorClient;
 use envoy_types::pb::envoy::service::ext_proc::v3::processing_request::Request;
 use envoy_types::pb::envoy::service::ext_proc::v3::{
-    HttpBody, HttpHeaders, ProcessingRequest, ProcessingResponse, ProtocolConfiguration,
+    HttpBody, ProcessingRequest, ProcessingResponse, ProtocolConfiguration,
 };
 use support::clamd::ClamdProcess;
 use support::clamgate::{channel, test_config, ClamgateInstance, TEST_GRPC_TOKEN};
 use support::clamgate_process::ClamgateProcess;
-use support::envoy::{render_config, EnvoyProcess};
+use support::envoy::{envoy_headers, render_config, EnvoyProcess};
 use support::redis::RedisProcess;
 use support::samples;
 use support::stack::Stack;
@@ -50,18 +49,6 @@ fn presenting(
     }
 }
 
-fn headers(pairs: &[(&str, &str)], end_of_stream: bool) -> HttpHeaders {
-    let headers = pairs
-        .iter()
-        .map(|(key, value)| HeaderValue {
-            key: key.to_string(),
-            raw_value: value.as_bytes().to_vec(),
-            ..HeaderValue::default()
-        })
-        .collect();
-    HttpHeaders { headers: Some(HeaderMap { headers }), end_of_stream, ..HttpHeaders::default() }
-}
-
 /// The messages of a clean FULL_DUPLEX upload, as Envoy sends them: a scan that, once allowed to
 /// run, writes its Clean verdict into the cache.
 fn clean_upload(body: &[u8]) -> Vec<ProcessingRequest> {
@@ -71,7 +58,7 @@ fn clean_upload(body: &[u8]) -> Vec<ProcessingRequest> {
             response_body_mode: BodySendMode::Buffered as i32,
             ..ProtocolConfiguration::default()
         }),
-        request: Some(Request::RequestHeaders(headers(
+        request: Some(Request::RequestHeaders(envoy_headers(
             &[(":method", "POST"), (":path", "/upload/forged"), (":authority", "app.example")],
             false,
         ))),

@@ -368,3 +368,25 @@ fn dechunk(mut data: &[u8]) -> Result<Vec<u8>, String> {
         data = &data[size + 2..];
     }
 }
+
+/// An ext_proc headers message as Envoy sends it: lower-case keys, values in `raw_value` (for
+/// tests that drive clamgate's gRPC stream without Envoy).
+pub fn envoy_headers(
+    pairs: &[(&str, &str)],
+    end_of_stream: bool,
+) -> envoy_types::pb::envoy::service::ext_proc::v3::HttpHeaders {
+    use envoy_types::pb::envoy::config::core::v3::{HeaderMap, HeaderValue};
+    let headers = pairs
+        .iter()
+        .map(|(key, value)| HeaderValue {
+            key: key.to_string(),
+            raw_value: value.as_bytes().to_vec(),
+            ..HeaderValue::default()
+        })
+        .collect();
+    envoy_types::pb::envoy::service::ext_proc::v3::HttpHeaders {
+        headers: Some(HeaderMap { headers }),
+        end_of_stream,
+        ..Default::default()
+    }
+}
