@@ -34,12 +34,12 @@ use sha2::{Digest, Sha256, Sha512_256};
 use tokio::sync::{oneshot, watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::cache::{
-    CacheEntry, CachedVerdict, ContentKey, LockAttempt, ResourceEntry, Tier, VaryRecord, VerdictCache,
+    CacheEntry, CachedVerdict, ContentKey, KnownResource, LockAttempt, Resource, ResourceEntry, Tier,
+    VaryRecord, VerdictCache, IMMUTABLE_VALIDATOR,
 };
 use crate::clamd::{ClamdClient, ClamdError, InstreamScan, ScanReply};
 use crate::config::CacheMode;
 use crate::decode::{BodyDecoder, DecodeError, DecodeLimits, Encoding};
-use crate::ext_proc::state::{KnownResource, Resource, IMMUTABLE_VALIDATOR};
 use crate::metrics::{Metrics, Source};
 use crate::spool::HeldBody;
 use crate::verdict::{EngineVersion, UnscannedReason, Verdict};

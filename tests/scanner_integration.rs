@@ -9,13 +9,13 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use clamgate::cache::Resource;
 use clamgate::cache::{
     decode_entry, encode_entry, encode_resource, CacheEntry, CachedVerdict, ContentKey, ResourceEntry,
     ResourceId, VaryRecord, VerdictCache,
 };
 use clamgate::config::{CacheMode, Config};
 use clamgate::decode::Encoding;
-use clamgate::ext_proc::state::Resource;
 use clamgate::metrics::{Metrics, Source};
 use clamgate::scanner::{ResourceLookup, Scanner};
 use clamgate::verdict::{UnscannedReason, Verdict};

@@ -96,8 +96,8 @@ pub use self::entry::{
 pub use self::memory::MemoryCache;
 pub use self::redis::RedisCache;
 pub use self::resource::{
-    decode_resource, encode_resource, vary_names, ResourceEntry, ResourceId, ResourceKey, VaryRecord,
-    RESOURCE_FORMAT_VERSION,
+    decode_resource, encode_resource, vary_names, KnownResource, Resource, ResourceEntry, ResourceId,
+    ResourceKey, VaryRecord, IMMUTABLE_VALIDATOR, RESOURCE_FORMAT_VERSION,
 };
 pub use self::seal::{Rejection, ValueKey, ValueKeys};
 

@@ -356,6 +356,39 @@ pub fn decode_resource(bytes: &[u8]) -> Result<ResourceEntry, DecodeError> {
     })
 }
 
+/// The validator of a response without a real one, under an `immutable` policy: the URL alone
+/// names the bytes.
+pub const IMMUTABLE_VALIDATOR: &str = "immutable";
+
+/// An object named by URL, and the request that asked for it: the resource key's input.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Resource {
+    /// Scheme, host, port and path with query (`:scheme`, `:authority`, `:path`).
+    pub id: ResourceId,
+    /// The request's headers (names in lower case, pseudo-headers left out), for the response's
+    /// `Vary` (see [`crate::cache::VaryRecord`]).
+    pub request_headers: Vec<(String, String)>,
+}
+
+/// Header values may be secrets (`authorization`, `cookie`): only their names are shown.
+impl std::fmt::Debug for Resource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = self.request_headers.iter().map(|(name, _)| name.as_str()).collect();
+        f.debug_struct("Resource").field("id", &self.id).field("request_header_names", &names).finish()
+    }
+}
+
+/// A resource entry found for this stream's request: the response is compared with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KnownResource {
+    /// The validator the entry was stored under.
+    pub validator: String,
+    /// The `Vary` names the stored response had (lower case, sorted).
+    pub vary: Vec<String>,
+    /// The SHA-256 of the body as it was received then (what a verified hit is compared with).
+    pub content: ContentKey,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

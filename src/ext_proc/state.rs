@@ -23,7 +23,7 @@ use envoy_types::pb::envoy::extensions::filters::http::ext_proc::v3::processing_
 use envoy_types::pb::envoy::service::ext_proc::v3::processing_request::Request;
 use envoy_types::pb::envoy::service::ext_proc::v3::{HttpHeaders, ProcessingRequest, ProcessingResponse};
 
-use crate::cache::{vary_names, ContentKey, ResourceId};
+use crate::cache::{vary_names, ContentKey, KnownResource, Resource, ResourceId, IMMUTABLE_VALIDATOR};
 use crate::decode::{parse_content_encoding, Encoding};
 use crate::policy::Direction;
 use crate::scanner::ScanReport;
@@ -211,35 +211,6 @@ impl StreamPolicy {
             max_scan_bytes,
         }
     }
-}
-
-/// An object named by URL, and the request that asked for it: the resource key's input.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Resource {
-    /// Scheme, host, port and path with query (`:scheme`, `:authority`, `:path`).
-    pub id: ResourceId,
-    /// The request's headers (names in lower case, pseudo-headers left out), for the response's
-    /// `Vary` (see [`crate::cache::VaryRecord`]).
-    pub request_headers: Vec<(String, String)>,
-}
-
-/// Header values may be secrets (`authorization`, `cookie`): only their names are shown.
-impl std::fmt::Debug for Resource {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let names: Vec<&str> = self.request_headers.iter().map(|(name, _)| name.as_str()).collect();
-        f.debug_struct("Resource").field("id", &self.id).field("request_header_names", &names).finish()
-    }
-}
-
-/// A resource entry found for this stream's request: the response is compared with it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KnownResource {
-    /// The validator the entry was stored under.
-    pub validator: String,
-    /// The `Vary` names the stored response had (lower case, sorted).
-    pub vary: Vec<String>,
-    /// The SHA-256 of the body as it was received then (what a verified hit is compared with).
-    pub content: ContentKey,
 }
 
 impl StreamState {
@@ -676,10 +647,6 @@ fn upgrade(configured: Option<BodySendMode>, wanted: bool) -> Option<BodySendMod
 fn content_length(map: &HeaderMap) -> Option<u64> {
     header_value(map, "content-length").and_then(|value| value.trim().parse().ok())
 }
-
-/// The validator of a response without a real one, under an `immutable` policy: the URL alone
-/// names the bytes.
-pub const IMMUTABLE_VALIDATOR: &str = "immutable";
 
 /// The validator that ties a cached verdict to one version of a resource: a strong ETag, else
 /// Last-Modified with Content-Length; else, only for an immutable upstream, the URL alone.
