@@ -6,15 +6,10 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
-use tokio::io::AsyncReadExt;
 
 use clamgate::config::{Config, LogFormat};
-use clamgate::metrics::{Metrics, Source};
-use clamgate::spool::Spool;
-use clamgate::verdict::Verdict;
 
 const EXIT_CONFIG: u8 = 64;
 const EXIT_UNAVAILABLE: u8 = 69;
@@ -81,7 +76,15 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Serve { .. } => runtime.block_on(serve(config)),
-        Command::Scan { files, .. } => runtime.block_on(scan_files(config, files)),
+        Command::Scan { files, .. } => {
+            match runtime.block_on(clamgate::scan_files::scan_files(&config, &files)) {
+                Ok(outcome) => ExitCode::from(outcome.exit_code()),
+                Err(err) => {
+                    eprintln!("clamgate: {err}");
+                    ExitCode::from(EXIT_CONFIG)
+                }
+            }
+        }
         Command::CheckConfig { .. } => ExitCode::SUCCESS,
     }
 }
@@ -184,67 +187,4 @@ async fn shutdown_signal() {
         () = ctrl_c => {},
         () = terminate => {},
     }
-}
-
-async fn scan_files(config: Config, files: Vec<PathBuf>) -> ExitCode {
-    let metrics = Arc::new(Metrics::new());
-    let scanner = match clamgate::app::build_scanner(&config, metrics.clone()) {
-        Ok(scanner) => scanner,
-        Err(err) => {
-            eprintln!("clamgate: {err}");
-            return ExitCode::from(EXIT_CONFIG);
-        }
-    };
-    if let Ok(version) = scanner.clamd().version().await {
-        scanner.set_engine_version(version);
-    }
-    // Files are held like Scan API bodies (memory, then temp files) and scanned whole.
-    let bodies = &config.bodies;
-    let spool =
-        Spool::new(bodies.memory_budget_bytes, bodies.stream_memory_bytes, bodies.spool_dir(), metrics)
-            .with_disk_budget(bodies.disk_budget_bytes);
-    let mut worst = 0u8;
-    for path in files {
-        let mut file = match tokio::fs::File::open(&path).await {
-            Ok(file) => file,
-            Err(err) => {
-                println!("{}: error: {err}", path.display());
-                worst = worst.max(2);
-                continue;
-            }
-        };
-        let mut scan = scanner.streaming(Source::api, spool.hold());
-        let mut buffer = vec![0u8; 256 * 1024];
-        let mut read_error = None;
-        loop {
-            let held = match file.read(&mut buffer).await {
-                Ok(0) => break,
-                Ok(n) => scan.push(bytes::Bytes::copy_from_slice(&buffer[..n])).await,
-                Err(err) => Err(err),
-            };
-            if let Err(err) = held {
-                read_error = Some(err);
-                break;
-            }
-        }
-        if let Some(err) = read_error {
-            println!("{}: error: {err}", path.display());
-            worst = worst.max(2);
-            continue;
-        }
-        let report = scan.finish().await;
-        let (line, code) = match &report.verdict {
-            Verdict::Clean => ("clean".to_string(), 0),
-            Verdict::Infected { signature } => (format!("infected {signature}"), 1),
-            Verdict::Unscanned { reason } => (format!("unscanned {reason}"), 2),
-        };
-        println!(
-            "{}: {line} sha256={}{}",
-            path.display(),
-            report.sha256,
-            if report.cached { " (cached)" } else { "" }
-        );
-        worst = if code == 1 || worst == 1 { 1 } else { worst.max(code) };
-    }
-    ExitCode::from(worst)
 }

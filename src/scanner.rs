@@ -30,7 +30,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use sha2::{Digest, Sha256, Sha512_256};
+use sha2::{Digest, Sha512_256};
 use tokio::sync::{oneshot, watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::cache::{
@@ -41,6 +41,7 @@ use crate::clamd::{ClamdClient, ClamdError, InstreamScan, ScanReply};
 use crate::config::CacheMode;
 use crate::decode::{BodyDecoder, DecodeError, DecodeLimits, Encoding};
 use crate::metrics::{Metrics, Source};
+use crate::offload::{off_worker, BLOCKING_HASH_BYTES};
 use crate::spool::HeldBody;
 use crate::verdict::{EngineVersion, UnscannedReason, Verdict};
 
@@ -177,26 +178,12 @@ impl Scanner {
         self.engine.read().ok().and_then(|engine| engine.clone())
     }
 
-    /// Scans a body that is already whole in memory (an Envoy BUFFERED body), received with
-    /// `encodings` (its `Content-Encoding`, in the order applied; empty: none).
+    /// Scans a body held whole (a FULL_DUPLEX or BUFFERED ext_proc body, a Scan API or CLI body),
+    /// received with `encodings` (its `Content-Encoding`, in the order applied; empty: none). Its
+    /// key is the SHA-256 the [`HeldBody`] computed as the pieces arrived.
     ///
     /// The cache is consulted first (unless `cache_mode` is `off`), so a body seen before is
-    /// answered without clamd; a scan of the same body already under way is waited for. An encoded
-    /// body is decoded on its way to clamd (see [`Self::scan_held`] for what its decoding can end in).
-    pub async fn scan_body(
-        &self,
-        body: &[u8],
-        encodings: &[Encoding],
-        source: Source,
-        cache_mode: CacheMode,
-    ) -> ScanReport {
-        let received = content_key(body);
-        self.scan(Subject::new(ScanInput::Memory(body), encodings, received), source, cache_mode).await
-    }
-
-    /// Scans a body a stream has held whole (FULL_DUPLEX_STREAMED), whose SHA-256 (`received`) the
-    /// stream computed as the pieces arrived. Same cache and single-flight rules as
-    /// [`Self::scan_body`].
+    /// answered without clamd; a scan of the same body already under way is waited for.
     ///
     /// With `encodings`, clamd gets the decoded body, decoded piece by piece as it is sent (never
     /// whole in memory), within [`DecodeLimits`]: at most `max_scan_bytes` decoded
@@ -214,12 +201,11 @@ impl Scanner {
     pub async fn scan_held(
         &self,
         body: &HeldBody,
-        received: &ContentKey,
         encodings: &[Encoding],
         source: Source,
         cache_mode: CacheMode,
     ) -> ScanReport {
-        self.scan(Subject::new(ScanInput::Held(body), encodings, *received), source, cache_mode).await
+        self.scan(Subject::new(body, encodings, body.content_key()), source, cache_mode).await
     }
 
     /// The report for a body that will not be scanned (the caller knows why: too large by its
@@ -488,7 +474,7 @@ impl Scanner {
     /// [`crate::spool::Spool`]) until it is complete: no clamd slot is taken while the pieces
     /// trickle in, so a slow sender cannot hold a clamd thread.
     pub fn streaming(&self, source: Source, body: HeldBody) -> StreamingScan<'_> {
-        StreamingScan { scanner: self, source, hasher: Sha256::new(), body_bytes: 0, held: Some(body) }
+        StreamingScan { scanner: self, source, body }
     }
 
     /// The whole-scan deadline of a body of `bytes` bytes without encoding: `scan.timeout_ms`
@@ -500,7 +486,7 @@ impl Scanner {
 
     /// The clamd verdict on `body`: one scan of the bytes as they are, and for a body with
     /// `encodings` the scans [`Self::scan_encoded`] makes.
-    async fn scan_with_clamd(&self, body: ScanInput<'_>, encodings: &[Encoding]) -> Verdict {
+    async fn scan_with_clamd(&self, body: &HeldBody, encodings: &[Encoding]) -> Verdict {
         if encodings.is_empty() {
             self.scan_received(body).await
         } else {
@@ -509,7 +495,7 @@ impl Scanner {
     }
 
     /// One clamd scan of the bytes as received.
-    async fn scan_received(&self, body: ScanInput<'_>) -> Verdict {
+    async fn scan_received(&self, body: &HeldBody) -> Verdict {
         let mut session = match self.open_session().await {
             Ok(session) => session,
             Err(reason) => return Verdict::Unscanned { reason },
@@ -532,7 +518,7 @@ impl Scanner {
     ///
     /// A signature found stops the scans; so does clamd being unable to scan, since no later scan
     /// could make the body `Clean`.
-    async fn scan_encoded(&self, body: ScanInput<'_>, encodings: &[Encoding]) -> Verdict {
+    async fn scan_encoded(&self, body: &HeldBody, encodings: &[Encoding]) -> Verdict {
         let (mut verdict, members) = self.scan_decoded(body, encodings).await;
         if is_settled(&verdict) {
             return verdict;
@@ -546,7 +532,7 @@ impl Scanner {
 
     /// One clamd scan of the decoding of `body`, and the number of gzip members of its content
     /// ([`BodyDecoder::gzip_member`]: 0 unless gzip gives the content).
-    async fn scan_decoded(&self, body: ScanInput<'_>, encodings: &[Encoding]) -> (Verdict, u32) {
+    async fn scan_decoded(&self, body: &HeldBody, encodings: &[Encoding]) -> (Verdict, u32) {
         let mut session = match self.open_session().await {
             Ok(session) => session,
             Err(reason) => return (Verdict::Unscanned { reason }, 0),
@@ -564,7 +550,7 @@ impl Scanner {
     /// file of its own, one clamd scan per non-empty member, one after the other. Decoding stops
     /// where the first decoding did (the verdict on the decoded body already says why); the member
     /// it stopped in is scanned as far as it decoded.
-    async fn scan_gzip_members(&self, body: ScanInput<'_>, encodings: &[Encoding]) -> Verdict {
+    async fn scan_gzip_members(&self, body: &HeldBody, encodings: &[Encoding]) -> Verdict {
         let mut decoder = BodyDecoder::new(encodings, self.decode_limits());
         let mut piece = Vec::new();
         let large_body = body.len() >= BLOCKING_HASH_BYTES as u64;
@@ -573,7 +559,7 @@ impl Scanner {
         let mut current: Option<(u32, ClamdSession)> = None;
         let mut offset = 0u64;
         'input: loop {
-            let input = match body.read_at(offset).await {
+            let input = match read_held(body, offset).await {
                 Ok(input) => input,
                 Err(reason) => return combine_verdicts(verdict, Verdict::Unscanned { reason }),
             };
@@ -649,7 +635,7 @@ impl Scanner {
     async fn send_decoded(
         &self,
         session: &mut ClamdSession,
-        body: ScanInput<'_>,
+        body: &HeldBody,
         encodings: &[Encoding],
     ) -> (Result<(), SendFailure>, u32) {
         let mut decoder = BodyDecoder::new(encodings, self.decode_limits());
@@ -657,7 +643,7 @@ impl Scanner {
         let large_body = body.len() >= BLOCKING_HASH_BYTES as u64;
         let mut offset = 0u64;
         let result = loop {
-            let input = match body.read_at(offset).await {
+            let input = match read_held(body, offset).await {
                 Ok(input) => input,
                 Err(reason) => return (Err(SendFailure::Unscanned(reason)), decoder.gzip_member()),
             };
@@ -919,30 +905,6 @@ impl Throttle {
     }
 }
 
-/// Bytes at least this many are hashed (or decoded) off the async worker (see [`off_worker`]).
-const BLOCKING_HASH_BYTES: usize = 256 * 1024;
-
-/// Runs `hash`, which hashes `bytes` bytes. Hashing megabytes takes milliseconds; on the
-/// multi-thread runtime a large input is hashed under `block_in_place` (see [`off_worker`]).
-pub(crate) fn hash_off_worker<R>(bytes: usize, hash: impl FnOnce() -> R) -> R {
-    off_worker(bytes >= BLOCKING_HASH_BYTES, hash)
-}
-
-/// Runs `work`; when it is `heavy` and this is the multi-thread runtime, under `block_in_place`,
-/// so the worker's other tasks (other streams, the Redis connection) move to another thread
-/// instead of waiting behind it. (`block_in_place` would panic on a current-thread runtime:
-/// there it runs inline.)
-fn off_worker<R>(heavy: bool, work: impl FnOnce() -> R) -> R {
-    use tokio::runtime::{Handle, RuntimeFlavor};
-    let multi_thread =
-        Handle::try_current().is_ok_and(|handle| handle.runtime_flavor() == RuntimeFlavor::MultiThread);
-    if heavy && multi_thread {
-        tokio::task::block_in_place(work)
-    } else {
-        work()
-    }
-}
-
 /// The cache (and single-flight) key of a body received as the bytes whose SHA-256 is
 /// `received`, with `encodings` (its `Content-Encoding`, in the order applied).
 ///
@@ -1036,10 +998,10 @@ enum SendFailure {
 }
 
 /// Sends `body` to clamd as it is.
-async fn send_body(session: &mut ClamdSession, body: ScanInput<'_>) -> Result<(), UnscannedReason> {
+async fn send_body(session: &mut ClamdSession, body: &HeldBody) -> Result<(), UnscannedReason> {
     let mut offset = 0u64;
     while offset < body.len() {
-        let piece = body.read_at(offset).await?;
+        let piece = read_held(body, offset).await?;
         if piece.is_empty() {
             break;
         }
@@ -1093,51 +1055,22 @@ fn decode_batch(decoder: &mut BodyDecoder, batch: &mut Vec<u8>) -> Result<Batch,
     Ok(Batch::Full)
 }
 
-/// The content key of a body, hashed off the worker when large.
-fn content_key(body: &[u8]) -> ContentKey {
-    hash_off_worker(body.len(), || ContentKey::of(body))
-}
-
 fn entry_engine(engine: &str, database_version: Option<u64>) -> EngineVersion {
     EngineVersion { engine: engine.to_string(), database_version, database_date: None }
 }
 
-/// A body to scan: whole in memory, or held by a stream (in memory or in a temp file).
-#[derive(Clone, Copy)]
-enum ScanInput<'a> {
-    Memory(&'a [u8]),
-    Held(&'a HeldBody),
-}
-
-impl ScanInput<'_> {
-    fn len(&self) -> u64 {
-        match self {
-            ScanInput::Memory(bytes) => bytes.len() as u64,
-            ScanInput::Held(held) => held.len(),
-        }
-    }
-
-    /// Up to [`CLAMD_CHUNK_BYTES`] from `offset` (empty at the end). Copies from memory: a decoder
-    /// takes owned pieces.
-    async fn read_at(&self, offset: u64) -> Result<bytes::Bytes, UnscannedReason> {
-        match self {
-            ScanInput::Memory(bytes) => {
-                let start = usize::try_from(offset).unwrap_or(usize::MAX).min(bytes.len());
-                let end = bytes.len().min(start + CLAMD_CHUNK_BYTES);
-                Ok(bytes::Bytes::copy_from_slice(&bytes[start..end]))
-            }
-            ScanInput::Held(held) => held.read_at(offset, CLAMD_CHUNK_BYTES).await.map_err(|err| {
-                tracing::warn!(error = %err, "cannot read a held body back from its temp file");
-                UnscannedReason::EngineError
-            }),
-        }
-    }
+/// Up to [`CLAMD_CHUNK_BYTES`] of a held body from `offset` (empty at the end).
+async fn read_held(body: &HeldBody, offset: u64) -> Result<bytes::Bytes, UnscannedReason> {
+    body.read_at(offset, CLAMD_CHUNK_BYTES).await.map_err(|err| {
+        tracing::warn!(error = %err, "cannot read a held body back from its temp file");
+        UnscannedReason::EngineError
+    })
 }
 
 /// What one scan is about: the body, how it is encoded, and what it is known by.
 #[derive(Clone, Copy)]
 struct Subject<'a> {
-    input: ScanInput<'a>,
+    input: &'a HeldBody,
     /// The body's `Content-Encoding`, in the order applied (empty: none).
     encodings: &'a [Encoding],
     /// SHA-256 of the bytes received: reported as [`ScanReport::sha256`].
@@ -1147,7 +1080,7 @@ struct Subject<'a> {
 }
 
 impl<'a> Subject<'a> {
-    fn new(input: ScanInput<'a>, encodings: &'a [Encoding], received: ContentKey) -> Subject<'a> {
+    fn new(input: &'a HeldBody, encodings: &'a [Encoding], received: ContentKey) -> Subject<'a> {
         Subject { input, encodings, received, key: encoded_content_key(&received, encodings) }
     }
 }
@@ -1296,10 +1229,8 @@ impl AbandonedScan {
 pub struct StreamingScan<'a> {
     scanner: &'a Scanner,
     source: Source,
-    hasher: Sha256,
-    body_bytes: u64,
-    /// `None` once the body passed `max_scan_bytes`: the rest is only hashed.
-    held: Option<HeldBody>,
+    /// Held and hashed as it arrives; past `max_scan_bytes`, only hashed.
+    body: HeldBody,
 }
 
 impl StreamingScan<'_> {
@@ -1310,38 +1241,36 @@ impl StreamingScan<'_> {
     /// An error means the piece could not be held (the spool's disk budget is full, see
     /// [`crate::spool::SpoolFull`], or the temp file failed): the scan cannot reach a verdict.
     pub async fn push(&mut self, piece: bytes::Bytes) -> std::io::Result<()> {
-        hash_off_worker(piece.len(), || self.hasher.update(&piece));
-        self.body_bytes += piece.len() as u64;
-        if self.body_bytes > self.scanner.settings.max_scan_bytes {
-            self.held = None;
-            return Ok(());
+        if self.body.received() + piece.len() as u64 > self.scanner.settings.max_scan_bytes {
+            self.body.stop_holding();
         }
-        match &mut self.held {
-            Some(held) => held.push(piece).await,
-            None => Ok(()),
-        }
+        self.body.push(piece).await
     }
 
     /// Bytes pushed so far.
     pub fn body_bytes(&self) -> u64 {
-        self.body_bytes
+        self.body.received()
     }
 
     /// Ends the body and scans it (see [`Scanner::scan_held`]); counted like any verdict.
     pub async fn finish(self) -> ScanReport {
-        let StreamingScan { scanner, source, hasher, body_bytes, held } = self;
-        let key = ContentKey::from_digest(hasher.finalize().into());
-        match held {
-            Some(held) => scanner.scan_held(&held, &key, &[], source, CacheMode::Content).await,
-            None => scanner.report_unscanned(&key.hex(), body_bytes, UnscannedReason::TooLarge, source),
+        let StreamingScan { scanner, source, body } = self;
+        if body.is_holding() {
+            return scanner.scan_held(&body, &[], source, CacheMode::Content).await;
         }
+        scanner.report_unscanned(
+            &body.content_key().hex(),
+            body.received(),
+            UnscannedReason::TooLarge,
+            source,
+        )
     }
 
     /// The body did not arrive in time: `Unscanned { timeout }` for the bytes received so far
     /// (the report's `sha256` is theirs), counted like any verdict.
     pub fn timed_out(self) -> ScanReport {
-        let key = ContentKey::from_digest(self.hasher.finalize().into());
-        self.scanner.report_unscanned(&key.hex(), self.body_bytes, UnscannedReason::Timeout, self.source)
+        let key = self.body.content_key();
+        self.scanner.report_unscanned(&key.hex(), self.body.received(), UnscannedReason::Timeout, self.source)
     }
 }
 
@@ -1536,14 +1465,17 @@ mod tests {
         assert_eq!(scanner.entry_for(&unscanned, Some(&before)), None, "never under a resource key");
     }
 
-    #[test]
-    fn an_encoded_body_gets_the_deadline_of_the_largest_decoded_body() {
+    #[tokio::test]
+    async fn an_encoded_body_gets_the_deadline_of_the_largest_decoded_body() {
         let config = Config::default();
         let scanner = scanner(&config);
-        let body = vec![0u8; 3 * 1024 * 1024];
-        let received = ContentKey::of(&body);
-        let identity = Subject::new(ScanInput::Memory(&body), &[], received);
-        let encoded = Subject::new(ScanInput::Memory(&body), &[Encoding::Zstd], received);
+        let spool =
+            crate::spool::Spool::new(1 << 30, 1 << 30, std::env::temp_dir(), Arc::new(Metrics::new()));
+        let mut body = spool.hold();
+        body.push(vec![0u8; 3 * 1024 * 1024].into()).await.expect("held in memory");
+        let received = body.content_key();
+        let identity = Subject::new(&body, &[], received);
+        let encoded = Subject::new(&body, &[Encoding::Zstd], received);
         let per_mib = Duration::from_millis(config.scan.timeout_per_mib_ms);
         let base = Duration::from_millis(config.scan.timeout_ms);
         assert_eq!(scanner.deadline_for(&identity), base + per_mib * 3);

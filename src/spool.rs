@@ -14,8 +14,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
+use sha2::{Digest, Sha256};
 
+use crate::cache::ContentKey;
+use crate::config::BodiesConfig;
 use crate::metrics::Metrics;
+use crate::offload::hash_off_worker;
 
 /// Largest piece a held body is read back in (Envoy's limit for one streamed body chunk).
 pub const READ_PIECE_BYTES: usize = 64 * 1024;
@@ -119,6 +123,13 @@ impl Spool {
         }
     }
 
+    /// The spool `[bodies]` configures: its memory budget and per-stream cap, its directory and
+    /// its disk budget.
+    pub fn from_config(bodies: &BodiesConfig, metrics: Arc<Metrics>) -> Spool {
+        Spool::new(bodies.memory_budget_bytes, bodies.stream_memory_bytes, bodies.spool_dir(), metrics)
+            .with_disk_budget(bodies.disk_budget_bytes)
+    }
+
     /// The same spool with temp files limited to `bytes` across streams.
     pub fn with_disk_budget(self, bytes: u64) -> Spool {
         Spool { disk_budget: Arc::new(ByteBudget::new(bytes)), ..self }
@@ -135,6 +146,9 @@ impl Spool {
             file: None,
             on_disk: 0,
             len: 0,
+            hasher: Sha256::new(),
+            received: 0,
+            holding: true,
         }
     }
 
@@ -189,6 +203,12 @@ pub struct HeldBody {
     /// Bytes taken from the disk budget.
     on_disk: u64,
     len: u64,
+    /// SHA-256 of every byte pushed, held or not: the body's [`ContentKey`].
+    hasher: Sha256,
+    /// Bytes pushed (equal to `len` while holding).
+    received: u64,
+    /// False after [`HeldBody::stop_holding`]: pieces are only hashed.
+    holding: bool,
 }
 
 impl HeldBody {
@@ -206,6 +226,33 @@ impl HeldBody {
         self.file.is_some()
     }
 
+    /// Bytes pushed, held or (after [`Self::stop_holding`]) only hashed.
+    pub fn received(&self) -> u64 {
+        self.received
+    }
+
+    /// The SHA-256 of every byte pushed so far: the key the body is cached and scanned under.
+    pub fn content_key(&self) -> ContentKey {
+        ContentKey::from_digest(self.hasher.clone().finalize().into())
+    }
+
+    /// False once [`Self::stop_holding`] freed the body.
+    pub fn is_holding(&self) -> bool {
+        self.holding
+    }
+
+    /// Frees what is held (memory, temp file, budgets) and holds nothing more: later pieces are
+    /// only hashed, so that a body too large to scan is still named by its content.
+    pub fn stop_holding(&mut self) {
+        self.give_back_everything();
+        self.pieces = Vec::new();
+        self.starts = Vec::new();
+        self.tail = Vec::new();
+        self.file = None;
+        self.len = 0;
+        self.holding = false;
+    }
+
     /// Appends a piece: in memory while this stream's cap and the shared budget allow, else the
     /// whole body moves to a temp file and stays there. Small pieces are copied together
     /// (in memory, and before they are written to the file).
@@ -214,6 +261,11 @@ impl HeldBody {
             return Ok(());
         }
         let size = piece.len() as u64;
+        hash_off_worker(piece.len(), || self.hasher.update(&piece));
+        self.received += size;
+        if !self.holding {
+            return Ok(());
+        }
         if self.file.is_none() {
             let charge = self.memory_charge(piece.len());
             let fits_stream = self.in_memory + charge <= self.spool.stream_memory_bytes;
@@ -424,7 +476,9 @@ impl HeldBody {
     /// Writes a piece at `offset` of the temp file; the caller has taken its bytes from the disk
     /// budget.
     async fn write_at(&self, piece: Bytes, offset: u64) -> io::Result<()> {
-        let file = self.file.clone().expect("write_at is called once the file exists");
+        let Some(file) = self.file.clone() else {
+            return Err(io::Error::other("a held body was written to before its temp file existed"));
+        };
         let size = piece.len() as u64;
         blocking(move || file.write_all_at(&piece, offset)).await?;
         self.spool.metrics.add_held_disk(size as i64);
@@ -440,8 +494,9 @@ impl HeldBody {
     }
 }
 
-impl Drop for HeldBody {
-    fn drop(&mut self) {
+impl HeldBody {
+    /// Gives the memory and disk budgets back what this body took, and its gauges.
+    fn give_back_everything(&mut self) {
         self.release_memory();
         if self.file.is_some() {
             // Small pieces still waiting in `tail` were never written (nor counted).
@@ -449,6 +504,13 @@ impl Drop for HeldBody {
             self.spool.metrics.add_held_disk(-(written as i64));
         }
         self.spool.disk_budget.give_back(self.on_disk);
+        self.on_disk = 0;
+    }
+}
+
+impl Drop for HeldBody {
+    fn drop(&mut self) {
+        self.give_back_everything();
     }
 }
 

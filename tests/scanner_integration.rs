@@ -23,6 +23,7 @@ use support::clamd::ClamdProcess;
 use support::clamgate::{metric_value, test_config};
 use support::redis::RedisProcess;
 use support::samples;
+use support::scan::ScanBytes;
 
 fn scanner(config: &Config) -> (Scanner, Arc<Metrics>) {
     let metrics = Arc::new(Metrics::new());

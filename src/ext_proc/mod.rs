@@ -33,8 +33,9 @@ use sha2::{Digest, Sha256};
 use crate::cache::ContentKey;
 use crate::config::{Config, PolicyConfig, ResponseConfig};
 use crate::metrics::{Metrics, Source};
+use crate::offload::hash_off_worker;
 use crate::policy::{decide, Decision, DecisionContext, Direction};
-use crate::scanner::{hash_off_worker, ResourceLookup, ScanReport, Scanner};
+use crate::scanner::{ResourceLookup, ScanReport, Scanner};
 use crate::spool::{HeldBody, MemoryCharge, Spool, SpoolFull, READ_PIECE_BYTES};
 use crate::verdict::{UnscannedReason, Verdict};
 use route_policy::GrpcMetadataPolicy;
@@ -60,14 +61,7 @@ pub struct ExtProcService {
 
 impl ExtProcService {
     pub fn new(scanner: Arc<Scanner>, config: Arc<Config>, metrics: Arc<Metrics>) -> Self {
-        let bodies = &config.bodies;
-        let spool = Spool::new(
-            bodies.memory_budget_bytes,
-            bodies.stream_memory_bytes,
-            bodies.spool_dir(),
-            metrics.clone(),
-        )
-        .with_disk_budget(bodies.disk_budget_bytes);
+        let spool = Spool::from_config(&config.bodies, metrics.clone());
         ExtProcService { scanner, config, metrics, spool }
     }
 
@@ -270,7 +264,6 @@ impl ExtProcService {
                 // message for the rest of the stream, and the body itself is held like a
                 // FULL_DUPLEX one (memory within the budget, else a temp file) while it is scanned.
                 context.decode_buffer.raise_to(body.len() as u64);
-                let key = hash_off_worker(body.len(), || ContentKey::of(&body));
                 let mut held = self.spool.hold();
                 if let Err(err) = held.push(bytes::Bytes::from(body)).await {
                     return Err(self.hold_failed(state, &err));
@@ -279,7 +272,6 @@ impl ExtProcService {
                     .scanner
                     .scan_held(
                         &held,
-                        &key,
                         state.encodings(direction),
                         source(direction),
                         context.policy.cache_mode,
@@ -461,10 +453,8 @@ impl ExtProcService {
         trailers: Option<Vec<String>>,
         out: &Outbox<'_>,
     ) -> Result<(), Stop> {
-        let key = ContentKey::from_digest(holding.hasher.clone().finalize().into());
         let scan = self.scanner.scan_held(
             &holding.body,
-            &key,
             state.encodings(direction),
             source(direction),
             context.policy.cache_mode,
@@ -714,10 +704,9 @@ impl Verifying {
     }
 }
 
-/// A FULL_DUPLEX body being held, with its running SHA-256 and the headers' pending answer.
+/// A FULL_DUPLEX body being held (hashed as it grows) and the headers' pending answer.
 struct Holding {
     body: HeldBody,
-    hasher: Sha256,
     /// The answer the held headers get when released (None: they were answered already, with
     /// the mode override that switched this body to FULL_DUPLEX).
     headers_answer: Option<ProcessingResponse>,
@@ -725,11 +714,10 @@ struct Holding {
 
 impl Holding {
     fn new(body: HeldBody, headers_answer: Option<ProcessingResponse>) -> Holding {
-        Holding { body, hasher: Sha256::new(), headers_answer }
+        Holding { body, headers_answer }
     }
 
     async fn push(&mut self, piece: Vec<u8>) -> std::io::Result<()> {
-        hash_off_worker(piece.len(), || self.hasher.update(&piece));
         self.body.push(bytes::Bytes::from(piece)).await
     }
 

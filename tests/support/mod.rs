@@ -11,6 +11,7 @@ pub mod gen;
 pub mod http;
 pub mod redis;
 pub mod samples;
+pub mod scan;
 pub mod stack;
 pub mod tls;
 pub mod upstream;
