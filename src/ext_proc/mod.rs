@@ -13,6 +13,7 @@
 //! the channel, a panic or an abort of the task through [`Answers`], which watches the task itself
 //! (so the status never needs room in a full channel).
 
+pub mod error;
 pub mod response;
 pub mod route_policy;
 pub mod state;
@@ -36,8 +37,9 @@ use crate::metrics::{Metrics, Source};
 use crate::offload::hash_off_worker;
 use crate::policy::{decide, Decision, DecisionContext, Direction};
 use crate::scanner::{ResourceLookup, ScanReport, Scanner};
-use crate::spool::{HeldBody, MemoryCharge, Spool, SpoolFull, READ_PIECE_BYTES};
+use crate::spool::{HeldBody, MemoryCharge, Spool, READ_PIECE_BYTES};
 use crate::verdict::{UnscannedReason, Verdict};
+use error::StreamError;
 use route_policy::GrpcMetadataPolicy;
 use state::{on_message, Action, StreamPolicy, StreamState};
 
@@ -76,12 +78,8 @@ impl ExtProcService {
         &self,
         first: &ProcessingRequest,
         grpc_metadata_policy: &GrpcMetadataPolicy,
-    ) -> Result<PolicyConfig, Status> {
-        let fail = |message: String| {
-            tracing::warn!(error = %message, "cannot tell which policy the route uses; failing the stream");
-            self.metrics.record_stream_error("protocol");
-            Status::failed_precondition(message)
-        };
+    ) -> Result<PolicyConfig, StreamError> {
+        let fail = StreamError::Policy;
         let grpc_metadata_policy = match grpc_metadata_policy {
             None => None,
             Some(Ok(name)) => Some(name.as_str()),
@@ -151,8 +149,11 @@ impl ExtProcService {
         answers: &mpsc::Sender<Result<ProcessingResponse, Status>>,
     ) -> Result<(), Status> {
         // The policy comes with the first message (its route metadata attribute).
-        let Some(first) = self.receive(&mut inbound, None).await? else { return Ok(()) };
-        let policy = self.policy_for(&first, &grpc_metadata_policy)?;
+        let before_headers = |error: StreamError| error.emit("", &self.metrics);
+        let Some(first) = self.receive(&mut inbound, None).await.map_err(before_headers)? else {
+            return Ok(());
+        };
+        let policy = self.policy_for(&first, &grpc_metadata_policy).map_err(before_headers)?;
         let stream_policy = StreamPolicy::from_config(&policy, self.scanner.max_scan_bytes());
         let mut state = StreamState::new(stream_policy);
         let context = StreamContext {
@@ -166,22 +167,22 @@ impl ExtProcService {
         loop {
             let message = match next.take() {
                 Some(message) => message,
-                None => match self.receive(&mut inbound, Some(&state)).await? {
-                    Some(message) => message,
+                None => match self.receive(&mut inbound, Some(&state)).await {
+                    Ok(Some(message)) => message,
                     // Envoy closed its side with a body still held (it never sent the end):
                     // nothing was decided, so the stream must not end OK (rule 1).
-                    None if duplex.iter().any(|slot| matches!(slot, Some(Duplex::Holding(_)))) => {
-                        self.metrics.record_stream_error("inbound");
-                        return Err(Status::aborted("Envoy ended the stream before the end of a held body"));
+                    Ok(None) if duplex.iter().any(|slot| matches!(slot, Some(Duplex::Holding(_)))) => {
+                        return Err(StreamError::HeldBodyCutShort.emit(&state.request_id, &self.metrics));
                     }
-                    None => return Ok(()),
+                    Ok(None) => return Ok(()),
+                    Err(error) => return Err(error.emit(&state.request_id, &self.metrics)),
                 },
             };
             match self.handle(&context, &mut state, &mut duplex, message, &out).await {
                 Ok(()) => {}
                 // Envoy went away; nobody is left to answer.
                 Err(Stop::Gone) => return Ok(()),
-                Err(Stop::Fail(status)) => return Err(status),
+                Err(Stop::Fail(error)) => return Err(error.emit(&state.request_id, &self.metrics)),
             }
         }
     }
@@ -256,8 +257,7 @@ impl ExtProcService {
             }
             Action::RefuseCachedInfected { .. } => {
                 // Handled above; on_message never nests it.
-                self.metrics.record_stream_error("internal");
-                return Err(Stop::Fail(Status::internal("clamgate met a nested refusal")));
+                return Err(Stop::Fail(StreamError::Internal("a nested refusal")));
             }
             Action::Scan { direction, body } => {
                 // A BUFFERED body, one message: tonic's decode buffer keeps room for the largest
@@ -266,7 +266,7 @@ impl ExtProcService {
                 context.decode_buffer.raise_to(body.len() as u64);
                 let mut held = self.spool.hold();
                 if let Err(err) = held.push(bytes::Bytes::from(body)).await {
-                    return Err(self.hold_failed(state, &err));
+                    return Err(Stop::Fail(StreamError::holding(&err)));
                 }
                 let report = self
                     .scanner
@@ -331,11 +331,7 @@ impl ExtProcService {
                 }
                 response::trailers_continue(direction, remove_trailers)
             }
-            Action::Fail(error) => {
-                tracing::warn!(request_id = %state.request_id, error = %error, "ending ext_proc stream with an error");
-                self.metrics.record_stream_error(error.kind());
-                return Err(Stop::Fail(error.to_status()));
-            }
+            Action::Fail(error) => return Err(Stop::Fail(error)),
         };
         out.send(answer).await
     }
@@ -370,7 +366,7 @@ impl ExtProcService {
                 return Ok(());
             }
             if let Err(err) = holding.push(body).await {
-                return Err(self.hold_failed(state, &err));
+                return Err(Stop::Fail(StreamError::holding(&err)));
             }
             if end_of_stream {
                 *slot = Some(Duplex::Refused);
@@ -396,19 +392,6 @@ impl ExtProcService {
             // Held bodies were handled above; after a block, later pieces are ignored.
             Some(Duplex::Refused) | Some(Duplex::Holding(_)) | None => Ok(()),
         }
-    }
-
-    /// A body could not be held (no room, or a failing temp file): the stream fails.
-    fn hold_failed(&self, state: &StreamState, err: &std::io::Error) -> Stop {
-        if SpoolFull::is(err) {
-            // Capacity, not a fault: Envoy answers 503 and the client may retry.
-            tracing::warn!(request_id = %state.request_id, error = %err, "no room to hold a body (bodies.disk_budget_bytes); failing the stream");
-            self.metrics.record_stream_error("spool_full");
-            return Stop::Fail(Status::resource_exhausted("clamgate has no room to hold the body"));
-        }
-        tracing::error!(request_id = %state.request_id, error = %err, "cannot hold a body (temp file); failing the stream");
-        self.metrics.record_stream_error("spool");
-        Stop::Fail(Status::internal("clamgate could not hold the body"))
     }
 
     /// A held body grew past `max_scan_bytes`: `Unscanned { too_large }`. Blocked: the immediate
@@ -531,15 +514,15 @@ impl ExtProcService {
         &self,
         inbound: &mut Streaming<ProcessingRequest>,
         state: Option<&StreamState>,
-    ) -> Result<Option<ProcessingRequest>, Status> {
+    ) -> Result<Option<ProcessingRequest>, StreamError> {
         inbound.message().await.map_err(|status| {
             let finished = state.is_some_and(StreamState::is_complete);
-            if !finished && status.code() != tonic::Code::Cancelled {
-                let request_id = state.map(|state| state.request_id.as_str()).unwrap_or_default();
-                tracing::warn!(request_id = %request_id, error = %status.message(), "inbound ext_proc stream failed before a decision");
-                self.metrics.record_stream_error("inbound");
+            let message = status.message().to_string();
+            if finished || status.code() == tonic::Code::Cancelled {
+                StreamError::InboundAfterDecision(message)
+            } else {
+                StreamError::Inbound(message)
             }
-            Status::aborted(format!("inbound stream failed: {}", status.message()))
         })
     }
 
@@ -657,8 +640,8 @@ impl ResourceMismatch<'_> {
 enum Stop {
     /// Envoy went away (the client left, or the stream was reset): nobody is waiting.
     Gone,
-    /// End the stream with this error status.
-    Fail(Status),
+    /// End the stream with this error.
+    Fail(StreamError),
 }
 
 /// Where answers go, in order.
@@ -741,10 +724,10 @@ impl Holding {
         }
         let mut offset = 0;
         while offset < total {
-            let piece = body.read_at(offset, READ_PIECE_BYTES).await.map_err(|err| {
-                tracing::error!(error = %err, "cannot read a held body back; failing the stream");
-                Stop::Fail(Status::internal("clamgate could not read the held body back"))
-            })?;
+            let piece = body
+                .read_at(offset, READ_PIECE_BYTES)
+                .await
+                .map_err(|err| Stop::Fail(StreamError::ReadBack(err.to_string())))?;
             if piece.is_empty() {
                 break;
             }
@@ -813,9 +796,8 @@ impl tokio_stream::Stream for Answers {
             Ok(()) => Poll::Ready(None),
             Err(err) => {
                 let why = if err.is_panic() { "panicked" } else { "was cancelled" };
-                tracing::error!(error = %err, "the ext_proc stream task {why}; ending the stream with an error");
-                this.metrics.record_stream_error("internal");
-                Poll::Ready(Some(Err(Status::internal("clamgate ended the stream before a decision"))))
+                let error = StreamError::TaskEnded { why, detail: err.to_string() };
+                Poll::Ready(Some(Err(error.emit("", &this.metrics))))
             }
         }
     }

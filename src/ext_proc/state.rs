@@ -29,6 +29,7 @@ use crate::policy::Direction;
 use crate::scanner::ScanReport;
 use crate::verdict::UnscannedReason;
 
+use super::error::StreamError;
 use super::response;
 
 /// Headers clamgate owns. Any a client or an upstream sends are removed.
@@ -87,46 +88,6 @@ pub enum Action {
     DuplexTrailers { direction: Direction, remove_trailers: Vec<String> },
     /// End the stream with an error status: never answer, never end OK.
     Fail(StreamError),
-}
-
-/// Why a stream was ended with an error status.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum StreamError {
-    #[error("message out of order: {0}")]
-    OutOfOrder(String),
-    #[error("empty ProcessingRequest (no request field)")]
-    EmptyMessage,
-    #[error("{direction:?} body mode {mode} cannot be scanned safely; use BUFFERED")]
-    UnsupportedBodyMode { direction: Direction, mode: String },
-    #[error("a {0:?} body arrived in pieces but the body mode is unknown; refusing to scan part of it")]
-    PartialBody(Direction),
-    #[error(
-        "Envoy's processing_mode sends no {0:?} body (body mode NONE) but the policy scans it: \
-         fix the route's or the filter's processing_mode"
-    )]
-    BodyModeNone(Direction),
-    #[error("Envoy runs ext_proc in observability_mode: it would not wait for a verdict")]
-    ObservabilityMode,
-}
-
-impl StreamError {
-    /// The `kind` label of `clamgate_ext_proc_stream_errors_total`: `body_mode` for an Envoy
-    /// configuration under which bodies cannot be scanned, `protocol` for messages out of order.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            StreamError::UnsupportedBodyMode { .. }
-            | StreamError::BodyModeNone(_)
-            | StreamError::ObservabilityMode => "body_mode",
-            StreamError::OutOfOrder(_) | StreamError::EmptyMessage | StreamError::PartialBody(_) => {
-                "protocol"
-            }
-        }
-    }
-
-    /// The gRPC status Envoy sees (any non-OK status makes it answer `status_on_error`).
-    pub fn to_status(&self) -> tonic::Status {
-        tonic::Status::failed_precondition(self.to_string())
-    }
 }
 
 /// Where one direction (request or response) is in its headers → body → trailers sequence.
@@ -1216,7 +1177,7 @@ mod tests {
         let mut state = StreamState::new(StreamPolicy { scan_responses: false, ..SCAN_BOTH });
         let first = with_modes(get_headers_only("GET"), BodySendMode::Buffered, BodySendMode::None);
         assert!(matches!(on_message(&mut state, first), Action::Reply(_)));
-        assert_eq!(StreamError::BodyModeNone(Direction::Response).kind(), "body_mode");
+        assert_eq!(StreamError::BodyModeNone(Direction::Response).kind(), Some("body_mode"));
     }
 
     #[test]
