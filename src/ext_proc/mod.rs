@@ -18,6 +18,7 @@ pub mod response;
 pub mod route_policy;
 pub mod state;
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -36,12 +37,12 @@ use crate::config::{Config, PolicyConfig, ResponseConfig};
 use crate::metrics::{Metrics, Source};
 use crate::offload::hash_off_worker;
 use crate::policy::{decide, Decision, DecisionContext, Direction};
-use crate::scanner::{ResourceLookup, ScanReport, Scanner};
+use crate::scanner::{ScanReport, Scanner};
 use crate::spool::{HeldBody, MemoryCharge, Spool, READ_PIECE_BYTES};
-use crate::verdict::{UnscannedReason, Verdict};
+use crate::verdict::Verdict;
 use error::StreamError;
 use route_policy::GrpcMetadataPolicy;
-use state::{on_message, Action, StreamPolicy, StreamState};
+use state::{on_message, Effect, StreamPolicy, StreamState, Then};
 
 /// The gRPC metadata key that names the policy of a route.
 pub const POLICY_METADATA_KEY: &str = "x-clamgate-policy";
@@ -95,13 +96,20 @@ impl ExtProcService {
     }
 }
 
-/// The per-stream context: the policy in force and the answers it shapes.
-struct StreamContext {
+/// One stream's context: its state machine, the policy in force and the answers it shapes, and
+/// the I/O the state machine leaves to the driver (held bodies, a hit's running hash, the answers).
+struct Stream<'a> {
+    state: StreamState,
     policy: PolicyConfig,
     response: ResponseConfig,
     /// tonic's decode buffer, counted in `bodies.memory_budget_bytes`: it grows to the largest
     /// message (a BUFFERED body) and keeps that size until the stream ends.
     decode_buffer: MemoryCharge,
+    /// Each direction's FULL_DUPLEX body while it is held.
+    held: [Option<HeldBody>; 2],
+    /// A verified resource hit's running SHA-256 (the response's).
+    verifying: Option<Verifying>,
+    out: Outbox<'a>,
 }
 
 type AnswerStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<ProcessingResponse, Status>> + Send>>;
@@ -154,312 +162,175 @@ impl ExtProcService {
             return Ok(());
         };
         let policy = self.policy_for(&first, &grpc_metadata_policy).map_err(before_headers)?;
-        let stream_policy = StreamPolicy::from_config(&policy, self.scanner.max_scan_bytes());
-        let mut state = StreamState::new(stream_policy);
-        let context = StreamContext {
+        let mut stream = Stream {
+            state: StreamState::new(StreamPolicy::from_config(&policy, self.scanner.max_scan_bytes())),
             policy,
             response: self.config.response.clone(),
             decode_buffer: self.spool.charge(),
+            held: [None, None],
+            verifying: None,
+            out: Outbox { answers },
         };
-        let out = Outbox { answers };
-        let mut duplex = [None, None];
         let mut next = Some(first);
         loop {
             let message = match next.take() {
                 Some(message) => message,
-                None => match self.receive(&mut inbound, Some(&state)).await {
+                None => match self.receive(&mut inbound, Some(&stream.state)).await {
                     Ok(Some(message)) => message,
                     // Envoy closed its side with a body still held (it never sent the end):
                     // nothing was decided, so the stream must not end OK (rule 1).
-                    Ok(None) if duplex.iter().any(|slot| matches!(slot, Some(Duplex::Holding(_)))) => {
-                        return Err(StreamError::HeldBodyCutShort.emit(&state.request_id, &self.metrics));
+                    Ok(None)
+                        if [Direction::Request, Direction::Response]
+                            .iter()
+                            .any(|d| stream.state.is_holding(*d)) =>
+                    {
+                        return Err(
+                            StreamError::HeldBodyCutShort.emit(&stream.state.request_id, &self.metrics)
+                        );
                     }
                     Ok(None) => return Ok(()),
-                    Err(error) => return Err(error.emit(&state.request_id, &self.metrics)),
+                    Err(error) => return Err(error.emit(&stream.state.request_id, &self.metrics)),
                 },
             };
-            match self.handle(&context, &mut state, &mut duplex, message, &out).await {
+            if let Some(kind) = message_kind(&message) {
+                self.metrics.record_ext_proc_message(kind);
+            }
+            let effects = on_message(&mut stream.state, message);
+            match self.execute(&mut stream, effects).await {
                 Ok(()) => {}
                 // Envoy went away; nobody is left to answer.
                 Err(Stop::Gone) => return Ok(()),
-                Err(Stop::Fail(error)) => return Err(error.emit(&state.request_id, &self.metrics)),
+                Err(Stop::Fail(error)) => return Err(error.emit(&stream.state.request_id, &self.metrics)),
             }
         }
     }
 
-    /// Handles one message: sends its answers (none while a FULL_DUPLEX body is held, many when
-    /// it is sent back).
-    async fn handle(
-        &self,
-        context: &StreamContext,
-        state: &mut StreamState,
-        duplex: &mut [Option<Duplex>; 2],
-        message: ProcessingRequest,
-        out: &Outbox<'_>,
-    ) -> Result<(), Stop> {
-        if let Some(kind) = message_kind(&message) {
-            self.metrics.record_ext_proc_message(kind);
+    /// Carries out `effects` in order; an effect that waits for an outcome (a lookup, a scan, a
+    /// decision) hands it back to the state machine, whose effects come next.
+    async fn execute(&self, stream: &mut Stream<'_>, effects: Vec<Effect>) -> Result<(), Stop> {
+        let mut queue: VecDeque<Effect> = effects.into();
+        while let Some(effect) = queue.pop_front() {
+            let next = self.execute_one(stream, effect).await?;
+            for effect in next.into_iter().rev() {
+                queue.push_front(effect);
+            }
         }
-        let action = match on_message(state, message) {
-            // The response is the version the cache knows infected: refused before any body byte
-            // passes, unless the policy lets it through (report only), then handled as usual.
-            Action::RefuseCachedInfected { report, otherwise } => {
-                match self.decide(context, state, Direction::Response, &report) {
-                    Decision::Block(block) => {
-                        duplex[Direction::Response as usize] = Some(Duplex::Refused);
-                        return out.send(response::immediate(&block)).await;
-                    }
-                    Decision::Continue { .. } => *otherwise,
-                }
+        Ok(())
+    }
+
+    /// Carries out one effect: I/O only (answers, the spool, scans, the cache); what follows is
+    /// the state machine's to say.
+    async fn execute_one(&self, stream: &mut Stream<'_>, effect: Effect) -> Result<Vec<Effect>, Stop> {
+        let state = &mut stream.state;
+        Ok(match effect {
+            Effect::Reply(answer) => {
+                stream.out.send(answer).await?;
+                Vec::new()
             }
-            action => action,
-        };
-        let answer = match action {
-            Action::Reply(answer) => answer,
-            Action::PassBody { direction } => response::body_continue(direction, None),
-            Action::LookupResource { resource } => match self.scanner.lookup_resource(&resource).await {
-                ResourceLookup::Infected(report) => {
-                    // Known infected with no real validator (immutable): refused before the
-                    // upstream is contacted. This answers the request headers: under report_only
-                    // the request goes on (a body answer here would be a spurious message to
-                    // Envoy), and the response is scanned as usual.
-                    match self.decide(context, state, Direction::Response, &report) {
-                        Decision::Block(block) => response::immediate(&block),
-                        Decision::Continue { .. } => state::request_headers_answer(state),
-                    }
-                }
-                ResourceLookup::InfectedUnlessChanged { known, report } => {
-                    // Decided at the response headers, by the validator the upstream sends now.
-                    state.record_infected_resource(known, report);
-                    state::request_headers_answer(state)
-                }
-                ResourceLookup::Clean { known } => {
-                    state.record_clean_resource(known);
-                    state::request_headers_answer(state)
-                }
-                ResourceLookup::Miss => state::request_headers_answer(state),
-            },
-            Action::PassCachedResource { remove_headers } => {
-                let verdict_header = self.clean_verdict_header(context, state);
-                tracing::debug!(request_id = %state.request_id, path = %state.path, "resource known clean; body passes unbuffered");
-                response::response_headers_pass_unbuffered(remove_headers, verdict_header)
+            Effect::Fail(error) => return Err(Stop::Fail(error)),
+            Effect::LookupResource { resource } => {
+                let lookup = self.scanner.lookup_resource(&resource).await;
+                state::on_resource_lookup(state, lookup)
             }
-            Action::EchoCachedResource { headers_answer, verify } => {
-                let verdict_header = self.clean_verdict_header(context, state);
-                duplex[Direction::Response as usize] = Some(match verify {
-                    Some(expected) => Duplex::Verifying(Box::new(Verifying::new(expected))),
-                    None => {
-                        self.metrics.record_resource_verification("partial");
-                        Duplex::Echoing
-                    }
-                });
-                response::with_verdict_header(headers_answer, verdict_header)
+            Effect::PassCachedResource { remove_headers } => {
+                let verdict_header = self.clean_verdict_header(stream);
+                tracing::debug!(request_id = %stream.state.request_id, path = %stream.state.path, "resource known clean; body passes unbuffered");
+                stream
+                    .out
+                    .send(response::response_headers_pass_unbuffered(remove_headers, verdict_header))
+                    .await?;
+                Vec::new()
             }
-            Action::RefuseCachedInfected { .. } => {
-                // Handled above; on_message never nests it.
-                return Err(Stop::Fail(StreamError::Internal("a nested refusal")));
+            Effect::EchoCachedResource { headers_answer, verify } => {
+                match verify {
+                    Some(expected) => stream.verifying = Some(Verifying::new(expected)),
+                    None => self.metrics.record_resource_verification("partial"),
+                }
+                let verdict_header = self.clean_verdict_header(stream);
+                stream.out.send(response::with_verdict_header(headers_answer, verdict_header)).await?;
+                Vec::new()
             }
-            Action::Scan { direction, body } => {
+            Effect::Decide { direction, report, then } => {
+                let decision = self.decide(stream, direction, &report);
+                state::decided(&mut stream.state, then, &decision)
+            }
+            Effect::DecideUnscanned { direction, reason, bytes, then } => {
+                let report = self.scanner.report_unscanned("", bytes, reason, source(direction));
+                let decision = self.decide(stream, direction, &report);
+                state::decided(&mut stream.state, then, &decision)
+            }
+            Effect::ScanBody { direction, body } => {
                 // A BUFFERED body, one message: tonic's decode buffer keeps room for the largest
                 // message for the rest of the stream, and the body itself is held like a
                 // FULL_DUPLEX one (memory within the budget, else a temp file) while it is scanned.
-                context.decode_buffer.raise_to(body.len() as u64);
+                stream.decode_buffer.raise_to(body.len() as u64);
                 let mut held = self.spool.hold();
-                if let Err(err) = held.push(bytes::Bytes::from(body)).await {
-                    return Err(Stop::Fail(StreamError::holding(&err)));
-                }
+                held.push(bytes::Bytes::from(body))
+                    .await
+                    .map_err(|err| Stop::Fail(StreamError::holding(&err)))?;
+                let encodings = state.encodings(direction);
                 let report = self
                     .scanner
-                    .scan_held(
-                        &held,
-                        state.encodings(direction),
-                        source(direction),
-                        context.policy.cache_mode,
-                    )
+                    .scan_held(&held, encodings, source(direction), stream.policy.cache_mode)
                     .await;
                 drop(held);
-                self.store_resource(state, direction, &report).await;
-                let decision = self.decide(context, state, direction, &report);
-                response::body_decision(direction, &decision)
+                self.store_resource(&stream.state, direction, &report).await;
+                let decision = self.decide(stream, direction, &report);
+                state::decided(&mut stream.state, Then::AnswerBody { direction }, &decision)
             }
-            Action::Hold { direction, headers_answer } => {
-                duplex[direction as usize] =
-                    Some(Duplex::Holding(Box::new(Holding::new(self.spool.hold(), Some(headers_answer)))));
-                return Ok(());
+            Effect::HoldPiece { direction, body } => {
+                let held = stream.held[direction as usize].get_or_insert_with(|| self.spool.hold());
+                held.push(bytes::Bytes::from(body))
+                    .await
+                    .map_err(|err| Stop::Fail(StreamError::holding(&err)))?;
+                Vec::new()
             }
-            Action::Echo { direction, headers_answer } => {
-                duplex[direction as usize] = Some(Duplex::Echoing);
-                headers_answer
+            Effect::ScanHeld { direction, trailers } => {
+                let held = stream.held[direction as usize].get_or_insert_with(|| self.spool.hold());
+                let scan = self.scanner.scan_held(
+                    held,
+                    state.encodings(direction),
+                    source(direction),
+                    stream.policy.cache_mode,
+                );
+                // A client that goes away (Envoy resets the stream) ends the scan and frees clamd.
+                let report = tokio::select! {
+                    report = scan => report,
+                    _ = stream.out.answers.closed() => return Err(Stop::Gone),
+                };
+                self.store_resource(&stream.state, direction, &report).await;
+                let decision = self.decide(stream, direction, &report);
+                state::decided(&mut stream.state, Then::ReleaseHeld { direction, trailers }, &decision)
             }
-            Action::Unscannable { direction, reason, bytes, if_allowed, echo } => {
-                let report = self.scanner.report_unscanned("", bytes, reason, source(direction));
-                match self.decide(context, state, direction, &report) {
-                    Decision::Block(block) => {
-                        duplex[direction as usize] = Some(Duplex::Refused);
-                        response::immediate(&block)
-                    }
-                    Decision::Continue { verdict_header } => {
-                        state.pass_unscanned(direction);
-                        if echo {
-                            duplex[direction as usize] = Some(Duplex::Echoing);
-                        }
-                        // The headers go on now: they carry `x-clamgate-verdict: unscanned`.
-                        response::with_verdict_header(if_allowed, verdict_header)
-                    }
+            Effect::SendHeld { direction, headers_answer, complete } => {
+                if let Some(answer) = headers_answer {
+                    stream.out.send(answer).await?;
                 }
+                let held = stream.held[direction as usize].take();
+                stream.out.send_back(direction, held, complete).await?;
+                Vec::new()
             }
-            Action::Piece { direction, body, end_of_stream } => {
-                return self.on_piece(context, state, duplex, direction, body, end_of_stream, out).await;
+            Effect::DropHeld { direction } => {
+                stream.held[direction as usize] = None;
+                Vec::new()
             }
-            Action::DuplexTrailers { direction, remove_trailers } => {
-                if matches!(duplex[direction as usize], Some(Duplex::Verifying(_))) {
-                    if let Some(Duplex::Verifying(verifying)) =
-                        duplex[direction as usize].replace(Duplex::Echoing)
-                    {
-                        self.finish_verification(state, *verifying).await;
-                    }
+            Effect::VerifyPiece { body, end_of_stream } => {
+                if let Some(verifying) = stream.verifying.as_mut() {
+                    verifying.push(&body);
                 }
-                if let Some(Duplex::Holding(holding)) = duplex[direction as usize].take() {
-                    let trailers = Some(remove_trailers);
-                    self.finish_held(context, state, direction, *holding, trailers, out).await?;
-                    duplex[direction as usize] = Some(Duplex::Refused);
-                    // Answered by finish_held (after the body), unless it blocked.
-                    return Ok(());
-                }
-                if matches!(duplex[direction as usize], Some(Duplex::Refused)) {
-                    return Ok(());
-                }
-                response::trailers_continue(direction, remove_trailers)
-            }
-            Action::Fail(error) => return Err(Stop::Fail(error)),
-        };
-        out.send(answer).await
-    }
-
-    /// One piece of a FULL_DUPLEX body: held, sent straight back, or ignored after a block.
-    #[allow(clippy::too_many_arguments)]
-    async fn on_piece(
-        &self,
-        context: &StreamContext,
-        state: &mut StreamState,
-        duplex: &mut [Option<Duplex>; 2],
-        direction: Direction,
-        body: Vec<u8>,
-        end_of_stream: bool,
-        out: &Outbox<'_>,
-    ) -> Result<(), Stop> {
-        let slot = &mut duplex[direction as usize];
-        if slot.is_none() {
-            // A body switched to FULL_DUPLEX by clamgate's override: its headers were answered
-            // with the override, so only the body is owed.
-            *slot = Some(Duplex::Holding(Box::new(Holding::new(self.spool.hold(), None))));
-        }
-        // A held body is owned here and put back while more of it is owed.
-        if let Some(Duplex::Holding(mut holding)) =
-            slot.take_if(|duplex| matches!(duplex, Duplex::Holding(_)))
-        {
-            if holding.body.len() + body.len() as u64 > self.scanner.max_scan_bytes() {
-                *slot = Some(self.release_too_large(context, state, direction, *holding, out).await?);
-                if matches!(slot, Some(Duplex::Echoing)) {
-                    out.send(response::streamed_body(direction, body, end_of_stream)).await?;
-                }
-                return Ok(());
-            }
-            if let Err(err) = holding.push(body).await {
-                return Err(Stop::Fail(StreamError::holding(&err)));
-            }
-            if end_of_stream {
-                *slot = Some(Duplex::Refused);
-                self.finish_held(context, state, direction, *holding, None, out).await?;
-            } else {
-                *slot = Some(Duplex::Holding(holding));
-            }
-            return Ok(());
-        }
-        match slot {
-            Some(Duplex::Echoing) => out.send(response::streamed_body(direction, body, end_of_stream)).await,
-            Some(Duplex::Verifying(verifying)) => {
-                verifying.push(&body);
                 if end_of_stream {
                     // Compared before the last piece goes out, so that a mismatching entry is gone
                     // by the time the client has the whole body and may ask again.
-                    if let Some(Duplex::Verifying(verifying)) = slot.replace(Duplex::Echoing) {
-                        self.finish_verification(state, *verifying).await;
-                    }
+                    self.finish_verification(stream).await;
                 }
-                out.send(response::streamed_body(direction, body, end_of_stream)).await
+                stream.out.send(response::streamed_body(Direction::Response, body, end_of_stream)).await?;
+                Vec::new()
             }
-            // Held bodies were handled above; after a block, later pieces are ignored.
-            Some(Duplex::Refused) | Some(Duplex::Holding(_)) | None => Ok(()),
-        }
-    }
-
-    /// A held body grew past `max_scan_bytes`: `Unscanned { too_large }`. Blocked: the immediate
-    /// response. Allowed: the headers (if still held) and the bytes held so far go out, and the
-    /// rest is sent straight back.
-    async fn release_too_large(
-        &self,
-        context: &StreamContext,
-        state: &mut StreamState,
-        direction: Direction,
-        holding: Holding,
-        out: &Outbox<'_>,
-    ) -> Result<Duplex, Stop> {
-        let report = self.scanner.report_unscanned(
-            "",
-            holding.body.len(),
-            UnscannedReason::TooLarge,
-            source(direction),
-        );
-        match self.decide(context, state, direction, &report) {
-            Decision::Block(block) => {
-                out.send(response::immediate(&block)).await?;
-                Ok(Duplex::Refused)
+            Effect::FinishVerification => {
+                self.finish_verification(stream).await;
+                Vec::new()
             }
-            Decision::Continue { verdict_header } => {
-                state.pass_unscanned(direction);
-                holding.send_back(direction, verdict_header, false, out).await?;
-                Ok(Duplex::Echoing)
-            }
-        }
-    }
-
-    /// The end of a held body: scan it whole, then block, or send the headers (if held) and the
-    /// body back in pieces, and the trailers' answer if trailers ended it (`trailers`: the names
-    /// to remove from them).
-    async fn finish_held(
-        &self,
-        context: &StreamContext,
-        state: &mut StreamState,
-        direction: Direction,
-        holding: Holding,
-        trailers: Option<Vec<String>>,
-        out: &Outbox<'_>,
-    ) -> Result<(), Stop> {
-        let scan = self.scanner.scan_held(
-            &holding.body,
-            state.encodings(direction),
-            source(direction),
-            context.policy.cache_mode,
-        );
-        // A client that goes away (Envoy resets the stream) ends the scan and frees clamd.
-        let report = tokio::select! {
-            report = scan => report,
-            _ = out.answers.closed() => return Err(Stop::Gone),
-        };
-        self.store_resource(state, direction, &report).await;
-        match self.decide(context, state, direction, &report) {
-            Decision::Block(block) => out.send(response::immediate(&block)).await,
-            Decision::Continue { verdict_header } => {
-                // A body that trailers end gets no end_of_stream on its last piece: the trailers'
-                // answer ends it (Envoy closes the side stream after an end_of_stream piece).
-                holding.send_back(direction, verdict_header, trailers.is_none(), out).await?;
-                if let Some(remove_trailers) = trailers {
-                    out.send(response::trailers_continue(direction, remove_trailers)).await?;
-                }
-                Ok(())
-            }
-        }
+        })
     }
 
     async fn store_resource(&self, state: &StreamState, direction: Direction, report: &ScanReport) {
@@ -474,7 +345,9 @@ impl ExtProcService {
     /// entry's content key. A mismatch (the upstream served other bytes under the same validator)
     /// deletes the entry, so that the next request is scanned; these bytes have reached the
     /// client already.
-    async fn finish_verification(&self, state: &StreamState, verifying: Verifying) {
+    async fn finish_verification(&self, stream: &mut Stream<'_>) {
+        let Some(verifying) = stream.verifying.take() else { return };
+        let state = &stream.state;
         let received = ContentKey::from_digest(verifying.hasher.finalize().into());
         if received == verifying.expected {
             self.metrics.record_resource_verification("match");
@@ -495,10 +368,13 @@ impl ExtProcService {
     }
 
     /// The verdict header for a body passed as clean (none if the config turns it off).
-    fn clean_verdict_header(&self, context: &StreamContext, state: &StreamState) -> Option<&'static str> {
-        let decision_context =
-            DecisionContext { direction: Direction::Response, request_id: &state.request_id, sha256: None };
-        match decide(&Verdict::Clean, &context.policy, &context.response, decision_context) {
+    fn clean_verdict_header(&self, stream: &Stream<'_>) -> Option<&'static str> {
+        let decision_context = DecisionContext {
+            direction: Direction::Response,
+            request_id: &stream.state.request_id,
+            sha256: None,
+        };
+        match decide(&Verdict::Clean, &stream.policy, &stream.response, decision_context) {
             Decision::Continue { verdict_header } => verdict_header,
             Decision::Block(_) => None,
         }
@@ -526,16 +402,12 @@ impl ExtProcService {
         })
     }
 
-    fn decide(
-        &self,
-        context: &StreamContext,
-        state: &StreamState,
-        direction: Direction,
-        report: &ScanReport,
-    ) -> Decision {
+    /// The policy's decision on `report`, logged on the audit target and counted.
+    fn decide(&self, stream: &Stream<'_>, direction: Direction, report: &ScanReport) -> Decision {
+        let state = &stream.state;
         let decision_context =
             DecisionContext { direction, request_id: &state.request_id, sha256: Some(&report.sha256) };
-        let decision = decide(&report.verdict, &context.policy, &context.response, decision_context);
+        let decision = decide(&report.verdict, &stream.policy, &stream.response, decision_context);
         audit(state, direction, report, &decision);
         if let Decision::Block(block) = &decision {
             self.metrics.record_blocked(block.status);
@@ -653,20 +525,38 @@ impl Outbox<'_> {
     async fn send(&self, answer: ProcessingResponse) -> Result<(), Stop> {
         self.answers.send(Ok(answer)).await.map_err(|_| Stop::Gone)
     }
-}
 
-/// What clamgate does with one direction's FULL_DUPLEX body.
-enum Duplex {
-    /// Held whole until its end, then scanned and answered (boxed: it carries the headers'
-    /// pending answer, and the other states nothing).
-    Holding(Box<Holding>),
-    /// Sent straight back piece by piece (the policy does not scan it, or allowed it unscanned).
-    Echoing,
-    /// A resource-cache hit sent straight back piece by piece, hashed on the way to be compared
-    /// with the entry at its end (boxed like `Holding`).
-    Verifying(Box<Verifying>),
-    /// Answered already (a block, or the body was sent back): later pieces are ignored.
-    Refused,
+    /// Sends a held body (None: nothing was held) back in pieces of at most 64 KiB; the last
+    /// carries `end_of_stream` when `complete` (the whole body is here and no trailers follow).
+    async fn send_back(
+        &self,
+        direction: Direction,
+        body: Option<HeldBody>,
+        complete: bool,
+    ) -> Result<(), Stop> {
+        let total = body.as_ref().map_or(0, HeldBody::len);
+        if total == 0 {
+            if complete {
+                self.send(response::streamed_body(direction, Vec::new(), true)).await?;
+            }
+            return Ok(());
+        }
+        let Some(body) = body else { return Ok(()) };
+        let mut offset = 0;
+        while offset < total {
+            let piece = body
+                .read_at(offset, READ_PIECE_BYTES)
+                .await
+                .map_err(|err| Stop::Fail(StreamError::ReadBack(err.to_string())))?;
+            if piece.is_empty() {
+                break;
+            }
+            offset += piece.len() as u64;
+            let last = complete && offset >= total;
+            self.send(response::streamed_body(direction, piece.to_vec(), last)).await?;
+        }
+        Ok(())
+    }
 }
 
 /// A resource-cache hit's body on its way through: its running SHA-256 and the digest to match.
@@ -684,58 +574,6 @@ impl Verifying {
     fn push(&mut self, piece: &[u8]) {
         hash_off_worker(piece.len(), || self.hasher.update(piece));
         self.bytes += piece.len() as u64;
-    }
-}
-
-/// A FULL_DUPLEX body being held (hashed as it grows) and the headers' pending answer.
-struct Holding {
-    body: HeldBody,
-    /// The answer the held headers get when released (None: they were answered already, with
-    /// the mode override that switched this body to FULL_DUPLEX).
-    headers_answer: Option<ProcessingResponse>,
-}
-
-impl Holding {
-    fn new(body: HeldBody, headers_answer: Option<ProcessingResponse>) -> Holding {
-        Holding { body, headers_answer }
-    }
-
-    async fn push(&mut self, piece: Vec<u8>) -> std::io::Result<()> {
-        self.body.push(bytes::Bytes::from(piece)).await
-    }
-
-    /// Sends the headers' answer (if pending) and the held body back in pieces of at most 64 KiB;
-    /// the last piece carries `end_of_stream` when `complete` (the whole body is here and no
-    /// trailers follow it; trailers are answered by the caller).
-    async fn send_back(
-        self,
-        direction: Direction,
-        verdict_header: Option<&str>,
-        complete: bool,
-        out: &Outbox<'_>,
-    ) -> Result<(), Stop> {
-        let Holding { body, headers_answer, .. } = self;
-        if let Some(answer) = headers_answer {
-            out.send(response::with_verdict_header(answer, verdict_header)).await?;
-        }
-        let total = body.len();
-        if total == 0 && complete {
-            return out.send(response::streamed_body(direction, Vec::new(), true)).await;
-        }
-        let mut offset = 0;
-        while offset < total {
-            let piece = body
-                .read_at(offset, READ_PIECE_BYTES)
-                .await
-                .map_err(|err| Stop::Fail(StreamError::ReadBack(err.to_string())))?;
-            if piece.is_empty() {
-                break;
-            }
-            offset += piece.len() as u64;
-            let last = complete && offset >= total;
-            out.send(response::streamed_body(direction, piece.to_vec(), last)).await?;
-        }
-        Ok(())
     }
 }
 

@@ -25,8 +25,8 @@ use envoy_types::pb::envoy::service::ext_proc::v3::{HttpHeaders, ProcessingReque
 
 use crate::cache::{vary_names, ContentKey, KnownResource, Resource, ResourceId, IMMUTABLE_VALIDATOR};
 use crate::decode::{parse_content_encoding, Encoding};
-use crate::policy::Direction;
-use crate::scanner::ScanReport;
+use crate::policy::{Decision, Direction};
+use crate::scanner::{ResourceLookup, ScanReport};
 use crate::verdict::UnscannedReason;
 
 use super::error::StreamError;
@@ -37,57 +37,95 @@ pub const CONTROL_HEADER_PREFIX: &str = "x-clamgate-";
 
 use super::route_policy::ATTRIBUTE_NAMESPACE;
 
-/// What the stream task must do next.
-// One short-lived Action per message; boxing the reply would only add an allocation.
+/// One thing the stream task must do; [`on_message`] and the functions that take an outcome back
+/// ([`on_resource_lookup`], [`decided`]) return them in order.
+// Short-lived, one or two per message; boxing the reply would only add an allocation.
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, PartialEq)]
-pub enum Action {
+pub enum Effect {
     /// Send this answer to Envoy.
     Reply(ProcessingResponse),
-    /// Scan this body, then answer with [`response::body_decision`] for `direction`.
-    Scan { direction: Direction, body: Vec<u8> },
-    /// Pass this body without scanning (the policy does not scan this direction).
-    PassBody { direction: Direction },
-    /// Look up the resource key of this request: 409 on an infected hit without a real validator
-    /// (`immutable`); else record a hit with [`StreamState::record_clean_resource`] or
-    /// [`StreamState::record_infected_resource`] and send [`request_headers_answer`].
+    /// Look up the resource key of this request, then hand the outcome to
+    /// [`on_resource_lookup`].
     LookupResource { resource: Resource },
     /// The response carries the validator of a resource known clean: let its body through
-    /// unbuffered (mode_override to body mode NONE), removing these control headers.
+    /// unbuffered (mode_override to body mode NONE), removing these control headers, with the
+    /// clean verdict header.
     PassCachedResource { remove_headers: Vec<String> },
     /// The response carries the validator of a resource known clean and the policy verifies hits
     /// (its body was switched to FULL_DUPLEX): send `headers_answer` (with the clean verdict
-    /// header) at once, then every body piece straight back; with `verify`, hash the pieces as
-    /// they pass and compare the whole with it at the end (a 206 part is not verified).
+    /// header) at once; the pieces come back as [`Effect::Reply`] or, with `verify`,
+    /// [`Effect::VerifyPiece`] (a 206 part is not verified).
     EchoCachedResource { headers_answer: ProcessingResponse, verify: Option<ContentKey> },
-    /// The response carries the validator of a resource known infected: the policy decides on
-    /// `report` (the cached verdict). Blocked: an immediate response, before any body byte
-    /// passes. Allowed (report only): carry on with `otherwise`, the usual action.
-    RefuseCachedInfected { report: Box<ScanReport>, otherwise: Box<Action> },
-    /// FULL_DUPLEX headers of a body to scan: answer nothing yet; the stream task holds the body
-    /// ([`Action::Piece`]) and answers at its end: `headers_answer` (with the verdict header
-    /// added), then the body in pieces; or a block.
-    Hold { direction: Direction, headers_answer: ProcessingResponse },
-    /// FULL_DUPLEX headers of a direction the policy does not scan: send `headers_answer` and
-    /// every body piece straight back.
-    Echo { direction: Direction, headers_answer: ProcessingResponse },
-    /// A body that will not be scanned (`reason`), known from its headers: the policy decides.
-    /// Blocked: an immediate response. Allowed: send `if_allowed`; then, if `echo`, send every
-    /// FULL_DUPLEX body piece straight back (a BUFFERED body passes without a scan).
-    Unscannable {
-        direction: Direction,
-        reason: UnscannedReason,
-        bytes: u64,
-        if_allowed: ProcessingResponse,
-        echo: bool,
-    },
-    /// One piece of a FULL_DUPLEX body; `end_of_stream` on the last (or trailers follow).
-    Piece { direction: Direction, body: Vec<u8>, end_of_stream: bool },
-    /// FULL_DUPLEX trailers: the body of `direction` is complete; answer the trailers after it,
-    /// removing `remove_trailers` (control names a client or upstream sent).
-    DuplexTrailers { direction: Direction, remove_trailers: Vec<String> },
+    /// Let the policy decide on `report` (a cached verdict), then hand the decision to
+    /// [`decided`] with `then`.
+    Decide { direction: Direction, report: Box<ScanReport>, then: Then },
+    /// Let the policy decide on a body that will not be scanned (`reason`, `bytes` seen), then
+    /// hand the decision to [`decided`] with `then`.
+    DecideUnscanned { direction: Direction, reason: UnscannedReason, bytes: u64, then: Then },
+    /// Scan this BUFFERED body (held like any other while it is scanned), then decide and hand
+    /// the decision to [`decided`] with [`Then::AnswerBody`].
+    ScanBody { direction: Direction, body: Vec<u8> },
+    /// Hold this piece of `direction`'s FULL_DUPLEX body (nothing is answered yet).
+    HoldPiece { direction: Direction, body: Vec<u8> },
+    /// The held body of `direction` is whole: scan it, decide, and hand the decision to
+    /// [`decided`] with [`Then::ReleaseHeld`] and these `trailers` (the names to remove from the
+    /// trailers that ended it; None: its last piece ended it).
+    ScanHeld { direction: Direction, trailers: Option<Vec<String>> },
+    /// Send `headers_answer` (if the headers were held) and the held body of `direction` back in
+    /// pieces, the last with `end_of_stream` when `complete`; the held body is then freed.
+    SendHeld { direction: Direction, headers_answer: Option<ProcessingResponse>, complete: bool },
+    /// Free the held body of `direction` (it was refused).
+    DropHeld { direction: Direction },
+    /// A piece of a verified resource hit: hash it, compare the whole with the entry at
+    /// `end_of_stream` (before the last piece goes), and send it straight back.
+    VerifyPiece { body: Vec<u8>, end_of_stream: bool },
+    /// Trailers end a verified resource hit: compare what passed with the entry.
+    FinishVerification,
     /// End the stream with an error status: never answer, never end OK.
     Fail(StreamError),
+}
+
+/// What a decision is for, and so what follows it (see [`decided`]).
+// Short-lived like Effect; boxing the pending answer would only add an allocation.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, PartialEq)]
+pub enum Then {
+    /// The request's resource is known infected without a real validator: refuse before the
+    /// upstream is contacted, or (report only) answer the request headers as usual.
+    AnswerRequestHeaders,
+    /// The response is the version the cache knows infected: refuse it before any body byte
+    /// passes, or (report only) carry on with `otherwise`, the usual effects for its headers.
+    AnswerResponseHeaders { otherwise: Vec<Effect> },
+    /// A body known from its headers not to be scanned: refuse, or send `if_allowed` (with the
+    /// verdict header) and, if `echo`, every FULL_DUPLEX piece straight back.
+    AnswerUnscannable { direction: Direction, if_allowed: ProcessingResponse, echo: bool },
+    /// A BUFFERED body: answer it with the decision.
+    AnswerBody { direction: Direction },
+    /// A held body, whole: refuse, or send it back (and answer its `trailers`).
+    ReleaseHeld { direction: Direction, trailers: Option<Vec<String>> },
+    /// A held body grew past `max_scan_bytes` with `piece`: refuse, or send what was held, then
+    /// `piece`, and every later piece straight back.
+    ReleaseTooLarge { direction: Direction, piece: Vec<u8>, end_of_stream: bool },
+}
+
+/// What clamgate does with one direction's FULL_DUPLEX body.
+// Two per stream, for its lifetime: the held headers' answer inline costs less than a box.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone, PartialEq)]
+enum Flow {
+    /// No FULL_DUPLEX body announced: a piece that comes anyway (a body switched to FULL_DUPLEX
+    /// by clamgate's override, whose headers were answered already) is held.
+    Unset,
+    /// Held whole until its end, then scanned and answered. `headers_answer`: the answer the held
+    /// headers get when released (None: answered already). `bytes`: held so far.
+    Holding { headers_answer: Option<ProcessingResponse>, bytes: u64 },
+    /// Sent straight back piece by piece (not scanned by policy, or allowed unscanned).
+    Echoing,
+    /// A resource-cache hit sent straight back, hashed on the way and compared at its end.
+    Verifying,
+    /// Answered already (a block, or the whole body was sent back): later pieces are ignored.
+    Answered,
 }
 
 /// Where one direction (request or response) is in its headers → body → trailers sequence.
@@ -133,6 +171,8 @@ pub struct StreamState {
     pass_unscanned: [bool; 2],
     /// Each direction's `Content-Encoding`, in the order applied (empty: not encoded).
     encodings: [Vec<Encoding>; 2],
+    /// What happens to each direction's FULL_DUPLEX body pieces.
+    flow: [Flow; 2],
 }
 
 /// What the answer to the request headers depends on.
@@ -193,12 +233,37 @@ impl StreamState {
             pending_request: None,
             pass_unscanned: [false; 2],
             encodings: [Vec::new(), Vec::new()],
+            flow: [Flow::Unset, Flow::Unset],
         }
     }
 
-    /// Lets the body of `direction` pass unscanned: the policy allowed an `Unscannable` body.
-    pub fn pass_unscanned(&mut self, direction: Direction) {
-        self.pass_unscanned[direction as usize] = true;
+    /// Ends holding `direction`'s body (its flow becomes `next`): the held headers' answer, if
+    /// they were held, with the verdict header added.
+    fn release_held(
+        &mut self,
+        direction: Direction,
+        next: Flow,
+        verdict_header: Option<&str>,
+    ) -> Option<ProcessingResponse> {
+        match std::mem::replace(&mut self.flow[direction as usize], next) {
+            Flow::Holding { headers_answer, .. } => {
+                headers_answer.map(|answer| response::with_verdict_header(answer, verdict_header))
+            }
+            _ => None,
+        }
+    }
+
+    /// The answer `direction`'s held headers get when the body is released (None: not held).
+    pub fn held_headers_answer(&self, direction: Direction) -> Option<&ProcessingResponse> {
+        match &self.flow[direction as usize] {
+            Flow::Holding { headers_answer, .. } => headers_answer.as_ref(),
+            _ => None,
+        }
+    }
+
+    /// Whether a FULL_DUPLEX body of `direction` is being held (Envoy owes its end).
+    pub fn is_holding(&self, direction: Direction) -> bool {
+        matches!(self.flow[direction as usize], Flow::Holding { .. })
     }
 
     /// The `Content-Encoding` of `direction`'s body, in the order applied: what clamgate decodes
@@ -219,17 +284,6 @@ impl StreamState {
     /// The body mode in force for `direction` (after clamgate's own `mode_override`).
     pub fn is_full_duplex(&self, direction: Direction) -> bool {
         self.body_mode(direction) == Some(BodySendMode::FullDuplexStreamed)
-    }
-
-    /// Records that the cache knows this stream's resource as clean (`known`).
-    pub fn record_clean_resource(&mut self, known: KnownResource) {
-        self.clean_resource = Some(known);
-    }
-
-    /// Records that the cache knows this stream's resource as infected under a real validator
-    /// (`known`): a response that still carries it is refused with `report` at its headers.
-    pub fn record_infected_resource(&mut self, known: KnownResource, report: ScanReport) {
-        self.infected_resource = Some((known, report));
     }
 
     /// This stream's resource (None unless the policy uses resource keys and the request is a
@@ -295,22 +349,23 @@ impl StreamState {
     }
 }
 
-/// Handles one message from Envoy.
-pub fn on_message(state: &mut StreamState, message: ProcessingRequest) -> Action {
+/// Handles one message from Envoy: what to do, in order (nothing, while a FULL_DUPLEX body is
+/// held).
+pub fn on_message(state: &mut StreamState, message: ProcessingRequest) -> Vec<Effect> {
     if let Some(config) = &message.protocol_config {
         state.request_body_mode = BodySendMode::try_from(config.request_body_mode).ok();
         state.response_body_mode = BodySendMode::try_from(config.response_body_mode).ok();
         for direction in [Direction::Request, Direction::Response] {
             if let Some(error) = unsupported_mode(state, direction) {
-                return Action::Fail(error);
+                return vec![Effect::Fail(error)];
             }
         }
     }
     if message.observability_mode && (state.policy.scan_requests || state.policy.scan_responses) {
         // Envoy neither waits for nor applies an answer: a scan could never block anything.
-        return Action::Fail(StreamError::ObservabilityMode);
+        return vec![Effect::Fail(StreamError::ObservabilityMode)];
     }
-    let Some(request) = message.request else { return Action::Fail(StreamError::EmptyMessage) };
+    let Some(request) = message.request else { return vec![Effect::Fail(StreamError::EmptyMessage)] };
     let attributes = message.attributes;
     match request {
         Request::RequestHeaders(headers) => on_headers(state, Direction::Request, headers, &attributes),
@@ -340,16 +395,18 @@ fn on_headers(
     direction: Direction,
     headers: HttpHeaders,
     attributes: &Attributes,
-) -> Action {
+) -> Vec<Effect> {
     if direction == Direction::Response && state.request == Phase::AwaitingHeaders {
-        return Action::Fail(StreamError::OutOfOrder("response headers before request headers".into()));
+        return vec![Effect::Fail(StreamError::OutOfOrder("response headers before request headers".into()))];
     }
     if direction == Direction::Response && state.holds(Direction::Request) {
         // The request headers are unanswered, so Envoy has not contacted the upstream.
-        return Action::Fail(StreamError::OutOfOrder("response headers while the request is held".into()));
+        return vec![Effect::Fail(StreamError::OutOfOrder(
+            "response headers while the request is held".into(),
+        ))];
     }
     if *state.phase_mut(direction) != Phase::AwaitingHeaders {
-        return Action::Fail(StreamError::OutOfOrder(format!("{direction:?} headers twice")));
+        return vec![Effect::Fail(StreamError::OutOfOrder(format!("{direction:?} headers twice")))];
     }
     let map = headers.headers.unwrap_or_default();
     // A message with headers only never sends its body; that side is then finished.
@@ -384,13 +441,13 @@ fn on_headers(
                 && has_body
                 && state.request_body_mode == Some(BodySendMode::None)
             {
-                return Action::Fail(StreamError::BodyModeNone(Direction::Request));
+                return vec![Effect::Fail(StreamError::BodyModeNone(Direction::Request))];
             }
             if state.scans(Direction::Response)
                 && method != "HEAD"
                 && state.response_body_mode == Some(BodySendMode::None)
             {
-                return Action::Fail(StreamError::BodyModeNone(Direction::Response));
+                return vec![Effect::Fail(StreamError::BodyModeNone(Direction::Response))];
             }
             state.pending_request = Some(PendingRequest {
                 remove_headers,
@@ -421,13 +478,15 @@ fn on_headers(
                 if let Some(reason) = reason {
                     // Known before any byte of the body moves.
                     let if_allowed = pass_request_unscanned(state);
-                    return Action::Unscannable {
+                    let then =
+                        Then::AnswerUnscannable { direction: Direction::Request, if_allowed, echo: false };
+                    let bytes = content_length.unwrap_or(0);
+                    return vec![Effect::DecideUnscanned {
                         direction: Direction::Request,
                         reason,
-                        bytes: content_length.unwrap_or(0),
-                        if_allowed,
-                        echo: false,
-                    };
+                        bytes,
+                        then,
+                    }];
                 }
             }
             let id = (state.policy.resource_keys && (method == "GET" || method == "HEAD"))
@@ -436,9 +495,9 @@ fn on_headers(
             if let Some(id) = id {
                 let resource = Resource { id, request_headers: request_headers(&map) };
                 state.resource = Some(resource.clone());
-                return Action::LookupResource { resource };
+                return vec![Effect::LookupResource { resource }];
             }
-            Action::Reply(request_headers_answer(state))
+            vec![Effect::Reply(request_headers_answer(state))]
         }
         Direction::Response => {
             state.response_status =
@@ -447,34 +506,37 @@ fn on_headers(
             state.response_vary = vary_names(&header_values(&map, "vary"));
             let known_infected =
                 state.infected_resource.as_ref().is_some_and(|(known, _)| state.response_is(known));
-            let action = on_response_headers(state, map, headers.end_of_stream, remove_headers, undecodable);
+            let otherwise =
+                on_response_headers(state, map, headers.end_of_stream, remove_headers, undecodable);
             match state.infected_resource.take() {
                 // The same version the cache knows infected, whatever the status (a 206 is part of
                 // it; a 304 confirms the client's copy is that version).
-                Some((_, report)) if known_infected => {
-                    Action::RefuseCachedInfected { report: Box::new(report), otherwise: Box::new(action) }
-                }
-                _ => action,
+                Some((_, report)) if known_infected => vec![Effect::Decide {
+                    direction: Direction::Response,
+                    report: Box::new(report),
+                    then: Then::AnswerResponseHeaders { otherwise },
+                }],
+                _ => otherwise,
             }
         }
     }
 }
 
-/// The usual action for the response headers (`state` has their status, validator and Vary).
+/// The usual effects of the response headers (`state` has their status, validator and Vary).
 fn on_response_headers(
     state: &mut StreamState,
     map: HeaderMap,
     end_of_stream: bool,
     remove_headers: Vec<String>,
     undecodable: bool,
-) -> Action {
+) -> Vec<Effect> {
     let direction = Direction::Response;
     let known_clean = state.clean_resource.as_ref().is_some_and(|known| state.response_is(known))
         && matches!(state.response_status, 200 | 206);
     if known_clean && !end_of_stream && !state.is_full_duplex(direction) {
         // The body will not be sent to clamgate at all.
         state.response = Phase::Done;
-        return Action::PassCachedResource { remove_headers };
+        return vec![Effect::PassCachedResource { remove_headers }];
     }
     if known_clean && !end_of_stream && state.policy.verify_resource_hits {
         // A verified hit (`verify_resource_hits`): the body was switched to FULL_DUPLEX at the
@@ -482,11 +544,12 @@ fn on_response_headers(
         // be compared with the whole object's digest.
         let verify =
             state.clean_resource.as_ref().map(|known| known.content).filter(|_| state.response_status == 200);
+        state.flow[direction as usize] = if verify.is_some() { Flow::Verifying } else { Flow::Echoing };
         let headers_answer = response::headers_continue(direction, remove_headers);
-        return Action::EchoCachedResource { headers_answer, verify };
+        return vec![Effect::EchoCachedResource { headers_answer, verify }];
     }
     if end_of_stream {
-        return Action::Reply(response::headers_continue(direction, remove_headers));
+        return vec![Effect::Reply(response::headers_continue(direction, remove_headers))];
     }
     let unscannable = if state.scans(direction) && state.response_status == 206 {
         // Part of an object is not the object: never scanned, never passed as scanned.
@@ -495,43 +558,45 @@ fn on_response_headers(
         undecodable.then_some(UnscannedReason::UnsupportedEncoding)
     };
     if let Some(reason) = unscannable {
-        return Action::Unscannable {
-            direction,
-            reason,
-            bytes: content_length(&map).unwrap_or(0),
-            if_allowed: response::headers_continue(direction, remove_headers),
-            echo: state.is_full_duplex(direction),
-        };
+        let echo = state.is_full_duplex(direction);
+        let if_allowed = response::headers_continue(direction, remove_headers);
+        let bytes = content_length(&map).unwrap_or(0);
+        let then = Then::AnswerUnscannable { direction, if_allowed, echo };
+        return vec![Effect::DecideUnscanned { direction, reason, bytes, then }];
     }
     if state.is_full_duplex(direction) {
         let headers_answer = response::headers_continue(direction, remove_headers);
         return duplex_headers(state, direction, headers_answer, None, content_length(&map));
     }
-    Action::Reply(response::headers_continue(direction, remove_headers))
+    vec![Effect::Reply(response::headers_continue(direction, remove_headers))]
 }
 
-/// Headers of a FULL_DUPLEX body: hold them, refuse a body that cannot be scanned (`unscannable`,
-/// or too large by its `content-length`), or echo a body the policy does not scan.
+/// Headers of a FULL_DUPLEX body: hold them (nothing is answered until the body's end), refuse
+/// a body that cannot be scanned (`unscannable`, or too large by its `content-length`), or echo a
+/// body the policy does not scan.
 fn duplex_headers(
-    state: &StreamState,
+    state: &mut StreamState,
     direction: Direction,
     headers_answer: ProcessingResponse,
     unscannable: Option<UnscannedReason>,
     content_length: Option<u64>,
-) -> Action {
+) -> Vec<Effect> {
     let scans = state.scans(direction);
     let too_large = content_length.filter(|length| *length > state.policy.max_scan_bytes);
     let reason = unscannable.or(too_large.map(|_| UnscannedReason::TooLarge));
     match reason {
-        _ if !scans => Action::Echo { direction, headers_answer },
-        Some(reason) => Action::Unscannable {
-            direction,
-            reason,
-            bytes: content_length.unwrap_or(0),
-            if_allowed: headers_answer,
-            echo: true,
-        },
-        None => Action::Hold { direction, headers_answer },
+        _ if !scans => {
+            state.flow[direction as usize] = Flow::Echoing;
+            vec![Effect::Reply(headers_answer)]
+        }
+        Some(reason) => {
+            let then = Then::AnswerUnscannable { direction, if_allowed: headers_answer, echo: true };
+            vec![Effect::DecideUnscanned { direction, reason, bytes: content_length.unwrap_or(0), then }]
+        }
+        None => {
+            state.flow[direction as usize] = Flow::Holding { headers_answer: Some(headers_answer), bytes: 0 };
+            Vec::new()
+        }
     }
 }
 
@@ -585,7 +650,7 @@ pub fn request_headers_answer(state: &mut StreamState) -> ProcessingResponse {
 /// The answer that lets an upload too large to scan through (the policy allows it): its body
 /// goes to the upstream without passing through clamgate (body mode NONE).
 fn pass_request_unscanned(state: &mut StreamState) -> ProcessingResponse {
-    state.pass_unscanned(Direction::Request);
+    state.pass_unscanned[Direction::Request as usize] = true;
     let mut answer = request_headers_answer(state);
     let response_mode = state.response_body_mode;
     if let (Some(_), Some(response)) = (state.request_body_mode, response_mode) {
@@ -630,51 +695,189 @@ pub fn validator(headers: &HeaderMap, immutable: bool) -> Option<String> {
     immutable.then(|| IMMUTABLE_VALIDATOR.to_string())
 }
 
-fn on_body(state: &mut StreamState, direction: Direction, body: Vec<u8>, end_of_stream: bool) -> Action {
+fn on_body(state: &mut StreamState, direction: Direction, body: Vec<u8>, end_of_stream: bool) -> Vec<Effect> {
     if *state.phase_mut(direction) != Phase::AwaitingBody {
-        return Action::Fail(StreamError::OutOfOrder(format!("{direction:?} body without pending headers")));
+        let error = StreamError::OutOfOrder(format!("{direction:?} body without pending headers"));
+        return vec![Effect::Fail(error)];
     }
     if state.is_full_duplex(direction) {
         if end_of_stream {
             *state.phase_mut(direction) = Phase::Done;
         }
-        return Action::Piece { direction, body, end_of_stream };
+        return on_piece(state, direction, body, end_of_stream);
     }
     // BUFFERED sends the whole body in one message (end_of_stream is false only when trailers
     // follow). Without a reported mode, only a message that ends the stream is known to be whole.
     let whole = match state.body_mode(direction) {
         Some(BodySendMode::Buffered) => true,
         Some(_) => {
-            return Action::Fail(
-                unsupported_mode(state, direction).unwrap_or(StreamError::PartialBody(direction)),
-            )
+            let error = unsupported_mode(state, direction).unwrap_or(StreamError::PartialBody(direction));
+            return vec![Effect::Fail(error)];
         }
         None => end_of_stream,
     };
     if !whole {
-        return Action::Fail(StreamError::PartialBody(direction));
+        return vec![Effect::Fail(StreamError::PartialBody(direction))];
     }
     *state.phase_mut(direction) = Phase::Done;
     if state.scans(direction) {
-        Action::Scan { direction, body }
+        vec![Effect::ScanBody { direction, body }]
     } else {
-        Action::PassBody { direction }
+        vec![Effect::Reply(response::body_continue(direction, None))]
     }
 }
 
-fn on_trailers(state: &mut StreamState, direction: Direction, trailers: Option<HeaderMap>) -> Action {
+/// One piece of a FULL_DUPLEX body (`end_of_stream` on the last, unless trailers end it): held,
+/// sent straight back, or ignored after the body was answered.
+fn on_piece(
+    state: &mut StreamState,
+    direction: Direction,
+    body: Vec<u8>,
+    end_of_stream: bool,
+) -> Vec<Effect> {
+    let max_scan_bytes = state.policy.max_scan_bytes;
+    let flow = &mut state.flow[direction as usize];
+    if *flow == Flow::Unset {
+        // A body switched to FULL_DUPLEX by clamgate's override: its headers were answered with
+        // the override, so only the body is owed.
+        *flow = Flow::Holding { headers_answer: None, bytes: 0 };
+    }
+    match flow {
+        Flow::Holding { bytes, .. } if *bytes + body.len() as u64 > max_scan_bytes => {
+            // Too large to scan mid-body: `Unscanned { too_large }` for what was held.
+            let held = *bytes;
+            let then = Then::ReleaseTooLarge { direction, piece: body, end_of_stream };
+            vec![Effect::DecideUnscanned { direction, reason: UnscannedReason::TooLarge, bytes: held, then }]
+        }
+        Flow::Holding { bytes, .. } => {
+            *bytes += body.len() as u64;
+            let mut effects = vec![Effect::HoldPiece { direction, body }];
+            if end_of_stream {
+                effects.push(Effect::ScanHeld { direction, trailers: None });
+            }
+            effects
+        }
+        Flow::Echoing => vec![Effect::Reply(response::streamed_body(direction, body, end_of_stream))],
+        Flow::Verifying => {
+            if end_of_stream {
+                *flow = Flow::Echoing;
+            }
+            vec![Effect::VerifyPiece { body, end_of_stream }]
+        }
+        Flow::Answered | Flow::Unset => Vec::new(),
+    }
+}
+
+fn on_trailers(state: &mut StreamState, direction: Direction, trailers: Option<HeaderMap>) -> Vec<Effect> {
     if *state.phase_mut(direction) == Phase::AwaitingHeaders {
-        return Action::Fail(StreamError::OutOfOrder(format!("{direction:?} trailers before headers")));
+        let error = StreamError::OutOfOrder(format!("{direction:?} trailers before headers"));
+        return vec![Effect::Fail(error)];
     }
     let was_streaming = *state.phase_mut(direction) == Phase::AwaitingBody && state.is_full_duplex(direction);
     // Trailers end the direction: with BUFFERED the body was answered before them.
     *state.phase_mut(direction) = Phase::Done;
     // A client's or upstream's `x-clamgate-*` trailer is removed like such a header.
     let remove_trailers = trailers.as_ref().map(control_headers).unwrap_or_default();
-    if was_streaming {
-        return Action::DuplexTrailers { direction, remove_trailers };
+    if !was_streaming {
+        return vec![Effect::Reply(response::trailers_continue(direction, remove_trailers))];
     }
-    Action::Reply(response::trailers_continue(direction, remove_trailers))
+    // The FULL_DUPLEX body of `direction` is complete: its trailers are answered after it.
+    let flow = &mut state.flow[direction as usize];
+    match flow {
+        Flow::Holding { .. } => vec![Effect::ScanHeld { direction, trailers: Some(remove_trailers) }],
+        Flow::Answered => Vec::new(),
+        Flow::Verifying => {
+            *flow = Flow::Echoing;
+            vec![
+                Effect::FinishVerification,
+                Effect::Reply(response::trailers_continue(direction, remove_trailers)),
+            ]
+        }
+        Flow::Echoing | Flow::Unset => {
+            vec![Effect::Reply(response::trailers_continue(direction, remove_trailers))]
+        }
+    }
+}
+
+/// The outcome of [`Effect::LookupResource`]: what follows for the request headers.
+pub fn on_resource_lookup(state: &mut StreamState, lookup: ResourceLookup) -> Vec<Effect> {
+    match lookup {
+        // Refused before the upstream is contacted; under report_only the request goes on (a
+        // body answer here would be a spurious message to Envoy) and the response is scanned.
+        ResourceLookup::Infected(report) => {
+            let report = Box::new(report);
+            vec![Effect::Decide { direction: Direction::Response, report, then: Then::AnswerRequestHeaders }]
+        }
+        // Decided at the response headers, by the validator the upstream sends then.
+        ResourceLookup::InfectedUnlessChanged { known, report } => {
+            state.infected_resource = Some((known, report));
+            vec![Effect::Reply(request_headers_answer(state))]
+        }
+        ResourceLookup::Clean { known } => {
+            state.clean_resource = Some(known);
+            vec![Effect::Reply(request_headers_answer(state))]
+        }
+        ResourceLookup::Miss => vec![Effect::Reply(request_headers_answer(state))],
+    }
+}
+
+/// The policy's `decision` on what `then` was for: the answers that follow, in order.
+pub fn decided(state: &mut StreamState, then: Then, decision: &Decision) -> Vec<Effect> {
+    let verdict_header = match decision {
+        Decision::Continue { verdict_header } => *verdict_header,
+        Decision::Block(block) => {
+            let refusal = Effect::Reply(response::immediate(block));
+            return match then {
+                Then::AnswerRequestHeaders | Then::AnswerBody { .. } => vec![refusal],
+                Then::AnswerResponseHeaders { .. } => {
+                    state.flow[Direction::Response as usize] = Flow::Answered;
+                    vec![refusal]
+                }
+                Then::AnswerUnscannable { direction, .. } => {
+                    state.flow[direction as usize] = Flow::Answered;
+                    vec![refusal]
+                }
+                Then::ReleaseHeld { direction, .. } | Then::ReleaseTooLarge { direction, .. } => {
+                    state.flow[direction as usize] = Flow::Answered;
+                    vec![Effect::DropHeld { direction }, refusal]
+                }
+            };
+        }
+    };
+    match then {
+        Then::AnswerRequestHeaders => vec![Effect::Reply(request_headers_answer(state))],
+        Then::AnswerResponseHeaders { otherwise } => otherwise,
+        Then::AnswerUnscannable { direction, if_allowed, echo } => {
+            state.pass_unscanned[direction as usize] = true;
+            if echo {
+                state.flow[direction as usize] = Flow::Echoing;
+            }
+            // The headers go on now: they carry `x-clamgate-verdict: unscanned`.
+            vec![Effect::Reply(response::with_verdict_header(if_allowed, verdict_header))]
+        }
+        Then::AnswerBody { direction } => {
+            vec![Effect::Reply(response::body_continue(direction, verdict_header))]
+        }
+        Then::ReleaseHeld { direction, trailers } => {
+            let headers_answer = state.release_held(direction, Flow::Answered, verdict_header);
+            // A body that trailers end gets no end_of_stream on its last piece: the trailers'
+            // answer ends it (Envoy closes the side stream after an end_of_stream piece).
+            let complete = trailers.is_none();
+            let mut effects = vec![Effect::SendHeld { direction, headers_answer, complete }];
+            if let Some(remove_trailers) = trailers {
+                effects.push(Effect::Reply(response::trailers_continue(direction, remove_trailers)));
+            }
+            effects
+        }
+        Then::ReleaseTooLarge { direction, piece, end_of_stream } => {
+            state.pass_unscanned[direction as usize] = true;
+            let headers_answer = state.release_held(direction, Flow::Echoing, verdict_header);
+            vec![
+                Effect::SendHeld { direction, headers_answer, complete: false },
+                Effect::Reply(response::streamed_body(direction, piece, end_of_stream)),
+            ]
+        }
+    }
 }
 
 /// Names of `x-clamgate-*` headers present, to be removed.
@@ -806,12 +1009,35 @@ mod tests {
         with_modes(request, BodySendMode::FullDuplexStreamed, BodySendMode::Buffered)
     }
 
+    /// The one effect of a message (most messages have exactly one).
+    fn on_message(state: &mut StreamState, message: ProcessingRequest) -> Effect {
+        let mut effects = super::on_message(state, message);
+        assert_eq!(effects.len(), 1, "expected one effect, got {effects:?}");
+        effects.remove(0)
+    }
+
+    /// The answer a message's headers get once the body they announce is released: they are
+    /// held (the message has no effect yet).
+    fn hold(state: &mut StreamState, message: ProcessingRequest) -> Option<ProcessingResponse> {
+        let effects = super::on_message(state, message);
+        assert_eq!(effects, vec![], "expected the headers held");
+        [Direction::Request, Direction::Response]
+            .into_iter()
+            .filter(|direction| state.is_holding(*direction))
+            .find_map(|direction| state.held_headers_answer(direction).cloned())
+    }
+
+    /// Every effect of a message, in order.
+    fn effects_of(state: &mut StreamState, message: ProcessingRequest) -> Vec<Effect> {
+        super::on_message(state, message)
+    }
+
     fn body(bytes: &[u8], end_of_stream: bool) -> HttpBody {
         HttpBody { body: bytes.to_vec(), end_of_stream, ..HttpBody::default() }
     }
 
-    fn removed_headers(action: &Action) -> Vec<String> {
-        let Action::Reply(reply) = action else { panic!("expected a reply, got {action:?}") };
+    fn removed_headers(action: &Effect) -> Vec<String> {
+        let Effect::Reply(reply) = action else { panic!("expected a reply, got {action:?}") };
         let common = match &reply.response {
             Some(Response::RequestHeaders(h)) | Some(Response::ResponseHeaders(h)) => h.response.clone(),
             other => panic!("expected a headers response, got {other:?}"),
@@ -819,8 +1045,8 @@ mod tests {
         common.and_then(|c| c.header_mutation).map(|m| m.remove_headers).unwrap_or_default()
     }
 
-    fn modes_of(action: &Action) -> Option<(BodySendMode, BodySendMode, i32, i32)> {
-        let Action::Reply(reply) = action else { panic!("expected a reply, got {action:?}") };
+    fn modes_of(action: &Effect) -> Option<(BodySendMode, BodySendMode, i32, i32)> {
+        let Effect::Reply(reply) = action else { panic!("expected a reply, got {action:?}") };
         let mode = reply.mode_override.as_ref()?;
         Some((
             BodySendMode::try_from(mode.request_body_mode).unwrap(),
@@ -855,25 +1081,19 @@ mod tests {
         assert_eq!(state.request_id, "r1");
         assert_eq!(state.path, "/a", "the query string must not reach logs");
         assert!(!state.is_complete());
-        let action =
-            on_message(&mut state, message(Request::ResponseHeaders(headers(&[(":status", "200")], false))));
-        assert_eq!(
-            action,
-            Action::Hold {
-                direction: Direction::Response,
-                headers_answer: response::headers_continue(Direction::Response, vec![])
-            }
-        );
+        let answer =
+            hold(&mut state, message(Request::ResponseHeaders(headers(&[(":status", "200")], false))));
+        assert_eq!(answer, Some(response::headers_continue(Direction::Response, vec![])));
         let action = on_message(&mut state, message(Request::ResponseBody(body(b"pay", false))));
-        assert_eq!(
-            action,
-            Action::Piece { direction: Direction::Response, body: b"pay".to_vec(), end_of_stream: false }
-        );
+        assert_eq!(action, Effect::HoldPiece { direction: Direction::Response, body: b"pay".to_vec() });
         assert!(!state.is_complete());
-        let action = on_message(&mut state, message(Request::ResponseBody(body(b"load", true))));
+        let effects = effects_of(&mut state, message(Request::ResponseBody(body(b"load", true))));
         assert_eq!(
-            action,
-            Action::Piece { direction: Direction::Response, body: b"load".to_vec(), end_of_stream: true }
+            effects,
+            vec![
+                Effect::HoldPiece { direction: Direction::Response, body: b"load".to_vec() },
+                Effect::ScanHeld { direction: Direction::Response, trailers: None },
+            ]
         );
         assert!(state.is_complete());
     }
@@ -889,43 +1109,44 @@ mod tests {
     fn a_full_duplex_upload_holds_its_headers_and_their_answer_switches_the_response() {
         let mut state = StreamState::new(SCAN_BOTH);
         let pairs = [(":method", "POST"), ("x-clamgate-verdict", "clean"), ("range", "bytes=0-1")];
-        let action = on_message(&mut state, duplex_uploads(Request::RequestHeaders(headers(&pairs, false))));
-        let Action::Hold { direction: Direction::Request, headers_answer } = action else {
-            panic!("expected the upload held, got {action:?}")
-        };
-        let answer = Action::Reply(headers_answer);
+        let headers_answer =
+            hold(&mut state, duplex_uploads(Request::RequestHeaders(headers(&pairs, false))));
+        let answer = Effect::Reply(headers_answer.expect("the upload's headers are held"));
         assert_eq!(removed_headers(&answer), vec!["x-clamgate-verdict", "range", "if-range"]);
         assert_eq!(
             modes_of(&answer),
             Some((BodySendMode::FullDuplexStreamed, BodySendMode::FullDuplexStreamed, SEND, SEND)),
             "the upload's response is switched too, its request mode restated"
         );
-        let action = on_message(&mut state, message(Request::RequestBody(body(b"up", true))));
+        let effects = effects_of(&mut state, message(Request::RequestBody(body(b"up", true))));
         assert_eq!(
-            action,
-            Action::Piece { direction: Direction::Request, body: b"up".to_vec(), end_of_stream: true }
+            effects,
+            vec![
+                Effect::HoldPiece { direction: Direction::Request, body: b"up".to_vec() },
+                Effect::ScanHeld { direction: Direction::Request, trailers: None },
+            ]
         );
-        let action =
-            on_message(&mut state, message(Request::ResponseHeaders(headers(&[(":status", "200")], false))));
-        assert!(matches!(action, Action::Hold { direction: Direction::Response, .. }), "{action:?}");
+        let answer =
+            hold(&mut state, message(Request::ResponseHeaders(headers(&[(":status", "200")], false))));
+        assert!(answer.is_some() && state.is_holding(Direction::Response));
     }
 
     #[test]
     fn response_headers_while_an_upload_is_held_are_out_of_order() {
         let mut state = StreamState::new(SCAN_BOTH);
         let upload = duplex_uploads(Request::RequestHeaders(headers(&[(":method", "POST")], false)));
-        assert!(matches!(on_message(&mut state, upload), Action::Hold { .. }));
-        on_message(&mut state, message(Request::RequestBody(body(b"up", false))));
+        assert!(hold(&mut state, upload).is_some());
+        effects_of(&mut state, message(Request::RequestBody(body(b"up", false))));
         let action =
             on_message(&mut state, message(Request::ResponseHeaders(headers(&[(":status", "200")], false))));
-        assert!(matches!(action, Action::Fail(StreamError::OutOfOrder(_))), "{action:?}");
+        assert!(matches!(action, Effect::Fail(StreamError::OutOfOrder(_))), "{action:?}");
         // An upload the policy does not scan is sent straight back: the upstream may answer early.
         let mut state = StreamState::new(StreamPolicy { scan_requests: false, ..SCAN_BOTH });
         let upload = duplex_uploads(Request::RequestHeaders(headers(&[(":method", "POST")], false)));
-        assert!(matches!(on_message(&mut state, upload), Action::Echo { .. }));
+        assert!(matches!(on_message(&mut state, upload), Effect::Reply(_)));
         let action =
             on_message(&mut state, message(Request::ResponseHeaders(headers(&[(":status", "413")], true))));
-        assert!(matches!(action, Action::Reply(_)), "{action:?}");
+        assert!(matches!(action, Effect::Reply(_)), "{action:?}");
     }
 
     #[test]
@@ -941,7 +1162,13 @@ mod tests {
             let mut state = StreamState::new(SCAN_BOTH);
             let action =
                 on_message(&mut state, duplex_uploads(Request::RequestHeaders(headers(&pairs, false))));
-            let Action::Unscannable { direction, reason: got, echo, .. } = action else {
+            let Effect::DecideUnscanned {
+                direction,
+                reason: got,
+                then: Then::AnswerUnscannable { echo, .. },
+                ..
+            } = action
+            else {
                 panic!("expected unscannable, got {action:?}")
             };
             assert_eq!((direction, got, echo), (Direction::Request, reason, true));
@@ -951,30 +1178,33 @@ mod tests {
     #[test]
     fn content_encodings_are_recorded_and_an_unknown_one_is_unscannable() {
         let mut state = StreamState::new(SCAN_BOTH);
-        on_message(&mut state, buffered(Request::RequestHeaders(headers(&[(":method", "GET")], true))));
+        effects_of(&mut state, buffered(Request::RequestHeaders(headers(&[(":method", "GET")], true))));
         let pairs = [(":status", "200"), ("content-encoding", "gzip"), ("content-encoding", "br")];
-        let action = on_message(&mut state, message(Request::ResponseHeaders(headers(&pairs, false))));
-        assert!(matches!(action, Action::Hold { .. }), "{action:?}");
+        assert!(hold(&mut state, message(Request::ResponseHeaders(headers(&pairs, false)))).is_some());
         assert_eq!(state.encodings(Direction::Response), &[Encoding::Gzip, Encoding::Brotli]);
         assert!(state.encodings(Direction::Request).is_empty());
 
         let mut state = StreamState::new(SCAN_BOTH);
-        on_message(&mut state, buffered(Request::RequestHeaders(headers(&[(":method", "GET")], true))));
+        effects_of(&mut state, buffered(Request::RequestHeaders(headers(&[(":method", "GET")], true))));
         let pairs = [(":status", "200"), ("content-encoding", "gzip, x-unknown")];
         let action = on_message(&mut state, message(Request::ResponseHeaders(headers(&pairs, false))));
         assert!(
             matches!(
                 action,
-                Action::Unscannable { reason: UnscannedReason::UnsupportedEncoding, echo: true, .. }
+                Effect::DecideUnscanned {
+                    reason: UnscannedReason::UnsupportedEncoding,
+                    then: Then::AnswerUnscannable { echo: true, .. },
+                    ..
+                }
             ),
             "{action:?}"
         );
         // Without a body there is nothing to decode.
         let mut state = StreamState::new(SCAN_BOTH);
-        on_message(&mut state, buffered(Request::RequestHeaders(headers(&[(":method", "HEAD")], true))));
+        effects_of(&mut state, buffered(Request::RequestHeaders(headers(&[(":method", "HEAD")], true))));
         let pairs = [(":status", "200"), ("content-encoding", "x-unknown")];
         let action = on_message(&mut state, message(Request::ResponseHeaders(headers(&pairs, true))));
-        assert!(matches!(action, Action::Reply(_)), "{action:?}");
+        assert!(matches!(action, Effect::Reply(_)), "{action:?}");
     }
 
     #[test]
@@ -994,7 +1224,7 @@ mod tests {
             let action = on_message(&mut state, buffered(Request::RequestHeaders(headers(&pairs, false))));
             assert_eq!(modes_of(&action), None, "content-length {length:?}");
             let action = on_message(&mut state, message(Request::RequestBody(body(b"x", true))));
-            assert!(matches!(action, Action::Scan { .. }), "{action:?}");
+            assert!(matches!(action, Effect::ScanBody { .. }), "{action:?}");
         }
     }
 
@@ -1004,7 +1234,13 @@ mod tests {
         let too_large = (SCAN_BOTH.max_scan_bytes + 1).to_string();
         let pairs = [(":method", "PUT"), ("content-length", too_large.as_str())];
         let action = on_message(&mut state, buffered(Request::RequestHeaders(headers(&pairs, false))));
-        let Action::Unscannable { direction, reason, bytes, if_allowed, echo } = action else {
+        let Effect::DecideUnscanned {
+            direction,
+            reason,
+            bytes,
+            then: Then::AnswerUnscannable { if_allowed, echo, .. },
+        } = action
+        else {
             panic!("expected unscannable, got {action:?}")
         };
         assert_eq!(
@@ -1040,9 +1276,9 @@ mod tests {
         let mut state = StreamState::new(SCAN_BOTH);
         assert_eq!(removed_headers(&ranged(&mut state)), vec!["range", "if-range"]);
         let mut state = StreamState::new(RESOURCE_KEYS);
-        assert!(matches!(ranged(&mut state), Action::LookupResource { .. }));
-        state.record_clean_resource(known("etag:\"v1\""));
-        let answer = Action::Reply(request_headers_answer(&mut state));
+        assert!(matches!(ranged(&mut state), Effect::LookupResource { .. }));
+        state.clean_resource = Some(known("etag:\"v1\""));
+        let answer = Effect::Reply(request_headers_answer(&mut state));
         assert!(removed_headers(&answer).is_empty(), "a known-clean object may be fetched in parts");
         assert_eq!(modes_of(&answer), None, "a known-clean download stays BUFFERED, for the validator check");
     }
@@ -1050,11 +1286,18 @@ mod tests {
     #[test]
     fn a_partial_response_to_scan_is_unscannable() {
         let mut state = StreamState::new(SCAN_BOTH);
-        on_message(&mut state, get("/a"));
+        effects_of(&mut state, get("/a"));
         let action =
             on_message(&mut state, response_headers(&[(":status", "206"), ("content-length", "10")]));
         assert!(
-            matches!(action, Action::Unscannable { reason: UnscannedReason::PartialContent, echo: true, .. }),
+            matches!(
+                action,
+                Effect::DecideUnscanned {
+                    reason: UnscannedReason::PartialContent,
+                    then: Then::AnswerUnscannable { echo: true, .. },
+                    ..
+                }
+            ),
             "{action:?}"
         );
     }
@@ -1062,28 +1305,32 @@ mod tests {
     #[test]
     fn trailers_end_a_streamed_body() {
         let mut state = StreamState::new(SCAN_BOTH);
-        on_message(&mut state, get("/a"));
-        on_message(&mut state, response_headers(&[(":status", "200")]));
-        on_message(&mut state, message(Request::ResponseBody(body(b"x", false))));
+        effects_of(&mut state, get("/a"));
+        effects_of(&mut state, response_headers(&[(":status", "200")]));
+        effects_of(&mut state, message(Request::ResponseBody(body(b"x", false))));
         let action = on_message(&mut state, message(Request::ResponseTrailers(HttpTrailers::default())));
-        assert_eq!(
-            action,
-            Action::DuplexTrailers { direction: Direction::Response, remove_trailers: vec![] }
-        );
+        assert_eq!(action, Effect::ScanHeld { direction: Direction::Response, trailers: Some(vec![]) });
         assert!(state.is_complete());
     }
 
     #[test]
     fn a_response_too_large_to_scan_is_unscannable_at_its_headers() {
         let mut state = StreamState::new(SCAN_BOTH);
-        on_message(&mut state, get("/a"));
+        effects_of(&mut state, get("/a"));
         let too_large = (SCAN_BOTH.max_scan_bytes + 1).to_string();
         let action = on_message(
             &mut state,
             response_headers(&[(":status", "200"), ("content-length", too_large.as_str())]),
         );
         assert!(
-            matches!(action, Action::Unscannable { reason: UnscannedReason::TooLarge, echo: true, .. }),
+            matches!(
+                action,
+                Effect::DecideUnscanned {
+                    reason: UnscannedReason::TooLarge,
+                    then: Then::AnswerUnscannable { echo: true, .. },
+                    ..
+                }
+            ),
             "{action:?}"
         );
     }
@@ -1092,27 +1339,27 @@ mod tests {
     fn an_upload_body_is_scanned() {
         let mut state = StreamState::new(SCAN_BOTH);
         let pairs = [(":method", "POST"), ("content-length", "6")];
-        on_message(&mut state, buffered(Request::RequestHeaders(headers(&pairs, false))));
+        effects_of(&mut state, buffered(Request::RequestHeaders(headers(&pairs, false))));
         let action = on_message(&mut state, message(Request::RequestBody(body(b"upload", true))));
-        assert_eq!(action, Action::Scan { direction: Direction::Request, body: b"upload".to_vec() });
+        assert_eq!(action, Effect::ScanBody { direction: Direction::Request, body: b"upload".to_vec() });
     }
 
     #[test]
     fn a_buffered_body_followed_by_trailers_is_whole() {
         let mut state = StreamState::new(SCAN_BOTH);
-        on_message(&mut state, buffered(Request::RequestHeaders(headers(&[("content-length", "8")], false))));
+        effects_of(&mut state, buffered(Request::RequestHeaders(headers(&[("content-length", "8")], false))));
         let action = on_message(&mut state, message(Request::RequestBody(body(b"grpc-web", false))));
-        assert!(matches!(action, Action::Scan { .. }));
+        assert!(matches!(action, Effect::ScanBody { .. }));
         let action = on_message(&mut state, message(Request::RequestTrailers(HttpTrailers::default())));
-        assert!(matches!(action, Action::Reply(_)));
+        assert!(matches!(action, Effect::Reply(_)));
     }
 
     #[test]
     fn a_partial_body_with_unknown_mode_fails_the_stream() {
         let mut state = StreamState::new(SCAN_BOTH);
-        on_message(&mut state, message(Request::RequestHeaders(headers(&[], false))));
+        effects_of(&mut state, message(Request::RequestHeaders(headers(&[], false))));
         let action = on_message(&mut state, message(Request::RequestBody(body(b"first part", false))));
-        assert_eq!(action, Action::Fail(StreamError::PartialBody(Direction::Request)));
+        assert_eq!(action, Effect::Fail(StreamError::PartialBody(Direction::Request)));
     }
 
     #[test]
@@ -1131,7 +1378,7 @@ mod tests {
             assert!(
                 matches!(
                     action,
-                    Action::Fail(StreamError::UnsupportedBodyMode { direction: Direction::Response, .. })
+                    Effect::Fail(StreamError::UnsupportedBodyMode { direction: Direction::Response, .. })
                 ),
                 "{mode:?}: {action:?}"
             );
@@ -1150,7 +1397,7 @@ mod tests {
         );
         assert_eq!(
             on_message(&mut state, first),
-            Action::Fail(StreamError::BodyModeNone(Direction::Request))
+            Effect::Fail(StreamError::BodyModeNone(Direction::Request))
         );
         for (pairs, end_of_stream) in
             [(vec![(":method", "GET")], true), (vec![(":method", "POST"), ("content-length", "0")], false)]
@@ -1161,22 +1408,22 @@ mod tests {
                 BodySendMode::None,
                 BodySendMode::Buffered,
             );
-            assert!(matches!(on_message(&mut state, first), Action::Reply(_)), "{pairs:?}");
+            assert!(matches!(on_message(&mut state, first), Effect::Reply(_)), "{pairs:?}");
         }
         // Response body mode NONE: every request but a HEAD fails at its headers.
         let mut state = StreamState::new(SCAN_BOTH);
         let first = with_modes(get_headers_only("GET"), BodySendMode::Buffered, BodySendMode::None);
         assert_eq!(
             on_message(&mut state, first),
-            Action::Fail(StreamError::BodyModeNone(Direction::Response))
+            Effect::Fail(StreamError::BodyModeNone(Direction::Response))
         );
         let mut state = StreamState::new(SCAN_BOTH);
         let first = with_modes(get_headers_only("HEAD"), BodySendMode::Buffered, BodySendMode::None);
-        assert!(matches!(on_message(&mut state, first), Action::Reply(_)));
+        assert!(matches!(on_message(&mut state, first), Effect::Reply(_)));
         // A direction the policy does not scan may be NONE.
         let mut state = StreamState::new(StreamPolicy { scan_responses: false, ..SCAN_BOTH });
         let first = with_modes(get_headers_only("GET"), BodySendMode::Buffered, BodySendMode::None);
-        assert!(matches!(on_message(&mut state, first), Action::Reply(_)));
+        assert!(matches!(on_message(&mut state, first), Effect::Reply(_)));
         assert_eq!(StreamError::BodyModeNone(Direction::Response).kind(), Some("body_mode"));
     }
 
@@ -1184,7 +1431,7 @@ mod tests {
     fn observability_mode_fails_the_stream() {
         let mut state = StreamState::new(SCAN_BOTH);
         let first = ProcessingRequest { observability_mode: true, ..buffered(get_headers_only("GET")) };
-        assert_eq!(on_message(&mut state, first), Action::Fail(StreamError::ObservabilityMode));
+        assert_eq!(on_message(&mut state, first), Effect::Fail(StreamError::ObservabilityMode));
     }
 
     #[test]
@@ -1192,8 +1439,8 @@ mod tests {
         let trailers = |pairs: &[(&str, &str)]| HttpTrailers { trailers: headers(pairs, true).headers };
         // BUFFERED: the body was answered, the trailers' answer removes them.
         let mut state = StreamState::new(SCAN_BOTH);
-        on_message(&mut state, buffered(Request::RequestHeaders(headers(&[(":method", "POST")], false))));
-        on_message(&mut state, message(Request::RequestBody(body(b"x", false))));
+        effects_of(&mut state, buffered(Request::RequestHeaders(headers(&[(":method", "POST")], false))));
+        effects_of(&mut state, message(Request::RequestBody(body(b"x", false))));
         let action = on_message(
             &mut state,
             message(Request::RequestTrailers(trailers(&[
@@ -1203,22 +1450,22 @@ mod tests {
         );
         assert_eq!(
             action,
-            Action::Reply(response::trailers_continue(Direction::Request, vec!["x-clamgate-verdict".into()]))
+            Effect::Reply(response::trailers_continue(Direction::Request, vec!["x-clamgate-verdict".into()]))
         );
         // FULL_DUPLEX: the names go with the trailers' answer sent after the body.
         let mut state = StreamState::new(SCAN_BOTH);
-        on_message(&mut state, get("/a"));
-        on_message(&mut state, response_headers(&[(":status", "200")]));
-        on_message(&mut state, message(Request::ResponseBody(body(b"x", false))));
+        effects_of(&mut state, get("/a"));
+        effects_of(&mut state, response_headers(&[(":status", "200")]));
+        effects_of(&mut state, message(Request::ResponseBody(body(b"x", false))));
         let action = on_message(
             &mut state,
             message(Request::ResponseTrailers(trailers(&[("x-clamgate-verdict", "clean")]))),
         );
         assert_eq!(
             action,
-            Action::DuplexTrailers {
+            Effect::ScanHeld {
                 direction: Direction::Response,
-                remove_trailers: vec!["x-clamgate-verdict".into()]
+                trailers: Some(vec!["x-clamgate-verdict".into()])
             }
         );
     }
@@ -1231,20 +1478,20 @@ mod tests {
     fn out_of_order_messages_fail_the_stream() {
         let mut state = StreamState::new(SCAN_BOTH);
         let action = on_message(&mut state, message(Request::ResponseBody(body(b"x", true))));
-        assert!(matches!(action, Action::Fail(StreamError::OutOfOrder(_))), "{action:?}");
+        assert!(matches!(action, Effect::Fail(StreamError::OutOfOrder(_))), "{action:?}");
 
         let mut state = StreamState::new(SCAN_BOTH);
         let action = on_message(&mut state, message(Request::ResponseHeaders(headers(&[], false))));
-        assert!(matches!(action, Action::Fail(StreamError::OutOfOrder(_))), "{action:?}");
+        assert!(matches!(action, Effect::Fail(StreamError::OutOfOrder(_))), "{action:?}");
 
         let mut state = StreamState::new(SCAN_BOTH);
-        on_message(&mut state, buffered(Request::RequestHeaders(headers(&[], true))));
+        effects_of(&mut state, buffered(Request::RequestHeaders(headers(&[], true))));
         let action = on_message(&mut state, message(Request::RequestHeaders(headers(&[], true))));
-        assert!(matches!(action, Action::Fail(StreamError::OutOfOrder(_))), "{action:?}");
+        assert!(matches!(action, Effect::Fail(StreamError::OutOfOrder(_))), "{action:?}");
 
         // A body after a headers-only request.
         let action = on_message(&mut state, message(Request::RequestBody(body(b"x", true))));
-        assert!(matches!(action, Action::Fail(StreamError::OutOfOrder(_))), "{action:?}");
+        assert!(matches!(action, Effect::Fail(StreamError::OutOfOrder(_))), "{action:?}");
     }
 
     #[test]
@@ -1252,7 +1499,7 @@ mod tests {
         let mut state = StreamState::new(SCAN_BOTH);
         assert_eq!(
             on_message(&mut state, ProcessingRequest::default()),
-            Action::Fail(StreamError::EmptyMessage)
+            Effect::Fail(StreamError::EmptyMessage)
         );
     }
 
@@ -1267,20 +1514,20 @@ mod tests {
             ))),
         );
         assert_eq!(removed_headers(&action), vec!["x-clamgate-policy", "x-clamgate-verdict"]);
-        let action = on_message(
+        let headers_answer = hold(
             &mut state,
             message(Request::ResponseHeaders(headers(&[("x-clamgate-verdict", "clean")], false))),
         );
-        let Action::Hold { headers_answer, .. } = action else { panic!("expected hold, got {action:?}") };
-        assert_eq!(removed_headers(&Action::Reply(headers_answer)), vec!["x-clamgate-verdict"]);
+        let headers_answer = headers_answer.expect("the response headers are held");
+        assert_eq!(removed_headers(&Effect::Reply(headers_answer)), vec!["x-clamgate-verdict"]);
     }
 
     #[test]
     fn a_direction_the_policy_skips_passes_without_scan() {
         let mut state = StreamState::new(StreamPolicy { scan_requests: false, ..SCAN_BOTH });
-        on_message(&mut state, buffered(Request::RequestHeaders(headers(&[], false))));
+        effects_of(&mut state, buffered(Request::RequestHeaders(headers(&[], false))));
         let action = on_message(&mut state, message(Request::RequestBody(body(b"x", true))));
-        assert_eq!(action, Action::PassBody { direction: Direction::Request });
+        assert_eq!(action, Effect::Reply(response::body_continue(Direction::Request, None)));
     }
 
     #[test]
@@ -1292,7 +1539,7 @@ mod tests {
         let mut first = buffered(Request::RequestHeaders(request_headers));
         first.attributes.insert(ATTRIBUTE_NAMESPACE.to_string(), Struct { fields });
         let mut state = StreamState::new(SCAN_BOTH);
-        on_message(&mut state, first);
+        effects_of(&mut state, first);
         assert_eq!(state.request_id, "from-envoy");
     }
 
@@ -1330,7 +1577,7 @@ mod tests {
     fn a_get_under_a_resource_policy_is_looked_up_by_host_and_path() {
         let mut state = StreamState::new(RESOURCE_KEYS);
         let action = on_message(&mut state, get("/pkg/a.tar.gz?v=2"));
-        let Action::LookupResource { resource, .. } = action else {
+        let Effect::LookupResource { resource, .. } = action else {
             panic!("expected a lookup, got {action:?}")
         };
         assert_eq!(resource.id, ResourceId::new("http", "mirror.example", 80, "/pkg/a.tar.gz?v=2"));
@@ -1340,50 +1587,50 @@ mod tests {
     #[test]
     fn no_lookup_without_a_resource_policy_or_for_other_methods() {
         let mut state = StreamState::new(SCAN_BOTH);
-        assert!(matches!(on_message(&mut state, get("/a")), Action::Reply(_)));
+        assert!(matches!(on_message(&mut state, get("/a")), Effect::Reply(_)));
         let mut state = StreamState::new(RESOURCE_KEYS);
         let post = buffered(Request::RequestHeaders(headers(
             &[(":method", "POST"), (":authority", "h"), (":path", "/a")],
             false,
         )));
-        assert!(matches!(on_message(&mut state, post), Action::Reply(_)));
+        assert!(matches!(on_message(&mut state, post), Effect::Reply(_)));
     }
 
     #[test]
     fn a_known_clean_resource_with_the_same_validator_passes_unbuffered() {
         let mut state = StreamState::new(RESOURCE_KEYS);
-        on_message(&mut state, get("/a"));
-        state.record_clean_resource(known("etag:\"v1\""));
+        effects_of(&mut state, get("/a"));
+        state.clean_resource = Some(known("etag:\"v1\""));
         let action = on_message(
             &mut state,
             response_headers(&[(":status", "200"), ("etag", "\"v1\""), ("x-clamgate-verdict", "x")]),
         );
-        assert_eq!(action, Action::PassCachedResource { remove_headers: vec!["x-clamgate-verdict".into()] });
+        assert_eq!(action, Effect::PassCachedResource { remove_headers: vec!["x-clamgate-verdict".into()] });
         assert!(state.is_complete(), "no body message may follow");
     }
 
     #[test]
     fn a_known_clean_resource_may_answer_in_parts() {
         let mut state = StreamState::new(RESOURCE_KEYS);
-        on_message(&mut state, get("/a"));
-        state.record_clean_resource(known("etag:\"v1\""));
+        effects_of(&mut state, get("/a"));
+        state.clean_resource = Some(known("etag:\"v1\""));
         let action = on_message(&mut state, response_headers(&[(":status", "206"), ("etag", "\"v1\"")]));
-        assert!(matches!(action, Action::PassCachedResource { .. }), "{action:?}");
+        assert!(matches!(action, Effect::PassCachedResource { .. }), "{action:?}");
     }
 
     #[test]
     fn a_changed_validator_is_scanned() {
         for response in [vec![(":status", "200"), ("etag", "\"v2\"")], vec![(":status", "200")]] {
             let mut state = StreamState::new(RESOURCE_KEYS);
-            on_message(&mut state, get("/a"));
-            state.record_clean_resource(known("etag:\"v1\""));
+            effects_of(&mut state, get("/a"));
+            state.clean_resource = Some(known("etag:\"v1\""));
             request_headers_answer(&mut state);
             assert!(
-                matches!(on_message(&mut state, response_headers(&response)), Action::Reply(_)),
+                matches!(on_message(&mut state, response_headers(&response)), Effect::Reply(_)),
                 "{response:?}"
             );
             let action = on_message(&mut state, message(Request::ResponseBody(body(b"new", true))));
-            assert!(matches!(action, Action::Scan { .. }), "{response:?}: {action:?}");
+            assert!(matches!(action, Effect::ScanBody { .. }), "{response:?}: {action:?}");
         }
     }
 
@@ -1415,20 +1662,20 @@ mod tests {
     #[test]
     fn only_whole_responses_with_a_validator_are_stored_by_resource() {
         let mut state = StreamState::new(RESOURCE_KEYS);
-        on_message(&mut state, get("/a"));
-        on_message(&mut state, response_headers(&[(":status", "200"), ("etag", "\"v1\"")]));
+        effects_of(&mut state, get("/a"));
+        effects_of(&mut state, response_headers(&[(":status", "200"), ("etag", "\"v1\"")]));
         let (resource, validator, vary) = state.resource_to_store().expect("storable");
         assert_eq!((resource.id.path_and_query(), validator, vary), ("/a", "etag:\"v1\"", &[][..]));
 
         let mut state = StreamState::new(RESOURCE_KEYS);
-        on_message(&mut state, get("/a"));
-        on_message(&mut state, response_headers(&[(":status", "206"), ("etag", "\"v1\"")]));
+        effects_of(&mut state, get("/a"));
+        effects_of(&mut state, response_headers(&[(":status", "206"), ("etag", "\"v1\"")]));
         assert!(state.resource_to_store().is_none());
     }
 
-    fn resource_of(action: Action) -> Resource {
+    fn resource_of(action: Effect) -> Resource {
         match action {
-            Action::LookupResource { resource } => resource,
+            Effect::LookupResource { resource } => resource,
             other => panic!("expected a lookup, got {other:?}"),
         }
     }
@@ -1464,8 +1711,8 @@ mod tests {
             let mut all = vec![(":method", "GET"), (":path", "/a")];
             all.extend_from_slice(&pairs);
             let action = on_message(&mut state, buffered(Request::RequestHeaders(headers(&all, true))));
-            assert!(matches!(action, Action::Reply(_)), "{pairs:?}: {action:?}");
-            on_message(&mut state, response_headers(&[(":status", "200"), ("etag", "\"v1\"")]));
+            assert!(matches!(action, Effect::Reply(_)), "{pairs:?}: {action:?}");
+            effects_of(&mut state, response_headers(&[(":status", "200"), ("etag", "\"v1\"")]));
             assert!(state.resource_to_store().is_none(), "{pairs:?}: nothing stored either");
         }
     }
@@ -1490,24 +1737,24 @@ mod tests {
     #[test]
     fn a_response_with_vary_star_is_not_stored() {
         let mut state = StreamState::new(RESOURCE_KEYS);
-        on_message(&mut state, get("/a"));
-        on_message(&mut state, response_headers(&[(":status", "200"), ("etag", "\"v1\""), ("vary", "*")]));
+        effects_of(&mut state, get("/a"));
+        effects_of(&mut state, response_headers(&[(":status", "200"), ("etag", "\"v1\""), ("vary", "*")]));
         assert!(state.resource_to_store().is_none());
     }
 
     #[test]
     fn a_known_clean_validator_with_other_vary_names_is_scanned() {
         let mut state = StreamState::new(RESOURCE_KEYS);
-        on_message(&mut state, get("/a"));
-        state.record_clean_resource(known("etag:\"v1\""));
+        effects_of(&mut state, get("/a"));
+        state.clean_resource = Some(known("etag:\"v1\""));
         request_headers_answer(&mut state);
         let action = on_message(
             &mut state,
             response_headers(&[(":status", "200"), ("etag", "\"v1\""), ("vary", "origin")]),
         );
-        assert!(matches!(action, Action::Reply(_)), "{action:?}");
+        assert!(matches!(action, Effect::Reply(_)), "{action:?}");
         let action = on_message(&mut state, message(Request::ResponseBody(body(b"new", true))));
-        assert!(matches!(action, Action::Scan { .. }), "{action:?}");
+        assert!(matches!(action, Effect::ScanBody { .. }), "{action:?}");
     }
 
     const VERIFY: StreamPolicy = StreamPolicy { verify_resource_hits: true, ..RESOURCE_KEYS };
@@ -1515,21 +1762,21 @@ mod tests {
     #[test]
     fn a_verified_hit_streams_through_and_is_compared_with_the_entry() {
         let mut state = StreamState::new(VERIFY);
-        on_message(&mut state, get("/a"));
-        state.record_clean_resource(known("etag:\"v1\""));
-        let answer = Action::Reply(request_headers_answer(&mut state));
+        effects_of(&mut state, get("/a"));
+        state.clean_resource = Some(known("etag:\"v1\""));
+        let answer = Effect::Reply(request_headers_answer(&mut state));
         assert_eq!(
             modes_of(&answer),
             Some((BodySendMode::Buffered, BodySendMode::FullDuplexStreamed, SKIP, SEND)),
             "a verified hit streams through clamgate"
         );
         let action = on_message(&mut state, response_headers(&[(":status", "200"), ("etag", "\"v1\"")]));
-        let Action::EchoCachedResource { verify, .. } = action else {
+        let Effect::EchoCachedResource { verify, .. } = action else {
             panic!("expected an echo, got {action:?}")
         };
         assert_eq!(verify, Some(ContentKey::of(b"abc")));
         let action = on_message(&mut state, message(Request::ResponseBody(body(b"abc", true))));
-        assert!(matches!(action, Action::Piece { end_of_stream: true, .. }), "{action:?}");
+        assert_eq!(action, Effect::VerifyPiece { body: b"abc".to_vec(), end_of_stream: true });
     }
 
     #[test]
@@ -1544,13 +1791,13 @@ mod tests {
                 BodySendMode::Buffered,
                 BodySendMode::FullDuplexStreamed,
             );
-            on_message(&mut state, first);
-            state.record_clean_resource(known("etag:\"v1\""));
+            effects_of(&mut state, first);
+            state.clean_resource = Some(known("etag:\"v1\""));
             request_headers_answer(&mut state);
-            let action = on_message(&mut state, response_headers(&[(":status", "200"), ("etag", "\"v1\"")]));
-            match action {
-                Action::EchoCachedResource { .. } => assert!(echoed),
-                Action::Hold { .. } => {
+            let effects = effects_of(&mut state, response_headers(&[(":status", "200"), ("etag", "\"v1\"")]));
+            match effects.as_slice() {
+                [Effect::EchoCachedResource { .. }] => assert!(echoed),
+                [] if state.is_holding(Direction::Response) => {
                     assert!(!echoed, "without verification the body is scanned, as before")
                 }
                 other => panic!("{other:?}"),
@@ -1561,40 +1808,43 @@ mod tests {
     #[test]
     fn a_verified_hit_in_parts_passes_unverified_and_a_changed_one_is_held() {
         let mut state = StreamState::new(VERIFY);
-        on_message(&mut state, get("/a"));
-        state.record_clean_resource(known("etag:\"v1\""));
+        effects_of(&mut state, get("/a"));
+        state.clean_resource = Some(known("etag:\"v1\""));
         request_headers_answer(&mut state);
         let action = on_message(&mut state, response_headers(&[(":status", "206"), ("etag", "\"v1\"")]));
-        assert!(matches!(action, Action::EchoCachedResource { verify: None, .. }), "{action:?}");
+        assert!(matches!(action, Effect::EchoCachedResource { verify: None, .. }), "{action:?}");
 
         let mut state = StreamState::new(VERIFY);
-        on_message(&mut state, get("/a"));
-        state.record_clean_resource(known("etag:\"v1\""));
+        effects_of(&mut state, get("/a"));
+        state.clean_resource = Some(known("etag:\"v1\""));
         request_headers_answer(&mut state);
-        let action = on_message(&mut state, response_headers(&[(":status", "200"), ("etag", "\"v2\"")]));
-        assert!(matches!(action, Action::Hold { .. }), "{action:?}");
+        assert!(hold(&mut state, response_headers(&[(":status", "200"), ("etag", "\"v2\"")])).is_some());
     }
 
     #[test]
     fn an_infected_entry_refuses_only_the_same_validator() {
         for (etag, refused) in [("\"bad\"", true), ("\"fixed\"", false)] {
             let mut state = StreamState::new(RESOURCE_KEYS);
-            on_message(&mut state, get_with(&[(":authority", "h"), (":path", "/a"), ("range", "bytes=0-1")]));
-            state.record_infected_resource(known("etag:\"bad\""), infected_report());
-            let answer = Action::Reply(request_headers_answer(&mut state));
+            effects_of(&mut state, get_with(&[(":authority", "h"), (":path", "/a"), ("range", "bytes=0-1")]));
+            state.infected_resource = Some((known("etag:\"bad\""), infected_report()));
+            let answer = Effect::Reply(request_headers_answer(&mut state));
             assert_eq!(removed_headers(&answer), vec!["range", "if-range"], "the whole object is fetched");
             assert_eq!(
                 modes_of(&answer),
                 Some((BodySendMode::Buffered, BodySendMode::FullDuplexStreamed, SKIP, SEND))
             );
-            let action = on_message(&mut state, response_headers(&[(":status", "200"), ("etag", etag)]));
-            match action {
-                Action::RefuseCachedInfected { report, otherwise } => {
+            let effects = effects_of(&mut state, response_headers(&[(":status", "200"), ("etag", etag)]));
+            match effects.as_slice() {
+                [Effect::Decide { report, then: Then::AnswerResponseHeaders { otherwise }, .. }] => {
                     assert!(refused, "{etag}");
-                    assert_eq!(*report, infected_report());
-                    assert!(matches!(*otherwise, Action::Hold { .. }), "report only: scanned as usual");
+                    assert_eq!(**report, infected_report());
+                    assert!(otherwise.is_empty(), "report only: scanned as usual");
+                    assert!(state.is_holding(Direction::Response), "report only: held to be scanned");
                 }
-                Action::Hold { .. } => assert!(!refused, "{etag}: the changed object is scanned"),
+                [] => assert!(
+                    !refused && state.is_holding(Direction::Response),
+                    "{etag}: the changed object is scanned"
+                ),
                 other => panic!("{etag}: {other:?}"),
             }
         }
@@ -1604,8 +1854,8 @@ mod tests {
     fn an_infected_entry_refuses_a_head_and_a_not_modified_with_its_validator() {
         for (status, end_of_stream) in [("200", true), ("304", true), ("206", false)] {
             let mut state = StreamState::new(RESOURCE_KEYS);
-            on_message(&mut state, get("/a"));
-            state.record_infected_resource(known("etag:\"bad\""), infected_report());
+            effects_of(&mut state, get("/a"));
+            state.infected_resource = Some((known("etag:\"bad\""), infected_report()));
             request_headers_answer(&mut state);
             let action = on_message(
                 &mut state,
@@ -1614,7 +1864,275 @@ mod tests {
                     end_of_stream,
                 ))),
             );
-            assert!(matches!(action, Action::RefuseCachedInfected { .. }), "{status}: {action:?}");
+            assert!(
+                matches!(action, Effect::Decide { then: Then::AnswerResponseHeaders { .. }, .. }),
+                "{status}: {action:?}"
+            );
         }
+    }
+
+    // Held FULL_DUPLEX bodies and what follows their decision: every ordering rule of the driver,
+    // without gRPC.
+
+    /// A policy that scans bodies of at most 4 bytes.
+    const SMALL: StreamPolicy = StreamPolicy { max_scan_bytes: 4, ..SCAN_BOTH };
+
+    fn allow(verdict_header: Option<&'static str>) -> Decision {
+        Decision::Continue { verdict_header }
+    }
+
+    fn refuse() -> Decision {
+        Decision::Block(crate::policy::BlockResponse {
+            status: 409,
+            verdict: "infected",
+            retry_after_secs: None,
+            body: b"{}".to_vec(),
+            details: "clamgate_infected".into(),
+        })
+    }
+
+    /// A download whose response headers are held, with `pieces` of its body held too.
+    fn held_download(policy: StreamPolicy, pieces: &[&[u8]]) -> StreamState {
+        let mut state = StreamState::new(policy);
+        effects_of(&mut state, get("/a"));
+        assert!(hold(&mut state, response_headers(&[(":status", "200")])).is_some());
+        for piece in pieces {
+            let effects = effects_of(&mut state, message(Request::ResponseBody(body(piece, false))));
+            assert_eq!(
+                effects,
+                vec![Effect::HoldPiece { direction: Direction::Response, body: piece.to_vec() }]
+            );
+        }
+        state
+    }
+
+    /// The `then` of the one decision among `effects`.
+    fn then_of(mut effects: Vec<Effect>) -> Then {
+        assert_eq!(effects.len(), 1, "expected one decision, got {effects:?}");
+        match effects.remove(0) {
+            Effect::Decide { then, .. } | Effect::DecideUnscanned { then, .. } => then,
+            other => panic!("expected a decision, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_held_body_growing_past_the_limit_is_decided_unscanned_with_what_was_held() {
+        let mut state = held_download(SMALL, &[b"abc"]);
+        let effects = effects_of(&mut state, message(Request::ResponseBody(body(b"de", false))));
+        assert_eq!(
+            effects,
+            vec![Effect::DecideUnscanned {
+                direction: Direction::Response,
+                reason: UnscannedReason::TooLarge,
+                bytes: 3,
+                then: Then::ReleaseTooLarge {
+                    direction: Direction::Response,
+                    piece: b"de".to_vec(),
+                    end_of_stream: false
+                },
+            }]
+        );
+    }
+
+    #[test]
+    fn an_allowed_too_large_body_sends_what_was_held_then_the_piece_then_echoes() {
+        let mut state = held_download(SMALL, &[b"abc"]);
+        let then = then_of(effects_of(&mut state, message(Request::ResponseBody(body(b"de", false)))));
+        let effects = decided(&mut state, then, &allow(Some("unscanned")));
+        let headers_answer = response::with_verdict_header(
+            response::headers_continue(Direction::Response, vec![]),
+            Some("unscanned"),
+        );
+        assert_eq!(
+            effects,
+            vec![
+                Effect::SendHeld {
+                    direction: Direction::Response,
+                    headers_answer: Some(headers_answer),
+                    complete: false
+                },
+                Effect::Reply(response::streamed_body(Direction::Response, b"de".to_vec(), false)),
+            ],
+            "the held headers carry the verdict header; the held bytes go before the piece"
+        );
+        assert!(!state.is_holding(Direction::Response));
+        let action = on_message(&mut state, message(Request::ResponseBody(body(b"fg", true))));
+        assert_eq!(action, Effect::Reply(response::streamed_body(Direction::Response, b"fg".to_vec(), true)));
+        assert!(state.is_complete());
+    }
+
+    #[test]
+    fn a_refused_too_large_body_drops_what_was_held_and_ignores_later_pieces() {
+        let mut state = held_download(SMALL, &[b"abc"]);
+        let then = then_of(effects_of(&mut state, message(Request::ResponseBody(body(b"de", false)))));
+        let block = refuse();
+        let Decision::Block(response_block) = &block else { unreachable!() };
+        assert_eq!(
+            decided(&mut state, then, &block),
+            vec![
+                Effect::DropHeld { direction: Direction::Response },
+                Effect::Reply(response::immediate(response_block)),
+            ]
+        );
+        assert_eq!(effects_of(&mut state, message(Request::ResponseBody(body(b"fg", false)))), vec![]);
+        assert_eq!(
+            effects_of(&mut state, message(Request::ResponseTrailers(HttpTrailers::default()))),
+            vec![]
+        );
+        assert!(state.is_complete());
+    }
+
+    #[test]
+    fn a_whole_held_body_is_sent_back_complete_or_dropped() {
+        let mut state = held_download(SCAN_BOTH, &[b"ab"]);
+        let effects = effects_of(&mut state, message(Request::ResponseBody(body(b"c", true))));
+        assert_eq!(
+            effects.last(),
+            Some(&Effect::ScanHeld { direction: Direction::Response, trailers: None })
+        );
+        let then = Then::ReleaseHeld { direction: Direction::Response, trailers: None };
+        let effects = decided(&mut state, then, &allow(Some("clean")));
+        let headers_answer = response::with_verdict_header(
+            response::headers_continue(Direction::Response, vec![]),
+            Some("clean"),
+        );
+        assert_eq!(
+            effects,
+            vec![Effect::SendHeld {
+                direction: Direction::Response,
+                headers_answer: Some(headers_answer),
+                complete: true
+            }]
+        );
+
+        let mut state = held_download(SCAN_BOTH, &[b"ab"]);
+        effects_of(&mut state, message(Request::ResponseBody(body(b"c", true))));
+        let then = Then::ReleaseHeld { direction: Direction::Response, trailers: None };
+        let effects = decided(&mut state, then, &refuse());
+        assert_eq!(effects.first(), Some(&Effect::DropHeld { direction: Direction::Response }));
+        assert!(matches!(effects.as_slice(), [_, Effect::Reply(_)]), "{effects:?}");
+    }
+
+    #[test]
+    fn trailers_that_end_a_held_body_are_answered_after_it_and_its_last_piece_does_not_end_it() {
+        let mut state = held_download(SCAN_BOTH, &[b"ab"]);
+        let trailers = HttpTrailers {
+            trailers: Some(headers(&[("x-clamgate-verdict", "clean")], true).headers.unwrap()),
+        };
+        let action = on_message(&mut state, message(Request::ResponseTrailers(trailers)));
+        let names = vec!["x-clamgate-verdict".to_string()];
+        assert_eq!(
+            action,
+            Effect::ScanHeld { direction: Direction::Response, trailers: Some(names.clone()) }
+        );
+        let then = Then::ReleaseHeld { direction: Direction::Response, trailers: Some(names.clone()) };
+        let effects = decided(&mut state, then, &allow(None));
+        assert_eq!(
+            effects,
+            vec![
+                Effect::SendHeld {
+                    direction: Direction::Response,
+                    headers_answer: Some(response::headers_continue(Direction::Response, vec![])),
+                    complete: false,
+                },
+                Effect::Reply(response::trailers_continue(Direction::Response, names)),
+            ]
+        );
+        assert!(state.is_complete());
+    }
+
+    #[test]
+    fn a_piece_after_the_end_of_a_held_body_fails_the_stream() {
+        let mut state = held_download(SCAN_BOTH, &[b"ab"]);
+        effects_of(&mut state, message(Request::ResponseBody(body(b"c", true))));
+        decided(
+            &mut state,
+            Then::ReleaseHeld { direction: Direction::Response, trailers: None },
+            &allow(None),
+        );
+        // Envoy sends nothing after end_of_stream; a piece that comes anyway is never answered.
+        let action = on_message(&mut state, message(Request::ResponseBody(body(b"d", false))));
+        assert!(matches!(action, Effect::Fail(StreamError::OutOfOrder(_))), "{action:?}");
+    }
+
+    #[test]
+    fn an_allowed_unscannable_body_echoes_every_piece_and_a_refused_one_ignores_them() {
+        let too_large = (SCAN_BOTH.max_scan_bytes + 1).to_string();
+        let pairs = [(":method", "PUT"), ("content-length", too_large.as_str())];
+        for (decision, echoed) in [(allow(Some("unscanned")), true), (refuse(), false)] {
+            let mut state = StreamState::new(SCAN_BOTH);
+            let then = then_of(effects_of(
+                &mut state,
+                duplex_uploads(Request::RequestHeaders(headers(&pairs, false))),
+            ));
+            let effects = decided(&mut state, then, &decision);
+            assert!(matches!(effects.as_slice(), [Effect::Reply(_)]), "{effects:?}");
+            let effects = effects_of(&mut state, message(Request::RequestBody(body(b"up", true))));
+            if echoed {
+                assert_eq!(
+                    effects,
+                    vec![Effect::Reply(response::streamed_body(Direction::Request, b"up".to_vec(), true))]
+                );
+            } else {
+                assert_eq!(effects, vec![], "a refused upload's pieces are never answered");
+            }
+        }
+    }
+
+    #[test]
+    fn a_verified_hit_ended_by_trailers_is_compared_before_the_trailers_are_answered() {
+        let mut state = StreamState::new(VERIFY);
+        effects_of(&mut state, get("/a"));
+        state.clean_resource = Some(known("etag:\"v1\""));
+        request_headers_answer(&mut state);
+        effects_of(&mut state, response_headers(&[(":status", "200"), ("etag", "\"v1\"")]));
+        let action = on_message(&mut state, message(Request::ResponseBody(body(b"abc", false))));
+        assert_eq!(action, Effect::VerifyPiece { body: b"abc".to_vec(), end_of_stream: false });
+        let effects = effects_of(&mut state, message(Request::ResponseTrailers(HttpTrailers::default())));
+        assert_eq!(
+            effects,
+            vec![
+                Effect::FinishVerification,
+                Effect::Reply(response::trailers_continue(Direction::Response, vec![])),
+            ]
+        );
+    }
+
+    #[test]
+    fn each_resource_lookup_outcome_answers_the_request_headers_or_decides() {
+        let mut state = StreamState::new(RESOURCE_KEYS);
+        on_message(&mut state, get("/a"));
+        let then = then_of(on_resource_lookup(&mut state, ResourceLookup::Infected(infected_report())));
+        assert_eq!(then, Then::AnswerRequestHeaders);
+        // Report only: the request goes on with the usual answer (the download switched).
+        let effects = decided(&mut state, then, &allow(None));
+        assert!(
+            matches!(effects.as_slice(), [Effect::Reply(answer)] if answer.mode_override.is_some()),
+            "{effects:?}"
+        );
+
+        for lookup in [
+            ResourceLookup::Miss,
+            ResourceLookup::Clean { known: known("etag:\"v1\"") },
+            ResourceLookup::InfectedUnlessChanged { known: known("etag:\"v1\""), report: infected_report() },
+        ] {
+            let mut state = StreamState::new(RESOURCE_KEYS);
+            on_message(&mut state, get("/a"));
+            let effects = on_resource_lookup(&mut state, lookup);
+            assert!(matches!(effects.as_slice(), [Effect::Reply(_)]), "{effects:?}");
+        }
+    }
+
+    #[test]
+    fn a_blocked_buffered_body_or_request_is_answered_with_the_refusal_alone() {
+        for then in [Then::AnswerRequestHeaders, Then::AnswerBody { direction: Direction::Request }] {
+            let mut state = StreamState::new(SCAN_BOTH);
+            let effects = decided(&mut state, then, &refuse());
+            assert!(matches!(effects.as_slice(), [Effect::Reply(answer)] if answer.mode_override.is_none()));
+        }
+        let mut state = StreamState::new(SCAN_BOTH);
+        let effects =
+            decided(&mut state, Then::AnswerBody { direction: Direction::Request }, &allow(Some("clean")));
+        assert_eq!(effects, vec![Effect::Reply(response::body_continue(Direction::Request, Some("clean")))]);
     }
 }
