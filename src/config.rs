@@ -238,7 +238,7 @@ pub struct PolicyConfig {
     pub scan_responses: bool,
     /// Scan, log and count, but never block. For roll-out only.
     pub report_only: bool,
-    /// Action for each reason a body may go unscanned.
+    /// The action for each reason a body may go unscanned.
     pub on_unscanned: UnscannedActions,
     /// Which verdict cache keys this policy uses: `content` (SHA-256 of the body), `resource`
     /// (also scheme + host + port + path + Vary + validator, looked up at the request headers),
@@ -288,42 +288,42 @@ impl CacheMode {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct UnscannedActions {
-    pub too_large: Action,
-    pub engine_unavailable: Action,
-    pub timeout: Action,
-    pub engine_error: Action,
-    pub limits_exceeded: Action,
-    pub encrypted: Action,
-    pub unsupported_encoding: Action,
-    pub partial_content: Action,
+    pub too_large: UnscannedAction,
+    pub engine_unavailable: UnscannedAction,
+    pub timeout: UnscannedAction,
+    pub engine_error: UnscannedAction,
+    pub limits_exceeded: UnscannedAction,
+    pub encrypted: UnscannedAction,
+    pub unsupported_encoding: UnscannedAction,
+    pub partial_content: UnscannedAction,
 }
 
 /// A policy action for a body that could not be scanned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Action {
+pub enum UnscannedAction {
     Deny,
     Allow,
 }
 
-impl Action {
+impl UnscannedAction {
     /// Every action.
-    pub const ALL: [Action; 2] = [Action::Deny, Action::Allow];
-    /// The names used in the config, in the order of [`Action::ALL`].
-    pub const NAMES: [&'static str; 2] = [Action::Deny.as_str(), Action::Allow.as_str()];
+    pub const ALL: [UnscannedAction; 2] = [UnscannedAction::Deny, UnscannedAction::Allow];
+    /// The names used in the config, in the order of [`UnscannedAction::ALL`].
+    pub const NAMES: [&'static str; 2] = [UnscannedAction::Deny.as_str(), UnscannedAction::Allow.as_str()];
 
     /// The name used in the config: `deny` or `allow`.
     pub const fn as_str(self) -> &'static str {
         match self {
-            Action::Deny => "deny",
-            Action::Allow => "allow",
+            UnscannedAction::Deny => "deny",
+            UnscannedAction::Allow => "allow",
         }
     }
 }
 
 impl UnscannedActions {
     /// The action configured for `reason`.
-    pub fn action(&self, reason: UnscannedReason) -> Action {
+    pub fn action(&self, reason: UnscannedReason) -> UnscannedAction {
         match reason {
             UnscannedReason::TooLarge => self.too_large,
             UnscannedReason::EngineUnavailable => self.engine_unavailable,
@@ -543,14 +543,14 @@ impl Default for PolicyConfig {
 impl Default for UnscannedActions {
     fn default() -> Self {
         UnscannedActions {
-            too_large: Action::Deny,
-            engine_unavailable: Action::Deny,
-            timeout: Action::Deny,
-            engine_error: Action::Deny,
-            limits_exceeded: Action::Deny,
-            encrypted: Action::Deny,
-            unsupported_encoding: Action::Deny,
-            partial_content: Action::Deny,
+            too_large: UnscannedAction::Deny,
+            engine_unavailable: UnscannedAction::Deny,
+            timeout: UnscannedAction::Deny,
+            engine_error: UnscannedAction::Deny,
+            limits_exceeded: UnscannedAction::Deny,
+            encrypted: UnscannedAction::Deny,
+            unsupported_encoding: UnscannedAction::Deny,
+            partial_content: UnscannedAction::Deny,
         }
     }
 }
@@ -692,14 +692,6 @@ impl Config {
         load_layers(file, env)
     }
 
-    /// Like [`Config::load`] with the file's text given; errors in it are reported as `config`.
-    pub fn from_toml_str(
-        text: &str,
-        env: impl IntoIterator<Item = (String, String)>,
-    ) -> Result<Config, ConfigErrors> {
-        load_layers(parse_toml(text, "config"), env)
-    }
-
     /// Checks the values of a config built in code (ranges, addresses, URLs), as `load` does.
     pub fn validate(&self) -> Result<(), ConfigErrors> {
         let (rejected, from_env) = (BTreeSet::new(), BTreeMap::new());
@@ -803,11 +795,6 @@ impl Config {
         }
     }
 
-    /// `cache.redis_url` with its password replaced by `***`, for logs.
-    pub fn redacted_redis_url(&self) -> Option<String> {
-        self.cache.redis_url.as_deref().map(redact_url)
-    }
-
     /// Every configured Redis endpoint with passwords replaced by `***`, for logs:
     /// `cache.redis_url`, or each of `cache.redis_cluster_urls`. Empty when only the in-process
     /// cache is used. `cache.redis_password` is never part of it.
@@ -837,7 +824,7 @@ fn policy_warnings(policy: &PolicyConfig, default: bool) -> Vec<(String, String)
         warn("", "scan_requests and scan_responses are both false: nothing is scanned".to_string());
     }
     for reason in UnscannedReason::ALL {
-        if policy.on_unscanned.action(reason) == Action::Allow {
+        if policy.on_unscanned.action(reason) == UnscannedAction::Allow {
             warn(
                 &format!("on_unscanned.{reason}"),
                 "allow delivers bodies that were not scanned (fails open)".to_string(),
@@ -978,7 +965,7 @@ fn narrower_kind(path: &str) -> Option<Kind> {
         "listen.grpc_addr" | "listen.admin_addr" => Some(Kind::SocketAddr),
         "log.format" => Some(Kind::Enum(&LogFormat::NAMES)),
         "policy.cache_mode" => Some(Kind::Enum(&CacheMode::NAMES)),
-        _ if path.starts_with("policy.on_unscanned.") => Some(Kind::Enum(&Action::NAMES)),
+        _ if path.starts_with("policy.on_unscanned.") => Some(Kind::Enum(&UnscannedAction::NAMES)),
         _ => None,
     }
 }
@@ -2036,7 +2023,8 @@ mod tests {
     }
 
     fn load(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigErrors> {
-        Config::from_toml_str(text, vars(env))
+        // As `Config::load` does, with the file's text given (its errors reported as `config`).
+        load_layers(parse_toml(text, "config"), vars(env))
     }
 
     /// The `Display` lines of a load that must fail.
@@ -2152,13 +2140,22 @@ mod tests {
             (mirror.cache_mode, mirror.immutable, mirror.report_only),
             (CacheMode::Resource, true, true)
         );
-        assert_eq!(mirror.on_unscanned.partial_content, Action::Allow);
-        assert_eq!(mirror.on_unscanned.too_large, Action::Allow);
+        assert_eq!(mirror.on_unscanned.partial_content, UnscannedAction::Allow);
+        assert_eq!(mirror.on_unscanned.too_large, UnscannedAction::Allow);
         let actions = &config.policy.on_unscanned;
-        assert_eq!((actions.too_large, actions.engine_unavailable), (Action::Allow, Action::Deny));
-        assert_eq!((actions.timeout, actions.engine_error), (Action::Allow, Action::Deny));
-        assert_eq!((actions.limits_exceeded, actions.encrypted), (Action::Allow, Action::Deny));
-        assert_eq!((actions.unsupported_encoding, actions.partial_content), (Action::Allow, Action::Deny));
+        assert_eq!(
+            (actions.too_large, actions.engine_unavailable),
+            (UnscannedAction::Allow, UnscannedAction::Deny)
+        );
+        assert_eq!((actions.timeout, actions.engine_error), (UnscannedAction::Allow, UnscannedAction::Deny));
+        assert_eq!(
+            (actions.limits_exceeded, actions.encrypted),
+            (UnscannedAction::Allow, UnscannedAction::Deny)
+        );
+        assert_eq!(
+            (actions.unsupported_encoding, actions.partial_content),
+            (UnscannedAction::Allow, UnscannedAction::Deny)
+        );
         assert_eq!(
             config.log,
             LogConfig { level: "clamgate=debug,info".to_string(), format: LogFormat::Text }
@@ -2590,8 +2587,8 @@ mod tests {
         assert_eq!(config.clamd.address, "tcp://clamd:3310");
         assert_eq!(config.listen.grpc_addr, "0.0.0.0:50051".parse().unwrap());
         assert_eq!(config.log.format, LogFormat::Text);
-        assert_eq!(config.policy.on_unscanned.too_large, Action::Allow);
-        assert_eq!(config.policy.on_unscanned.timeout, Action::Deny);
+        assert_eq!(config.policy.on_unscanned.too_large, UnscannedAction::Allow);
+        assert_eq!(config.policy.on_unscanned.timeout, UnscannedAction::Deny);
         assert_eq!(config.cache.redis_url.as_deref(), Some("redis://redis:6379"));
     }
 
@@ -2606,7 +2603,7 @@ mod tests {
         .unwrap();
         assert_eq!(config.clamd.address, "tcp://env:3310");
         assert_eq!(config.clamd.max_concurrent_scans, 4);
-        assert_eq!(config.policy.on_unscanned.timeout, Action::Deny);
+        assert_eq!(config.policy.on_unscanned.timeout, UnscannedAction::Deny);
         // An empty value unsets an optional key, even one the file sets.
         let config = load(text, &[("CLAMGATE_CACHE_REDIS_URL", "")]).unwrap();
         assert_eq!(config.cache.redis_url, None);
@@ -2753,9 +2750,9 @@ mod tests {
         let mirror = &config.policies["mirror"];
         assert!(mirror.report_only);
         assert_eq!(mirror.cache_mode, CacheMode::Resource);
-        assert_eq!(mirror.on_unscanned.timeout, Action::Allow, "inherited");
-        assert_eq!(mirror.on_unscanned.too_large, Action::Allow, "its own");
-        assert_eq!(mirror.on_unscanned.encrypted, Action::Deny, "the default's default");
+        assert_eq!(mirror.on_unscanned.timeout, UnscannedAction::Allow, "inherited");
+        assert_eq!(mirror.on_unscanned.too_large, UnscannedAction::Allow, "its own");
+        assert_eq!(mirror.on_unscanned.encrypted, UnscannedAction::Deny, "the default's default");
         assert_eq!(
             config.policies["strict"],
             PolicyConfig { report_only: false, ..PolicyConfig::default() },
@@ -2783,7 +2780,10 @@ mod tests {
         )
         .unwrap();
         let mirror = &config.policies["mirror"];
-        assert_eq!((mirror.cache_mode, mirror.on_unscanned.too_large), (CacheMode::Off, Action::Allow));
+        assert_eq!(
+            (mirror.cache_mode, mirror.on_unscanned.too_large),
+            (CacheMode::Off, UnscannedAction::Allow)
+        );
         assert!(mirror.report_only);
         // A policy the file does not have, inheriting from `[policy]`.
         let uploads = &config.policies["uploads2"];
@@ -3153,9 +3153,9 @@ mod tests {
             assert_eq!(redact_url(url), redacted);
         }
         let mut config = Config::default();
-        assert_eq!(config.redacted_redis_url(), None);
+        assert!(config.redacted_redis_endpoints().is_empty());
         config.cache.redis_url = Some("redis://user:hunter2@redis:6379".to_string());
-        assert_eq!(config.redacted_redis_url().as_deref(), Some("redis://user:***@redis:6379"));
+        assert_eq!(config.redacted_redis_endpoints(), ["redis://user:***@redis:6379"]);
         assert!(!format!("{config:?}").contains("hunter2"));
 
         let err = load("", &[("CLAMGATE_CACHE_REDIS_URL", "htp://user:hunter2@redis")]).unwrap_err();
@@ -3172,7 +3172,6 @@ mod tests {
         assert!(debug.contains("\"rediss://u:***@r1:7000\""), "{debug}");
         assert!(format!("{:?}", CacheConfig::default()).contains("redis_password: None"));
         assert_eq!(config.redacted_redis_endpoints(), ["rediss://u:***@r1:7000", "redis://:***@r2:7000"]);
-        assert_eq!(config.redacted_redis_url(), None);
         config.cache.redis_url = Some("redis://:hunter2@redis:6379".to_string());
         let err = config.validate().unwrap_err().to_string();
         assert!(err.contains("cache.redis_cluster_urls: mixes") && !err.contains("hunter2"), "{err}");
@@ -3510,7 +3509,10 @@ mod tests {
         let expected = PolicyConfig {
             report_only: true,
             cache_mode: CacheMode::Resource,
-            on_unscanned: UnscannedActions { too_large: Action::Allow, ..UnscannedActions::default() },
+            on_unscanned: UnscannedActions {
+                too_large: UnscannedAction::Allow,
+                ..UnscannedActions::default()
+            },
             ..PolicyConfig::default()
         };
         assert_eq!(mirror, expected);
@@ -3641,10 +3643,14 @@ mod tests {
             // `UnscannedActions::action` reads the field of that name and no other.
             let actions = defaults_with(&key, Value::String("allow".into())).unwrap().policy.on_unscanned;
             for other in UnscannedReason::ALL {
-                assert_eq!(actions.action(other) == Action::Allow, other == reason, "{key} read as {other}");
+                assert_eq!(
+                    actions.action(other) == UnscannedAction::Allow,
+                    other == reason,
+                    "{key} read as {other}"
+                );
             }
         }
-        for (action, name) in Action::ALL.into_iter().zip(Action::NAMES) {
+        for (action, name) in UnscannedAction::ALL.into_iter().zip(UnscannedAction::NAMES) {
             assert_eq!(toml::Value::try_from(action).unwrap().as_str(), Some(name));
         }
         for (format, name) in LogFormat::ALL.into_iter().zip(LogFormat::NAMES) {

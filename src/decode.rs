@@ -723,28 +723,26 @@ impl GzipDecoder {
         let mut consumed = 0;
         loop {
             let rest = &input[consumed..];
-            if let GzipPart::Body = self.part {
-                let step = inflate(&mut self.inflater, rest, output)?;
-                consumed += step.consumed;
-                self.body_crc.update(&output[..step.produced]);
-                if step.stream_ended {
-                    self.part = GzipPart::Trailer { bytes: [0; 8], filled: 0 };
-                }
-                // Output goes back at once; a member that ended with no new output goes on to its
-                // trailer in this call.
-                if step.produced > 0 || !step.stream_ended {
-                    return Ok(Step { consumed, produced: step.produced });
-                }
-                continue;
-            }
-            if rest.is_empty() {
-                return Ok(Step { consumed, produced: 0 });
-            }
             // Header bytes read in this round, which the optional header CRC covers.
             let mut header_bytes = 0;
             // Whether they are the optional fields, read but never decoded.
             let mut skipped = false;
             match &mut self.part {
+                GzipPart::Body => {
+                    let step = inflate(&mut self.inflater, rest, output)?;
+                    consumed += step.consumed;
+                    self.body_crc.update(&output[..step.produced]);
+                    if step.stream_ended {
+                        self.part = GzipPart::Trailer { bytes: [0; 8], filled: 0 };
+                    }
+                    // Output goes back at once; a member that ended with no new output goes on to
+                    // its trailer in this call.
+                    if step.produced > 0 || !step.stream_ended {
+                        return Ok(Step { consumed, produced: step.produced });
+                    }
+                    continue;
+                }
+                _ if rest.is_empty() => return Ok(Step { consumed, produced: 0 }),
                 GzipPart::Fixed { bytes, filled } => {
                     header_bytes = fill(bytes, filled, rest);
                     if *filled == bytes.len() {
@@ -820,7 +818,6 @@ impl GzipDecoder {
                     // The caller checks the count against MAX_GZIP_MEMBERS after this call.
                     self.members += 1;
                 }
-                GzipPart::Body => unreachable!("handled before the match"),
             }
             self.header_crc.update(&rest[..header_bytes]);
             if skipped {

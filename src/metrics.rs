@@ -2,25 +2,40 @@
 //!
 //! Metric names end in their unit; every label has a small, fixed set of values.
 
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
+use crate::policy::Direction;
 use crate::verdict::{UnscannedReason, Verdict};
 
-/// Where a body came from.
-#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
-#[allow(non_camel_case_types)]
+/// Where a scanned body came from: the `source` label of the verdict counters.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
 pub enum Source {
-    /// A request body (upload) seen through ext_proc.
-    request,
-    /// A response body (download) seen through ext_proc.
-    response,
-    /// A body sent to the clamgate.v1 Scan API.
-    api,
+    /// A body a proxy passed through clamgate: an upload (`request`) or a download (`response`).
+    Proxied(Direction),
+    /// A body sent to one of clamgate's scan APIs (gRPC `Scan`, the CLI): `api`.
+    Api,
+}
+
+impl Source {
+    /// The label value: `request`, `response` or `api`.
+    pub const fn label(self) -> &'static str {
+        match self {
+            Source::Proxied(Direction::Request) => "request",
+            Source::Proxied(Direction::Response) => "response",
+            Source::Api => "api",
+        }
+    }
+}
+
+impl EncodeLabelValue for Source {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        self.label().encode(encoder)
+    }
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -472,9 +487,12 @@ mod tests {
     #[test]
     fn verdicts_and_reasons_appear_in_the_exposition() {
         let metrics = Metrics::new();
-        metrics.record_verdict(Source::response, &Verdict::Infected { signature: "X".into() });
         metrics.record_verdict(
-            Source::request,
+            Source::Proxied(Direction::Response),
+            &Verdict::Infected { signature: "X".into() },
+        );
+        metrics.record_verdict(
+            Source::Proxied(Direction::Request),
             &Verdict::Unscanned { reason: UnscannedReason::EngineUnavailable },
         );
         metrics.record_cache_lookup("content", "memory", "hit");

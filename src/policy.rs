@@ -13,11 +13,11 @@
 
 use serde::Serialize;
 
-use crate::config::{Action, PolicyConfig, ResponseConfig};
+use crate::config::{PolicyConfig, ResponseConfig, UnscannedAction};
 use crate::verdict::{UnscannedReason, Verdict};
 
 /// Which way the body travels.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Direction {
     /// A request body: an upload on its way to the application.
     Request,
@@ -98,7 +98,7 @@ pub fn decide(
             }
         }
         Verdict::Unscanned { reason } => {
-            if policy.on_unscanned.action(*reason) == Action::Allow {
+            if policy.on_unscanned.action(*reason) == UnscannedAction::Allow {
                 return Decision::Continue { verdict_header: verdict_header("unscanned") };
             }
             BlockResponse {
@@ -245,7 +245,7 @@ mod tests {
     #[test]
     fn allowed_unscanned_continues_marked_unscanned() {
         let mut policy = PolicyConfig::default();
-        policy.on_unscanned.too_large = Action::Allow;
+        policy.on_unscanned.too_large = UnscannedAction::Allow;
         let decision = decide(
             &Verdict::Unscanned { reason: UnscannedReason::TooLarge },
             &policy,

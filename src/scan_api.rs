@@ -42,7 +42,7 @@ impl ScannerApi for ScanService {
     async fn scan(&self, request: Request<Streaming<ScanChunk>>) -> Result<Response<ScanResult>, Status> {
         let started = Instant::now();
         let mut chunks = request.into_inner();
-        let mut scan = self.scanner.streaming(Source::api, self.spool.hold());
+        let mut scan = self.scanner.streaming(Source::Api, self.spool.hold());
         // A client that breaks off mid-body gets its error back and no verdict is reached; the
         // held body is dropped with the scan.
         loop {

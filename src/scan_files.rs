@@ -69,7 +69,7 @@ pub async fn scan_files(config: &Config, files: &[PathBuf]) -> Result<FilesOutco
                 continue;
             }
         };
-        let mut scan = scanner.streaming(Source::api, spool.hold());
+        let mut scan = scanner.streaming(Source::Api, spool.hold());
         let mut buffer = vec![0u8; READ_BYTES];
         let mut read_error = None;
         loop {

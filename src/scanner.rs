@@ -34,8 +34,8 @@ use sha2::{Digest, Sha512_256};
 use tokio::sync::{oneshot, watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::cache::{
-    CacheEntry, CachedVerdict, ContentKey, KnownResource, LockAttempt, Resource, ResourceEntry, Tier,
-    VaryRecord, VerdictCache, IMMUTABLE_VALIDATOR,
+    CacheEntry, CachedVerdict, ContentKey, KnownResource, LockAttempt, Resource, ResourceEntry,
+    ResourceVersion, Tier, VaryRecord, VerdictCache, IMMUTABLE_VALIDATOR,
 };
 use crate::clamd::{ClamdClient, ClamdError, InstreamScan, ScanReply};
 use crate::config::CacheMode;
@@ -198,14 +198,22 @@ impl Scanner {
     /// body, the body as received, and, when gzip gives the content and has several members, each
     /// member alone. It is `Infected` if any scan finds a signature (the first found is
     /// reported), `Clean` only if every scan is, and otherwise `Unscanned` for the first reason.
+    ///
+    /// With `store_as` (a response known by its resource), the verdict is stored under that
+    /// resource version too, so a later request for it is answered from the cache.
     pub async fn scan_held(
         &self,
         body: &HeldBody,
         encodings: &[Encoding],
         source: Source,
         cache_mode: CacheMode,
+        store_as: Option<&ResourceVersion>,
     ) -> ScanReport {
-        self.scan(Subject::new(body, encodings, body.content_key()), source, cache_mode).await
+        let report = self.scan(Subject::new(body, encodings, body.content_key()), source, cache_mode).await;
+        if let Some(version) = store_as {
+            self.store_resource(version, &report).await;
+        }
+        report
     }
 
     /// The report for a body that will not be scanned (the caller knows why: too large by its
@@ -440,23 +448,18 @@ impl Scanner {
     }
 
     /// Stores a verdict under a resource key too, tied to the response's validator and to the
-    /// request's values of the headers named by the response's `Vary` (`vary_names`).
+    /// request's values of the headers named by the response's `Vary` (`version.vary`).
     ///
     /// The entry records `report.sha256`, the SHA-256 of the body as received, so that a later
     /// resource hit reports the same `sha256` as the scan did, and a verified hit can be compared
     /// with it. For a body without encoding that is its content key; for an encoded body it is not
     /// (the resource entry's digest is never looked up as a content key).
-    pub async fn store_resource(
-        &self,
-        resource: &Resource,
-        validator: &str,
-        vary_names: &[String],
-        report: &ScanReport,
-    ) {
+    pub async fn store_resource(&self, version: &ResourceVersion, report: &ScanReport) {
         let Some(entry) = self.entry_for(&report.verdict, report.engine.as_ref()) else { return };
         let Some(content) = ContentKey::from_hex(&report.sha256) else { return };
-        let vary = VaryRecord::of(vary_names.to_vec(), &resource.request_headers);
-        let entry = ResourceEntry { validator: validator.to_string(), vary, content, entry };
+        let ResourceVersion { resource, validator, vary } = version;
+        let vary = VaryRecord::of(vary.clone(), &resource.request_headers);
+        let entry = ResourceEntry { validator: validator.clone(), vary, content, entry };
         if let Err(err) = self.cache.put_resource(&resource.id.key(), &entry).await {
             self.note_cache_error("put", &err);
         }
@@ -1256,7 +1259,7 @@ impl StreamingScan<'_> {
     pub async fn finish(self) -> ScanReport {
         let StreamingScan { scanner, source, body } = self;
         if body.is_holding() {
-            return scanner.scan_held(&body, &[], source, CacheMode::Content).await;
+            return scanner.scan_held(&body, &[], source, CacheMode::Content, None).await;
         }
         scanner.report_unscanned(
             &body.content_key().hex(),

@@ -26,12 +26,6 @@ impl Verdict {
             Verdict::Unscanned { .. } => "unscanned",
         }
     }
-
-    /// Whether this verdict may be stored in the verdict cache for `cache.ttl_secs` (and under a
-    /// resource key).
-    pub fn is_cacheable(&self) -> bool {
-        matches!(self, Verdict::Clean | Verdict::Infected { .. })
-    }
 }
 
 /// Why a body was not scanned. Each reason has its own policy action and metric label.

@@ -16,6 +16,7 @@ use clamgate::cache::ContentKey;
 use clamgate::config::{CacheMode, Config};
 use clamgate::decode::Encoding;
 use clamgate::metrics::{Metrics, Source};
+use clamgate::policy::Direction;
 use clamgate::scanner::{encoded_content_key, Scanner};
 use clamgate::spool::Spool;
 use clamgate::verdict::{UnscannedReason, Verdict};
@@ -166,12 +167,12 @@ async fn the_scanner_decodes_every_encoding_and_keys_it_apart_from_identity() {
         assert!(!holds_eicar_verbatim(body), "{encodings:?}: EICAR is readable without decoding");
         // Sent as identity first: clamd cannot read br, zstd or deflate, so these are Clean, and
         // that verdict is cached under the bytes' SHA-256...
-        let as_identity = scanner.scan_body(body, &[], Source::api, CacheMode::Content).await;
+        let as_identity = scanner.scan_body(body, &[], Source::Api, CacheMode::Content).await;
         if *label != "gzip" {
             assert_eq!(as_identity.verdict, Verdict::Clean, "{encodings:?} as identity");
         }
         // ...and must not answer for the same bytes with their encoding.
-        let report = scanner.scan_body(body, encodings, Source::api, CacheMode::Content).await;
+        let report = scanner.scan_body(body, encodings, Source::Api, CacheMode::Content).await;
         assert!(signature(&report.verdict).starts_with("Test.Eicar.Body"), "{encodings:?}: {report:?}");
         assert!(!report.cached, "{encodings:?}: an identity verdict answered for an encoded body");
         assert_eq!(report.sha256, sha256_hex(body), "sha256 names the received bytes");
@@ -180,7 +181,7 @@ async fn the_scanner_decodes_every_encoding_and_keys_it_apart_from_identity() {
         assert!(metric_value(&metrics.encode(), &sample) >= 1.0, "{sample}");
 
         // The encoded verdict is cached under the derived key.
-        let again = scanner.scan_body(body, encodings, Source::api, CacheMode::Content).await;
+        let again = scanner.scan_body(body, encodings, Source::Api, CacheMode::Content).await;
         assert!(again.cached, "{encodings:?}: second scan not from the cache");
         assert_eq!(again.verdict, report.verdict);
     }
@@ -191,7 +192,9 @@ async fn the_scanner_decodes_every_encoding_and_keys_it_apart_from_identity() {
     held.push(body.clone().into()).await.expect("hold");
     let received = ContentKey::of(body);
     assert_eq!(held.content_key(), received);
-    let report = scanner.scan_held(&held, encodings, Source::response, CacheMode::Content).await;
+    let report = scanner
+        .scan_held(&held, encodings, Source::Proxied(Direction::Response), CacheMode::Content, None)
+        .await;
     assert!(report.cached, "{report:?}");
     assert_ne!(encoded_content_key(&received, encodings), received);
 }
@@ -202,7 +205,7 @@ async fn decoding_failures_are_unscanned_never_clean_and_a_decoded_signature_sti
     let (scanner, metrics) = scanner(&test_config(&clamd.address()));
     let scan = |body: Vec<u8>, encodings: Vec<Encoding>| {
         let scanner = &scanner;
-        async move { scanner.scan_body(&body, &encodings, Source::api, CacheMode::Content).await.verdict }
+        async move { scanner.scan_body(&body, &encodings, Source::Api, CacheMode::Content).await.verdict }
     };
 
     // A bomb: 16 MiB of zeros is ~500 bytes of zstd (32000:1, over the default 10000).
@@ -269,7 +272,7 @@ async fn the_ratio_limit_is_configurable() {
         let body = zeros_in_gzip.clone();
         async move {
             let (scanner, _) = scanner(&config);
-            scanner.scan_body(&body, &[Encoding::Gzip], Source::api, CacheMode::Off).await.verdict
+            scanner.scan_body(&body, &[Encoding::Gzip], Source::Api, CacheMode::Off).await.verdict
         }
     };
     let mut config = test_config(&clamd.address());

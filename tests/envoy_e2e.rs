@@ -463,7 +463,7 @@ async fn report_only_lets_a_known_infected_resource_through_and_says_so() {
 async fn bodies_allowed_unscanned_at_their_headers_carry_the_unscanned_verdict() {
     let stack = Stack::start_with(|config| {
         config.scan.max_scan_bytes = 100_000;
-        config.policy.on_unscanned.too_large = clamgate::config::Action::Allow;
+        config.policy.on_unscanned.too_large = clamgate::config::UnscannedAction::Allow;
     })
     .await;
     let big = samples::clean_sample(200_000);

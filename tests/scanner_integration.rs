@@ -9,11 +9,11 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use clamgate::cache::Resource;
 use clamgate::cache::{
     decode_entry, encode_entry, encode_resource, CacheEntry, CachedVerdict, ContentKey, ResourceEntry,
     ResourceId, VaryRecord, VerdictCache,
 };
+use clamgate::cache::{Resource, ResourceVersion};
 use clamgate::config::{CacheMode, Config};
 use clamgate::decode::Encoding;
 use clamgate::metrics::{Metrics, Source};
@@ -42,7 +42,7 @@ async fn every_sample_kind_gets_the_right_verdict() {
     let clamd = tokio::task::spawn_blocking(ClamdProcess::start).await.expect("clamd");
     let (scanner, _) = scanner(&test_config(&clamd.address()));
     assert_eq!(
-        scanner.scan_body(&samples::clean_sample(50_000), &[], Source::api, CacheMode::Content).await.verdict,
+        scanner.scan_body(&samples::clean_sample(50_000), &[], Source::Api, CacheMode::Content).await.verdict,
         Verdict::Clean
     );
     let cases = [
@@ -52,7 +52,7 @@ async fn every_sample_kind_gets_the_right_verdict() {
         (samples::logical_sample(), "Test.Logical"),
     ];
     for (body, expected) in cases {
-        let report = scanner.scan_body(&body, &[], Source::api, CacheMode::Content).await;
+        let report = scanner.scan_body(&body, &[], Source::Api, CacheMode::Content).await;
         assert!(signature(&report.verdict).starts_with(expected), "{:?}", report.verdict);
         assert!(!report.cached);
     }
@@ -64,7 +64,7 @@ async fn clamd_stopped_is_unscanned_never_clean() {
     let (scanner, _) = scanner(&test_config(&clamd.address()));
     clamd.stop();
     for body in [samples::clean_sample(1000), samples::eicar(), Vec::new()] {
-        let report = scanner.scan_body(&body, &[], Source::api, CacheMode::Content).await;
+        let report = scanner.scan_body(&body, &[], Source::Api, CacheMode::Content).await;
         assert_eq!(report.verdict, Verdict::Unscanned { reason: UnscannedReason::EngineUnavailable });
     }
 }
@@ -76,12 +76,12 @@ async fn unscanned_verdicts_are_never_cached() {
     let body = samples::clean_sample(2000);
     clamd.stop();
     assert!(matches!(
-        scanner.scan_body(&body, &[], Source::api, CacheMode::Content).await.verdict,
+        scanner.scan_body(&body, &[], Source::Api, CacheMode::Content).await.verdict,
         Verdict::Unscanned { .. }
     ));
     // Nothing else runs on this runtime, so the blocking restart is harmless here.
     clamd.start_again();
-    let report = scanner.scan_body(&body, &[], Source::api, CacheMode::Content).await;
+    let report = scanner.scan_body(&body, &[], Source::Api, CacheMode::Content).await;
     assert_eq!(report.verdict, Verdict::Clean);
     assert!(!report.cached, "an Unscanned verdict must not have been cached");
 }
@@ -95,10 +95,10 @@ async fn redis_shares_verdicts_between_instances() {
     let (first, _) = scanner(&config);
     let (second, second_metrics) = scanner(&config);
     let eicar = samples::eicar();
-    assert!(signature(&first.scan_body(&eicar, &[], Source::api, CacheMode::Content).await.verdict)
+    assert!(signature(&first.scan_body(&eicar, &[], Source::Api, CacheMode::Content).await.verdict)
         .starts_with("Test.Eicar.Body"));
     clamd.stop();
-    let report = second.scan_body(&eicar, &[], Source::api, CacheMode::Content).await;
+    let report = second.scan_body(&eicar, &[], Source::Api, CacheMode::Content).await;
     assert!(report.cached, "the second instance must find the first one's verdict in Redis");
     assert!(signature(&report.verdict).starts_with("Test.Eicar.Body"));
     assert_eq!(
@@ -118,14 +118,14 @@ async fn redis_down_means_scans_go_on() {
     config.cache.redis_url = Some(redis.url());
     let (scanner, metrics) = scanner(&config);
     assert_eq!(
-        scanner.scan_body(&samples::clean_sample(1000), &[], Source::api, CacheMode::Content).await.verdict,
+        scanner.scan_body(&samples::clean_sample(1000), &[], Source::Api, CacheMode::Content).await.verdict,
         Verdict::Clean
     );
     redis.stop();
-    let report = scanner.scan_body(&samples::eicar(), &[], Source::api, CacheMode::Content).await;
+    let report = scanner.scan_body(&samples::eicar(), &[], Source::Api, CacheMode::Content).await;
     assert!(signature(&report.verdict).starts_with("Test.Eicar.Body"));
     assert!(!report.cached);
-    let report = scanner.scan_body(&samples::clean_sample(3000), &[], Source::api, CacheMode::Content).await;
+    let report = scanner.scan_body(&samples::clean_sample(3000), &[], Source::Api, CacheMode::Content).await;
     assert_eq!(report.verdict, Verdict::Clean);
     let text = metrics.encode();
     assert!(
@@ -156,13 +156,13 @@ async fn two_instances_scan_the_same_body_once() {
     let (second, second_metrics) = scanner(&config);
     // Open both instances' lazy Redis connections before the race.
     for instance in [&first, &second] {
-        instance.scan_body(&samples::marker_sample(), &[], Source::api, CacheMode::Content).await;
+        instance.scan_body(&samples::marker_sample(), &[], Source::Api, CacheMode::Content).await;
     }
     let scans_before = clamd_scans(&first_metrics) + clamd_scans(&second_metrics);
     let body = samples::clean_sample(8 * 1024 * 1024);
     let (a, b) = tokio::join!(
-        first.scan_body(&body, &[], Source::api, CacheMode::Content),
-        second.scan_body(&body, &[], Source::api, CacheMode::Content)
+        first.scan_body(&body, &[], Source::Api, CacheMode::Content),
+        second.scan_body(&body, &[], Source::Api, CacheMode::Content)
     );
     assert_eq!((a.verdict, b.verdict), (Verdict::Clean, Verdict::Clean));
     let scans = clamd_scans(&first_metrics) + clamd_scans(&second_metrics) - scans_before;
@@ -205,7 +205,7 @@ async fn a_dead_lock_holder_only_delays_the_scan() {
         .expect("SET");
 
     let started = std::time::Instant::now();
-    let report = scanner.scan_body(&body, &[], Source::api, CacheMode::Content).await;
+    let report = scanner.scan_body(&body, &[], Source::Api, CacheMode::Content).await;
     assert!(signature(&report.verdict).starts_with("Test.Eicar.Body"), "{:?}", report.verdict);
     assert!(started.elapsed() >= std::time::Duration::from_millis(1000), "it waited for the lock to expire");
     assert_eq!(metric_value(&metrics.encode(), r#"clamgate_scan_waits_total{scope="shared"}"#), 1.0);
@@ -224,7 +224,7 @@ async fn two_instances_share_verdicts_through_a_redis_cluster() {
     let bodies = [samples::eicar(), samples::eicar_zip(), samples::hash_only_sample()];
     for body in &bodies {
         assert!(matches!(
-            first.scan_body(body, &[], Source::api, CacheMode::Content).await.verdict,
+            first.scan_body(body, &[], Source::Api, CacheMode::Content).await.verdict,
             Verdict::Infected { .. }
         ));
     }
@@ -235,7 +235,7 @@ async fn two_instances_share_verdicts_through_a_redis_cluster() {
     .await
     .expect("stop clamd");
     for body in &bodies {
-        let report = second.scan_body(body, &[], Source::api, CacheMode::Content).await;
+        let report = second.scan_body(body, &[], Source::Api, CacheMode::Content).await;
         assert!(report.cached, "found through the cluster with clamd stopped");
         assert!(matches!(report.verdict, Verdict::Infected { .. }));
     }
@@ -280,7 +280,7 @@ async fn an_abandoned_scan_keeps_its_clamd_slot_until_clamd_is_done() {
     let timeout = Verdict::Unscanned { reason: UnscannedReason::Timeout };
 
     // Seconds of clamd work in a ~1 MiB body: clamgate gives up after 300 ms.
-    let first = scanner.scan_body(&samples::slow_scan_gzip(150, 1), &[], Source::api, CacheMode::Off).await;
+    let first = scanner.scan_body(&samples::slow_scan_gzip(150, 1), &[], Source::Api, CacheMode::Off).await;
     assert_eq!(first.verdict, timeout);
     let deadline = Instant::now() + Duration::from_secs(10);
     while clamd_scans_running(&clamd) == 0 {
@@ -289,7 +289,7 @@ async fn an_abandoned_scan_keeps_its_clamd_slot_until_clamd_is_done() {
     }
     // The only slot is still taken by the abandoned scan: this one cannot reach clamd before
     // its own deadline.
-    let second = scanner.scan_body(&samples::slow_scan_gzip(150, 2), &[], Source::api, CacheMode::Off).await;
+    let second = scanner.scan_body(&samples::slow_scan_gzip(150, 2), &[], Source::Api, CacheMode::Off).await;
     assert_eq!(second.verdict, timeout);
 
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -299,7 +299,7 @@ async fn an_abandoned_scan_keeps_its_clamd_slot_until_clamd_is_done() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // The slot came back: nothing leaked.
-    let third = scanner.scan_body(&samples::clean_sample(1000), &[], Source::api, CacheMode::Off).await;
+    let third = scanner.scan_body(&samples::clean_sample(1000), &[], Source::Api, CacheMode::Off).await;
     assert_eq!(third.verdict, Verdict::Clean);
     done.store(true, Ordering::Relaxed);
     sampler.await.expect("sampler");
@@ -346,7 +346,7 @@ async fn a_scan_waiting_for_a_slot_across_a_reload_is_stamped_with_the_older_dat
     // A slow scan (seconds of clamd work) takes the only clamd slot.
     let slow = tokio::spawn({
         let scanner = scanner.clone();
-        async move { scanner.scan_body(&samples::slow_scan_gzip(150, 7), &[], Source::api, CacheMode::Off).await }
+        async move { scanner.scan_body(&samples::slow_scan_gzip(150, 7), &[], Source::Api, CacheMode::Off).await }
     });
     let deadline = Instant::now() + Duration::from_secs(10);
     while clamd_scans_running(&clamd) == 0 {
@@ -356,7 +356,7 @@ async fn a_scan_waiting_for_a_slot_across_a_reload_is_stamped_with_the_older_dat
     // This scan looks the cache up (a miss), reads the version and waits for the slot.
     let waiting = tokio::spawn({
         let (scanner, body) = (scanner.clone(), body.clone());
-        async move { scanner.scan_body(&body, &[], Source::api, CacheMode::Content).await }
+        async move { scanner.scan_body(&body, &[], Source::Api, CacheMode::Content).await }
     });
     let miss = r#"clamgate_cache_lookups_total{key="content",tier="memory",result="miss"}"#;
     while metric_value(&metrics.encode(), miss) < 1.0 {
@@ -372,11 +372,11 @@ async fn a_scan_waiting_for_a_slot_across_a_reload_is_stamped_with_the_older_dat
     assert_eq!(report.engine.and_then(|e| e.database_version), Some(1), "the version before the scan");
     slow.await.expect("slow scan");
 
-    let again = scanner.scan_body(&body, &[], Source::api, CacheMode::Content).await;
+    let again = scanner.scan_body(&body, &[], Source::Api, CacheMode::Content).await;
     assert!(!again.cached, "the scan started under database 1: its Clean is stale under database 2");
     assert_eq!(stale_lookups(&metrics, "memory"), 1.0);
     // The rescan was stamped with database 2: now it is a hit.
-    assert!(scanner.scan_body(&body, &[], Source::api, CacheMode::Content).await.cached);
+    assert!(scanner.scan_body(&body, &[], Source::Api, CacheMode::Content).await.cached);
 }
 
 /// A key file with `byte` repeated 32 times, in `dir`.
@@ -429,7 +429,7 @@ async fn without_an_hmac_key_a_forged_clean_entry_is_believed() {
     let (scanner, _) = scanner(&shared_config(&clamd, &redis.url()));
     let eicar = samples::eicar();
     raw_set(&redis, &content_redis_key(&eicar), &forged_clean()).await;
-    let report = scanner.scan_body(&eicar, &[], Source::api, CacheMode::Content).await;
+    let report = scanner.scan_body(&eicar, &[], Source::Api, CacheMode::Content).await;
     assert_eq!((report.verdict, report.cached), (Verdict::Clean, true));
 }
 
@@ -446,7 +446,7 @@ async fn with_an_hmac_key_forged_and_unauthenticated_values_are_refused_and_the_
 
     // A bare Clean entry for EICAR, as redis-cli could write it.
     raw_set(&redis, &eicar_key, &forged_clean()).await;
-    let report = scanner_with_key.scan_body(&eicar, &[], Source::api, CacheMode::Content).await;
+    let report = scanner_with_key.scan_body(&eicar, &[], Source::Api, CacheMode::Content).await;
     assert!(signature(&report.verdict).starts_with("Test.Eicar.Body"), "{:?}", report.verdict);
     assert!(!report.cached);
     assert_eq!(rejected(&metrics, "content", "missing_tag"), 1.0);
@@ -456,11 +456,11 @@ async fn with_an_hmac_key_forged_and_unauthenticated_values_are_refused_and_the_
 
     // A genuine sealed Clean value copied onto EICAR's key does not verify there.
     let clean = samples::clean_sample(5_000);
-    let _ = scanner_with_key.scan_body(&clean, &[], Source::api, CacheMode::Content).await;
+    let _ = scanner_with_key.scan_body(&clean, &[], Source::Api, CacheMode::Content).await;
     let genuine = raw_get(&redis, &content_redis_key(&clean)).await.expect("stored");
     raw_set(&redis, &eicar_key, &genuine).await;
     let (other_instance, other_metrics) = scanner(&config);
-    let report = other_instance.scan_body(&eicar, &[], Source::api, CacheMode::Content).await;
+    let report = other_instance.scan_body(&eicar, &[], Source::Api, CacheMode::Content).await;
     assert!(matches!(report.verdict, Verdict::Infected { .. }), "{:?}", report.verdict);
     assert_eq!(rejected(&other_metrics, "content", "bad_tag"), 1.0);
 
@@ -475,7 +475,7 @@ async fn with_an_hmac_key_forged_and_unauthenticated_values_are_refused_and_the_
         .expect("put");
     let stored = raw_get(&redis, &content_redis_key(&forged_body)).await.expect("stored");
     assert!(stored.starts_with(b"hmac-sha256:"));
-    let report = other_instance.scan_body(&forged_body, &[], Source::api, CacheMode::Content).await;
+    let report = other_instance.scan_body(&forged_body, &[], Source::Api, CacheMode::Content).await;
     assert!(matches!(report.verdict, Verdict::Infected { .. }), "{:?}", report.verdict);
     assert_eq!(rejected(&other_metrics, "content", "bad_tag"), 2.0);
 }
@@ -496,9 +496,9 @@ async fn with_an_hmac_key_values_written_without_it_are_refused_and_a_rotation_k
     let (rotated_instance, rotated_metrics) = scanner(&rotated);
 
     let (bare, sealed) = (samples::clean_sample(7_000), samples::clean_sample(9_000));
-    assert_eq!(keyless.scan_body(&bare, &[], Source::api, CacheMode::Content).await.verdict, Verdict::Clean);
+    assert_eq!(keyless.scan_body(&bare, &[], Source::Api, CacheMode::Content).await.verdict, Verdict::Clean);
     assert_eq!(
-        old_instance.scan_body(&sealed, &[], Source::api, CacheMode::Content).await.verdict,
+        old_instance.scan_body(&sealed, &[], Source::Api, CacheMode::Content).await.verdict,
         Verdict::Clean
     );
     clamd = tokio::task::spawn_blocking(move || {
@@ -509,14 +509,14 @@ async fn with_an_hmac_key_values_written_without_it_are_refused_and_a_rotation_k
     .expect("stop clamd");
 
     // The keyless instance's bare value is refused; with clamd down that is no verdict at all.
-    let report = rotated_instance.scan_body(&bare, &[], Source::api, CacheMode::Content).await;
+    let report = rotated_instance.scan_body(&bare, &[], Source::Api, CacheMode::Content).await;
     assert!(matches!(report.verdict, Verdict::Unscanned { .. }), "{:?}", report.verdict);
     assert_eq!(rejected(&rotated_metrics, "content", "missing_tag"), 1.0);
     // The previous key's value is accepted during the rotation.
-    let report = rotated_instance.scan_body(&sealed, &[], Source::api, CacheMode::Content).await;
+    let report = rotated_instance.scan_body(&sealed, &[], Source::Api, CacheMode::Content).await;
     assert_eq!((report.verdict, report.cached), (Verdict::Clean, true));
     // An instance without a key reads sealed values (keys are rolled out one instance at a time).
-    let report = keyless.scan_body(&sealed, &[], Source::api, CacheMode::Content).await;
+    let report = keyless.scan_body(&sealed, &[], Source::Api, CacheMode::Content).await;
     assert_eq!((report.verdict, report.cached), (Verdict::Clean, true));
     assert_eq!(rejected(&keyless_metrics, "content", "missing_tag"), 0.0);
     drop(clamd);
@@ -543,10 +543,15 @@ async fn with_an_hmac_key_a_forged_resource_entry_is_refused() {
     assert_eq!(rejected(&metrics, "resource", "missing_tag"), 1.0);
 
     // What this instance stores, it reads back.
-    let report = scanner.scan_body(&samples::eicar(), &[], Source::api, CacheMode::Resource).await;
-    scanner.store_resource(&resource, "etag:\"v1\"", &[], &report).await;
+    let report = scanner.scan_body(&samples::eicar(), &[], Source::Api, CacheMode::Resource).await;
+    scanner.store_resource(&version(&resource, "etag:\"v1\""), &report).await;
     let (reader, _) = self::scanner(&config);
     assert!(matches!(reader.lookup_resource(&resource).await, ResourceLookup::InfectedUnlessChanged { .. }));
+}
+
+/// `resource` as a response with `validator` and no `Vary` names it.
+fn version(resource: &Resource, validator: &str) -> ResourceVersion {
+    ResourceVersion { resource: resource.clone(), validator: validator.to_string(), vary: Vec::new() }
 }
 
 /// `path` on the test mirror, requested without headers the response could vary on.
@@ -569,17 +574,17 @@ async fn a_higher_signature_epoch_makes_clean_entries_stale_and_leaves_infected_
     let clean = samples::clean_sample(11_000);
     let eicar = samples::eicar();
     for body in [&clean, &eicar] {
-        assert!(!old.scan_body(body, &[], Source::api, CacheMode::Content).await.cached);
+        assert!(!old.scan_body(body, &[], Source::Api, CacheMode::Content).await.cached);
     }
     let scans = clamd_scans(&new_metrics);
 
     // The restarted instance (epoch 1) rescans what epoch 0 found clean...
-    let report = new.scan_body(&clean, &[], Source::api, CacheMode::Content).await;
+    let report = new.scan_body(&clean, &[], Source::Api, CacheMode::Content).await;
     assert_eq!((report.verdict, report.cached), (Verdict::Clean, false));
     assert_eq!(stale_lookups(&new_metrics, "redis"), 1.0);
     assert_eq!(clamd_scans(&new_metrics), scans + 1.0);
     // ...and from then on its own entry answers, from memory.
-    assert!(new.scan_body(&clean, &[], Source::api, CacheMode::Content).await.cached);
+    assert!(new.scan_body(&clean, &[], Source::Api, CacheMode::Content).await.cached);
 
     clamd = tokio::task::spawn_blocking(move || {
         clamd.stop();
@@ -588,11 +593,11 @@ async fn a_higher_signature_epoch_makes_clean_entries_stale_and_leaves_infected_
     .await
     .expect("stop clamd");
     // Infected stands whatever the epoch.
-    let report = new.scan_body(&eicar, &[], Source::api, CacheMode::Content).await;
+    let report = new.scan_body(&eicar, &[], Source::Api, CacheMode::Content).await;
     assert!(report.cached && signature(&report.verdict).starts_with("Test.Eicar.Body"));
     // An instance still on epoch 0 trusts epoch 1's entry (a rolling restart is safe).
     let (old_again, _) = scanner(&epoch_config(&clamd, &redis, 0));
-    let report = old_again.scan_body(&clean, &[], Source::api, CacheMode::Content).await;
+    let report = old_again.scan_body(&clean, &[], Source::Api, CacheMode::Content).await;
     assert_eq!((report.verdict, report.cached), (Verdict::Clean, true));
     assert_eq!(stale_lookups(&old_metrics, "redis") + stale_lookups(&old_metrics, "memory"), 0.0);
     drop(clamd);
@@ -607,8 +612,8 @@ async fn a_higher_signature_epoch_makes_clean_resource_entries_stale() {
     let clean_url = url_resource("/a.bin");
     let infected_url = url_resource("/b.exe");
     for (resource, body) in [(&clean_url, samples::clean_sample(12_000)), (&infected_url, samples::eicar())] {
-        let report = old.scan_body(&body, &[], Source::api, CacheMode::Resource).await;
-        old.store_resource(resource, "etag:\"1\"", &[], &report).await;
+        let report = old.scan_body(&body, &[], Source::Api, CacheMode::Resource).await;
+        old.store_resource(&version(resource, "etag:\"1\""), &report).await;
     }
     assert!(matches!(old.lookup_resource(&clean_url).await, ResourceLookup::Clean { .. }));
     assert_eq!(new.lookup_resource(&clean_url).await, ResourceLookup::Miss);
@@ -646,12 +651,12 @@ async fn the_same_bomb_twice_is_decoded_and_scanned_once() {
     let (scanner, metrics) = scanner(&bomb_config(&clamd));
     let bomb = gzip_bomb(8 * 1024 * 1024);
     let limits = Verdict::Unscanned { reason: UnscannedReason::LimitsExceeded };
-    let first = scanner.scan_body(&bomb, &[Encoding::Gzip], Source::api, CacheMode::Content).await;
+    let first = scanner.scan_body(&bomb, &[Encoding::Gzip], Source::Api, CacheMode::Content).await;
     assert_eq!((first.verdict, first.cached), (limits.clone(), false));
     let (decoded, scans) = (decoded_bodies(&metrics), clamd_scans(&metrics));
     assert_eq!(decoded, 1.0);
 
-    let second = scanner.scan_body(&bomb, &[Encoding::Gzip], Source::api, CacheMode::Content).await;
+    let second = scanner.scan_body(&bomb, &[Encoding::Gzip], Source::Api, CacheMode::Content).await;
     assert_eq!((second.verdict, second.cached), (limits, true), "answered from the cache, same reason");
     assert_eq!(
         (decoded_bodies(&metrics), clamd_scans(&metrics)),
@@ -671,7 +676,7 @@ async fn with_unscanned_ttl_0_every_bomb_is_decoded_again() {
     let (scanner, metrics) = scanner(&config);
     let bomb = gzip_bomb(8 * 1024 * 1024);
     for _ in 0..2 {
-        let report = scanner.scan_body(&bomb, &[Encoding::Gzip], Source::api, CacheMode::Content).await;
+        let report = scanner.scan_body(&bomb, &[Encoding::Gzip], Source::Api, CacheMode::Content).await;
         assert!(!report.cached);
     }
     assert_eq!(decoded_bodies(&metrics), 2.0);
@@ -687,8 +692,8 @@ async fn a_bomb_is_shared_through_redis_briefly_and_engine_trouble_never_is() {
     let (first, _) = scanner(&config);
     let (second, second_metrics) = scanner(&config);
     let bomb = gzip_bomb(8 * 1024 * 1024);
-    let _ = first.scan_body(&bomb, &[Encoding::Gzip], Source::api, CacheMode::Content).await;
-    let report = second.scan_body(&bomb, &[Encoding::Gzip], Source::api, CacheMode::Content).await;
+    let _ = first.scan_body(&bomb, &[Encoding::Gzip], Source::Api, CacheMode::Content).await;
+    let report = second.scan_body(&bomb, &[Encoding::Gzip], Source::Api, CacheMode::Content).await;
     assert_eq!(report.verdict, Verdict::Unscanned { reason: UnscannedReason::LimitsExceeded });
     assert!(report.cached);
     assert_eq!(decoded_bodies(&second_metrics), 0.0);
@@ -710,7 +715,7 @@ async fn a_bomb_is_shared_through_redis_briefly_and_engine_trouble_never_is() {
     })
     .await
     .expect("stop clamd");
-    let report = first.scan_body(&body, &[], Source::api, CacheMode::Content).await;
+    let report = first.scan_body(&body, &[], Source::Api, CacheMode::Content).await;
     assert_eq!(report.verdict, Verdict::Unscanned { reason: UnscannedReason::EngineUnavailable });
     assert_eq!(raw_get(&redis, &content_redis_key(&body)).await, None);
     drop(clamd);

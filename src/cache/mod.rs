@@ -97,7 +97,7 @@ pub use self::memory::MemoryCache;
 pub use self::redis::RedisCache;
 pub use self::resource::{
     decode_resource, encode_resource, vary_names, KnownResource, Resource, ResourceEntry, ResourceId,
-    ResourceKey, VaryRecord, IMMUTABLE_VALIDATOR, RESOURCE_FORMAT_VERSION,
+    ResourceKey, ResourceVersion, VaryRecord, IMMUTABLE_VALIDATOR, RESOURCE_FORMAT_VERSION,
 };
 pub use self::seal::{Rejection, ValueKey, ValueKeys};
 
@@ -428,11 +428,6 @@ impl VerdictCache {
         self.redis.is_some()
     }
 
-    /// The Redis servers, without credentials, for logs; `None` without Redis.
-    pub fn redis_endpoint(&self) -> Option<&str> {
-        self.redis.as_ref().map(RedisCache::endpoint)
-    }
-
     /// The in-process tier (for `/status`: its size and bound).
     pub fn memory(&self) -> &MemoryCache {
         &self.memory
@@ -531,7 +526,7 @@ mod tests {
         let cache = VerdictCache::from_config(&CacheConfig::default());
         assert_eq!(cache.as_ref().map(|c| c.kind()).ok(), Some("memory"));
         assert_eq!(cache.as_ref().map(|c| c.is_shared()).ok(), Some(false));
-        assert_eq!(cache.as_ref().ok().and_then(|c| c.redis_endpoint()), None);
+        assert_eq!(cache.as_ref().ok().and_then(|c| c.redis.as_ref().map(RedisCache::endpoint)), None);
     }
 
     #[test]
@@ -540,7 +535,10 @@ mod tests {
         let cache = VerdictCache::from_config(&unreachable(250));
         assert_eq!(cache.as_ref().map(|c| c.kind()).ok(), Some("redis"));
         assert_eq!(cache.as_ref().map(|c| c.is_shared()).ok(), Some(true));
-        assert_eq!(cache.as_ref().ok().and_then(|c| c.redis_endpoint()), Some("redis://127.0.0.1:1/0"));
+        assert_eq!(
+            cache.as_ref().ok().and_then(|c| c.redis.as_ref().map(RedisCache::endpoint)),
+            Some("redis://127.0.0.1:1/0")
+        );
     }
 
     #[test]
@@ -554,7 +552,7 @@ mod tests {
         assert_eq!(cache.as_ref().map(|c| c.kind()).ok(), Some("redis_cluster"));
         assert_eq!(cache.as_ref().map(|c| c.is_shared()).ok(), Some(true));
         assert_eq!(
-            cache.as_ref().ok().and_then(|c| c.redis_endpoint()),
+            cache.as_ref().ok().and_then(|c| c.redis.as_ref().map(RedisCache::endpoint)),
             Some("redis://127.0.0.1:1/0,redis://127.0.0.1:2/0")
         );
         let debug = format!("{cache:?}");

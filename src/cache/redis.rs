@@ -216,11 +216,6 @@ impl RedisCache {
         self.set_bytes(name, value, self.ttl_secs).await
     }
 
-    /// Whether values are sealed and checked with HMAC keys.
-    pub fn authenticates_values(&self) -> bool {
-        self.keys.is_some()
-    }
-
     /// The entry bytes of `value` read from `name`, checked against the HMAC keys if any.
     fn open<'v>(&self, kind: &'static str, name: &str, value: &'v [u8]) -> Result<&'v [u8], CacheError> {
         seal::open(self.keys.as_ref(), name, value)

@@ -378,6 +378,16 @@ impl std::fmt::Debug for Resource {
     }
 }
 
+/// One version of a resource, as a response names it: the object, its validator and its `Vary`
+/// names. A verdict on the response's body is stored under it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResourceVersion {
+    pub resource: Resource,
+    pub validator: String,
+    /// The response's `Vary` names (lower case, sorted).
+    pub vary: Vec<String>,
+}
+
 /// A resource entry found for this stream's request: the response is compared with it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KnownResource {

@@ -255,11 +255,11 @@ impl ExtProcService {
                 state::decided(&mut stream.state, then, &decision)
             }
             Effect::DecideUnscanned { direction, reason, bytes, then } => {
-                let report = self.scanner.report_unscanned("", bytes, reason, source(direction));
+                let report = self.scanner.report_unscanned("", bytes, reason, Source::Proxied(direction));
                 let decision = self.decide(stream, direction, &report);
                 state::decided(&mut stream.state, then, &decision)
             }
-            Effect::ScanBody { direction, body } => {
+            Effect::ScanBody { direction, body, store_as } => {
                 // A BUFFERED body, one message: tonic's decode buffer keeps room for the largest
                 // message for the rest of the stream, and the body itself is held like a
                 // FULL_DUPLEX one (memory within the budget, else a temp file) while it is scanned.
@@ -269,12 +269,12 @@ impl ExtProcService {
                     .await
                     .map_err(|err| Stop::Fail(StreamError::holding(&err)))?;
                 let encodings = state.encodings(direction);
+                let source = Source::Proxied(direction);
                 let report = self
                     .scanner
-                    .scan_held(&held, encodings, source(direction), stream.policy.cache_mode)
+                    .scan_held(&held, encodings, source, stream.policy.cache_mode, store_as.as_ref())
                     .await;
                 drop(held);
-                self.store_resource(&stream.state, direction, &report).await;
                 let decision = self.decide(stream, direction, &report);
                 state::decided(&mut stream.state, Then::AnswerBody { direction }, &decision)
             }
@@ -285,20 +285,20 @@ impl ExtProcService {
                     .map_err(|err| Stop::Fail(StreamError::holding(&err)))?;
                 Vec::new()
             }
-            Effect::ScanHeld { direction, trailers } => {
+            Effect::ScanHeld { direction, trailers, store_as } => {
                 let held = stream.held[direction as usize].get_or_insert_with(|| self.spool.hold());
                 let scan = self.scanner.scan_held(
                     held,
                     state.encodings(direction),
-                    source(direction),
+                    Source::Proxied(direction),
                     stream.policy.cache_mode,
+                    store_as.as_ref(),
                 );
                 // A client that goes away (Envoy resets the stream) ends the scan and frees clamd.
                 let report = tokio::select! {
                     report = scan => report,
                     _ = stream.out.answers.closed() => return Err(Stop::Gone),
                 };
-                self.store_resource(&stream.state, direction, &report).await;
                 let decision = self.decide(stream, direction, &report);
                 state::decided(&mut stream.state, Then::ReleaseHeld { direction, trailers }, &decision)
             }
@@ -331,14 +331,6 @@ impl ExtProcService {
                 Vec::new()
             }
         })
-    }
-
-    async fn store_resource(&self, state: &StreamState, direction: Direction, report: &ScanReport) {
-        if direction == Direction::Response {
-            if let Some((resource, validator, vary)) = state.resource_to_store() {
-                self.scanner.store_resource(resource, validator, vary, report).await;
-            }
-        }
     }
 
     /// The end of a verified resource hit's body: the bytes that passed are compared with the
@@ -426,13 +418,6 @@ fn message_kind(message: &ProcessingRequest) -> Option<&'static str> {
         Message::ResponseBody(_) => "response_body",
         Message::ResponseTrailers(_) => "response_trailers",
     })
-}
-
-fn source(direction: Direction) -> Source {
-    match direction {
-        Direction::Request => Source::request,
-        Direction::Response => Source::response,
-    }
 }
 
 /// One log line per verdict; detections at `warn` with target `clamgate::audit`.

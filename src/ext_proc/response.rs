@@ -15,7 +15,7 @@ use envoy_types::pb::envoy::service::ext_proc::v3::{
     ProcessingResponse, StreamedBodyResponse, TrailersResponse,
 };
 
-use crate::policy::{BlockResponse, Decision, Direction};
+use crate::policy::{BlockResponse, Direction};
 
 /// The header that tells the client (or the application, for uploads) what clamgate decided.
 pub const VERDICT_HEADER: &str = "x-clamgate-verdict";
@@ -141,18 +141,10 @@ pub fn trailers_continue(direction: Direction, remove_trailers: Vec<String>) -> 
     })
 }
 
-/// The answer to a body message, from the decision on its verdict.
+/// Continue after a body, optionally setting `x-clamgate-verdict`.
 ///
 /// In BUFFERED mode the headers are still held, so a header set here reaches the client (or the
-/// upstream, for a request) and a block is still a clean HTTP answer.
-pub fn body_decision(direction: Direction, decision: &Decision) -> ProcessingResponse {
-    match decision {
-        Decision::Continue { verdict_header } => body_continue(direction, *verdict_header),
-        Decision::Block(block) => immediate(block),
-    }
-}
-
-/// Continue after a body, optionally setting `x-clamgate-verdict`.
+/// upstream, for a request).
 pub fn body_continue(direction: Direction, verdict_header: Option<&str>) -> ProcessingResponse {
     let header_mutation = verdict_header.map(|value| HeaderMutation {
         set_headers: vec![set_header(VERDICT_HEADER, value)],
@@ -234,11 +226,11 @@ mod tests {
 
     #[test]
     fn a_clean_body_sets_the_verdict_header_on_the_right_direction() {
-        let answer = body_decision(Direction::Request, &Decision::Continue { verdict_header: Some("clean") });
+        let answer = body_continue(Direction::Request, Some("clean"));
         let Some(Response::RequestBody(body)) = answer.response else { panic!("not a request body answer") };
         let mutation = body.response.unwrap().header_mutation.unwrap();
         assert_eq!(mutation.set_headers[0].header.as_ref().unwrap().raw_value, b"clean");
-        let answer = body_decision(Direction::Response, &Decision::Continue { verdict_header: None });
+        let answer = body_continue(Direction::Response, None);
         let Some(Response::ResponseBody(body)) = answer.response else {
             panic!("not a response body answer")
         };

@@ -23,7 +23,9 @@ use envoy_types::pb::envoy::extensions::filters::http::ext_proc::v3::processing_
 use envoy_types::pb::envoy::service::ext_proc::v3::processing_request::Request;
 use envoy_types::pb::envoy::service::ext_proc::v3::{HttpHeaders, ProcessingRequest, ProcessingResponse};
 
-use crate::cache::{vary_names, ContentKey, KnownResource, Resource, ResourceId, IMMUTABLE_VALIDATOR};
+use crate::cache::{
+    vary_names, ContentKey, KnownResource, Resource, ResourceId, ResourceVersion, IMMUTABLE_VALIDATOR,
+};
 use crate::decode::{parse_content_encoding, Encoding};
 use crate::policy::{Decision, Direction};
 use crate::scanner::{ResourceLookup, ScanReport};
@@ -63,15 +65,17 @@ pub enum Effect {
     /// Let the policy decide on a body that will not be scanned (`reason`, `bytes` seen), then
     /// hand the decision to [`decided`] with `then`.
     DecideUnscanned { direction: Direction, reason: UnscannedReason, bytes: u64, then: Then },
-    /// Scan this BUFFERED body (held like any other while it is scanned), then decide and hand
-    /// the decision to [`decided`] with [`Then::AnswerBody`].
-    ScanBody { direction: Direction, body: Vec<u8> },
+    /// Scan this BUFFERED body (held like any other while it is scanned), store the verdict
+    /// under `store_as` too (a response known by its resource), then decide and hand the decision
+    /// to [`decided`] with [`Then::AnswerBody`].
+    ScanBody { direction: Direction, body: Vec<u8>, store_as: Option<ResourceVersion> },
     /// Hold this piece of `direction`'s FULL_DUPLEX body (nothing is answered yet).
     HoldPiece { direction: Direction, body: Vec<u8> },
-    /// The held body of `direction` is whole: scan it, decide, and hand the decision to
-    /// [`decided`] with [`Then::ReleaseHeld`] and these `trailers` (the names to remove from the
-    /// trailers that ended it; None: its last piece ended it).
-    ScanHeld { direction: Direction, trailers: Option<Vec<String>> },
+    /// The held body of `direction` is whole: scan it (storing the verdict under `store_as` too),
+    /// decide, and hand the decision to [`decided`] with [`Then::ReleaseHeld`] and these
+    /// `trailers` (the names to remove from the trailers that ended it; None: its last piece
+    /// ended it).
+    ScanHeld { direction: Direction, trailers: Option<Vec<String>>, store_as: Option<ResourceVersion> },
     /// Send `headers_answer` (if the headers were held) and the held body of `direction` back in
     /// pieces, the last with `end_of_stream` when `complete`; the held body is then freed.
     SendHeld { direction: Direction, headers_answer: Option<ProcessingResponse>, complete: bool },
@@ -253,14 +257,6 @@ impl StreamState {
         }
     }
 
-    /// The answer `direction`'s held headers get when the body is released (None: not held).
-    pub fn held_headers_answer(&self, direction: Direction) -> Option<&ProcessingResponse> {
-        match &self.flow[direction as usize] {
-            Flow::Holding { headers_answer, .. } => headers_answer.as_ref(),
-            _ => None,
-        }
-    }
-
     /// Whether a FULL_DUPLEX body of `direction` is being held (Envoy owes its end).
     pub fn is_holding(&self, direction: Direction) -> bool {
         matches!(self.flow[direction as usize], Flow::Holding { .. })
@@ -297,14 +293,18 @@ impl StreamState {
         self.response_validator.as_deref()
     }
 
-    /// The resource, validator and `Vary` names under which a verdict on the response body may be
-    /// stored: only a whole (200) response to a GET under a resource-key policy, with a validator,
-    /// and without `Vary: *`.
-    pub fn resource_to_store(&self) -> Option<(&Resource, &str, &[String])> {
+    /// The resource version under which a verdict on `direction`'s body is stored: only a whole
+    /// (200) response to a GET under a resource-key policy, with a validator, and without
+    /// `Vary: *`.
+    fn store_as(&self, direction: Direction) -> Option<ResourceVersion> {
         let resource = self.resource.as_ref()?;
         let validator = self.response_validator.as_deref()?;
         let vary = self.response_vary.as_deref()?;
-        (self.response_status == 200).then_some((resource, validator, vary))
+        (direction == Direction::Response && self.response_status == 200).then(|| ResourceVersion {
+            resource: resource.clone(),
+            validator: validator.to_string(),
+            vary: vary.to_vec(),
+        })
     }
 
     /// Whether the response (its headers seen) is the version `known` describes: the same
@@ -721,7 +721,7 @@ fn on_body(state: &mut StreamState, direction: Direction, body: Vec<u8>, end_of_
     }
     *state.phase_mut(direction) = Phase::Done;
     if state.scans(direction) {
-        vec![Effect::ScanBody { direction, body }]
+        vec![Effect::ScanBody { direction, body, store_as: state.store_as(direction) }]
     } else {
         vec![Effect::Reply(response::body_continue(direction, None))]
     }
@@ -736,6 +736,7 @@ fn on_piece(
     end_of_stream: bool,
 ) -> Vec<Effect> {
     let max_scan_bytes = state.policy.max_scan_bytes;
+    let store_as = if end_of_stream { state.store_as(direction) } else { None };
     let flow = &mut state.flow[direction as usize];
     if *flow == Flow::Unset {
         // A body switched to FULL_DUPLEX by clamgate's override: its headers were answered with
@@ -753,7 +754,7 @@ fn on_piece(
             *bytes += body.len() as u64;
             let mut effects = vec![Effect::HoldPiece { direction, body }];
             if end_of_stream {
-                effects.push(Effect::ScanHeld { direction, trailers: None });
+                effects.push(Effect::ScanHeld { direction, trailers: None, store_as });
             }
             effects
         }
@@ -784,7 +785,10 @@ fn on_trailers(state: &mut StreamState, direction: Direction, trailers: Option<H
     // The FULL_DUPLEX body of `direction` is complete: its trailers are answered after it.
     let flow = &mut state.flow[direction as usize];
     match flow {
-        Flow::Holding { .. } => vec![Effect::ScanHeld { direction, trailers: Some(remove_trailers) }],
+        Flow::Holding { .. } => {
+            let store_as = state.store_as(direction);
+            vec![Effect::ScanHeld { direction, trailers: Some(remove_trailers), store_as }]
+        }
         Flow::Answered => Vec::new(),
         Flow::Verifying => {
             *flow = Flow::Echoing;
@@ -1021,10 +1025,12 @@ mod tests {
     fn hold(state: &mut StreamState, message: ProcessingRequest) -> Option<ProcessingResponse> {
         let effects = super::on_message(state, message);
         assert_eq!(effects, vec![], "expected the headers held");
-        [Direction::Request, Direction::Response]
-            .into_iter()
-            .filter(|direction| state.is_holding(*direction))
-            .find_map(|direction| state.held_headers_answer(direction).cloned())
+        [Direction::Request, Direction::Response].into_iter().find_map(|direction| {
+            match &state.flow[direction as usize] {
+                Flow::Holding { headers_answer, .. } => headers_answer.clone(),
+                _ => None,
+            }
+        })
     }
 
     /// Every effect of a message, in order.
@@ -1092,7 +1098,7 @@ mod tests {
             effects,
             vec![
                 Effect::HoldPiece { direction: Direction::Response, body: b"load".to_vec() },
-                Effect::ScanHeld { direction: Direction::Response, trailers: None },
+                Effect::ScanHeld { direction: Direction::Response, trailers: None, store_as: None },
             ]
         );
         assert!(state.is_complete());
@@ -1123,7 +1129,7 @@ mod tests {
             effects,
             vec![
                 Effect::HoldPiece { direction: Direction::Request, body: b"up".to_vec() },
-                Effect::ScanHeld { direction: Direction::Request, trailers: None },
+                Effect::ScanHeld { direction: Direction::Request, trailers: None, store_as: None },
             ]
         );
         let answer =
@@ -1309,7 +1315,10 @@ mod tests {
         effects_of(&mut state, response_headers(&[(":status", "200")]));
         effects_of(&mut state, message(Request::ResponseBody(body(b"x", false))));
         let action = on_message(&mut state, message(Request::ResponseTrailers(HttpTrailers::default())));
-        assert_eq!(action, Effect::ScanHeld { direction: Direction::Response, trailers: Some(vec![]) });
+        assert_eq!(
+            action,
+            Effect::ScanHeld { direction: Direction::Response, trailers: Some(vec![]), store_as: None }
+        );
         assert!(state.is_complete());
     }
 
@@ -1341,7 +1350,10 @@ mod tests {
         let pairs = [(":method", "POST"), ("content-length", "6")];
         effects_of(&mut state, buffered(Request::RequestHeaders(headers(&pairs, false))));
         let action = on_message(&mut state, message(Request::RequestBody(body(b"upload", true))));
-        assert_eq!(action, Effect::ScanBody { direction: Direction::Request, body: b"upload".to_vec() });
+        assert_eq!(
+            action,
+            Effect::ScanBody { direction: Direction::Request, body: b"upload".to_vec(), store_as: None }
+        );
     }
 
     #[test]
@@ -1465,7 +1477,8 @@ mod tests {
             action,
             Effect::ScanHeld {
                 direction: Direction::Response,
-                trailers: Some(vec!["x-clamgate-verdict".into()])
+                trailers: Some(vec!["x-clamgate-verdict".into()]),
+                store_as: None,
             }
         );
     }
@@ -1664,13 +1677,17 @@ mod tests {
         let mut state = StreamState::new(RESOURCE_KEYS);
         effects_of(&mut state, get("/a"));
         effects_of(&mut state, response_headers(&[(":status", "200"), ("etag", "\"v1\"")]));
-        let (resource, validator, vary) = state.resource_to_store().expect("storable");
-        assert_eq!((resource.id.path_and_query(), validator, vary), ("/a", "etag:\"v1\"", &[][..]));
+        let version = state.store_as(Direction::Response).expect("storable");
+        assert_eq!(
+            (version.resource.id.path_and_query(), version.validator.as_str(), version.vary.as_slice()),
+            ("/a", "etag:\"v1\"", &[][..])
+        );
+        assert_eq!(state.store_as(Direction::Request), None, "only responses are stored by resource");
 
         let mut state = StreamState::new(RESOURCE_KEYS);
         effects_of(&mut state, get("/a"));
         effects_of(&mut state, response_headers(&[(":status", "206"), ("etag", "\"v1\"")]));
-        assert!(state.resource_to_store().is_none());
+        assert!(state.store_as(Direction::Response).is_none());
     }
 
     fn resource_of(action: Effect) -> Resource {
@@ -1713,7 +1730,7 @@ mod tests {
             let action = on_message(&mut state, buffered(Request::RequestHeaders(headers(&all, true))));
             assert!(matches!(action, Effect::Reply(_)), "{pairs:?}: {action:?}");
             effects_of(&mut state, response_headers(&[(":status", "200"), ("etag", "\"v1\"")]));
-            assert!(state.resource_to_store().is_none(), "{pairs:?}: nothing stored either");
+            assert!(state.store_as(Direction::Response).is_none(), "{pairs:?}: nothing stored either");
         }
     }
 
@@ -1730,8 +1747,8 @@ mod tests {
             &mut state,
             response_headers(&[(":status", "200"), ("etag", "\"v1\""), ("vary", "Accept-Encoding, Origin")]),
         );
-        let (_, _, vary) = state.resource_to_store().expect("storable");
-        assert_eq!(vary, ["accept-encoding".to_string(), "origin".to_string()]);
+        let version = state.store_as(Direction::Response).expect("storable");
+        assert_eq!(version.vary, ["accept-encoding".to_string(), "origin".to_string()]);
     }
 
     #[test]
@@ -1739,7 +1756,7 @@ mod tests {
         let mut state = StreamState::new(RESOURCE_KEYS);
         effects_of(&mut state, get("/a"));
         effects_of(&mut state, response_headers(&[(":status", "200"), ("etag", "\"v1\""), ("vary", "*")]));
-        assert!(state.resource_to_store().is_none());
+        assert!(state.store_as(Direction::Response).is_none());
     }
 
     #[test]
@@ -1988,7 +2005,7 @@ mod tests {
         let effects = effects_of(&mut state, message(Request::ResponseBody(body(b"c", true))));
         assert_eq!(
             effects.last(),
-            Some(&Effect::ScanHeld { direction: Direction::Response, trailers: None })
+            Some(&Effect::ScanHeld { direction: Direction::Response, trailers: None, store_as: None })
         );
         let then = Then::ReleaseHeld { direction: Direction::Response, trailers: None };
         let effects = decided(&mut state, then, &allow(Some("clean")));
@@ -2023,7 +2040,11 @@ mod tests {
         let names = vec!["x-clamgate-verdict".to_string()];
         assert_eq!(
             action,
-            Effect::ScanHeld { direction: Direction::Response, trailers: Some(names.clone()) }
+            Effect::ScanHeld {
+                direction: Direction::Response,
+                trailers: Some(names.clone()),
+                store_as: None
+            }
         );
         let then = Then::ReleaseHeld { direction: Direction::Response, trailers: Some(names.clone()) };
         let effects = decided(&mut state, then, &allow(None));

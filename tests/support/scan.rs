@@ -36,6 +36,6 @@ impl ScanBytes for Scanner {
             Spool::new(TEST_SPOOL_BYTES, TEST_SPOOL_BYTES, std::env::temp_dir(), Arc::new(Metrics::new()));
         let mut held = spool.hold();
         held.push(bytes::Bytes::copy_from_slice(body)).await.expect("a test body fits in memory");
-        self.scan_held(&held, encodings, source, mode).await
+        self.scan_held(&held, encodings, source, mode, None).await
     }
 }
