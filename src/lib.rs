@@ -1,24 +1,50 @@
 //! clamgate: ClamAV in the path of HTTP traffic.
 //!
 //! # Layout
-//! - [`config`]: the TOML schema, `CLAMGATE_*` overrides and validation (all errors at once).
+//! Front doors (each turns its input into held bodies and answers from a [`policy::Decision`]):
+//! - [`ext_proc`]: the Envoy ext_proc server. [`ext_proc::state`] is the pure state machine (every
+//!   message → effects, every ordering rule), `ext_proc/mod.rs` only executes effects (answers,
+//!   the spool, the scanner, the verifier), [`ext_proc::error`] is every way a stream fails (its
+//!   status, metric and log line), [`ext_proc::response`] renders answers, and
+//!   [`ext_proc::route_policy`] reads which policy a route uses.
+//! - [`scan_api`]: the `clamgate.v1.Scanner` gRPC API.
+//! - [`scan_files`]: the `clamgate scan FILE...` command.
+//!
+//! The scan path, shared by every front door (one hop down each time, never back up):
+//! - [`spool`]: bodies held while scanned ([`spool::HeldBody`]: memory within a budget, unlinked
+//!   temp files beyond), hashed as they are pushed.
+//! - [`scanner`]: [`scanner::Scanner::scan_held`], the one scan path: cache lookup, single-flight
+//!   (in process, then across instances by Redis lock), the whole-scan deadline, decoding, clamd,
+//!   the cache write (by content, and by resource when the caller names a version); plus resource
+//!   lookups for ext_proc.
+//! - [`decode`]: undoes Content-Encoding (gzip, deflate, br, zstd, stacked) as a stream, with
+//!   limits against decompression bombs and skipped bytes.
+//! - [`clamd`]: the clamd client: INSTREAM framing and reply parsing, the socket code, and the
+//!   self-test bodies (an encrypted zip, a deeply nested zip) that check clamd's settings.
+//! - [`cache`]: the verdict cache, in process or Redis / Redis Cluster: content keys, resource
+//!   keys ([`cache::Resource`], [`cache::ResourceVersion`]), sealed values, locks.
+//! - [`offload`]: CPU-heavy work (hashing, decoding megabytes) kept off the async workers.
+//!
+//! The model and its rules:
 //! - [`verdict`]: `Clean`, `Infected`, `Unscanned { reason }`: the three outcomes of a scan.
 //! - [`policy`]: turns a verdict into a [`policy::Decision`] (continue, 409, 503, 413, 502).
-//! - [`clamd`]: the clamd client: pure INSTREAM framing and reply parsing, the socket code, and
-//!   the self-test bodies (an encrypted zip, a deeply nested zip) that check clamd's settings.
-//! - [`cache`]: the verdict cache, in-process or Redis (one enum over the two real backends).
-//! - [`scanner`]: the one scan path: hash, cache lookup, bounded clamd scan, cache write.
-//! - [`decode`]: undoes Content-Encoding (gzip, deflate, br, zstd, stacked) as a stream, with
-//!   limits against decompression bombs (not yet on the scan path: issue 4).
-//! - [`spool`]: bodies held while scanned: memory within a budget, unlinked temp files beyond.
-//! - [`ext_proc`]: the Envoy ext_proc server, a per-stream state machine.
-//! - [`scan_api`]: the `clamgate.v1.Scanner` gRPC API, sharing the scan path and cache.
+//! - [`config`]: the TOML schema, `CLAMGATE_*` overrides and validation (all errors at once).
+//!
+//! Running it:
+//! - [`app`]: wires the pieces to already-bound listeners and a shutdown future.
 //! - [`grpc_auth`]: who may call the gRPC listener: the shared token (an interceptor) and mTLS.
 //! - [`health`]: the clamd probe that drives gRPC health and `/readyz` (PING, VERSION, EICAR,
 //!   and the `AlertEncrypted` / `AlertExceedsMax` self-tests).
 //! - [`admin`]: the admin HTTP listener: `/healthz`, `/readyz`, `/metrics`.
 //! - [`metrics`]: the Prometheus registry and every counter and histogram, registered once.
-//! - [`app`]: wires the pieces to already-bound listeners and a shutdown future.
+//!
+//! # A held download, from Envoy to clamd and back
+//! `ext_proc` receives the response headers and pieces; [`ext_proc::state::on_message`] says hold
+//! them ([`ext_proc::state::Effect::HoldPiece`]: pushed into a [`spool::HeldBody`], which hashes
+//! them), then at the end scan them ([`ext_proc::state::Effect::ScanHeld`]);
+//! [`scanner::Scanner::scan_held`] goes down through the cache, [`decode`] and [`clamd`] and
+//! returns a report; [`policy::decide`] turns it into a decision, and
+//! [`ext_proc::state::decided`] says what to send back.
 
 pub mod admin;
 pub mod app;

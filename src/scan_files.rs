@@ -1,5 +1,5 @@
 //! `clamgate scan FILE...`: files scanned through the same scan path as every other front door
-//! (held like a Scan API body, then [`Scanner::scan_held`]: cache, single-flight, deadline), one
+//! (held like a Scan API body, then [`crate::scanner::Scanner::scan_held`]: cache, single-flight, deadline), one
 //! line per file on stdout.
 
 use std::path::PathBuf;

@@ -21,7 +21,7 @@
 //! # Authenticated values
 //! With `cache.hmac_key_file`, every value written to Redis carries an HMAC-SHA256 tag over the
 //! value and its Redis key, and a value read without a valid tag is refused
-//! ([`CacheError::Rejected`], a miss): see [`seal`](self::seal). The memory tier holds only what
+//! ([`CacheError::Rejected`], a miss): see [`seal`]. The memory tier holds only what
 //! this process wrote or verified.
 //!
 //! # Tiers
@@ -427,11 +427,6 @@ impl VerdictCache {
     pub fn is_shared(&self) -> bool {
         self.redis.is_some()
     }
-
-    /// The in-process tier (for `/status`: its size and bound).
-    pub fn memory(&self) -> &MemoryCache {
-        &self.memory
-    }
 }
 
 /// The Redis key of a content entry: `{key_prefix}v1:content:{sha256 hex}`.
@@ -579,7 +574,7 @@ mod tests {
     #[test]
     fn the_memory_tier_keeps_entries_the_shorter_of_its_ttl_and_the_cache_ttl() {
         let alone = CacheConfig { ttl_secs: 60, memory_ttl_secs: 5, ..CacheConfig::default() };
-        let ttl = |cfg: &CacheConfig| VerdictCache::from_config(cfg).map(|c| c.memory().ttl()).ok();
+        let ttl = |cfg: &CacheConfig| VerdictCache::from_config(cfg).map(|c| c.memory.ttl()).ok();
         assert_eq!(ttl(&alone), Some(Duration::from_secs(60)), "without Redis, entries live ttl_secs");
         let tiered = CacheConfig { ttl_secs: 60, memory_ttl_secs: 5, ..unreachable(250) };
         assert_eq!(ttl(&tiered), Some(Duration::from_secs(5)));
@@ -588,7 +583,7 @@ mod tests {
         let off = CacheConfig { memory_ttl_secs: 0, ..unreachable(250) };
         assert_eq!(ttl(&off), Some(Duration::ZERO));
         let bounded = CacheConfig { memory_max_entries: 7, ..unreachable(250) };
-        assert_eq!(VerdictCache::from_config(&bounded).map(|c| c.memory().max_entries()).ok(), Some(7));
+        assert_eq!(VerdictCache::from_config(&bounded).map(|c| c.memory.max_entries()).ok(), Some(7));
     }
 
     #[test]

@@ -7,11 +7,11 @@
 //! the default `[policy]`; an unknown name fails the stream (Envoy answers 503), so a typo in
 //! either config fails closed.
 //!
-//! Rule 1 of `docs/envoy-ext-proc.md`: a stream that ends with grpc-status OK before clamgate has
-//! answered makes Envoy deliver the body unscanned. So the task ends the stream OK only after
-//! Envoy has closed its side; every failure sends an error status: a protocol violation through
-//! the channel, a panic or an abort of the task through [`Answers`], which watches the task itself
-//! (so the status never needs room in a full channel).
+//! Envoy 1.40 delivers a body unscanned when the stream ends with grpc-status OK before clamgate
+//! has answered (README, "No stream ends OK before a decision"). So the task ends the stream OK
+//! only after Envoy has closed its side; every failure sends an error status: a protocol violation
+//! through the channel, a panic or an abort of the task through `Answers`, which watches the task
+//! itself (so the status never needs room in a full channel).
 
 pub mod error;
 pub mod response;
