@@ -13,7 +13,12 @@
 
 use serde::Serialize;
 
-use crate::config::{PolicyConfig, ResponseConfig, UnscannedAction};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use crate::config::{
+    CacheMode, Config, PolicyConfig, ResponseConfig, UnscannedAction, UnscannedActions, DEFAULT_POLICY_NAME,
+};
 use crate::verdict::{UnscannedReason, Verdict};
 
 /// Which way the body travels.
@@ -49,6 +54,85 @@ pub struct BlockResponse {
     pub details: String,
 }
 
+/// A policy as decisions use it: one `[policy]` or `[policies.NAME]` section together with the
+/// `[response]` settings every policy shares, built once at start-up.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Policy {
+    pub scan_requests: bool,
+    pub scan_responses: bool,
+    /// Decide, log and count, but never block.
+    pub report_only: bool,
+    pub on_unscanned: UnscannedActions,
+    pub cache_mode: CacheMode,
+    pub immutable: bool,
+    pub verify_resource_hits: bool,
+    /// How answers look (`[response]`).
+    pub answers: Answers,
+}
+
+/// How clamgate's answers look, from `[response]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Answers {
+    /// Set `x-clamgate-verdict` on what passes and on refusals.
+    pub verdict_header: bool,
+    /// Name the signature in a refusal's JSON body.
+    pub expose_signature: bool,
+    /// `retry-after` seconds on refusals for engine trouble.
+    pub retry_after_secs: u64,
+}
+
+impl Policy {
+    pub fn new(section: &PolicyConfig, response: &ResponseConfig) -> Policy {
+        Policy {
+            scan_requests: section.scan_requests,
+            scan_responses: section.scan_responses,
+            report_only: section.report_only,
+            on_unscanned: section.on_unscanned.clone(),
+            cache_mode: section.cache_mode,
+            immutable: section.immutable,
+            verify_resource_hits: section.verify_resource_hits,
+            answers: Answers {
+                verdict_header: response.verdict_header,
+                expose_signature: response.expose_signature,
+                retry_after_secs: response.retry_after_secs,
+            },
+        }
+    }
+}
+
+/// Every configured policy, by the name a route gives it; shared by all streams.
+#[derive(Debug, Clone)]
+pub struct Policies {
+    default: Arc<Policy>,
+    named: BTreeMap<String, Arc<Policy>>,
+}
+
+impl Policies {
+    pub fn from_config(config: &Config) -> Policies {
+        let named = config
+            .policies
+            .iter()
+            .map(|(name, section)| (name.clone(), Arc::new(Policy::new(section, &config.response))))
+            .collect();
+        Policies { default: Arc::new(Policy::new(&config.policy, &config.response)), named }
+    }
+
+    /// `[policy]`, for a route that names none.
+    pub fn default_policy(&self) -> Arc<Policy> {
+        self.default.clone()
+    }
+
+    /// The policy a route selects by name: `[policies.NAME]`, or `[policy]` for
+    /// [`DEFAULT_POLICY_NAME`] and for the empty name. `None` for a name that is not configured,
+    /// which the caller must treat as an error (fail closed), never as the default.
+    pub fn named(&self, name: &str) -> Option<Arc<Policy>> {
+        match name {
+            "" | DEFAULT_POLICY_NAME => Some(self.default.clone()),
+            _ => self.named.get(name).cloned(),
+        }
+    }
+}
+
 /// Context for one decision that is not part of the verdict.
 #[derive(Debug, Clone, Copy)]
 pub struct DecisionContext<'a> {
@@ -72,12 +156,8 @@ struct BlockBody<'a> {
 }
 
 /// Decides the answer to a verdict under a policy.
-pub fn decide(
-    verdict: &Verdict,
-    policy: &PolicyConfig,
-    response: &ResponseConfig,
-    context: DecisionContext<'_>,
-) -> Decision {
+pub fn decide(verdict: &Verdict, policy: &Policy, context: DecisionContext<'_>) -> Decision {
+    let response = &policy.answers;
     let verdict_header = |value: &'static str| response.verdict_header.then_some(value);
     let block = match verdict {
         Verdict::Clean => return Decision::Continue { verdict_header: verdict_header("clean") },
@@ -158,8 +238,7 @@ mod tests {
     fn clean_continues_with_the_verdict_header() {
         let decision = decide(
             &Verdict::Clean,
-            &PolicyConfig::default(),
-            &ResponseConfig::default(),
+            &Policy::new(&PolicyConfig::default(), &ResponseConfig::default()),
             context(Direction::Response),
         );
         assert_eq!(decision, Decision::Continue { verdict_header: Some("clean") });
@@ -168,8 +247,11 @@ mod tests {
     #[test]
     fn verdict_header_can_be_turned_off() {
         let response = ResponseConfig { verdict_header: false, ..ResponseConfig::default() };
-        let decision =
-            decide(&Verdict::Clean, &PolicyConfig::default(), &response, context(Direction::Request));
+        let decision = decide(
+            &Verdict::Clean,
+            &Policy::new(&PolicyConfig::default(), &response),
+            context(Direction::Request),
+        );
         assert_eq!(decision, Decision::Continue { verdict_header: None });
     }
 
@@ -178,8 +260,7 @@ mod tests {
         let verdict = Verdict::Infected { signature: "Test.Eicar.Body.UNOFFICIAL".into() };
         let block = blocked(decide(
             &verdict,
-            &PolicyConfig::default(),
-            &ResponseConfig::default(),
+            &Policy::new(&PolicyConfig::default(), &ResponseConfig::default()),
             context(Direction::Response),
         ));
         assert_eq!(block.status, 409);
@@ -195,8 +276,11 @@ mod tests {
     fn signature_can_be_hidden() {
         let response = ResponseConfig { expose_signature: false, ..ResponseConfig::default() };
         let verdict = Verdict::Infected { signature: "Secret.Name".into() };
-        let block =
-            blocked(decide(&verdict, &PolicyConfig::default(), &response, context(Direction::Request)));
+        let block = blocked(decide(
+            &verdict,
+            &Policy::new(&PolicyConfig::default(), &response),
+            context(Direction::Request),
+        ));
         assert!(!String::from_utf8(block.body).unwrap().contains("Secret.Name"));
     }
 
@@ -208,8 +292,7 @@ mod tests {
             for direction in [Direction::Request, Direction::Response] {
                 let block = blocked(decide(
                     &Verdict::Unscanned { reason },
-                    &PolicyConfig::default(),
-                    &ResponseConfig::default(),
+                    &Policy::new(&PolicyConfig::default(), &ResponseConfig::default()),
                     context(direction),
                 ));
                 assert_eq!(block.status, 503, "{reason}");
@@ -232,8 +315,7 @@ mod tests {
         for (reason, direction, status) in cases {
             let block = blocked(decide(
                 &Verdict::Unscanned { reason },
-                &PolicyConfig::default(),
-                &ResponseConfig::default(),
+                &Policy::new(&PolicyConfig::default(), &ResponseConfig::default()),
                 context(direction),
             ));
             assert_eq!(block.status, status, "{reason} {direction:?}");
@@ -248,16 +330,14 @@ mod tests {
         policy.on_unscanned.too_large = UnscannedAction::Allow;
         let decision = decide(
             &Verdict::Unscanned { reason: UnscannedReason::TooLarge },
-            &policy,
-            &ResponseConfig::default(),
+            &Policy::new(&policy, &ResponseConfig::default()),
             context(Direction::Response),
         );
         assert_eq!(decision, Decision::Continue { verdict_header: Some("unscanned") });
         // Only that reason was relaxed.
         let other = decide(
             &Verdict::Unscanned { reason: UnscannedReason::Timeout },
-            &policy,
-            &ResponseConfig::default(),
+            &Policy::new(&policy, &ResponseConfig::default()),
             context(Direction::Response),
         );
         assert!(matches!(other, Decision::Block(_)));
@@ -268,8 +348,7 @@ mod tests {
         let policy = PolicyConfig { report_only: true, ..PolicyConfig::default() };
         let decision = decide(
             &Verdict::Infected { signature: "X".into() },
-            &policy,
-            &ResponseConfig::default(),
+            &Policy::new(&policy, &ResponseConfig::default()),
             context(Direction::Response),
         );
         assert_eq!(decision, Decision::Continue { verdict_header: Some("infected") });

@@ -33,10 +33,10 @@ use tonic::{Request, Response, Status, Streaming};
 use sha2::{Digest, Sha256};
 
 use crate::cache::ContentKey;
-use crate::config::{Config, PolicyConfig, ResponseConfig};
+use crate::config::Config;
 use crate::metrics::{Metrics, Source};
 use crate::offload::hash_off_worker;
-use crate::policy::{decide, Decision, DecisionContext, Direction};
+use crate::policy::{decide, Decision, DecisionContext, Direction, Policies, Policy};
 use crate::scanner::{ScanReport, Scanner};
 use crate::spool::{HeldBody, MemoryCharge, Spool, READ_PIECE_BYTES};
 use crate::verdict::Verdict;
@@ -57,7 +57,7 @@ const STREAM_CHANNEL_CAPACITY: usize = 4;
 #[derive(Clone)]
 pub struct ExtProcService {
     scanner: Arc<Scanner>,
-    config: Arc<Config>,
+    policies: Policies,
     metrics: Arc<Metrics>,
     spool: Spool,
 }
@@ -65,7 +65,7 @@ pub struct ExtProcService {
 impl ExtProcService {
     pub fn new(scanner: Arc<Scanner>, config: Arc<Config>, metrics: Arc<Metrics>) -> Self {
         let spool = Spool::from_config(&config.bodies, metrics.clone());
-        ExtProcService { scanner, config, metrics, spool }
+        ExtProcService { scanner, policies: Policies::from_config(&config), metrics, spool }
     }
 
     /// Where this service holds bodies: the Scan API shares it, so one memory and disk budget
@@ -79,7 +79,7 @@ impl ExtProcService {
         &self,
         first: &ProcessingRequest,
         grpc_metadata_policy: &GrpcMetadataPolicy,
-    ) -> Result<PolicyConfig, StreamError> {
+    ) -> Result<Arc<Policy>, StreamError> {
         let fail = StreamError::Policy;
         let grpc_metadata_policy = match grpc_metadata_policy {
             None => None,
@@ -88,10 +88,9 @@ impl ExtProcService {
         };
         let name = route_policy::select(&first.attributes, grpc_metadata_policy)
             .map_err(|err| fail(err.to_string()))?;
-        let Some(name) = name else { return Ok(self.config.policy.clone()) };
-        self.config
-            .policy_named(&name)
-            .cloned()
+        let Some(name) = name else { return Ok(self.policies.default_policy()) };
+        self.policies
+            .named(&name)
             .ok_or_else(|| fail(format!("Envoy named clamgate policy {name:?}, which is not configured")))
     }
 }
@@ -100,8 +99,7 @@ impl ExtProcService {
 /// the I/O the state machine leaves to the driver (held bodies, a hit's running hash, the answers).
 struct Stream<'a> {
     state: StreamState,
-    policy: PolicyConfig,
-    response: ResponseConfig,
+    policy: Arc<Policy>,
     /// tonic's decode buffer, counted in `bodies.memory_budget_bytes`: it grows to the largest
     /// message (a BUFFERED body) and keeps that size until the stream ends.
     decode_buffer: MemoryCharge,
@@ -163,9 +161,8 @@ impl ExtProcService {
         };
         let policy = self.policy_for(&first, &grpc_metadata_policy).map_err(before_headers)?;
         let mut stream = Stream {
-            state: StreamState::new(StreamPolicy::from_config(&policy, self.scanner.max_scan_bytes())),
+            state: StreamState::new(StreamPolicy::of(&policy, self.scanner.max_scan_bytes())),
             policy,
-            response: self.config.response.clone(),
             decode_buffer: self.spool.charge(),
             held: [None, None],
             verifying: None,
@@ -366,7 +363,7 @@ impl ExtProcService {
             request_id: &stream.state.request_id,
             sha256: None,
         };
-        match decide(&Verdict::Clean, &stream.policy, &stream.response, decision_context) {
+        match decide(&Verdict::Clean, &stream.policy, decision_context) {
             Decision::Continue { verdict_header } => verdict_header,
             Decision::Block(_) => None,
         }
@@ -399,7 +396,7 @@ impl ExtProcService {
         let state = &stream.state;
         let decision_context =
             DecisionContext { direction, request_id: &state.request_id, sha256: Some(&report.sha256) };
-        let decision = decide(&report.verdict, &stream.policy, &stream.response, decision_context);
+        let decision = decide(&report.verdict, &stream.policy, decision_context);
         audit(state, direction, report, &decision);
         if let Decision::Block(block) = &decision {
             self.metrics.record_blocked(block.status);

@@ -206,7 +206,7 @@ pub struct StreamPolicy {
 }
 
 impl StreamPolicy {
-    pub fn from_config(policy: &crate::config::PolicyConfig, max_scan_bytes: u64) -> StreamPolicy {
+    pub fn of(policy: &crate::policy::Policy, max_scan_bytes: u64) -> StreamPolicy {
         StreamPolicy {
             scan_requests: policy.scan_requests,
             scan_responses: policy.scan_responses,
