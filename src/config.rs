@@ -26,7 +26,7 @@
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
-use std::net::{Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::LazyLock;
 
@@ -1800,39 +1800,9 @@ fn distinct_listeners(grpc: SocketAddr, admin: SocketAddr) -> Result<(), String>
     Ok(())
 }
 
-/// `tcp://HOST:PORT` (HOST a name, an IPv4 address or a bracketed IPv6 address) or
-/// `unix:///absolute/path`.
+/// `clamd.address`, by the one parser the clamd client uses ([`crate::clamd::ClamdAddress`]).
 fn clamd_address(address: &str) -> Result<(), String> {
-    if let Some(rest) = address.strip_prefix("tcp://") {
-        if rest.rsplit_once(':').is_some_and(|(host, port)| tcp_host(host) && tcp_port(port)) {
-            return Ok(());
-        }
-        return Err(format!("expected \"tcp://HOST:PORT\" with a port from 1 to 65535, found {address:?}"));
-    }
-    if let Some(path) = address.strip_prefix("unix://") {
-        if path.len() > 1 && path.starts_with('/') {
-            return Ok(());
-        }
-        return Err(format!(
-            "expected an absolute path after \"unix://\", as in \"unix:///run/clamav/clamd.ctl\", found {address:?}"
-        ));
-    }
-    Err(format!("expected \"tcp://HOST:PORT\" or \"unix:///absolute/path\", found {address:?}"))
-}
-
-fn tcp_host(host: &str) -> bool {
-    match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
-        Some(v6) => v6.parse::<Ipv6Addr>().is_ok(),
-        None => {
-            !host.is_empty()
-                && host.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
-        }
-    }
-}
-
-fn tcp_port(port: &str) -> bool {
-    // Digits only: `u16::from_str` would also take "+1".
-    port.bytes().all(|b| b.is_ascii_digit()) && port.parse::<u16>().is_ok_and(|p| p != 0)
+    address.parse::<crate::clamd::ClamdAddress>().map(|_| ()).map_err(|err| err.to_string())
 }
 
 /// A URL the redis crate accepts, with one of the schemes clamgate documents.

@@ -46,36 +46,36 @@ pub enum ClamdAddress {
     Unix(PathBuf),
 }
 
-/// Why a string is not a [`ClamdAddress`].
+/// Why a string is not a [`ClamdAddress`]. The config check (`clamd.address`) reports these
+/// messages as they are: this is the one parser of a clamd address.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AddressError {
     /// The string has neither `tcp://` nor `unix://` in front.
-    #[error(
-        "clamd address {0:?} must start with tcp:// or unix:// \
-         (e.g. tcp://127.0.0.1:3310 or unix:///run/clamav/clamd.ctl)"
-    )]
+    #[error("expected \"tcp://HOST:PORT\" or \"unix:///absolute/path\", found {0:?}")]
     UnknownScheme(String),
-    /// A `tcp://` address without a host or with a bad port.
-    #[error("clamd address {0:?}: expected tcp://host:port with a port from 1 to 65535 (e.g. tcp://127.0.0.1:3310)")]
+    /// A `tcp://` address without a sound host or with a bad port.
+    #[error("expected \"tcp://HOST:PORT\" with a port from 1 to 65535, found {0:?}")]
     InvalidTcp(String),
     /// A `unix://` address whose path is not absolute.
-    #[error("clamd address {0:?}: expected unix:// followed by an absolute path (e.g. unix:///run/clamav/clamd.ctl)")]
+    #[error(
+        "expected an absolute path after \"unix://\", as in \"unix:///run/clamav/clamd.ctl\", found {0:?}"
+    )]
     InvalidUnix(String),
 }
 
 impl FromStr for ClamdAddress {
     type Err = AddressError;
 
+    /// `tcp://HOST:PORT` (HOST a name of letters, digits, `.`, `-` and `_`, an IPv4 address or a
+    /// bracketed IPv6 address; PORT digits only, 1 to 65535) or `unix:///absolute/path`.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         if let Some(host_port) = s.strip_prefix("tcp://") {
-            let invalid = || AddressError::InvalidTcp(s.to_string());
-            let (host, port) = host_port.rsplit_once(':').ok_or_else(invalid)?;
-            let host_ok = !host.is_empty()
-                && !host.contains(|c: char| c.is_whitespace() || matches!(c, '/' | '@' | '?' | '#'))
-                && (host.starts_with('[') == host.ends_with(']'));
-            match port.parse::<u16>() {
-                Ok(port) if port != 0 && host_ok => Ok(ClamdAddress::Tcp(host_port.to_string())),
-                _ => Err(invalid()),
+            let sound =
+                host_port.rsplit_once(':').is_some_and(|(host, port)| tcp_host(host) && tcp_port(port));
+            if sound {
+                Ok(ClamdAddress::Tcp(host_port.to_string()))
+            } else {
+                Err(AddressError::InvalidTcp(s.to_string()))
             }
         } else if let Some(path) = s.strip_prefix("unix://") {
             if path.starts_with('/') && path.len() > 1 {
@@ -87,6 +87,21 @@ impl FromStr for ClamdAddress {
             Err(AddressError::UnknownScheme(s.to_string()))
         }
     }
+}
+
+fn tcp_host(host: &str) -> bool {
+    match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        Some(v6) => v6.parse::<std::net::Ipv6Addr>().is_ok(),
+        None => {
+            !host.is_empty()
+                && host.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+        }
+    }
+}
+
+fn tcp_port(port: &str) -> bool {
+    // Digits only: `u16::from_str` would also take "+1".
+    port.bytes().all(|b| b.is_ascii_digit()) && port.parse::<u16>().is_ok_and(|p| p != 0)
 }
 
 impl fmt::Display for ClamdAddress {
