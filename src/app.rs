@@ -53,24 +53,9 @@ pub enum AppError {
 pub fn build_scanner(config: &Config, metrics: Arc<Metrics>) -> Result<Scanner, AppError> {
     let address: ClamdAddress =
         config.clamd.address.parse().map_err(|err| AppError::ClamdAddress(format!("{err}")))?;
-    let timeouts = ClamdTimeouts {
-        connect: Duration::from_millis(config.clamd.connect_timeout_ms),
-        write: Duration::from_millis(config.clamd.write_timeout_ms),
-        reply: Duration::from_millis(config.clamd.reply_timeout_ms),
-    };
     let cache = VerdictCache::from_config(&config.cache)?;
-    let settings = ScannerSettings {
-        max_scan_bytes: config.scan.max_scan_bytes,
-        max_concurrent_scans: config.clamd.max_concurrent_scans,
-        slot_wait: timeouts.reply,
-        scan_timeout: Duration::from_millis(config.scan.timeout_ms),
-        scan_timeout_per_mib: Duration::from_millis(config.scan.timeout_per_mib_ms),
-        lock_ttl: Duration::from_millis(config.cache.lock_ttl_ms),
-        max_decode_ratio: config.scan.decode_ratio_limit(),
-        abandoned_scan_max_hold: Duration::from_millis(config.clamd.abandoned_scan_max_hold_ms),
-        max_skipped_encoding_bytes: config.scan.max_skipped_encoding_bytes,
-    };
-    Ok(Scanner::new(ClamdClient::new(address, timeouts), cache, settings, metrics))
+    let clamd = ClamdClient::new(address, ClamdTimeouts::from_config(&config.clamd));
+    Ok(Scanner::new(clamd, cache, ScannerSettings::from_config(config), metrics))
 }
 
 /// The shared token of the gRPC listener, if `listen.grpc_token_file` is set.
@@ -123,10 +108,10 @@ pub async fn run(
         metrics.clone(),
         readiness.clone(),
         reporter.clone(),
-        Duration::from_millis(config.clamd.health_interval_ms),
+        config.clamd.health_interval(),
         health::SettingsCheck::new(
             config.clamd.require_alert_settings,
-            Duration::from_millis(config.clamd.settings_check_interval_ms),
+            config.clamd.settings_check_interval(),
         ),
     ));
 

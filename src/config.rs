@@ -29,6 +29,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::LazyLock;
+use std::time::Duration;
 
 use toml::{Table, Value};
 
@@ -442,7 +443,49 @@ impl ListenConfig {
     }
 }
 
+impl ClamdConfig {
+    /// `connect_timeout_ms`.
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.connect_timeout_ms)
+    }
+
+    /// `write_timeout_ms`.
+    pub fn write_timeout(&self) -> Duration {
+        Duration::from_millis(self.write_timeout_ms)
+    }
+
+    /// `reply_timeout_ms`.
+    pub fn reply_timeout(&self) -> Duration {
+        Duration::from_millis(self.reply_timeout_ms)
+    }
+
+    /// `abandoned_scan_max_hold_ms`.
+    pub fn abandoned_scan_max_hold(&self) -> Duration {
+        Duration::from_millis(self.abandoned_scan_max_hold_ms)
+    }
+
+    /// `health_interval_ms`.
+    pub fn health_interval(&self) -> Duration {
+        Duration::from_millis(self.health_interval_ms)
+    }
+
+    /// `settings_check_interval_ms`.
+    pub fn settings_check_interval(&self) -> Duration {
+        Duration::from_millis(self.settings_check_interval_ms)
+    }
+}
+
 impl ScanConfig {
+    /// `timeout_ms`: the base of the whole-scan deadline.
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms)
+    }
+
+    /// `timeout_per_mib_ms`: added to the deadline for every MiB.
+    pub fn timeout_per_mib(&self) -> Duration {
+        Duration::from_millis(self.timeout_per_mib_ms)
+    }
+
     /// `max_decode_ratio` as [`crate::decode::DecodeLimits::max_ratio`] takes it: 0 (off) is
     /// `u64::MAX`.
     pub fn decode_ratio_limit(&self) -> u64 {
@@ -487,6 +530,13 @@ impl BodiesConfig {
         } else {
             std::path::PathBuf::from(&self.spool_dir)
         }
+    }
+}
+
+impl CacheConfig {
+    /// `lock_ttl_ms`: the life of the cross-instance scan lock.
+    pub fn lock_ttl(&self) -> Duration {
+        Duration::from_millis(self.lock_ttl_ms)
     }
 }
 

@@ -38,7 +38,7 @@ use crate::cache::{
     ResourceVersion, Tier, VaryRecord, VerdictCache, IMMUTABLE_VALIDATOR,
 };
 use crate::clamd::{ClamdClient, ClamdError, InstreamScan, ScanReply};
-use crate::config::CacheMode;
+use crate::config::{CacheMode, Config};
 use crate::decode::{BodyDecoder, DecodeError, DecodeLimits, Encoding};
 use crate::metrics::{Metrics, Source};
 use crate::offload::{off_worker, BLOCKING_HASH_BYTES};
@@ -115,6 +115,22 @@ pub struct ScannerSettings {
     /// Most bytes the decoders may read without decoding them ([`DecodeLimits::max_skipped_bytes`]).
     /// More is `Unscanned { unsupported_encoding }`.
     pub max_skipped_encoding_bytes: u64,
+}
+
+impl ScannerSettings {
+    pub fn from_config(config: &Config) -> ScannerSettings {
+        ScannerSettings {
+            max_scan_bytes: config.scan.max_scan_bytes,
+            max_concurrent_scans: config.clamd.max_concurrent_scans,
+            slot_wait: config.clamd.reply_timeout(),
+            scan_timeout: config.scan.timeout(),
+            scan_timeout_per_mib: config.scan.timeout_per_mib(),
+            lock_ttl: config.cache.lock_ttl(),
+            max_decode_ratio: config.scan.decode_ratio_limit(),
+            abandoned_scan_max_hold: config.clamd.abandoned_scan_max_hold(),
+            max_skipped_encoding_bytes: config.scan.max_skipped_encoding_bytes,
+        }
+    }
 }
 
 type Inflight = HashMap<ContentKey, watch::Receiver<Option<ScanReport>>>;
@@ -1479,8 +1495,7 @@ mod tests {
         let received = body.content_key();
         let identity = Subject::new(&body, &[], received);
         let encoded = Subject::new(&body, &[Encoding::Zstd], received);
-        let per_mib = Duration::from_millis(config.scan.timeout_per_mib_ms);
-        let base = Duration::from_millis(config.scan.timeout_ms);
+        let (base, per_mib) = (config.scan.timeout(), config.scan.timeout_per_mib());
         assert_eq!(scanner.deadline_for(&identity), base + per_mib * 3);
         assert_eq!(scanner.deadline_for(&encoded), base + per_mib * 25, "25 MiB: max_scan_bytes");
     }

@@ -125,6 +125,16 @@ pub struct ClamdTimeouts {
     pub reply: Duration,
 }
 
+impl ClamdTimeouts {
+    pub fn from_config(clamd: &crate::config::ClamdConfig) -> ClamdTimeouts {
+        ClamdTimeouts {
+            connect: clamd.connect_timeout(),
+            write: clamd.write_timeout(),
+            reply: clamd.reply_timeout(),
+        }
+    }
+}
+
 /// What went wrong talking to clamd. None of these is a verdict: each is `Unscanned` with the
 /// reason [`ClamdError::unscanned_reason`] gives.
 #[derive(Debug, thiserror::Error)]
