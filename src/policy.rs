@@ -16,9 +16,7 @@ use serde::Serialize;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use crate::config::{
-    CacheMode, Config, PolicyConfig, ResponseConfig, UnscannedAction, UnscannedActions, DEFAULT_POLICY_NAME,
-};
+use crate::config::{Config, PolicyConfig, ResponseConfig, UnscannedAction, DEFAULT_POLICY_NAME};
 use crate::verdict::{UnscannedReason, Verdict};
 
 /// Which way the body travels.
@@ -58,45 +56,15 @@ pub struct BlockResponse {
 /// `[response]` settings every policy shares, built once at start-up.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Policy {
-    pub scan_requests: bool,
-    pub scan_responses: bool,
-    /// Decide, log and count, but never block.
-    pub report_only: bool,
-    pub on_unscanned: UnscannedActions,
-    pub cache_mode: CacheMode,
-    pub immutable: bool,
-    pub verify_resource_hits: bool,
-    /// How answers look (`[response]`).
-    pub answers: Answers,
-}
-
-/// How clamgate's answers look, from `[response]`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Answers {
-    /// Set `x-clamgate-verdict` on what passes and on refusals.
-    pub verdict_header: bool,
-    /// Name the signature in a refusal's JSON body.
-    pub expose_signature: bool,
-    /// `retry-after` seconds on refusals for engine trouble.
-    pub retry_after_secs: u64,
+    /// What to scan, what to do with unscanned bodies, how to use the cache.
+    pub rules: PolicyConfig,
+    /// How answers look.
+    pub answers: ResponseConfig,
 }
 
 impl Policy {
-    pub fn new(section: &PolicyConfig, response: &ResponseConfig) -> Policy {
-        Policy {
-            scan_requests: section.scan_requests,
-            scan_responses: section.scan_responses,
-            report_only: section.report_only,
-            on_unscanned: section.on_unscanned.clone(),
-            cache_mode: section.cache_mode,
-            immutable: section.immutable,
-            verify_resource_hits: section.verify_resource_hits,
-            answers: Answers {
-                verdict_header: response.verdict_header,
-                expose_signature: response.expose_signature,
-                retry_after_secs: response.retry_after_secs,
-            },
-        }
+    pub fn new(rules: &PolicyConfig, answers: &ResponseConfig) -> Policy {
+        Policy { rules: rules.clone(), answers: answers.clone() }
     }
 }
 
@@ -157,7 +125,7 @@ struct BlockBody<'a> {
 
 /// Decides the answer to a verdict under a policy.
 pub fn decide(verdict: &Verdict, policy: &Policy, context: DecisionContext<'_>) -> Decision {
-    let response = &policy.answers;
+    let (rules, response) = (&policy.rules, &policy.answers);
     let verdict_header = |value: &'static str| response.verdict_header.then_some(value);
     let block = match verdict {
         Verdict::Clean => return Decision::Continue { verdict_header: verdict_header("clean") },
@@ -178,7 +146,7 @@ pub fn decide(verdict: &Verdict, policy: &Policy, context: DecisionContext<'_>) 
             }
         }
         Verdict::Unscanned { reason } => {
-            if policy.on_unscanned.action(*reason) == UnscannedAction::Allow {
+            if rules.on_unscanned.action(*reason) == UnscannedAction::Allow {
                 return Decision::Continue { verdict_header: verdict_header("unscanned") };
             }
             BlockResponse {
@@ -196,7 +164,7 @@ pub fn decide(verdict: &Verdict, policy: &Policy, context: DecisionContext<'_>) 
             }
         }
     };
-    if policy.report_only {
+    if rules.report_only {
         return Decision::Continue { verdict_header: verdict_header(block.verdict) };
     }
     Decision::Block(block)

@@ -269,7 +269,7 @@ impl ExtProcService {
                 let source = Source::Proxied(direction);
                 let report = self
                     .scanner
-                    .scan_held(&held, encodings, source, stream.policy.cache_mode, store_as.as_ref())
+                    .scan_held(&held, encodings, source, stream.policy.rules.cache_mode, store_as.as_ref())
                     .await;
                 drop(held);
                 let decision = self.decide(stream, direction, &report);
@@ -288,7 +288,7 @@ impl ExtProcService {
                     held,
                     state.encodings(direction),
                     Source::Proxied(direction),
-                    stream.policy.cache_mode,
+                    stream.policy.rules.cache_mode,
                     store_as.as_ref(),
                 );
                 // A client that goes away (Envoy resets the stream) ends the scan and frees clamd.

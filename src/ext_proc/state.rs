@@ -207,12 +207,13 @@ pub struct StreamPolicy {
 
 impl StreamPolicy {
     pub fn of(policy: &crate::policy::Policy, max_scan_bytes: u64) -> StreamPolicy {
+        let rules = &policy.rules;
         StreamPolicy {
-            scan_requests: policy.scan_requests,
-            scan_responses: policy.scan_responses,
-            resource_keys: policy.cache_mode == crate::config::CacheMode::Resource,
-            immutable: policy.immutable,
-            verify_resource_hits: policy.verify_resource_hits,
+            scan_requests: rules.scan_requests,
+            scan_responses: rules.scan_responses,
+            resource_keys: rules.cache_mode == crate::config::CacheMode::Resource,
+            immutable: rules.immutable,
+            verify_resource_hits: rules.verify_resource_hits,
             max_scan_bytes,
         }
     }
@@ -736,7 +737,6 @@ fn on_piece(
     end_of_stream: bool,
 ) -> Vec<Effect> {
     let max_scan_bytes = state.policy.max_scan_bytes;
-    let store_as = if end_of_stream { state.store_as(direction) } else { None };
     let flow = &mut state.flow[direction as usize];
     if *flow == Flow::Unset {
         // A body switched to FULL_DUPLEX by clamgate's override: its headers were answered with
@@ -754,6 +754,7 @@ fn on_piece(
             *bytes += body.len() as u64;
             let mut effects = vec![Effect::HoldPiece { direction, body }];
             if end_of_stream {
+                let store_as = state.store_as(direction);
                 effects.push(Effect::ScanHeld { direction, trailers: None, store_as });
             }
             effects
