@@ -13,7 +13,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::ServerTlsConfig;
 
 use crate::cache::{CacheError, VerdictCache};
-use crate::clamd::{ClamdAddress, ClamdClient, ClamdTimeouts};
+use crate::clamd::{ClamdClient, ClamdTimeouts};
 use crate::config::Config;
 use crate::ext_proc::{ExtProcService, ExternalProcessorServer};
 use crate::grpc_auth::{server_tls, Authenticator, GrpcToken};
@@ -36,8 +36,6 @@ pub struct Listeners {
 /// Why clamgate could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
-    #[error("clamd.address: {0}")]
-    ClamdAddress(String),
     #[error("cache: {0}")]
     Cache(#[from] CacheError),
     #[error("gRPC server: {0}")]
@@ -51,10 +49,8 @@ pub enum AppError {
 
 /// Builds the scan path (clamd client, cache, scanner) from the config.
 pub fn build_scanner(config: &Config, metrics: Arc<Metrics>) -> Result<Scanner, AppError> {
-    let address: ClamdAddress =
-        config.clamd.address.parse().map_err(|err| AppError::ClamdAddress(format!("{err}")))?;
     let cache = VerdictCache::from_config(&config.cache)?;
-    let clamd = ClamdClient::new(address, ClamdTimeouts::from_config(&config.clamd));
+    let clamd = ClamdClient::new(config.clamd.address.clone(), ClamdTimeouts::from_config(&config.clamd));
     Ok(Scanner::new(clamd, cache, ScannerSettings::from_config(config), metrics))
 }
 

@@ -113,6 +113,21 @@ impl fmt::Display for ClamdAddress {
     }
 }
 
+/// Written as the string it was read from, so `clamd.address` stays a string in the config file.
+impl serde::Serialize for ClamdAddress {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+/// Read by [`ClamdAddress::from_str`]: the config is typed as it is loaded.
+impl<'de> serde::Deserialize<'de> for ClamdAddress {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 /// How long each step of talking to clamd may take. A step that runs out fails the command; it
 /// never yields a verdict other than `Unscanned`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -61,7 +61,7 @@ pub async fn channel(url: String) -> tonic::transport::Channel {
 pub fn test_config(clamd_address: &str) -> Config {
     let mut config = Config::default();
     config.listen.grpc_token_file = Some(test_token_file());
-    config.clamd.address = clamd_address.to_string();
+    config.clamd.address = clamd_address.parse().expect("a clamd address");
     config.clamd.health_interval_ms = 200;
     config.clamd.reply_timeout_ms = 20_000;
     let mirror = PolicyConfig { cache_mode: CacheMode::Resource, ..PolicyConfig::default() };

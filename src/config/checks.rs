@@ -1,0 +1,365 @@
+//! Pass 3 of a load: what each value means (ranges, addresses, URLs, files), all errors at once.
+
+use super::*;
+
+/// Collects the errors of pass 3.
+pub(super) struct Checker<'a> {
+    pub(super) errors: Vec<ConfigError>,
+    /// Keys already reported by pass 1 or 2: their value is a stand-in default.
+    pub(super) rejected: &'a BTreeSet<String>,
+    /// Keys set by the environment, and by which variable.
+    pub(super) from_env: &'a BTreeMap<String, String>,
+}
+
+impl Checker<'_> {
+    pub(super) fn check(&mut self, path: &str, result: Result<(), String>) {
+        self.check_at(path, path.to_string(), result);
+    }
+
+    /// Checks element `index` of the array at `path`; the error names the element.
+    pub(super) fn check_element(&mut self, path: &str, index: usize, result: Result<(), String>) {
+        self.check_at(path, format!("{path}[{index}]"), result);
+    }
+
+    pub(super) fn check_at(&mut self, path: &str, key: String, result: Result<(), String>) {
+        if let (Err(message), false) = (result, self.rejected.contains(path)) {
+            let message = match self.from_env.get(path) {
+                Some(var) => format!("{message} (set by {var})"),
+                None => message,
+            };
+            self.errors.push(ConfigError::new(key, message));
+        }
+    }
+}
+
+/// Every check of a value's meaning, in schema order.
+pub(super) fn check_values(config: &Config, checker: &mut Checker<'_>) {
+    let Config { listen, clamd, scan, cache, ext_proc, bodies, response, policy: _, policies, log } = config;
+    if !checker.rejected.contains("listen.grpc_addr") {
+        checker.check("listen.admin_addr", distinct_listeners(listen.grpc_addr, listen.admin_addr));
+    }
+    check_grpc_auth(listen, checker);
+    checker.check("clamd.connect_timeout_ms", within(clamd.connect_timeout_ms, 1, MAX_DURATION_MS));
+    checker.check("clamd.write_timeout_ms", within(clamd.write_timeout_ms, 1, MAX_DURATION_MS));
+    checker.check("clamd.reply_timeout_ms", within(clamd.reply_timeout_ms, 1, MAX_DURATION_MS));
+    checker.check(
+        "clamd.max_concurrent_scans",
+        within(clamd.max_concurrent_scans as u64, 1, MAX_CONCURRENT_SCANS),
+    );
+    checker.check("clamd.health_interval_ms", within(clamd.health_interval_ms, 1, MAX_DURATION_MS));
+    checker.check(
+        "clamd.settings_check_interval_ms",
+        within(clamd.settings_check_interval_ms, 1, MAX_DURATION_MS),
+    );
+    checker.check(
+        "clamd.abandoned_scan_max_hold_ms",
+        within(clamd.abandoned_scan_max_hold_ms, 1, MAX_DURATION_MS),
+    );
+    checker.check("scan.max_scan_bytes", within(scan.max_scan_bytes, 1, MAX_SCAN_BYTES));
+    checker.check("scan.timeout_ms", within(scan.timeout_ms, 1, MAX_DURATION_MS));
+    checker.check("scan.timeout_per_mib_ms", within(scan.timeout_per_mib_ms, 0, MAX_DURATION_MS));
+    checker.check("scan.max_decode_ratio", within(scan.max_decode_ratio, 0, MAX_DECODE_RATIO));
+    checker
+        .check("scan.max_skipped_encoding_bytes", within(scan.max_skipped_encoding_bytes, 0, MAX_SCAN_BYTES));
+    check_bodies(bodies, checker);
+    check_cache(cache, checker);
+    checker.check(
+        "ext_proc.max_message_bytes",
+        within(ext_proc.max_message_bytes as u64, MIN_MESSAGE_BYTES, u64::MAX),
+    );
+    checker.check("response.retry_after_secs", within(response.retry_after_secs, 0, MAX_RETRY_AFTER_SECS));
+    // A loaded config has only allowed names (pass 1 and 2 drop the others); one built in code
+    // may not.
+    for name in policies.keys() {
+        checker.check(&format!("policies.{name}"), policy_name(name).map_err(NameError::message));
+    }
+    checker.check("log.level", log_filter(&log.level));
+}
+
+/// The gRPC listener's token and TLS files, read and parsed by the functions that build the
+/// listener, so a config that passes here starts.
+pub(super) fn check_grpc_auth(listen: &ListenConfig, checker: &mut Checker<'_>) {
+    if let Some(path) = &listen.grpc_token_file {
+        checker.check("listen.grpc_token_file", crate::grpc_auth::GrpcToken::from_file(path).map(|_| ()));
+    }
+    let (cert, key, ca) =
+        (&listen.grpc_tls_cert_file, &listen.grpc_tls_key_file, &listen.grpc_tls_client_ca_file);
+    let tls_keys =
+        ["listen.grpc_tls_cert_file", "listen.grpc_tls_key_file", "listen.grpc_tls_client_ca_file"];
+    if tls_keys.iter().any(|key| checker.rejected.contains(*key)) {
+        return;
+    }
+    match (cert, key) {
+        (Some(cert), Some(key)) => checker.check(
+            "listen.grpc_tls_cert_file",
+            crate::grpc_auth::server_tls(cert, key, ca.as_deref()).map(|_| ()),
+        ),
+        (Some(_), None) => checker.check(
+            "listen.grpc_tls_key_file",
+            Err("must be set with listen.grpc_tls_cert_file (the certificate's private key)".to_string()),
+        ),
+        (None, Some(_)) => checker.check(
+            "listen.grpc_tls_cert_file",
+            Err("must be set with listen.grpc_tls_key_file (the key's certificate chain)".to_string()),
+        ),
+        (None, None) if ca.is_some() => checker.check(
+            "listen.grpc_tls_client_ca_file",
+            Err("needs listen.grpc_tls_cert_file and listen.grpc_tls_key_file: client certificates are \
+                 checked in a TLS handshake"
+                .to_string()),
+        ),
+        (None, None) => {}
+    }
+}
+
+pub(super) fn check_bodies(bodies: &BodiesConfig, checker: &mut Checker<'_>) {
+    checker.check(
+        "bodies.stream_memory_bytes",
+        within(bodies.stream_memory_bytes, 0, bodies.memory_budget_bytes)
+            .map_err(|err| format!("{err} (one stream cannot hold more than bodies.memory_budget_bytes)")),
+    );
+    if !bodies.spool_dir.is_empty() {
+        let dir = std::path::Path::new(&bodies.spool_dir);
+        let problem = match std::fs::metadata(dir) {
+            Ok(meta) if meta.is_dir() => None,
+            Ok(_) => Some("is not a directory".to_string()),
+            Err(err) => Some(format!("cannot be used: {err}")),
+        };
+        if let Some(problem) = problem {
+            checker.check("bodies.spool_dir", Err(format!("{:?} {problem}", bodies.spool_dir)));
+        }
+    }
+}
+
+pub(super) fn check_cache(cache: &CacheConfig, checker: &mut Checker<'_>) {
+    let CacheConfig {
+        redis_url,
+        redis_cluster_urls,
+        redis_username,
+        redis_password,
+        redis_tls_ca_file,
+        redis_pool_size,
+        ttl_secs,
+        memory_max_entries,
+        memory_ttl_secs,
+        lock_ttl_ms,
+        redis_timeout_ms,
+        key_prefix: prefix,
+        signature_epoch: _,
+        unscanned_ttl_secs,
+        hmac_key_file,
+        hmac_previous_key_file,
+    } = cache;
+    if let Some(url) = redis_url {
+        checker.check("cache.redis_url", self::redis_url(url));
+    }
+    for (i, url) in redis_cluster_urls.iter().enumerate() {
+        checker.check_element("cache.redis_cluster_urls", i, redis_cluster_url(url));
+    }
+    if redis_url.is_some() && !redis_cluster_urls.is_empty() && !checker.rejected.contains("cache.redis_url")
+    {
+        checker.check(
+            "cache.redis_cluster_urls",
+            Err("cannot be set together with cache.redis_url: set redis_url for a standalone Redis or \
+                 redis_cluster_urls for a Redis Cluster"
+                .to_string()),
+        );
+    }
+    let tls = redis_cluster_urls.iter().filter(|url| url.starts_with("rediss://")).count();
+    if tls != 0 && tls != redis_cluster_urls.len() {
+        checker.check(
+            "cache.redis_cluster_urls",
+            Err("mixes redis:// and rediss://: the nodes of a cluster are all reached over TLS or none are"
+                .to_string()),
+        );
+    }
+    if let Some(username) = redis_username {
+        checker.check("cache.redis_username", not_empty(username, "the user name in the URL"));
+    }
+    if let Some(password) = redis_password {
+        checker.check("cache.redis_password", not_empty(password, "the password in the URL"));
+    }
+    if let Some(path) = redis_tls_ca_file {
+        checker.check("cache.redis_tls_ca_file", ca_file(path));
+    }
+    checker.check("cache.redis_pool_size", within(*redis_pool_size as u64, 1, MAX_REDIS_POOL_SIZE));
+    checker.check("cache.ttl_secs", within(*ttl_secs, 1, u64::MAX));
+    checker.check("cache.memory_max_entries", within(*memory_max_entries as u64, 1, u64::MAX));
+    checker.check("cache.memory_ttl_secs", within(*memory_ttl_secs, 1, u64::MAX));
+    checker.check("cache.lock_ttl_ms", within(*lock_ttl_ms, 1, MAX_DURATION_MS));
+    checker.check("cache.redis_timeout_ms", within(*redis_timeout_ms, 1, MAX_DURATION_MS));
+    checker.check("cache.key_prefix", key_prefix(prefix));
+    checker.check("cache.unscanned_ttl_secs", within(*unscanned_ttl_secs, 0, MAX_UNSCANNED_TTL_SECS));
+    for (key, path) in
+        [("cache.hmac_key_file", hmac_key_file), ("cache.hmac_previous_key_file", hmac_previous_key_file)]
+    {
+        if let Some(path) = path {
+            checker.check(key, crate::cache::seal::read_key_file(path).map(|_| ()));
+        }
+    }
+    if hmac_previous_key_file.is_some() && hmac_key_file.is_none() {
+        checker.check(
+            "cache.hmac_previous_key_file",
+            Err("set without cache.hmac_key_file: during a rotation the new key goes in hmac_key_file \
+                 and the old one here"
+                .to_string()),
+        );
+    }
+}
+
+pub(super) fn within(value: u64, min: u64, max: u64) -> Result<(), String> {
+    if (min..=max).contains(&value) {
+        return Ok(());
+    }
+    Err(match (min, max) {
+        (_, u64::MAX) => format!("must be at least {min}, found {value}"),
+        (0, _) => format!("must be at most {max}, found {value}"),
+        _ => format!("must be between {min} and {max}, found {value}"),
+    })
+}
+
+/// The two listeners must not bind the same port on overlapping addresses (port 0 picks a free
+/// port, so never collides).
+pub(super) fn distinct_listeners(grpc: SocketAddr, admin: SocketAddr) -> Result<(), String> {
+    let overlapping_ip = grpc.ip() == admin.ip() || grpc.ip().is_unspecified() || admin.ip().is_unspecified();
+    if grpc.port() == admin.port() && grpc.port() != 0 && overlapping_ip {
+        return Err(format!("conflicts with listen.grpc_addr ({grpc}): both bind port {}", admin.port()));
+    }
+    Ok(())
+}
+
+/// A URL the redis crate accepts, with one of the schemes clamgate documents.
+pub(super) fn redis_url(url: &str) -> Result<(), String> {
+    const SCHEMES: [&str; 4] = ["redis://", "rediss://", "redis+unix://", "unix://"];
+    if url.is_empty() {
+        return Err("must not be empty; remove the key to use the in-process cache".to_string());
+    }
+    if !SCHEMES.iter().any(|scheme| url.starts_with(scheme)) {
+        return Err(format!(
+            "expected a URL starting with \"redis://\", \"rediss://\", \"redis+unix://\" or \"unix://\", found {:?}",
+            redact_url(url)
+        ));
+    }
+    redis_crate_accepts(url)
+}
+
+/// A seed node of a Redis Cluster: `redis://` or `rediss://` with a host and a port, and nothing
+/// a cluster cannot have (a unix socket, a database other than 0).
+pub(super) fn redis_cluster_url(url: &str) -> Result<(), String> {
+    if url.is_empty() {
+        return Err("must not be empty".to_string());
+    }
+    if !url.starts_with("redis://") && !url.starts_with("rediss://") {
+        return Err(format!(
+            "expected \"redis://HOST:PORT\" or \"rediss://HOST:PORT\" (Redis Cluster has no unix sockets), found {:?}",
+            redact_url(url)
+        ));
+    }
+    redis_crate_accepts(url)?;
+    // The crate has parsed it above, so this parse succeeds.
+    let Some(parsed) = redis::parse_redis_url(url) else { return Ok(()) };
+    if parsed.port().is_none() {
+        return Err(format!(
+            "must name the port, as in \"redis://redis-1:6379\", found {:?}",
+            redact_url(url)
+        ));
+    }
+    match parsed.path().trim_matches('/') {
+        "" | "0" => Ok(()),
+        db => Err(format!(
+            "names database {db}, but Redis Cluster has only database 0, found {:?}",
+            redact_url(url)
+        )),
+    }
+}
+
+/// Whether the redis crate can read `url`. A `rediss://` URL is read as `redis://` apart from
+/// its fragment (only `#insecure` is allowed): the rest means the same under both schemes, and
+/// the crate rejects every `rediss://` URL when it is built without TLS.
+pub(super) fn redis_crate_accepts(url: &str) -> Result<(), String> {
+    let plain = match url.strip_prefix("rediss://") {
+        Some(rest) => {
+            if url_fragment(url).is_some_and(|fragment| fragment != "insecure") {
+                return Err(format!(
+                    "only \"#insecure\" may end a rediss:// URL, found {:?}",
+                    redact_url(url)
+                ));
+            }
+            format!("redis://{rest}")
+        }
+        None => url.to_string(),
+    };
+    match redis::IntoConnectionInfo::into_connection_info(plain.as_str()) {
+        Ok(_) => Ok(()),
+        Err(err) => {
+            // The crate's text is "<reason> - <Kind>[: detail]"; the reason is what helps, and
+            // none of its reasons quote the URL.
+            let text = err.to_string();
+            let reason = text.split(" - ").next().unwrap_or(&text);
+            Err(format!("is not a usable Redis URL ({reason}), found {:?}", redact_url(url)))
+        }
+    }
+}
+
+/// The host of a `redis://` or `rediss://` URL (IPv6 in brackets) and whether it is a loopback
+/// address or `localhost`; `None` for a unix socket or a URL that does not parse.
+pub(super) fn redis_tcp_host(url: &str) -> Option<(String, bool)> {
+    let parsed = redis::parse_redis_url(url)?;
+    if !matches!(parsed.scheme(), "redis" | "rediss") {
+        return None;
+    }
+    let host = parsed.host_str()?.to_string();
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    let loopback = bare.eq_ignore_ascii_case("localhost")
+        || bare.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+    Some((host, loopback))
+}
+
+/// The fragment of a Redis URL (`insecure` in `rediss://host:6380/#insecure`), if it parses.
+pub(super) fn url_fragment(url: &str) -> Option<String> {
+    redis::parse_redis_url(url)?.fragment().map(str::to_string)
+}
+
+/// An optional string that, when set, is not empty; removing the key falls back to `fallback`.
+pub(super) fn not_empty(value: &str, fallback: &str) -> Result<(), String> {
+    if value.is_empty() {
+        return Err(format!("must not be empty; remove the key to use {fallback}"));
+    }
+    Ok(())
+}
+
+/// A readable file with at least one PEM certificate.
+pub(super) fn ca_file(path: &str) -> Result<(), String> {
+    if path.is_empty() {
+        return Err("must not be empty; remove the key to trust the system's roots".to_string());
+    }
+    match std::fs::read(path) {
+        Err(err) => Err(format!("cannot read {path:?}: {err}")),
+        Ok(bytes) if !bytes.windows(PEM_CERTIFICATE.len()).any(|window| window == PEM_CERTIFICATE) => {
+            Err(format!("{path:?} holds no PEM certificate (no \"-----BEGIN CERTIFICATE-----\" line)"))
+        }
+        Ok(_) => Ok(()),
+    }
+}
+
+pub(super) const PEM_CERTIFICATE: &[u8] = b"-----BEGIN CERTIFICATE-----";
+
+pub(super) fn key_prefix(prefix: &str) -> Result<(), String> {
+    if prefix.is_empty() {
+        return Err("must not be empty".to_string());
+    }
+    if prefix.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!("must not contain whitespace or control characters, found {prefix:?}"));
+    }
+    Ok(())
+}
+
+pub(super) fn log_filter(level: &str) -> Result<(), String> {
+    if level.trim().is_empty() {
+        return Err("must not be empty; use a level such as \"info\"".to_string());
+    }
+    match tracing_subscriber::EnvFilter::try_new(level) {
+        Ok(_) => Ok(()),
+        Err(err) => Err(format!("is not a valid tracing filter ({err}), found {level:?}")),
+    }
+}
