@@ -28,7 +28,8 @@
 //! The model and its rules:
 //! - [`verdict`]: `Clean`, `Infected`, `Unscanned { reason }`: the three outcomes of a scan.
 //! - [`policy`]: turns a verdict into a [`policy::Decision`] (continue, 409, 503, 413, 502).
-//! - [`config`]: the TOML schema, `CLAMGATE_*` overrides and validation (all errors at once).
+//! - [`config`]: one struct per section (`config::sections`), typed as it is loaded (a clamd
+//!   address, Redis URLs), the `CLAMGATE_*` overrides (`layers`) and the checks (all errors at once).
 //!
 //! Running it:
 //! - [`app`]: wires the pieces to already-bound listeners and a shutdown future.

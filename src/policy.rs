@@ -190,6 +190,7 @@ fn render_body(body: BlockBody<'_>) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::CacheMode;
 
     fn context(direction: Direction) -> DecisionContext<'static> {
         DecisionContext { direction, request_id: "req-1", sha256: Some("ab12") }
@@ -200,6 +201,22 @@ mod tests {
             Decision::Block(block) => block,
             other => panic!("expected a block, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn named_finds_default_and_named_policies_and_nothing_else() {
+        let mut config = Config::default();
+        let mirror = PolicyConfig { cache_mode: CacheMode::Resource, ..PolicyConfig::default() };
+        config.policies.insert("mirror".to_string(), mirror);
+        let policies = Policies::from_config(&config);
+        for name in ["default", ""] {
+            assert!(policies
+                .named(name)
+                .is_some_and(|policy| Arc::ptr_eq(&policy, &policies.default_policy())));
+        }
+        assert_eq!(policies.named("mirror").map(|policy| policy.rules.cache_mode), Some(CacheMode::Resource));
+        assert!(policies.named("mirorr").is_none());
+        assert!(policies.named("Mirror").is_none());
     }
 
     #[test]

@@ -22,7 +22,7 @@ const PREFIX: &str = "clamgate-test:";
 
 fn config(urls: Vec<String>) -> CacheConfig {
     CacheConfig {
-        redis_cluster_urls: urls,
+        redis_cluster_urls: urls.iter().map(|url| url.parse().expect("a Redis URL")).collect(),
         ttl_secs: 300,
         memory_max_entries: 1000,
         memory_ttl_secs: 300,

@@ -323,7 +323,8 @@ async fn redis_killed_mid_test_scans_go_on_and_the_cache_resumes() {
     let mut redis = tokio::task::spawn_blocking(RedisProcess::start).await.expect("redis");
     let url = redis.url();
     let url_again = url.clone();
-    let stack = Stack::start_with(|config| config.cache.redis_url = Some(url)).await;
+    let stack =
+        Stack::start_with(|config| config.cache.redis_url = Some(url.parse().expect("a Redis URL"))).await;
     stack.upstream.put_file("eicar.com", samples::eicar());
     stack.upstream.put_file("clean.bin", samples::clean_sample(20_000));
     assert_eq!(stack.get("/files/eicar.com").await.status(), 409);
@@ -407,7 +408,7 @@ async fn with_an_hmac_key_a_clean_verdict_forged_in_redis_does_not_let_eicar_thr
     std::fs::write(&key_file, "c3VwZXItc2VjcmV0LWtleS1mb3ItY2xhbWdhdGUtdGVzdHM=\n").expect("key file");
     let (url, key_path) = (redis.url(), key_file.to_string_lossy().to_string());
     let stack = Stack::start_with(|config| {
-        config.cache.redis_url = Some(url);
+        config.cache.redis_url = Some(url.parse().expect("a Redis URL"));
         config.cache.hmac_key_file = Some(key_path);
     })
     .await;

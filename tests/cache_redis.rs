@@ -28,7 +28,7 @@ const TTL_SECS: u64 = 300;
 /// Redis alone: the memory tier is off.
 fn config(url: &str, key_prefix: &str) -> CacheConfig {
     CacheConfig {
-        redis_url: Some(url.to_string()),
+        redis_url: Some(url.parse().expect("a Redis URL")),
         ttl_secs: TTL_SECS,
         memory_max_entries: 10,
         memory_ttl_secs: 0,
@@ -563,8 +563,10 @@ async fn acl_user_and_password_from_the_config_override_the_url() {
 
     // The URL's password alone is used when the config sets none.
     let url_password = CacheConfig {
-        redis_url: Some(format!("redis://clamgate:user-pw@127.0.0.1:{}/", redis.port())),
-        ..config("", "clamgate-test:")
+        redis_url: Some(
+            format!("redis://clamgate:user-pw@127.0.0.1:{}/", redis.port()).parse().expect("a Redis URL"),
+        ),
+        ..config(&redis.url(), "clamgate-test:")
     };
     let by_url = VerdictCache::from_config(&url_password).expect("from_config");
     assert_eq!(by_url.get(&key).await.expect("get with the URL's credentials"), Some(infected()));

@@ -32,7 +32,7 @@ fn tls_or_skip(test: &str) -> bool {
 
 fn config(url: String, ca_file: Option<&std::path::Path>) -> CacheConfig {
     CacheConfig {
-        redis_url: Some(url),
+        redis_url: Some(url.parse().expect("a Redis URL")),
         redis_tls_ca_file: ca_file.map(|path| path.to_string_lossy().to_string()),
         ttl_secs: 300,
         memory_max_entries: 100,

@@ -91,7 +91,7 @@ async fn redis_shares_verdicts_between_instances() {
     let mut clamd = tokio::task::spawn_blocking(ClamdProcess::start).await.expect("clamd");
     let redis = tokio::task::spawn_blocking(RedisProcess::start).await.expect("redis");
     let mut config = test_config(&clamd.address());
-    config.cache.redis_url = Some(redis.url());
+    config.cache.redis_url = Some(redis.url().parse().expect("a Redis URL"));
     let (first, _) = scanner(&config);
     let (second, second_metrics) = scanner(&config);
     let eicar = samples::eicar();
@@ -115,7 +115,7 @@ async fn redis_down_means_scans_go_on() {
     let clamd = tokio::task::spawn_blocking(ClamdProcess::start).await.expect("clamd");
     let mut redis = tokio::task::spawn_blocking(RedisProcess::start).await.expect("redis");
     let mut config = test_config(&clamd.address());
-    config.cache.redis_url = Some(redis.url());
+    config.cache.redis_url = Some(redis.url().parse().expect("a Redis URL"));
     let (scanner, metrics) = scanner(&config);
     assert_eq!(
         scanner.scan_body(&samples::clean_sample(1000), &[], Source::Api, CacheMode::Content).await.verdict,
@@ -137,7 +137,7 @@ async fn redis_down_means_scans_go_on() {
 
 fn shared_config(clamd: &ClamdProcess, redis_url: &str) -> Config {
     let mut config = test_config(&clamd.address());
-    config.cache.redis_url = Some(redis_url.to_string());
+    config.cache.redis_url = Some(redis_url.parse().expect("a Redis URL"));
     config
 }
 
@@ -218,7 +218,8 @@ async fn two_instances_share_verdicts_through_a_redis_cluster() {
     let cluster =
         tokio::task::spawn_blocking(|| support::redis::RedisCluster::start(3)).await.expect("cluster");
     let mut config = test_config(&clamd.address());
-    config.cache.redis_cluster_urls = cluster.urls();
+    config.cache.redis_cluster_urls =
+        cluster.urls().iter().map(|url| url.parse().expect("a Redis URL")).collect();
     let (first, _) = scanner(&config);
     let (second, second_metrics) = scanner(&config);
     let bodies = [samples::eicar(), samples::eicar_zip(), samples::hash_only_sample()];
@@ -687,7 +688,7 @@ async fn a_bomb_is_shared_through_redis_briefly_and_engine_trouble_never_is() {
     let mut clamd = tokio::task::spawn_blocking(ClamdProcess::start).await.expect("clamd");
     let redis = tokio::task::spawn_blocking(RedisProcess::start).await.expect("redis");
     let mut config = bomb_config(&clamd);
-    config.cache.redis_url = Some(redis.url());
+    config.cache.redis_url = Some(redis.url().parse().expect("a Redis URL"));
     config.cache.unscanned_ttl_secs = 120;
     let (first, _) = scanner(&config);
     let (second, second_metrics) = scanner(&config);

@@ -86,6 +86,7 @@
 mod entry;
 mod memory;
 mod redis;
+pub(crate) mod redis_url;
 mod resource;
 pub mod seal;
 
@@ -95,6 +96,7 @@ pub use self::entry::{
 };
 pub use self::memory::MemoryCache;
 pub use self::redis::RedisCache;
+pub use self::redis_url::RedisUrl;
 pub use self::resource::{
     decode_resource, encode_resource, vary_names, KnownResource, Resource, ResourceEntry, ResourceId,
     ResourceKey, ResourceVersion, VaryRecord, IMMUTABLE_VALIDATOR, RESOURCE_FORMAT_VERSION,
@@ -478,7 +480,7 @@ mod tests {
     /// Port 1 on loopback: nothing listens there.
     fn unreachable(timeout_ms: u64) -> CacheConfig {
         CacheConfig {
-            redis_url: Some("redis://127.0.0.1:1/".to_string()),
+            redis_url: Some("redis://127.0.0.1:1/".parse().expect("a Redis URL")),
             redis_timeout_ms: timeout_ms,
             ..CacheConfig::default()
         }
@@ -539,7 +541,10 @@ mod tests {
     #[test]
     fn picks_redis_cluster_with_cluster_urls_without_contacting_them() {
         let cfg = CacheConfig {
-            redis_cluster_urls: vec!["redis://127.0.0.1:1".to_string(), "redis://127.0.0.1:2".to_string()],
+            redis_cluster_urls: vec![
+                "redis://127.0.0.1:1".parse().expect("a Redis URL"),
+                "redis://127.0.0.1:2".parse().expect("a Redis URL"),
+            ],
             redis_password: Some("s3cret-pw".to_string()),
             ..CacheConfig::default()
         };
@@ -558,7 +563,7 @@ mod tests {
     #[test]
     fn credentials_never_show_in_debug_or_endpoint() {
         let cfg = CacheConfig {
-            redis_url: Some("redis://urluser:url-pw-1@10.0.0.7:6380/2".to_string()),
+            redis_url: Some("redis://urluser:url-pw-1@10.0.0.7:6380/2".parse().expect("a Redis URL")),
             redis_username: Some("clamgate".to_string()),
             redis_password: Some("cfg-pw-2".to_string()),
             ..CacheConfig::default()
@@ -588,8 +593,6 @@ mod tests {
 
     #[test]
     fn rejects_invalid_settings() {
-        let bad_url = CacheConfig { redis_url: Some("redis//nope".to_string()), ..CacheConfig::default() };
-        assert!(matches!(VerdictCache::from_config(&bad_url), Err(CacheError::InvalidConfig(_))));
         let zero_ttl = CacheConfig { ttl_secs: 0, ..CacheConfig::default() };
         assert!(matches!(VerdictCache::from_config(&zero_ttl), Err(CacheError::InvalidConfig(_))));
         let zero_entries = CacheConfig { memory_max_entries: 0, ..CacheConfig::default() };
@@ -622,8 +625,10 @@ mod tests {
 
     #[test]
     fn rejects_contradicting_redis_settings() {
-        let both =
-            CacheConfig { redis_cluster_urls: vec!["redis://127.0.0.1:2".to_string()], ..unreachable(250) };
+        let both = CacheConfig {
+            redis_cluster_urls: vec!["redis://127.0.0.1:2".parse().expect("a Redis URL")],
+            ..unreachable(250)
+        };
         assert!(invalid_config_message(&both).contains("not both"));
 
         let ca = tempfile_with(b"-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n");
@@ -631,7 +636,7 @@ mod tests {
         let ca_without_tls = CacheConfig { redis_tls_ca_file: Some(ca_path.clone()), ..unreachable(250) };
         assert!(invalid_config_message(&ca_without_tls).contains("not rediss://"));
         let cluster_ca_without_tls = CacheConfig {
-            redis_cluster_urls: vec!["redis://127.0.0.1:2".to_string()],
+            redis_cluster_urls: vec!["redis://127.0.0.1:2".parse().expect("a Redis URL")],
             redis_tls_ca_file: Some(ca_path),
             ..CacheConfig::default()
         };
@@ -639,27 +644,33 @@ mod tests {
 
         let not_pem = tempfile_with(b"hello");
         let garbage_ca = CacheConfig {
-            redis_url: Some("rediss://127.0.0.1:1/".to_string()),
+            redis_url: Some("rediss://127.0.0.1:1/".parse().expect("a Redis URL")),
             redis_tls_ca_file: Some(not_pem.to_string_lossy().to_string()),
             ..CacheConfig::default()
         };
         assert!(invalid_config_message(&garbage_ca).contains("no PEM certificate"));
 
         let mixed = CacheConfig {
-            redis_cluster_urls: vec!["redis://127.0.0.1:2".to_string(), "rediss://127.0.0.1:3".to_string()],
+            redis_cluster_urls: vec![
+                "redis://127.0.0.1:2".parse().expect("a Redis URL"),
+                "rediss://127.0.0.1:3".parse().expect("a Redis URL"),
+            ],
             ..CacheConfig::default()
         };
         assert!(invalid_config_message(&mixed).contains("mixes"));
         let unix = CacheConfig {
-            redis_cluster_urls: vec!["redis+unix:///run/redis.sock".to_string()],
+            redis_cluster_urls: vec!["redis+unix:///run/redis.sock".parse().expect("a Redis URL")],
             ..CacheConfig::default()
         };
         assert!(invalid_config_message(&unix).contains("unix socket"));
         let bad_seed = CacheConfig {
-            redis_cluster_urls: vec!["redis://127.0.0.1:2".to_string(), "nope".to_string()],
+            redis_cluster_urls: vec![
+                "redis://127.0.0.1:2".parse().expect("a Redis URL"),
+                "redis://r1:7000/3".parse().expect("a Redis URL"),
+            ],
             ..CacheConfig::default()
         };
-        assert!(invalid_config_message(&bad_seed).contains("cache.redis_cluster_urls[1]"));
+        assert!(invalid_config_message(&bad_seed).contains("cache.redis_cluster_urls[1]: names database 3"));
         let user_without_password =
             CacheConfig { redis_username: Some("clamgate".to_string()), ..unreachable(250) };
         assert!(invalid_config_message(&user_without_password).contains("no password"));

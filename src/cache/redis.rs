@@ -35,6 +35,7 @@
 //! servers without them.
 
 use super::entry::{decode_entry, encode_entry, CacheEntry, ContentKey};
+use super::redis_url::RedisUrl;
 use super::resource::{decode_resource, encode_resource, ResourceEntry, ResourceKey};
 use super::seal::{self, ValueKeys};
 use super::{content_redis_key, lock_redis_key, resource_redis_key, CacheError, LockAttempt, LockToken};
@@ -43,8 +44,8 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::cluster_async::ClusterConnection;
 use redis::{
-    Client, Cmd, ConnectionAddr, ConnectionInfo, ErrorKind, FromRedisValue, IntoConnectionInfo, RedisError,
-    ServerErrorKind, TlsCertificates,
+    Client, Cmd, ConnectionAddr, ConnectionInfo, ErrorKind, FromRedisValue, RedisError, ServerErrorKind,
+    TlsCertificates,
 };
 use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -143,7 +144,7 @@ impl RedisCache {
             problems.extend(key_problems);
             None
         });
-        let built = match (cfg.redis_url.as_deref(), cfg.redis_cluster_urls.as_slice()) {
+        let built = match (cfg.redis_url.as_ref(), cfg.redis_cluster_urls.as_slice()) {
             (Some(_), [_, ..]) => {
                 problems.push("set cache.redis_url or cache.redis_cluster_urls, not both".to_string());
                 None
@@ -414,13 +415,13 @@ fn is_tls(info: &ConnectionInfo) -> bool {
 
 /// The standalone backend and its endpoint, or `None` with the problems recorded.
 fn standalone(
-    url: &str,
+    url: &RedisUrl,
     cfg: &CacheConfig,
     root_cert: Option<Vec<u8>>,
     problems: &mut Vec<String>,
 ) -> Option<(Backend, String)> {
     // The redis crate's errors do not echo the URL, so these messages cannot leak the password.
-    let info = match url.into_connection_info() {
+    let info = match url.connection_info() {
         Ok(info) => with_credentials(info, cfg),
         Err(err) => {
             problems.push(format!("cache.redis_url is not a usable Redis URL: {err}"));
@@ -454,7 +455,7 @@ fn standalone(
 
 /// The cluster backend and its endpoint, or `None` with the problems recorded.
 fn cluster(
-    urls: &[String],
+    urls: &[RedisUrl],
     cfg: &CacheConfig,
     root_cert: Option<Vec<u8>>,
     timeout: Duration,
@@ -463,10 +464,11 @@ fn cluster(
     let before = problems.len();
     let mut seeds = Vec::new();
     for (index, url) in urls.iter().enumerate() {
-        match url.as_str().into_connection_info() {
-            Ok(info) if matches!(info.addr(), ConnectionAddr::Unix(_)) => problems.push(format!(
-                "cache.redis_cluster_urls[{index}]: a cluster is reached over TCP, not a unix socket"
-            )),
+        if let Some(problem) = url.cluster_seed_problem() {
+            problems.push(format!("cache.redis_cluster_urls[{index}]: {problem}"));
+            continue;
+        }
+        match url.connection_info() {
             Ok(info) => seeds.push(with_credentials(info, cfg)),
             Err(err) => {
                 problems.push(format!("cache.redis_cluster_urls[{index}] is not a usable Redis URL: {err}"))
@@ -645,7 +647,7 @@ mod tests {
     use super::*;
 
     fn config(url: &str) -> CacheConfig {
-        CacheConfig { redis_url: Some(url.to_string()), ..CacheConfig::default() }
+        CacheConfig { redis_url: Some(url.parse().expect("a Redis URL")), ..CacheConfig::default() }
     }
 
     #[test]
@@ -766,12 +768,11 @@ mod tests {
 
     #[test]
     fn rejects_bad_settings_all_at_once() {
-        let cfg = CacheConfig { ttl_secs: 0, redis_timeout_ms: 0, ..config("not a url") };
+        let cfg = CacheConfig { ttl_secs: 0, redis_timeout_ms: 0, ..config("redis://127.0.0.1:6379/") };
         match RedisCache::from_config(&cfg) {
             Err(CacheError::InvalidConfig(msg)) => {
                 assert!(msg.contains("cache.ttl_secs"), "{msg}");
                 assert!(msg.contains("cache.redis_timeout_ms"), "{msg}");
-                assert!(msg.contains("cache.redis_url"), "{msg}");
             }
             other => panic!("expected InvalidConfig, got {other:?}"),
         }
@@ -782,8 +783,11 @@ mod tests {
         for url in
             ["", "not a url", "http://127.0.0.1:6379", "redis://0.0.0.0:6379", "redis://127.0.0.1:6379/x"]
         {
+            // Refused by the parser, or else by the client built from it.
+            let Ok(parsed) = url.parse::<RedisUrl>() else { continue };
+            let cfg = CacheConfig { redis_url: Some(parsed), ..CacheConfig::default() };
             assert!(
-                matches!(RedisCache::from_config(&config(url)), Err(CacheError::InvalidConfig(_))),
+                matches!(RedisCache::from_config(&cfg), Err(CacheError::InvalidConfig(_))),
                 "{url:?} accepted"
             );
         }

@@ -150,11 +150,10 @@ pub(super) fn check_cache(cache: &CacheConfig, checker: &mut Checker<'_>) {
         hmac_key_file,
         hmac_previous_key_file,
     } = cache;
-    if let Some(url) = redis_url {
-        checker.check("cache.redis_url", self::redis_url(url));
-    }
+    // Each URL was parsed as it was loaded (pass 1), a cluster seed checked as one too; a URL
+    // set in code is checked here by the same function.
     for (i, url) in redis_cluster_urls.iter().enumerate() {
-        checker.check_element("cache.redis_cluster_urls", i, redis_cluster_url(url));
+        checker.check_element("cache.redis_cluster_urls", i, url.cluster_seed_problem().map_or(Ok(()), Err));
     }
     if redis_url.is_some() && !redis_cluster_urls.is_empty() && !checker.rejected.contains("cache.redis_url")
     {
@@ -165,7 +164,7 @@ pub(super) fn check_cache(cache: &CacheConfig, checker: &mut Checker<'_>) {
                 .to_string()),
         );
     }
-    let tls = redis_cluster_urls.iter().filter(|url| url.starts_with("rediss://")).count();
+    let tls = redis_cluster_urls.iter().filter(|url| url.is_tls()).count();
     if tls != 0 && tls != redis_cluster_urls.len() {
         checker.check(
             "cache.redis_cluster_urls",
@@ -226,98 +225,6 @@ pub(super) fn distinct_listeners(grpc: SocketAddr, admin: SocketAddr) -> Result<
         return Err(format!("conflicts with listen.grpc_addr ({grpc}): both bind port {}", admin.port()));
     }
     Ok(())
-}
-
-/// A URL the redis crate accepts, with one of the schemes clamgate documents.
-pub(super) fn redis_url(url: &str) -> Result<(), String> {
-    const SCHEMES: [&str; 4] = ["redis://", "rediss://", "redis+unix://", "unix://"];
-    if url.is_empty() {
-        return Err("must not be empty; remove the key to use the in-process cache".to_string());
-    }
-    if !SCHEMES.iter().any(|scheme| url.starts_with(scheme)) {
-        return Err(format!(
-            "expected a URL starting with \"redis://\", \"rediss://\", \"redis+unix://\" or \"unix://\", found {:?}",
-            redact_url(url)
-        ));
-    }
-    redis_crate_accepts(url)
-}
-
-/// A seed node of a Redis Cluster: `redis://` or `rediss://` with a host and a port, and nothing
-/// a cluster cannot have (a unix socket, a database other than 0).
-pub(super) fn redis_cluster_url(url: &str) -> Result<(), String> {
-    if url.is_empty() {
-        return Err("must not be empty".to_string());
-    }
-    if !url.starts_with("redis://") && !url.starts_with("rediss://") {
-        return Err(format!(
-            "expected \"redis://HOST:PORT\" or \"rediss://HOST:PORT\" (Redis Cluster has no unix sockets), found {:?}",
-            redact_url(url)
-        ));
-    }
-    redis_crate_accepts(url)?;
-    // The crate has parsed it above, so this parse succeeds.
-    let Some(parsed) = redis::parse_redis_url(url) else { return Ok(()) };
-    if parsed.port().is_none() {
-        return Err(format!(
-            "must name the port, as in \"redis://redis-1:6379\", found {:?}",
-            redact_url(url)
-        ));
-    }
-    match parsed.path().trim_matches('/') {
-        "" | "0" => Ok(()),
-        db => Err(format!(
-            "names database {db}, but Redis Cluster has only database 0, found {:?}",
-            redact_url(url)
-        )),
-    }
-}
-
-/// Whether the redis crate can read `url`. A `rediss://` URL is read as `redis://` apart from
-/// its fragment (only `#insecure` is allowed): the rest means the same under both schemes, and
-/// the crate rejects every `rediss://` URL when it is built without TLS.
-pub(super) fn redis_crate_accepts(url: &str) -> Result<(), String> {
-    let plain = match url.strip_prefix("rediss://") {
-        Some(rest) => {
-            if url_fragment(url).is_some_and(|fragment| fragment != "insecure") {
-                return Err(format!(
-                    "only \"#insecure\" may end a rediss:// URL, found {:?}",
-                    redact_url(url)
-                ));
-            }
-            format!("redis://{rest}")
-        }
-        None => url.to_string(),
-    };
-    match redis::IntoConnectionInfo::into_connection_info(plain.as_str()) {
-        Ok(_) => Ok(()),
-        Err(err) => {
-            // The crate's text is "<reason> - <Kind>[: detail]"; the reason is what helps, and
-            // none of its reasons quote the URL.
-            let text = err.to_string();
-            let reason = text.split(" - ").next().unwrap_or(&text);
-            Err(format!("is not a usable Redis URL ({reason}), found {:?}", redact_url(url)))
-        }
-    }
-}
-
-/// The host of a `redis://` or `rediss://` URL (IPv6 in brackets) and whether it is a loopback
-/// address or `localhost`; `None` for a unix socket or a URL that does not parse.
-pub(super) fn redis_tcp_host(url: &str) -> Option<(String, bool)> {
-    let parsed = redis::parse_redis_url(url)?;
-    if !matches!(parsed.scheme(), "redis" | "rediss") {
-        return None;
-    }
-    let host = parsed.host_str()?.to_string();
-    let bare = host.trim_start_matches('[').trim_end_matches(']');
-    let loopback = bare.eq_ignore_ascii_case("localhost")
-        || bare.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
-    Some((host, loopback))
-}
-
-/// The fragment of a Redis URL (`insecure` in `rediss://host:6380/#insecure`), if it parses.
-pub(super) fn url_fragment(url: &str) -> Option<String> {
-    redis::parse_redis_url(url)?.fragment().map(str::to_string)
 }
 
 /// An optional string that, when set, is not empty; removing the key falls back to `fallback`.

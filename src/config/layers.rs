@@ -2,6 +2,7 @@
 //! `CLAMGATE_*` environment laid over it, and named tables over their template.
 
 use super::*;
+use crate::cache::RedisUrl;
 
 /// Walks `table`, at `place`, against the schema. Every unknown key and every value of the wrong
 /// type is an error; either is removed from the table so that the rest can still be deserialized.
@@ -93,22 +94,41 @@ pub(super) fn check_named_tables(
 /// for the value itself and `[i]` for element `i` of an array. No problems: it may.
 pub(super) fn value_problems(kind: Kind, value: &Value) -> Vec<(String, String)> {
     match (kind, value) {
-        (Kind::StrList, Value::Array(items)) => items
+        (Kind::StrList | Kind::RedisClusterSeeds, Value::Array(items)) => items
             .iter()
             .enumerate()
-            .filter(|(_, item)| !item.is_str())
-            .map(|(i, item)| (format!("[{i}]"), format!("expected a string, found {}", a_type(item))))
+            .filter_map(|(i, item)| Some((format!("[{i}]"), item_problem(kind, item)?)))
             .collect(),
         _ => check_value(kind, value).err().map(|message| (String::new(), message)).into_iter().collect(),
     }
 }
 
+/// Why element `item` of a list of `kind` may not be given, if it may not.
+fn item_problem(kind: Kind, item: &Value) -> Option<String> {
+    let Some(text) = item.as_str() else {
+        return Some(format!("expected a string, found {}", a_type(item)));
+    };
+    match kind {
+        // The one parser of Redis URLs, then what a cluster seed must be.
+        Kind::RedisClusterSeeds => RedisUrl::parse_cluster_seed(text).err(),
+        _ => None,
+    }
+}
+
 /// Whether `value` may be given for a key of `kind`. Messages show the value only for kinds that
-/// never hold a secret.
+/// never hold a secret (a Redis URL's parser redacts its password).
 pub(super) fn check_value(kind: Kind, value: &Value) -> Result<(), String> {
     match (kind, value) {
         (Kind::Str, Value::String(_)) | (Kind::Bool, Value::Boolean(_)) => Ok(()),
-        (Kind::StrList, Value::Array(items)) if items.iter().all(Value::is_str) => Ok(()),
+        (Kind::StrList | Kind::RedisClusterSeeds, Value::Array(items))
+            if items.iter().all(|item| item_problem(kind, item).is_none()) =>
+        {
+            Ok(())
+        }
+        (Kind::RedisUrl, Value::String(s)) if s.is_empty() => {
+            Err("must not be empty; remove the key to use the in-process cache".to_string())
+        }
+        (Kind::RedisUrl, Value::String(s)) => s.parse::<RedisUrl>().map(|_| ()),
         (Kind::Int, Value::Integer(n)) if *n >= 0 => Ok(()),
         (Kind::Int, Value::Integer(n)) => Err(format!("expected a non-negative integer, found {n}")),
         (Kind::SocketAddr, Value::String(s)) if s.parse::<SocketAddr>().is_ok() => Ok(()),
@@ -170,16 +190,21 @@ pub(super) fn apply_env(
             from_env.insert(path, name);
             continue;
         }
-        match env_value(key.kind, raw) {
-            Ok(value) => {
-                insert_path(table, &path, value);
-                rejected.remove(&path);
-                from_env.insert(path, name);
-            }
-            Err(message) => {
-                rejected.insert(path.clone());
-                errors.push(ConfigError::new(name, format!("invalid value for {path}: {message}")));
-            }
+        let problems = match env_value(key.kind, raw) {
+            Ok(value) => match value_problems(key.kind, &value)[..] {
+                [] => {
+                    insert_path(table, &path, value);
+                    rejected.remove(&path);
+                    from_env.insert(path, name);
+                    continue;
+                }
+                ref problems => problems.to_vec(),
+            },
+            Err(message) => vec![(String::new(), message)],
+        };
+        rejected.insert(path.clone());
+        for (suffix, message) in problems {
+            errors.push(ConfigError::new(&name, format!("invalid value for {path}{suffix}: {message}")));
         }
     }
 }
@@ -197,13 +222,14 @@ pub(super) fn env_value(kind: Kind, raw: String) -> Result<Value, String> {
             "false" => Value::Boolean(false),
             _ => return Err(format!("expected true or false, found {raw:?}")),
         },
-        Kind::StrList if raw.trim().is_empty() => Value::Array(Vec::new()),
-        Kind::StrList => {
+        Kind::StrList | Kind::RedisClusterSeeds if raw.trim().is_empty() => Value::Array(Vec::new()),
+        Kind::StrList | Kind::RedisClusterSeeds => {
             Value::Array(raw.split(',').map(|item| Value::String(item.trim().to_string())).collect())
         }
-        Kind::Str | Kind::SocketAddr | Kind::ClamdAddress | Kind::Enum(_) => Value::String(raw),
+        Kind::Str | Kind::SocketAddr | Kind::ClamdAddress | Kind::RedisUrl | Kind::Enum(_) => {
+            Value::String(raw)
+        }
     };
-    check_value(kind, &value)?;
     Ok(value)
 }
 

@@ -33,11 +33,11 @@ use std::time::Duration;
 
 use toml::{Table, Value};
 
+use crate::cache::RedisUrl;
 use crate::verdict::UnscannedReason;
 
 mod checks;
 mod layers;
-mod redact;
 mod schema;
 mod sections;
 #[cfg(test)]
@@ -45,7 +45,6 @@ mod tests;
 
 use checks::*;
 use layers::*;
-use redact::*;
 use schema::*;
 pub use sections::*;
 
@@ -65,7 +64,7 @@ pub struct Config {
     /// Named policies, selected per route by Envoy (route metadata `clamgate.policy`, or gRPC
     /// metadata `x-clamgate-policy`). Each
     /// starts from `[policy]` and overrides what it sets. Names: lower-case letters and digits.
-    /// [`Config::policy_named`] finds one.
+    /// [`crate::policy::Policies::named`] finds one.
     pub policies: BTreeMap<String, PolicyConfig>,
     pub log: LogConfig,
 }
@@ -196,9 +195,9 @@ impl Config {
         let mut tls = false;
         let mut remote = None;
         for (key, url) in urls {
-            tls |= url.starts_with("rediss://");
-            if let Some((host, false)) = redis_tcp_host(url) {
-                if url.starts_with("redis://") {
+            tls |= url.is_tls();
+            if let Some((host, false)) = url.tcp_host() {
+                if url.is_plain_tcp() {
                     warnings.push(format!(
                         "{key}: redis:// to {host} is plaintext: anyone on the network path can read \
                          and rewrite verdicts (and the password); use rediss://"
@@ -206,7 +205,7 @@ impl Config {
                 }
                 remote.get_or_insert(host);
             }
-            if url.starts_with("rediss://") && url_fragment(url).as_deref() == Some("insecure") {
+            if url.skips_certificate_check() {
                 warnings.push(format!(
                     "{key}: \"#insecure\" turns off the check of Redis's TLS certificate: anyone on the \
                      network path can pose as Redis and serve forged verdicts"
@@ -251,22 +250,12 @@ impl Config {
         warnings
     }
 
-    /// The policy a route selects by name: `[policies.NAME]`, or `[policy]` for
-    /// [`DEFAULT_POLICY_NAME`] and for the empty name. `None` for a name that is not configured,
-    /// which the caller must treat as an error (fail closed), never as the default.
-    pub fn policy_named(&self, name: &str) -> Option<&PolicyConfig> {
-        match name {
-            "" | DEFAULT_POLICY_NAME => Some(&self.policy),
-            _ => self.policies.get(name),
-        }
-    }
-
     /// Every configured Redis endpoint with passwords replaced by `***`, for logs:
     /// `cache.redis_url`, or each of `cache.redis_cluster_urls`. Empty when only the in-process
     /// cache is used. `cache.redis_password` is never part of it.
     pub fn redacted_redis_endpoints(&self) -> Vec<String> {
         let urls = self.cache.redis_url.iter().chain(&self.cache.redis_cluster_urls);
-        urls.map(|url| redact_url(url)).collect()
+        urls.map(RedisUrl::redacted).collect()
     }
 }
 

@@ -7,7 +7,7 @@ pub(super) static SCHEMA: LazyLock<Schema> = LazyLock::new(Schema::build);
 
 /// `Option` keys: a default of `None` is absent from the serialized defaults.
 pub(super) const OPTIONAL_KEYS: &[(&str, Kind)] = &[
-    ("cache.redis_url", Kind::Str),
+    ("cache.redis_url", Kind::RedisUrl),
     ("cache.redis_username", Kind::Str),
     ("cache.redis_password", Kind::Str),
     ("cache.redis_tls_ca_file", Kind::Str),
@@ -23,11 +23,12 @@ pub(super) const OPTIONAL_KEYS: &[(&str, Kind)] = &[
 /// of `[policy]`. An empty map serializes to an empty table, which shows nothing of its shape.
 pub(super) const NAMED_TABLES: &[(&str, &str)] = &[("policies", "policy")];
 
-/// Keys serialized as strings whose values are narrower than any string.
+/// Keys serialized as strings (or arrays of strings) whose values are narrower than any string.
 pub(super) fn narrower_kind(path: &str) -> Option<Kind> {
     match path {
         "listen.grpc_addr" | "listen.admin_addr" => Some(Kind::SocketAddr),
         "clamd.address" => Some(Kind::ClamdAddress),
+        "cache.redis_cluster_urls" => Some(Kind::RedisClusterSeeds),
         "log.format" => Some(Kind::Enum(&LogFormat::NAMES)),
         "policy.cache_mode" => Some(Kind::Enum(&CacheMode::NAMES)),
         _ if path.starts_with("policy.on_unscanned.") => Some(Kind::Enum(&UnscannedAction::NAMES)),
@@ -46,6 +47,11 @@ pub(super) enum Kind {
     SocketAddr,
     /// A string that [`crate::clamd::ClamdAddress`] parses.
     ClamdAddress,
+    /// A string that [`crate::cache::RedisUrl`] parses.
+    RedisUrl,
+    /// An array of Redis URLs, each a seed node of a Redis Cluster; in the environment,
+    /// comma-separated.
+    RedisClusterSeeds,
     /// A string, one of these names.
     Enum(&'static [&'static str]),
     /// An array of strings; in the environment, comma-separated.
@@ -65,6 +71,10 @@ impl Kind {
             Kind::ClamdAddress => "\"tcp://HOST:PORT\" or \"unix:///absolute/path\"".to_string(),
             Kind::Enum(names) => one_of(names),
             Kind::StrList => "an array of strings".to_string(),
+            Kind::RedisUrl => "a Redis URL such as \"redis://127.0.0.1:6379\"".to_string(),
+            Kind::RedisClusterSeeds => {
+                "an array of Redis URLs such as [\"redis://redis-1:6379\"]".to_string()
+            }
         }
     }
 }
@@ -113,7 +123,9 @@ impl Schema {
                 Value::String(_) => narrower_kind(&path).unwrap_or(Kind::Str),
                 Value::Integer(_) => Kind::Int,
                 Value::Boolean(_) => Kind::Bool,
-                Value::Array(items) if items.iter().all(Value::is_str) => Kind::StrList,
+                Value::Array(items) if items.iter().all(Value::is_str) => {
+                    narrower_kind(&path).unwrap_or(Kind::StrList)
+                }
                 // A new field of another type needs a `Kind`; the schema tests fail until then.
                 other => panic!("config key {path}: no loader support for TOML type {}", other.type_str()),
             };

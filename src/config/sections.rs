@@ -2,6 +2,7 @@
 //! settings each offers its subsystem (durations as `Duration`, never as a bare number).
 
 use super::*;
+use crate::cache::RedisUrl;
 use crate::clamd::ClamdAddress;
 
 /// Where clamgate listens.
@@ -111,10 +112,10 @@ pub struct BodiesConfig {
 pub struct CacheConfig {
     /// `redis://[user:password@]host:port[/db]` or `rediss://...` (TLS) for a standalone Redis.
     /// When neither this nor `redis_cluster_urls` is set, only the in-process cache is used.
-    pub redis_url: Option<String>,
+    pub redis_url: Option<RedisUrl>,
     /// Seed nodes of a Redis Cluster (`redis://host:port` or `rediss://host:port` each).
     /// Mutually exclusive with `redis_url`. From the environment: comma-separated.
-    pub redis_cluster_urls: Vec<String>,
+    pub redis_cluster_urls: Vec<RedisUrl>,
     /// ACL user name for Redis; overrides a user name in the URLs.
     pub redis_username: Option<String>,
     /// Password for Redis (AUTH); overrides a password in the URLs. Never logged.
@@ -580,10 +581,9 @@ impl fmt::Debug for CacheConfig {
             hmac_key_file,
             hmac_previous_key_file,
         } = self;
-        let cluster_urls: Vec<String> = redis_cluster_urls.iter().map(|url| redact_url(url)).collect();
         f.debug_struct("CacheConfig")
-            .field("redis_url", &redis_url.as_deref().map(redact_url))
-            .field("redis_cluster_urls", &cluster_urls)
+            .field("redis_url", redis_url)
+            .field("redis_cluster_urls", redis_cluster_urls)
             .field("redis_username", redis_username)
             .field("redis_password", &redis_password.as_ref().map(|_| "***"))
             .field("redis_tls_ca_file", redis_tls_ca_file)

@@ -103,7 +103,7 @@ fn a_full_valid_file_loads() {
     );
     assert_eq!((config.clamd.max_concurrent_scans, config.clamd.health_interval_ms), (16, 6000));
     assert_eq!(config.scan.max_scan_bytes, 100 * 1024 * 1024);
-    assert_eq!(config.cache.redis_url.as_deref(), Some("redis://clamgate:s3cret@redis:6379/2"));
+    assert_eq!(config.cache.redis_url.as_ref().unwrap(), "redis://clamgate:s3cret@redis:6379/2");
     assert_eq!(
         (config.cache.ttl_secs, config.cache.memory_max_entries, config.cache.redis_timeout_ms),
         (3600, 10, 100)
@@ -256,7 +256,7 @@ fn wrong_types_are_reported_with_what_was_expected() {
         ("[clamd]\naddress = [\"tcp://a:1\"]", "clamd.address: expected \"tcp://HOST:PORT\" or \"unix:///absolute/path\", found an array"),
         ("[clamd.address]\nhost = \"a\"", "clamd.address: expected \"tcp://HOST:PORT\" or \"unix:///absolute/path\", found a table"),
         ("clamd = \"tcp://a:1\"", "clamd: expected a table, found a string"),
-        ("[cache]\nredis_url = false", "cache.redis_url: expected a string, found a boolean"),
+        ("[cache]\nredis_url = false", "cache.redis_url: expected a Redis URL such as \"redis://127.0.0.1:6379\", found a boolean"),
         (
             "[listen]\ngrpc_addr = \"localhost:50051\"",
             "listen.grpc_addr: expected an IP address and port such as \"127.0.0.1:9090\" or \"[::1]:9090\", found \"localhost:50051\"",
@@ -545,7 +545,7 @@ fn env_overrides_every_kind_of_key() {
     assert_eq!(config.log.format, LogFormat::Text);
     assert_eq!(config.policy.on_unscanned.too_large, UnscannedAction::Allow);
     assert_eq!(config.policy.on_unscanned.timeout, UnscannedAction::Deny);
-    assert_eq!(config.cache.redis_url.as_deref(), Some("redis://redis:6379"));
+    assert_eq!(config.cache.redis_url.as_ref().unwrap(), "redis://redis:6379");
 }
 
 #[test]
@@ -651,11 +651,11 @@ fn a_list_is_an_array_of_strings_in_the_file() {
     assert_eq!(load(text, &[]).unwrap().cache.redis_cluster_urls, ["redis://r1:7000", "redis://r2:7000"]);
     assert_eq!(
         error("[cache]\nredis_cluster_urls = \"redis://r1:7000\"\n", &[]),
-        "cache.redis_cluster_urls: expected an array of strings, found a string"
+        "cache.redis_cluster_urls: expected an array of Redis URLs such as [\"redis://redis-1:6379\"], found a string"
     );
     assert_eq!(
         error("[cache.redis_cluster_urls]\nr1 = \"redis://r1:7000\"\n", &[]),
-        "cache.redis_cluster_urls: expected an array of strings, found a table"
+        "cache.redis_cluster_urls: expected an array of Redis URLs such as [\"redis://redis-1:6379\"], found a table"
     );
     // Every bad element, by index; the list is then dropped whole, so nothing follows on.
     assert_eq!(
@@ -678,8 +678,8 @@ fn a_list_is_comma_separated_in_the_environment() {
     assert_eq!(urls("redis://r1:7000"), ["redis://r1:7000"]);
     assert_eq!(urls(" redis://r1:7000 ,redis://r2:7000\t"), ["redis://r1:7000", "redis://r2:7000"]);
     // An empty value is an empty list, also over a list in the file.
-    assert_eq!(urls(""), Vec::<String>::new());
-    assert_eq!(urls("  "), Vec::<String>::new());
+    assert!(urls("").is_empty());
+    assert!(urls("  ").is_empty());
     let text = "[cache]\nredis_cluster_urls = [\"redis://file:7000\"]\n";
     assert!(load(text, &[("CLAMGATE_CACHE_REDIS_CLUSTER_URLS", "")])
         .unwrap()
@@ -689,7 +689,7 @@ fn a_list_is_comma_separated_in_the_environment() {
     // An empty element is checked as a URL, and named with its index and the variable.
     assert_eq!(
         error("", &[("CLAMGATE_CACHE_REDIS_CLUSTER_URLS", "redis://r1:7000,,redis://r3:7000")]),
-        "cache.redis_cluster_urls[1]: must not be empty (set by CLAMGATE_CACHE_REDIS_CLUSTER_URLS)"
+        "CLAMGATE_CACHE_REDIS_CLUSTER_URLS: invalid value for cache.redis_cluster_urls[1]: must not be empty"
     );
 }
 
@@ -814,16 +814,6 @@ fn policy_names_are_short_lower_case_and_not_default() {
     assert_eq!(config.validate().unwrap_err().to_string(), format!("policies.Bad: {}", invalid("Bad")));
 }
 
-#[test]
-fn policy_named_finds_default_and_named_policies() {
-    let config = load("[policies.mirror]\ncache_mode = \"resource\"\n", &[]).unwrap();
-    assert_eq!(config.policy_named("default"), Some(&config.policy));
-    assert_eq!(config.policy_named(""), Some(&config.policy));
-    assert_eq!(config.policy_named("mirror").map(|policy| policy.cache_mode), Some(CacheMode::Resource));
-    assert_eq!(config.policy_named("mirorr"), None);
-    assert_eq!(config.policy_named("Mirror"), None);
-}
-
 // --- Redis ---------------------------------------------------------------------------------
 
 #[test]
@@ -844,7 +834,10 @@ fn redis_url_and_cluster_urls_exclude_each_other() {
     assert!(load(text, &[("CLAMGATE_CACHE_REDIS_CLUSTER_URLS", "")]).is_ok());
     // A rejected redis_url is one error, not two.
     let text = "[cache]\nredis_url = 1\nredis_cluster_urls = [\"redis://r1:7000\"]\n";
-    assert_eq!(error(text, &[]), "cache.redis_url: expected a string, found an integer");
+    assert_eq!(
+        error(text, &[]),
+        "cache.redis_url: expected a Redis URL such as \"redis://127.0.0.1:6379\", found an integer"
+    );
 }
 
 #[test]
@@ -1089,11 +1082,11 @@ fn passwords_are_redacted() {
         ("user:hunter2@redis", "user:***@redis"),
     ];
     for (url, redacted) in cases {
-        assert_eq!(redact_url(url), redacted);
+        assert_eq!(crate::cache::redis_url::redact_url(url), redacted);
     }
     let mut config = Config::default();
     assert!(config.redacted_redis_endpoints().is_empty());
-    config.cache.redis_url = Some("redis://user:hunter2@redis:6379".to_string());
+    config.cache.redis_url = Some("redis://user:hunter2@redis:6379".parse().expect("a Redis URL"));
     assert_eq!(config.redacted_redis_endpoints(), ["redis://user:***@redis:6379"]);
     assert!(!format!("{config:?}").contains("hunter2"));
 
@@ -1103,15 +1096,17 @@ fn passwords_are_redacted() {
     // The password key, the cluster URLs, and every way to get them wrong.
     config.cache.redis_url = None;
     config.cache.redis_password = Some("hunter2".to_string());
-    config.cache.redis_cluster_urls =
-        vec!["rediss://u:hunter2@r1:7000".to_string(), "redis://:hunter2@r2:7000".to_string()];
+    config.cache.redis_cluster_urls = vec![
+        "rediss://u:hunter2@r1:7000".parse().expect("a Redis URL"),
+        "redis://:hunter2@r2:7000".parse().expect("a Redis URL"),
+    ];
     let debug = format!("{config:?}");
     assert!(!debug.contains("hunter2"), "{debug}");
     assert!(debug.contains("redis_password: Some(\"***\")"), "{debug}");
     assert!(debug.contains("\"rediss://u:***@r1:7000\""), "{debug}");
     assert!(format!("{:?}", CacheConfig::default()).contains("redis_password: None"));
     assert_eq!(config.redacted_redis_endpoints(), ["rediss://u:***@r1:7000", "redis://:***@r2:7000"]);
-    config.cache.redis_url = Some("redis://:hunter2@redis:6379".to_string());
+    config.cache.redis_url = Some("redis://:hunter2@redis:6379".parse().expect("a Redis URL"));
     let err = config.validate().unwrap_err().to_string();
     assert!(err.contains("cache.redis_cluster_urls: mixes") && !err.contains("hunter2"), "{err}");
     for (text, env) in [
@@ -1526,6 +1521,15 @@ fn every_key_kind_matches_serde() {
             Kind::SocketAddr => {
                 assert!(accepts(Value::String("[::1]:1".into())), "{path}");
                 assert!(!accepts(Value::String("x".into())), "{path} is not a socket address");
+            }
+            Kind::RedisUrl => {
+                assert!(accepts(Value::String("redis://127.0.0.1:6379".into())), "{path}");
+                assert!(!accepts(Value::String("http://x".into())), "{path} is not a Redis URL");
+            }
+            Kind::RedisClusterSeeds => {
+                assert!(accepts(Value::Array(vec!["redis://r1:7000".into()])), "{path}");
+                assert!(!accepts(Value::Array(vec!["x".into()])), "{path} is not a list of Redis URLs");
+                assert!(!accepts(Value::String("redis://r1:7000".into())), "{path} is not a list");
             }
             Kind::ClamdAddress => {
                 assert!(accepts(Value::String("unix:///run/clamd.ctl".into())), "{path}");

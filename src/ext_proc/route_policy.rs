@@ -53,7 +53,7 @@ const GRPC_METADATA: &str = "gRPC metadata x-clamgate-policy";
 pub type GrpcMetadataPolicy = Option<Result<String, RouteMetadataError>>;
 
 /// Reads the `x-clamgate-policy` gRPC metadata values: one, in printable ASCII (what policy names
-/// are made of, see `config.rs`); several, or other bytes, are an error.
+/// are made of, see `config::schema`); several, or other bytes, are an error.
 pub fn grpc_metadata_policy(values: &[&[u8]]) -> GrpcMetadataPolicy {
     let value = match values {
         [] => return None,
@@ -66,7 +66,7 @@ pub fn grpc_metadata_policy(values: &[&[u8]]) -> GrpcMetadataPolicy {
     })
 }
 
-/// A named policy must have a name: an empty one (`config.policy_named("")` is the default
+/// A named policy must have a name: an empty one (`Policies::named("")` is the default
 /// policy) or one outside printable ASCII is an error, never the default.
 fn checked_name(name: String, source: &'static str) -> Result<String, RouteMetadataError> {
     if name.is_empty() {
