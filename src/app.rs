@@ -16,9 +16,12 @@ use crate::cache::{CacheError, VerdictCache};
 use crate::clamd::{ClamdClient, ClamdTimeouts};
 use crate::config::Config;
 use crate::ext_proc::{ExtProcService, ExternalProcessorServer};
-use crate::grpc_auth::{server_tls, Authenticator, GrpcToken};
+use crate::fetch::Fetcher;
+use crate::grpc_auth::{server_tls, Authenticator, SharedToken};
 use crate::health::{self, Readiness};
+use crate::http_api::HttpState;
 use crate::metrics::Metrics;
+use crate::policy::Policies;
 use crate::scan_api::{ScanService, ScannerServer};
 use crate::scanner::{Scanner, ScannerSettings};
 
@@ -31,6 +34,8 @@ pub struct Listeners {
     pub grpc: TcpListener,
     /// `/healthz`, `/readyz`, `/metrics`.
     pub admin: TcpListener,
+    /// `/v1/auth` for nginx, when `listen.http_addr` is set.
+    pub http: Option<TcpListener>,
 }
 
 /// Why clamgate could not run.
@@ -42,6 +47,11 @@ pub enum AppError {
     Grpc(#[from] tonic::transport::Error),
     #[error("admin server: {0}")]
     Admin(#[from] std::io::Error),
+    #[error("HTTP listener: {0}")]
+    Http(std::io::Error),
+    /// `[fetch]` could not be used (a CA file).
+    #[error("{0}")]
+    Fetch(String),
     /// The token or TLS files of the gRPC listener (`listen.grpc_*`) could not be used.
     #[error("{key}: {message}")]
     GrpcAuth { key: &'static str, message: String },
@@ -55,10 +65,18 @@ pub fn build_scanner(config: &Config, metrics: Arc<Metrics>) -> Result<Scanner, 
 }
 
 /// The shared token of the gRPC listener, if `listen.grpc_token_file` is set.
-fn grpc_token(config: &Config) -> Result<Option<Arc<GrpcToken>>, AppError> {
+fn grpc_token(config: &Config) -> Result<Option<Arc<SharedToken>>, AppError> {
     let Some(path) = &config.listen.grpc_token_file else { return Ok(None) };
-    let token = GrpcToken::from_file(path)
+    let token = SharedToken::from_file(path)
         .map_err(|message| AppError::GrpcAuth { key: "listen.grpc_token_file", message })?;
+    Ok(Some(Arc::new(token)))
+}
+
+/// The shared token of the HTTP listener, if `listen.http_token_file` is set.
+fn http_token(config: &Config) -> Result<Option<Arc<SharedToken>>, AppError> {
+    let Some(path) = &config.listen.http_token_file else { return Ok(None) };
+    let token = SharedToken::from_file(path)
+        .map_err(|message| AppError::GrpcAuth { key: "listen.http_token_file", message })?;
     Ok(Some(Arc::new(token)))
 }
 
@@ -93,6 +111,7 @@ pub async fn run(
     // The listener's token and TLS files first: a failure here must leave nothing running.
     let token = grpc_token(&config)?;
     let tls = grpc_tls(&config)?;
+    let http_token = http_token(&config)?;
     let metrics = Arc::new(Metrics::new());
     let scanner = Arc::new(build_scanner(&config, metrics.clone())?);
     let readiness = Arc::new(Readiness::default());
@@ -124,6 +143,21 @@ pub async fn run(
     // message is read. grpc.health.v1 stays open (see `grpc_auth`).
     let ext_proc =
         InterceptedService::new(ext_proc, Authenticator::new(token.clone(), "ext_proc", metrics.clone()));
+    let http_state = match &listeners.http {
+        None => None,
+        Some(_) => {
+            let fetcher =
+                Fetcher::from_config(&config.fetch, scanner.clone(), spool.clone(), metrics.clone())
+                    .map_err(AppError::Fetch)?;
+            Some(HttpState {
+                scanner: scanner.clone(),
+                fetcher: Arc::new(fetcher),
+                policies: Arc::new(Policies::from_config(&config)),
+                metrics: metrics.clone(),
+                token: http_token,
+            })
+        }
+    };
     let scan_api = ScannerServer::new(ScanService::new(scanner.clone(), spool))
         .max_decoding_message_size(config.ext_proc.max_message_bytes);
     let scan_api = InterceptedService::new(scan_api, Authenticator::new(token, "scan_api", metrics.clone()));
@@ -153,12 +187,23 @@ pub async fn run(
         .add_service(ext_proc)
         .add_service(scan_api)
         .serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone()));
-    let admin = crate::admin::serve(listeners.admin, metrics.clone(), readiness.clone(), stopped(stop_rx));
+    let admin =
+        crate::admin::serve(listeners.admin, metrics.clone(), readiness.clone(), stopped(stop_rx.clone()));
+    let http = async {
+        match (listeners.http, http_state) {
+            (Some(listener), Some(state)) => {
+                crate::http_api::serve(listener, state, stopped(stop_rx)).await.map_err(AppError::Http)
+            }
+            _ => Ok(()),
+        }
+    };
 
     let servers = async {
-        tokio::try_join!(async { grpc.await.map_err(AppError::from) }, async {
-            admin.await.map_err(AppError::from)
-        })
+        tokio::try_join!(
+            async { grpc.await.map_err(AppError::from) },
+            async { admin.await.map_err(AppError::from) },
+            http
+        )
     };
     tokio::pin!(servers);
     let result = tokio::select! {

@@ -10,7 +10,7 @@
 //! kubelet's gRPC probe) must still reach it. With mTLS, every caller of every service, health
 //! included, needs a certificate signed by `listen.grpc_tls_client_ca_file`.
 //!
-//! The config is checked with the same functions that build the listener ([`GrpcToken::from_file`],
+//! The config is checked with the same functions that build the listener ([`SharedToken::from_file`],
 //! [`server_tls`]), so `check-config` reports what `serve` would fail on.
 
 use std::fmt;
@@ -38,30 +38,30 @@ const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The shared token, kept only as its SHA-256 so that comparisons take the same time whatever
 /// the presented value (length included). `Debug` never shows it.
 #[derive(Clone)]
-pub struct GrpcToken {
+pub struct SharedToken {
     digest: [u8; 32],
 }
 
-impl fmt::Debug for GrpcToken {
+impl fmt::Debug for SharedToken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("GrpcToken(***)")
+        f.write_str("SharedToken(***)")
     }
 }
 
-impl GrpcToken {
+impl SharedToken {
     /// Reads the token from `path`: the whole file, trailing `\n` and `\r` removed; at least
     /// [`MIN_TOKEN_CHARS`] visible ASCII characters (it travels in an HTTP/2 header and in
     /// Envoy's YAML). Errors never quote the file's contents.
-    pub fn from_file(path: &str) -> Result<GrpcToken, String> {
+    pub fn from_file(path: &str) -> Result<SharedToken, String> {
         if path.is_empty() {
             return Err("must not be empty; remove the key to accept gRPC calls without a token".to_string());
         }
         let bytes = std::fs::read(path).map_err(|err| format!("cannot read {path:?}: {err}"))?;
-        GrpcToken::from_bytes(&bytes).map_err(|problem| format!("{path:?}: {problem}"))
+        SharedToken::from_bytes(&bytes).map_err(|problem| format!("{path:?}: {problem}"))
     }
 
-    /// The token held in `bytes` (a token file's contents), as [`GrpcToken::from_file`] reads it.
-    pub fn from_bytes(bytes: &[u8]) -> Result<GrpcToken, String> {
+    /// The token held in `bytes` (a token file's contents), as [`SharedToken::from_file`] reads it.
+    pub fn from_bytes(bytes: &[u8]) -> Result<SharedToken, String> {
         let end = bytes.iter().rposition(|&b| b != b'\n' && b != b'\r').map_or(0, |i| i + 1);
         let token = &bytes[..end];
         if token.is_empty() {
@@ -80,11 +80,11 @@ impl GrpcToken {
                 token.len()
             ));
         }
-        Ok(GrpcToken { digest: Sha256::digest(token).into() })
+        Ok(SharedToken { digest: Sha256::digest(token).into() })
     }
 
     /// Whether `presented` is the token, in time independent of where they differ.
-    fn matches(&self, presented: &[u8]) -> bool {
+    pub fn matches(&self, presented: &[u8]) -> bool {
         let presented: [u8; 32] = Sha256::digest(presented).into();
         self.digest.ct_eq(&presented).into()
     }
@@ -113,7 +113,7 @@ impl Refusal {
 }
 
 /// Checks the token in a call's metadata.
-pub fn check_token(token: &GrpcToken, metadata: &MetadataMap) -> Result<(), Refusal> {
+pub fn check_token(token: &SharedToken, metadata: &MetadataMap) -> Result<(), Refusal> {
     let value = metadata.get(TOKEN_METADATA_KEY).ok_or(Refusal::Missing)?;
     let value = value.to_str().map_err(|_| Refusal::Malformed)?;
     let (scheme, presented) = value.split_once(' ').ok_or(Refusal::Malformed)?;
@@ -131,7 +131,7 @@ pub fn check_token(token: &GrpcToken, metadata: &MetadataMap) -> Result<(), Refu
 /// without it (`UNAUTHENTICATED`, counted and logged); without one, lets every call through.
 #[derive(Clone)]
 pub struct Authenticator {
-    token: Option<Arc<GrpcToken>>,
+    token: Option<Arc<SharedToken>>,
     /// The `service` label: `ext_proc` or `scan_api`.
     service: &'static str,
     metrics: Arc<Metrics>,
@@ -139,7 +139,7 @@ pub struct Authenticator {
 
 impl Authenticator {
     /// Guards the service labelled `service` with `token` (None: lets every call through).
-    pub fn new(token: Option<Arc<GrpcToken>>, service: &'static str, metrics: Arc<Metrics>) -> Self {
+    pub fn new(token: Option<Arc<SharedToken>>, service: &'static str, metrics: Arc<Metrics>) -> Self {
         Authenticator { token, service, metrics }
     }
 }
@@ -227,7 +227,7 @@ mod tests {
 
     #[test]
     fn a_token_file_loses_its_trailing_newline_only() {
-        let token = GrpcToken::from_bytes(format!("{TOKEN}\r\n").as_bytes()).expect("token");
+        let token = SharedToken::from_bytes(format!("{TOKEN}\r\n").as_bytes()).expect("token");
         assert_eq!(check_token(&token, &metadata(&format!("Bearer {TOKEN}"))), Ok(()));
         assert_eq!(check_token(&token, &metadata(&format!("bearer {TOKEN}"))), Ok(()));
         assert_eq!(check_token(&token, &metadata(&format!("Bearer {TOKEN}x"))), Err(Refusal::Wrong));
@@ -246,16 +246,16 @@ mod tests {
             (&b"short-token\n"[..], "fewer than 16"),
             (&b"a token with spaces inside\n"[..], "printable ASCII without spaces"),
         ] {
-            let err = GrpcToken::from_bytes(bytes).expect_err("refused");
+            let err = SharedToken::from_bytes(bytes).expect_err("refused");
             assert!(err.contains(problem), "{err}");
             assert!(!err.contains("short-token") && !err.contains("spaces inside"), "{err}");
         }
-        assert!(GrpcToken::from_file("/nonexistent/token").expect_err("missing").contains("cannot read"));
+        assert!(SharedToken::from_file("/nonexistent/token").expect_err("missing").contains("cannot read"));
     }
 
     #[test]
     fn debug_hides_the_token() {
-        let token = GrpcToken::from_bytes(TOKEN.as_bytes()).expect("token");
-        assert_eq!(format!("{token:?}"), "GrpcToken(***)");
+        let token = SharedToken::from_bytes(TOKEN.as_bytes()).expect("token");
+        assert_eq!(format!("{token:?}"), "SharedToken(***)");
     }
 }

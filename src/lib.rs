@@ -49,13 +49,16 @@
 
 pub mod admin;
 pub mod app;
+pub mod audit;
 pub mod cache;
 pub mod clamd;
 pub mod config;
 pub mod decode;
 pub mod ext_proc;
+pub mod fetch;
 pub mod grpc_auth;
 pub mod health;
+pub mod http_api;
 pub mod metrics;
 pub mod offload;
 pub mod policy;

@@ -135,8 +135,20 @@ async fn serve(config: Config) -> ExitCode {
             return ExitCode::from(EXIT_UNAVAILABLE);
         }
     };
+    let http = match config.listen.http_addr {
+        None => None,
+        Some(addr) => match tokio::net::TcpListener::bind(addr).await {
+            Ok(listener) => Some(listener),
+            Err(err) => {
+                tracing::error!(addr = %addr, error = %err, "cannot bind listen.http_addr");
+                return ExitCode::from(EXIT_UNAVAILABLE);
+            }
+        },
+    };
     tracing::info!(
         grpc_addr = %config.listen.grpc_addr,
+        http_addr = ?config.listen.http_addr,
+        http_token = config.listen.http_token_file.is_some(),
         grpc_auth = config.listen.grpc_auth_description(),
         grpc_tls = config.listen.grpc_tls_cert_file.is_some(),
         admin_addr = %config.listen.admin_addr,
@@ -145,7 +157,8 @@ async fn serve(config: Config) -> ExitCode {
         version = env!("CARGO_PKG_VERSION"),
         "clamgate starting"
     );
-    match clamgate::app::run(config, clamgate::app::Listeners { grpc, admin }, shutdown_signal()).await {
+    match clamgate::app::run(config, clamgate::app::Listeners { grpc, admin, http }, shutdown_signal()).await
+    {
         Ok(()) => {
             tracing::info!("clamgate stopped");
             ExitCode::SUCCESS

@@ -19,6 +19,8 @@ pub enum Source {
     Proxied(Direction),
     /// A body sent to one of clamgate's scan APIs (gRPC `Scan`, the CLI): `api`.
     Api,
+    /// An object clamgate downloaded from its origin for nginx (`on_miss = "fetch"`): `fetch`.
+    Fetched,
 }
 
 impl Source {
@@ -28,6 +30,7 @@ impl Source {
             Source::Proxied(Direction::Request) => "request",
             Source::Proxied(Direction::Response) => "response",
             Source::Api => "api",
+            Source::Fetched => "fetch",
         }
     }
 }
@@ -126,6 +129,21 @@ struct UnauthenticatedLabels {
     reason: &'static str,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AuthAnswerLabels {
+    result: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FetchLabels {
+    outcome: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HttpRefusalLabels {
+    reason: &'static str,
+}
+
 /// Every metric clamgate exports.
 pub struct Metrics {
     registry: Registry,
@@ -155,6 +173,10 @@ pub struct Metrics {
     clamd_settings_checks: Family<SettingCheckLabels, Counter>,
     clamd_abandoned_scans: Family<AbandonLabels, Counter>,
     grpc_unauthenticated: Family<UnauthenticatedLabels, Counter>,
+    auth_answers: Family<AuthAnswerLabels, Counter>,
+    http_refused: Family<HttpRefusalLabels, Counter>,
+    fetches: Family<FetchLabels, Counter>,
+    fetch_duration: Histogram,
 }
 
 impl Metrics {
@@ -306,7 +328,36 @@ impl Metrics {
             "gRPC calls refused with UNAUTHENTICATED before anything was read, by service (ext_proc, scan_api) and reason (missing, malformed, wrong)",
             grpc_unauthenticated.clone(),
         );
+        let auth_answers = Family::<AuthAnswerLabels, Counter>::default();
+        registry.register(
+            "auth_answers",
+            "Answers to nginx's /v1/auth, by result (clean, infected, unscanned_allowed, unscanned_denied)",
+            auth_answers.clone(),
+        );
+        let http_refused = Family::<HttpRefusalLabels, Counter>::default();
+        registry.register(
+            "http_refused",
+            "HTTP API requests refused before any decision, by reason (unauthenticated: no or wrong x-clamgate-token, bad_request: a header nginx must set is missing or repeated)",
+            http_refused.clone(),
+        );
+        let fetches = Family::<FetchLabels, Counter>::default();
+        registry.register(
+            "fetches",
+            "Downloads from origins for on_miss = \"fetch\", by outcome (scanned, joined: another fetch of the object answered, no_origin, origin_error, timeout, too_large, spool_full)",
+            fetches.clone(),
+        );
+        // 1 ms .. ~65 s.
+        let fetch_duration = Histogram::new(exponential_buckets(0.001, 2.0, 17));
+        registry.register(
+            "fetch_duration_seconds",
+            "Time from the start of a download from an origin to its verdict (download and scan)",
+            fetch_duration.clone(),
+        );
         Metrics {
+            auth_answers,
+            http_refused,
+            fetches,
+            fetch_duration,
             resource_verifications,
             grpc_unauthenticated,
             decoded_bodies,
@@ -334,6 +385,24 @@ impl Metrics {
             clamd_up,
             clamd_probes,
             clamd_database_version,
+        }
+    }
+
+    /// One answer to `/v1/auth`.
+    pub fn record_auth_answer(&self, result: &'static str) {
+        self.auth_answers.get_or_create(&AuthAnswerLabels { result }).inc();
+    }
+
+    /// One HTTP API request refused before any decision.
+    pub fn record_http_refused(&self, reason: &'static str) {
+        self.http_refused.get_or_create(&HttpRefusalLabels { reason }).inc();
+    }
+
+    /// One download from an origin ended (`seconds`: None when no download happened).
+    pub fn record_fetch(&self, outcome: &'static str, seconds: Option<f64>) {
+        self.fetches.get_or_create(&FetchLabels { outcome }).inc();
+        if let Some(seconds) = seconds {
+            self.fetch_duration.observe(seconds);
         }
     }
 

@@ -7,6 +7,7 @@
 //! | Unscanned, engine trouble (`engine_unavailable`, `timeout`, `engine_error`), denied | 503 + `retry-after` | 503 + `retry-after` |
 //! | Unscanned, `too_large` / `limits_exceeded`, denied | 413 | 502 |
 //! | Unscanned, other content reasons, denied | 422 | 502 |
+//! | Unscanned under nginx (`not_cached`, `origin_error`, `no_validator`, `body_not_visible`), denied | 422 | 502 |
 //! | Unscanned, allowed by policy | continue, `x-clamgate-verdict: unscanned` | same |
 //!
 //! `report_only` turns every block into a continue (the verdict header still tells the truth).
@@ -146,7 +147,7 @@ pub fn decide(verdict: &Verdict, policy: &Policy, context: DecisionContext<'_>) 
             }
         }
         Verdict::Unscanned { reason } => {
-            if rules.on_unscanned.action(*reason) == UnscannedAction::Allow {
+            if rules.unscanned_action(*reason) == UnscannedAction::Allow {
                 return Decision::Continue { verdict_header: verdict_header("unscanned") };
             }
             BlockResponse {

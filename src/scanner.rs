@@ -489,6 +489,38 @@ impl Scanner {
         }
     }
 
+    /// Takes the cross-instance lock on `object` (for `cache.lock_ttl_ms`), so that one instance
+    /// does a piece of work (a download) while the others wait for its result in the cache.
+    /// `Local` when there is no shared cache, or when Redis fails (the work then goes on here:
+    /// doing it twice is safe, waiting forever is not).
+    pub async fn lock_shared(&self, object: &str) -> LockAttempt {
+        match self.cache.try_lock(object, self.settings.lock_ttl).await {
+            Ok(attempt) => attempt,
+            Err(err) => {
+                self.note_cache_error("lock", &err);
+                LockAttempt::Local
+            }
+        }
+    }
+
+    /// Releases a lock taken by [`Self::lock_shared`].
+    pub async fn unlock_shared(&self, object: &str, token: &crate::cache::LockToken) {
+        if let Err(err) = self.cache.unlock(object, token).await {
+            self.note_cache_error("unlock", &err);
+        }
+    }
+
+    /// Whether another instance still holds the lock on `object` (false when Redis fails).
+    pub async fn shared_lock_held(&self, object: &str) -> bool {
+        match self.cache.lock_held(object).await {
+            Ok(held) => held,
+            Err(err) => {
+                self.note_cache_error("lock", &err);
+                false
+            }
+        }
+    }
+
     /// Starts a scan whose body arrives in pieces, held in `body` (an empty body from a
     /// [`crate::spool::Spool`]) until it is complete: no clamd slot is taken while the pieces
     /// trickle in, so a slow sender cannot hold a clamd thread.

@@ -47,11 +47,24 @@ pub enum UnscannedReason {
     UnsupportedEncoding,
     /// Only part of the object was seen (Range requests, 206 responses).
     PartialContent,
+    /// nginx asked about an object the cache has no verdict for, and the policy does not fetch
+    /// it (`on_miss` is `allow` or `deny`, which is also this reason's action).
+    NotCached,
+    /// clamgate could not download the object from its configured origin (connection refused,
+    /// an error status, a redirect outside the origin, a body cut short).
+    OriginError,
+    /// The object has no strong validator (ETag) that nginx could send upstream as `If-Match`,
+    /// and the policy is not `immutable`: nothing would ensure that the client gets the bytes
+    /// that were scanned.
+    NoValidator,
+    /// A request with a body (any method but GET and HEAD) under nginx, whose `auth_request`
+    /// cannot show clamgate the body, on a policy that scans uploads.
+    BodyNotVisible,
 }
 
 impl UnscannedReason {
     /// Every reason, for metrics registration and documentation.
-    pub const ALL: [UnscannedReason; 8] = [
+    pub const ALL: [UnscannedReason; 12] = [
         UnscannedReason::TooLarge,
         UnscannedReason::EngineUnavailable,
         UnscannedReason::Timeout,
@@ -60,6 +73,10 @@ impl UnscannedReason {
         UnscannedReason::Encrypted,
         UnscannedReason::UnsupportedEncoding,
         UnscannedReason::PartialContent,
+        UnscannedReason::NotCached,
+        UnscannedReason::OriginError,
+        UnscannedReason::NoValidator,
+        UnscannedReason::BodyNotVisible,
     ];
 
     /// The snake_case name used in config keys, JSON bodies and metric labels.
@@ -73,6 +90,10 @@ impl UnscannedReason {
             UnscannedReason::Encrypted => "encrypted",
             UnscannedReason::UnsupportedEncoding => "unsupported_encoding",
             UnscannedReason::PartialContent => "partial_content",
+            UnscannedReason::NotCached => "not_cached",
+            UnscannedReason::OriginError => "origin_error",
+            UnscannedReason::NoValidator => "no_validator",
+            UnscannedReason::BodyNotVisible => "body_not_visible",
         }
     }
 

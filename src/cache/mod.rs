@@ -98,8 +98,9 @@ pub use self::memory::MemoryCache;
 pub use self::redis::RedisCache;
 pub use self::redis_url::RedisUrl;
 pub use self::resource::{
-    decode_resource, encode_resource, vary_names, KnownResource, Resource, ResourceEntry, ResourceId,
-    ResourceKey, ResourceVersion, VaryRecord, IMMUTABLE_VALIDATOR, RESOURCE_FORMAT_VERSION,
+    decode_resource, encode_resource, strong_etag, validator_of, vary_names, KnownResource, Resource,
+    ResourceEntry, ResourceId, ResourceKey, ResourceVersion, VaryRecord, IMMUTABLE_VALIDATOR,
+    RESOURCE_FORMAT_VERSION,
 };
 pub use self::seal::{Rejection, ValueKey, ValueKeys};
 

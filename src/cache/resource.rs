@@ -360,6 +360,37 @@ pub fn decode_resource(bytes: &[u8]) -> Result<ResourceEntry, DecodeError> {
 /// names the bytes.
 pub const IMMUTABLE_VALIDATOR: &str = "immutable";
 
+/// The validator that ties a cached verdict to one version of a resource, from a response's
+/// headers (`header` finds one by lower-case name): a strong ETag (`etag:"abc"`), else
+/// Last-Modified with the object's length (`lm:DATE;len:N`); else, only for an immutable upstream,
+/// the URL alone ([`IMMUTABLE_VALIDATOR`]). None: the response cannot be stored by resource.
+/// Envoy's responses and clamgate's own downloads go through this one function, so both front
+/// doors write the same entries.
+pub fn validator_of(header: impl Fn(&str) -> Option<String>, immutable: bool) -> Option<String> {
+    if let Some(etag) = header("etag") {
+        // A weak ETag promises equivalent content, not identical bytes.
+        if !etag.starts_with("W/") && !etag.is_empty() {
+            return Some(format!("etag:{etag}"));
+        }
+    }
+    let last_modified = header("last-modified");
+    // A 206 carries the length of its part; the object's is after the `/` of Content-Range.
+    let length = header("content-range")
+        .and_then(|range| range.rsplit_once('/').map(|(_, total)| total.trim().to_string()))
+        .filter(|total| total != "*")
+        .or_else(|| header("content-length"));
+    if let (Some(last_modified), Some(length)) = (last_modified, length) {
+        return Some(format!("lm:{last_modified};len:{length}"));
+    }
+    immutable.then(|| IMMUTABLE_VALIDATOR.to_string())
+}
+
+/// The strong ETag a validator from [`validator_of`] holds (`"abc"` of `etag:"abc"`), if any:
+/// what nginx sends upstream as `If-Match`.
+pub fn strong_etag(validator: &str) -> Option<&str> {
+    validator.strip_prefix("etag:")
+}
+
 /// An object named by URL, and the request that asked for it: the resource key's input.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Resource {

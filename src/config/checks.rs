@@ -34,9 +34,38 @@ impl Checker<'_> {
 
 /// Every check of a value's meaning, in schema order.
 pub(super) fn check_values(config: &Config, checker: &mut Checker<'_>) {
-    let Config { listen, clamd, scan, cache, ext_proc, bodies, response, policy: _, policies, log } = config;
+    let Config { listen, clamd, scan, cache, ext_proc, fetch, bodies, response, policy, policies, log } =
+        config;
     if !checker.rejected.contains("listen.grpc_addr") {
-        checker.check("listen.admin_addr", distinct_listeners(listen.grpc_addr, listen.admin_addr));
+        checker.check(
+            "listen.admin_addr",
+            distinct_listeners("listen.grpc_addr", listen.grpc_addr, listen.admin_addr),
+        );
+    }
+    if let Some(http) = listen.http_addr {
+        for (key, other) in [("listen.grpc_addr", listen.grpc_addr), ("listen.admin_addr", listen.admin_addr)]
+        {
+            if !checker.rejected.contains(key) {
+                checker.check("listen.http_addr", distinct_listeners(key, other, http));
+            }
+        }
+    }
+    if let Some(path) = &listen.http_token_file {
+        checker.check("listen.http_token_file", crate::grpc_auth::SharedToken::from_file(path).map(|_| ()));
+    }
+    check_fetch(fetch, checker);
+    let named = policies.iter().map(|(name, policy)| (format!("policies.{name}"), policy));
+    for (table, policy) in std::iter::once(("policy".to_string(), policy)).chain(named) {
+        if policy.on_miss == OnMiss::Fetch
+            && fetch.origins.is_empty()
+            && !checker.rejected.contains("fetch.origins")
+        {
+            checker.check(
+                &format!("{table}.on_miss"),
+                Err("\"fetch\" needs fetch.origins: clamgate downloads only from origins its config names"
+                    .to_string()),
+            );
+        }
     }
     check_grpc_auth(listen, checker);
     checker.check("clamd.connect_timeout_ms", within(clamd.connect_timeout_ms, 1, MAX_DURATION_MS));
@@ -80,7 +109,7 @@ pub(super) fn check_values(config: &Config, checker: &mut Checker<'_>) {
 /// listener, so a config that passes here starts.
 pub(super) fn check_grpc_auth(listen: &ListenConfig, checker: &mut Checker<'_>) {
     if let Some(path) = &listen.grpc_token_file {
-        checker.check("listen.grpc_token_file", crate::grpc_auth::GrpcToken::from_file(path).map(|_| ()));
+        checker.check("listen.grpc_token_file", crate::grpc_auth::SharedToken::from_file(path).map(|_| ()));
     }
     let (cert, key, ca) =
         (&listen.grpc_tls_cert_file, &listen.grpc_tls_key_file, &listen.grpc_tls_client_ca_file);
@@ -219,12 +248,35 @@ pub(super) fn within(value: u64, min: u64, max: u64) -> Result<(), String> {
 
 /// The two listeners must not bind the same port on overlapping addresses (port 0 picks a free
 /// port, so never collides).
-pub(super) fn distinct_listeners(grpc: SocketAddr, admin: SocketAddr) -> Result<(), String> {
-    let overlapping_ip = grpc.ip() == admin.ip() || grpc.ip().is_unspecified() || admin.ip().is_unspecified();
-    if grpc.port() == admin.port() && grpc.port() != 0 && overlapping_ip {
-        return Err(format!("conflicts with listen.grpc_addr ({grpc}): both bind port {}", admin.port()));
+pub(super) fn distinct_listeners(other_key: &str, other: SocketAddr, this: SocketAddr) -> Result<(), String> {
+    let overlapping_ip = other.ip() == this.ip() || other.ip().is_unspecified() || this.ip().is_unspecified();
+    if other.port() == this.port() && other.port() != 0 && overlapping_ip {
+        return Err(format!("conflicts with {other_key} ({other}): both bind port {}", this.port()));
     }
     Ok(())
+}
+
+/// `[fetch]`: timeouts, the concurrency bound, the CA file, and one origin per host.
+fn check_fetch(fetch: &FetchConfig, checker: &mut Checker<'_>) {
+    let FetchConfig { origins, connect_timeout_ms, download_timeout_ms, max_concurrent, max_redirects, tls_ca_file } =
+        fetch;
+    let mut seen = BTreeSet::new();
+    for (i, origin) in origins.iter().enumerate() {
+        if !seen.insert(origin.host_pattern()) {
+            checker.check_element(
+                "fetch.origins",
+                i,
+                Err(format!("{} is named twice: one origin per host", origin.host_pattern())),
+            );
+        }
+    }
+    checker.check("fetch.connect_timeout_ms", within(*connect_timeout_ms, 1, MAX_DURATION_MS));
+    checker.check("fetch.download_timeout_ms", within(*download_timeout_ms, 1, MAX_DURATION_MS));
+    checker.check("fetch.max_concurrent", within(*max_concurrent as u64, 1, MAX_CONCURRENT_FETCHES));
+    checker.check("fetch.max_redirects", within(*max_redirects, 0, MAX_REDIRECTS));
+    if let Some(path) = tls_ca_file {
+        checker.check("fetch.tls_ca_file", ca_file(path));
+    }
 }
 
 /// An optional string that, when set, is not empty; removing the key falls back to `fallback`.

@@ -94,7 +94,7 @@ pub(super) fn check_named_tables(
 /// for the value itself and `[i]` for element `i` of an array. No problems: it may.
 pub(super) fn value_problems(kind: Kind, value: &Value) -> Vec<(String, String)> {
     match (kind, value) {
-        (Kind::StrList | Kind::RedisClusterSeeds, Value::Array(items)) => items
+        (Kind::StrList | Kind::RedisClusterSeeds | Kind::Origins, Value::Array(items)) => items
             .iter()
             .enumerate()
             .filter_map(|(i, item)| Some((format!("[{i}]"), item_problem(kind, item)?)))
@@ -111,6 +111,7 @@ fn item_problem(kind: Kind, item: &Value) -> Option<String> {
     match kind {
         // The one parser of Redis URLs, then what a cluster seed must be.
         Kind::RedisClusterSeeds => RedisUrl::parse_cluster_seed(text).err(),
+        Kind::Origins => text.parse::<crate::fetch::Origin>().err(),
         _ => None,
     }
 }
@@ -120,7 +121,7 @@ fn item_problem(kind: Kind, item: &Value) -> Option<String> {
 pub(super) fn check_value(kind: Kind, value: &Value) -> Result<(), String> {
     match (kind, value) {
         (Kind::Str, Value::String(_)) | (Kind::Bool, Value::Boolean(_)) => Ok(()),
-        (Kind::StrList | Kind::RedisClusterSeeds, Value::Array(items))
+        (Kind::StrList | Kind::RedisClusterSeeds | Kind::Origins, Value::Array(items))
             if items.iter().all(|item| item_problem(kind, item).is_none()) =>
         {
             Ok(())
@@ -222,8 +223,10 @@ pub(super) fn env_value(kind: Kind, raw: String) -> Result<Value, String> {
             "false" => Value::Boolean(false),
             _ => return Err(format!("expected true or false, found {raw:?}")),
         },
-        Kind::StrList | Kind::RedisClusterSeeds if raw.trim().is_empty() => Value::Array(Vec::new()),
-        Kind::StrList | Kind::RedisClusterSeeds => {
+        Kind::StrList | Kind::RedisClusterSeeds | Kind::Origins if raw.trim().is_empty() => {
+            Value::Array(Vec::new())
+        }
+        Kind::StrList | Kind::RedisClusterSeeds | Kind::Origins => {
             Value::Array(raw.split(',').map(|item| Value::String(item.trim().to_string())).collect())
         }
         Kind::Str | Kind::SocketAddr | Kind::ClamdAddress | Kind::RedisUrl | Kind::Enum(_) => {

@@ -57,6 +57,8 @@ pub struct Config {
     pub scan: ScanConfig,
     pub cache: CacheConfig,
     pub ext_proc: ExtProcConfig,
+    /// How clamgate downloads objects for nginx (`on_miss = "fetch"`).
+    pub fetch: FetchConfig,
     pub bodies: BodiesConfig,
     pub response: ResponseConfig,
     /// The default policy: routes that name no policy use it.
@@ -90,6 +92,8 @@ const MAX_DECODE_RATIO: u64 = u32::MAX as u64;
 const MAX_CONCURRENT_SCANS: u64 = 1024;
 const MIN_MESSAGE_BYTES: u64 = 1024 * 1024;
 const MAX_REDIS_POOL_SIZE: u64 = 64;
+const MAX_CONCURRENT_FETCHES: u64 = 1024;
+const MAX_REDIRECTS: u64 = 20;
 /// Upper bound of `cache.unscanned_ttl_secs`: an hour is "briefly" (limits may change).
 const MAX_UNSCANNED_TTL_SECS: u64 = 60 * 60;
 
@@ -189,6 +193,15 @@ impl Config {
             );
         }
         warnings.extend(self.listen.grpc_auth_warnings());
+        if let Some(http) = self.listen.http_addr {
+            if !http.ip().is_loopback() && self.listen.http_token_file.is_none() {
+                warnings.push(format!(
+                    "listen.http_addr: {http} is not a loopback address and listen.http_token_file is not \
+                     set: anyone who can reach it can make clamgate download and scan objects from its \
+                     origins, and read verdicts"
+                ));
+            }
+        }
         let urls = self.cache.redis_url.iter().map(|url| ("cache.redis_url".to_string(), url));
         let cluster = self.cache.redis_cluster_urls.iter().enumerate();
         let urls = urls.chain(cluster.map(|(i, url)| (format!("cache.redis_cluster_urls[{i}]"), url)));
@@ -278,8 +291,16 @@ fn policy_warnings(policy: &PolicyConfig, default: bool) -> Vec<(String, String)
     if !policy.scan_requests && !policy.scan_responses {
         warn("", "scan_requests and scan_responses are both false: nothing is scanned".to_string());
     }
+    if policy.on_miss == OnMiss::Allow {
+        warn(
+            "on_miss",
+            "allow lets nginx serve objects the cache has no verdict for, unscanned (fails open)".to_string(),
+        );
+    }
     for reason in UnscannedReason::ALL {
-        if policy.on_unscanned.action(reason) == UnscannedAction::Allow {
+        if reason != UnscannedReason::NotCached
+            && policy.on_unscanned.action(reason) == UnscannedAction::Allow
+        {
             warn(
                 &format!("on_unscanned.{reason}"),
                 "allow delivers bodies that were not scanned (fails open)".to_string(),

@@ -17,6 +17,9 @@ pub(super) const OPTIONAL_KEYS: &[(&str, Kind)] = &[
     ("listen.grpc_tls_cert_file", Kind::Str),
     ("listen.grpc_tls_key_file", Kind::Str),
     ("listen.grpc_tls_client_ca_file", Kind::Str),
+    ("listen.http_addr", Kind::SocketAddr),
+    ("listen.http_token_file", Kind::Str),
+    ("fetch.tls_ca_file", Kind::Str),
 ];
 
 /// Tables of named tables, each shaped like a template table: `[policies.NAME]` takes the keys
@@ -29,6 +32,8 @@ pub(super) fn narrower_kind(path: &str) -> Option<Kind> {
         "listen.grpc_addr" | "listen.admin_addr" => Some(Kind::SocketAddr),
         "clamd.address" => Some(Kind::ClamdAddress),
         "cache.redis_cluster_urls" => Some(Kind::RedisClusterSeeds),
+        "fetch.origins" => Some(Kind::Origins),
+        "policy.on_miss" => Some(Kind::Enum(&OnMiss::NAMES)),
         "log.format" => Some(Kind::Enum(&LogFormat::NAMES)),
         "policy.cache_mode" => Some(Kind::Enum(&CacheMode::NAMES)),
         _ if path.starts_with("policy.on_unscanned.") => Some(Kind::Enum(&UnscannedAction::NAMES)),
@@ -52,6 +57,9 @@ pub(super) enum Kind {
     /// An array of Redis URLs, each a seed node of a Redis Cluster; in the environment,
     /// comma-separated.
     RedisClusterSeeds,
+    /// An array of `"HOST = URL"` origins ([`crate::fetch::Origin`]); in the environment,
+    /// comma-separated.
+    Origins,
     /// A string, one of these names.
     Enum(&'static [&'static str]),
     /// An array of strings; in the environment, comma-separated.
@@ -72,6 +80,10 @@ impl Kind {
             Kind::Enum(names) => one_of(names),
             Kind::StrList => "an array of strings".to_string(),
             Kind::RedisUrl => "a Redis URL such as \"redis://127.0.0.1:6379\"".to_string(),
+            Kind::Origins => {
+                "an array of \"HOST = URL\" strings such as [\"example.com = http://10.0.0.5:8080\"]"
+                    .to_string()
+            }
             Kind::RedisClusterSeeds => {
                 "an array of Redis URLs such as [\"redis://redis-1:6379\"]".to_string()
             }

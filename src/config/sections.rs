@@ -4,6 +4,7 @@
 use super::*;
 use crate::cache::RedisUrl;
 use crate::clamd::ClamdAddress;
+use crate::fetch::Origin;
 
 /// Where clamgate listens.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -27,6 +28,12 @@ pub struct ListenConfig {
     /// PEM CA certificates for mTLS: every client (Envoy, health checks included) must present a
     /// certificate signed by one of them. Needs `grpc_tls_cert_file` and `grpc_tls_key_file`.
     pub grpc_tls_client_ca_file: Option<String>,
+    /// HTTP listener for nginx (`GET /v1/auth`). Unset: off. Keep it on loopback or behind
+    /// `http_token_file`: a caller of `/v1/auth` can make clamgate download and scan.
+    pub http_addr: Option<SocketAddr>,
+    /// File holding the shared token nginx must send as `x-clamgate-token` (same rules as
+    /// `grpc_token_file`). When set, requests without it get 401 and are counted.
+    pub http_token_file: Option<String>,
 }
 
 /// How to reach clamd.
@@ -202,6 +209,93 @@ pub struct PolicyConfig {
     /// at the end; a mismatch deletes the entry, is counted and audited. Detection after the
     /// fact: the bytes have reached the client by then.
     pub verify_resource_hits: bool,
+    /// nginx only (`/v1/auth`): what to do when the cache has no verdict for the object.
+    /// `deny` (403, reason `not_cached`), `allow` (200, marked unscanned) or `fetch` (download
+    /// it from its origin in `[fetch]`, scan it, cache it, then answer).
+    pub on_miss: OnMiss,
+}
+
+/// What `/v1/auth` does on a cache miss.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnMiss {
+    Deny,
+    Allow,
+    Fetch,
+}
+
+impl OnMiss {
+    /// The names used in the config.
+    pub const NAMES: [&'static str; 3] =
+        [OnMiss::Deny.as_str(), OnMiss::Allow.as_str(), OnMiss::Fetch.as_str()];
+
+    /// The name used in the config: `deny`, `allow` or `fetch`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            OnMiss::Deny => "deny",
+            OnMiss::Allow => "allow",
+            OnMiss::Fetch => "fetch",
+        }
+    }
+}
+
+impl PolicyConfig {
+    /// The action for a body that went unscanned for `reason`: `on_miss` for `not_cached`
+    /// (`fetch` never gets here: a fetched object has a verdict), `on_unscanned` otherwise.
+    pub fn unscanned_action(&self, reason: UnscannedReason) -> UnscannedAction {
+        match (reason, self.on_miss) {
+            (UnscannedReason::NotCached, OnMiss::Allow) => UnscannedAction::Allow,
+            (UnscannedReason::NotCached, _) => UnscannedAction::Deny,
+            _ => self.on_unscanned.action(reason),
+        }
+    }
+}
+
+/// How clamgate downloads objects itself, for policies with `on_miss = "fetch"` (nginx).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FetchConfig {
+    /// The only places clamgate downloads from: `"HOST = URL"` each, e.g.
+    /// `"downloads.example.com = http://10.0.0.5:8080"`. A request for HOST (any port, or only
+    /// `HOST:PORT` if written so) is fetched from URL followed by the request's path and query.
+    /// Never taken from a request. From the environment: comma-separated.
+    pub origins: Vec<Origin>,
+    /// Time allowed to connect to an origin.
+    pub connect_timeout_ms: u64,
+    /// Time allowed for one whole download (headers and body); past it the object is
+    /// `Unscanned { timeout }`. The scan has its own deadline after it.
+    pub download_timeout_ms: u64,
+    /// Downloads in flight at once; more wait for a free one (within `download_timeout_ms`).
+    pub max_concurrent: usize,
+    /// Redirects followed, and only to the same origin (scheme, host, port and path prefix).
+    pub max_redirects: u64,
+    /// PEM CA certificates trusted for `https://` origins, on top of the system's roots.
+    pub tls_ca_file: Option<String>,
+}
+
+impl FetchConfig {
+    /// `connect_timeout_ms`.
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.connect_timeout_ms)
+    }
+
+    /// `download_timeout_ms`.
+    pub fn download_timeout(&self) -> Duration {
+        Duration::from_millis(self.download_timeout_ms)
+    }
+}
+
+impl Default for FetchConfig {
+    fn default() -> Self {
+        FetchConfig {
+            origins: Vec::new(),
+            connect_timeout_ms: 2_000,
+            download_timeout_ms: 60_000,
+            max_concurrent: 16,
+            max_redirects: 5,
+            tls_ca_file: None,
+        }
+    }
 }
 
 /// The cache keys a policy uses.
@@ -234,7 +328,8 @@ impl CacheMode {
     }
 }
 
-/// `deny` or `allow`, per [`crate::verdict::UnscannedReason`]. All default to `deny`.
+/// `deny` or `allow`, per [`crate::verdict::UnscannedReason`] (but `not_cached`, which is the
+/// policy's `on_miss`). All default to `deny`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct UnscannedActions {
@@ -246,6 +341,9 @@ pub struct UnscannedActions {
     pub encrypted: UnscannedAction,
     pub unsupported_encoding: UnscannedAction,
     pub partial_content: UnscannedAction,
+    pub origin_error: UnscannedAction,
+    pub no_validator: UnscannedAction,
+    pub body_not_visible: UnscannedAction,
 }
 
 /// A policy action for a body that could not be scanned.
@@ -283,6 +381,11 @@ impl UnscannedActions {
             UnscannedReason::Encrypted => self.encrypted,
             UnscannedReason::UnsupportedEncoding => self.unsupported_encoding,
             UnscannedReason::PartialContent => self.partial_content,
+            UnscannedReason::OriginError => self.origin_error,
+            UnscannedReason::NoValidator => self.no_validator,
+            UnscannedReason::BodyNotVisible => self.body_not_visible,
+            // Decided by the policy's `on_miss` (see `PolicyConfig::unscanned_action`).
+            UnscannedReason::NotCached => UnscannedAction::Deny,
         }
     }
 }
@@ -329,6 +432,8 @@ impl Default for ListenConfig {
             grpc_tls_cert_file: None,
             grpc_tls_key_file: None,
             grpc_tls_client_ca_file: None,
+            http_addr: None,
+            http_token_file: None,
         }
     }
 }
@@ -535,6 +640,7 @@ impl Default for PolicyConfig {
             cache_mode: CacheMode::Content,
             immutable: false,
             verify_resource_hits: false,
+            on_miss: OnMiss::Deny,
         }
     }
 }
@@ -550,6 +656,9 @@ impl Default for UnscannedActions {
             encrypted: UnscannedAction::Deny,
             unsupported_encoding: UnscannedAction::Deny,
             partial_content: UnscannedAction::Deny,
+            origin_error: UnscannedAction::Deny,
+            no_validator: UnscannedAction::Deny,
+            body_not_visible: UnscannedAction::Deny,
         }
     }
 }

@@ -1290,6 +1290,8 @@ fn the_sample_config_lists_every_key() {
         ("CLAMGATE_LISTEN_GRPC_TLS_KEY_FILE", key.as_str()),
         // A self-signed certificate is its own CA.
         ("CLAMGATE_LISTEN_GRPC_TLS_CLIENT_CA_FILE", cert.as_str()),
+        ("CLAMGATE_LISTEN_HTTP_TOKEN_FILE", token.to_str().unwrap()),
+        ("CLAMGATE_FETCH_TLS_CA_FILE", ca.to_str().unwrap()),
     ];
     if let Err(err) = load(&text, &env) {
         panic!("the uncommented clamgate.toml is invalid:\n{err}");
@@ -1526,6 +1528,10 @@ fn every_key_kind_matches_serde() {
                 assert!(accepts(Value::String("redis://127.0.0.1:6379".into())), "{path}");
                 assert!(!accepts(Value::String("http://x".into())), "{path} is not a Redis URL");
             }
+            Kind::Origins => {
+                assert!(accepts(Value::Array(vec!["h = http://o.internal".into()])), "{path}");
+                assert!(!accepts(Value::Array(vec!["x".into()])), "{path} is not a list of origins");
+            }
             Kind::RedisClusterSeeds => {
                 assert!(accepts(Value::Array(vec!["redis://r1:7000".into()])), "{path}");
                 assert!(!accepts(Value::Array(vec!["x".into()])), "{path} is not a list of Redis URLs");
@@ -1570,6 +1576,11 @@ fn env_names_are_unique_and_not_reserved() {
 #[test]
 fn every_unscanned_reason_has_a_policy_key() {
     for reason in UnscannedReason::ALL {
+        if reason == UnscannedReason::NotCached {
+            // Its action is the policy's `on_miss` (see `PolicyConfig::unscanned_action`).
+            assert!(SCHEMA.keys.contains_key("policy.on_miss"));
+            continue;
+        }
         let key = format!("policy.on_unscanned.{reason}");
         assert!(SCHEMA.keys.contains_key(&key), "{key}");
         // `UnscannedActions::action` reads the field of that name and no other.

@@ -32,6 +32,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use sha2::{Digest, Sha256};
 
+use crate::audit::{audit, AuditContext};
 use crate::cache::ContentKey;
 use crate::config::Config;
 use crate::metrics::{Metrics, Source};
@@ -397,7 +398,13 @@ impl ExtProcService {
         let decision_context =
             DecisionContext { direction, request_id: &state.request_id, sha256: Some(&report.sha256) };
         let decision = decide(&report.verdict, &stream.policy, decision_context);
-        audit(state, direction, report, &decision);
+        let context = AuditContext {
+            front_door: "ext_proc",
+            request_id: &state.request_id,
+            direction,
+            path: &state.path,
+        };
+        audit(context, report, &decision);
         if let Decision::Block(block) = &decision {
             self.metrics.record_blocked(block.status);
         }
@@ -415,50 +422,6 @@ fn message_kind(message: &ProcessingRequest) -> Option<&'static str> {
         Message::ResponseBody(_) => "response_body",
         Message::ResponseTrailers(_) => "response_trailers",
     })
-}
-
-/// One log line per verdict; detections at `warn` with target `clamgate::audit`.
-fn audit(state: &StreamState, direction: Direction, report: &ScanReport, decision: &Decision) {
-    let action = match decision {
-        Decision::Continue { .. } => "continue".to_string(),
-        Decision::Block(block) => block.status.to_string(),
-    };
-    let database_version = report.engine.as_ref().and_then(|e| e.database_version).unwrap_or(0);
-    match &report.verdict {
-        crate::verdict::Verdict::Infected { signature } => tracing::warn!(
-            target: "clamgate::audit",
-            event = "detection",
-            request_id = %state.request_id,
-            direction = ?direction,
-            path = %state.path,
-            sha256 = %report.sha256,
-            signature = %signature,
-            database_version,
-            cached = report.cached,
-            action = %action,
-            "infected body"
-        ),
-        crate::verdict::Verdict::Unscanned { reason } => tracing::warn!(
-            target: "clamgate::audit",
-            event = "unscanned",
-            request_id = %state.request_id,
-            direction = ?direction,
-            path = %state.path,
-            sha256 = %report.sha256,
-            reason = %reason,
-            bytes = report.body_bytes,
-            action = %action,
-            "body not scanned"
-        ),
-        crate::verdict::Verdict::Clean => tracing::debug!(
-            request_id = %state.request_id,
-            direction = ?direction,
-            sha256 = %report.sha256,
-            bytes = report.body_bytes,
-            cached = report.cached,
-            "clean body"
-        ),
-    }
 }
 
 /// A verified resource hit whose bytes were not the ones the entry was scanned with: logged on

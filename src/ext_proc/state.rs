@@ -23,9 +23,7 @@ use envoy_types::pb::envoy::extensions::filters::http::ext_proc::v3::processing_
 use envoy_types::pb::envoy::service::ext_proc::v3::processing_request::Request;
 use envoy_types::pb::envoy::service::ext_proc::v3::{HttpHeaders, ProcessingRequest, ProcessingResponse};
 
-use crate::cache::{
-    vary_names, ContentKey, KnownResource, Resource, ResourceId, ResourceVersion, IMMUTABLE_VALIDATOR,
-};
+use crate::cache::{vary_names, ContentKey, KnownResource, Resource, ResourceId, ResourceVersion};
 use crate::decode::{parse_content_encoding, Encoding};
 use crate::policy::{Decision, Direction};
 use crate::scanner::{ResourceLookup, ScanReport};
@@ -678,22 +676,7 @@ fn content_length(map: &HeaderMap) -> Option<u64> {
 /// The validator that ties a cached verdict to one version of a resource: a strong ETag, else
 /// Last-Modified with Content-Length; else, only for an immutable upstream, the URL alone.
 pub fn validator(headers: &HeaderMap, immutable: bool) -> Option<String> {
-    if let Some(etag) = header_value(headers, "etag") {
-        // A weak ETag promises equivalent content, not identical bytes.
-        if !etag.starts_with("W/") && !etag.is_empty() {
-            return Some(format!("etag:{etag}"));
-        }
-    }
-    let last_modified = header_value(headers, "last-modified");
-    // A 206 carries the length of its part; the object's is after the `/` of Content-Range.
-    let length = header_value(headers, "content-range")
-        .and_then(|range| range.rsplit_once('/').map(|(_, total)| total.trim().to_string()))
-        .filter(|total| total != "*")
-        .or_else(|| header_value(headers, "content-length"));
-    if let (Some(last_modified), Some(length)) = (last_modified, length) {
-        return Some(format!("lm:{last_modified};len:{length}"));
-    }
-    immutable.then(|| IMMUTABLE_VALIDATOR.to_string())
+    crate::cache::validator_of(|name| header_value(headers, name), immutable)
 }
 
 fn on_body(state: &mut StreamState, direction: Direction, body: Vec<u8>, end_of_stream: bool) -> Vec<Effect> {

@@ -10,6 +10,8 @@
 //!   body ([`super::gen`]) streamed in 64 KiB pieces, never held whole, with
 //!   `content-type: application/octet-stream`, `content-length` (none with `chunked=1`: then the
 //!   body goes chunked) and `etag: "gen-<name>-<spec>"`; 400 for a bad query.
+//! - `If-Match` on `/files/`: 412 unless the file's `etag` (set with
+//!   [`Upstream::put_file_with_headers`]) is listed (or `*` and it has one).
 //! - `Range` on `/files/` and `/gen/`: one `bytes=A-B`, `bytes=A-` or `bytes=-N` gets
 //!   `206 Partial Content` with `content-range` and only those bytes; a range starting past the end
 //!   gets `416` with `content-range: bytes */TOTAL`; several ranges or an unparseable header are
@@ -185,6 +187,17 @@ async fn handle(State(state): State<Shared>, request: Request) -> Response {
         let Some(file) = file else {
             return (StatusCode::NOT_FOUND, "no such file\n").into_response();
         };
+        // If-Match (RFC 9110 13.1.1): a file whose ETag is not among the listed ones gets 412,
+        // as a real origin would after the object changed; a file without an ETag fails any list
+        // but `*`.
+        if let Some(wanted) = parts.headers.get(header::IF_MATCH).and_then(|value| value.to_str().ok()) {
+            let etag = file.headers.get(header::ETAG).and_then(|value| value.to_str().ok());
+            let matches = wanted.trim() == "*" && etag.is_some()
+                || etag.is_some_and(|etag| !etag.starts_with("W/") && wanted.split(',').any(|w| w.trim() == etag));
+            if !matches {
+                return (StatusCode::PRECONDITION_FAILED, "if-match failed\n").into_response();
+            }
+        }
         let total = file.bytes.len() as u64;
         // axum sets content-length from the body (and keeps it, bodiless, for HEAD).
         return match requested_range(&parts.headers, total) {

@@ -1,0 +1,288 @@
+//! `GET /v1/auth`: nginx's `auth_request` subrequest, decided from the verdict cache (and on a
+//! miss by the policy's `on_miss`: allow, deny, or fetch and scan).
+//!
+//! # What nginx sends
+//! Headers its own config sets (`proxy_set_header` replaces a client's header of the same name,
+//! so a client cannot forge them), each exactly once:
+//! `x-clamgate-method`, `x-clamgate-scheme`, `x-clamgate-authority` (the request's Host),
+//! `x-clamgate-uri` (the original URI with its query) and `x-clamgate-policy` (the clamgate policy
+//! of that location); optionally `x-clamgate-request-id` and `x-clamgate-recheck: 1` (the
+//! upstream answered 412 to the validator this endpoint gave: forget the entry, look again).
+//! The client's other headers come along and are used only to match the `Vary` of a stored
+//! response and to ask the origin for the same variant.
+//!
+//! # What it answers
+//! - `200`: allowed. `x-clamgate-verdict` (`clean`, or `unscanned` when the policy allows it) and,
+//!   for an object known by a strong ETag, `x-clamgate-if-match`: nginx sends it upstream as
+//!   `If-Match`, so the client gets that version or a 412, never other bytes. A clean object
+//!   without a strong ETag is allowed only under an `immutable` policy; otherwise it is
+//!   `Unscanned { no_validator }` and its policy action.
+//! - `403`: refused. The answer the Envoy path would give travels in headers for nginx to replay:
+//!   `x-clamgate-status` (409, 502, 503...), `x-clamgate-verdict`, `x-clamgate-retry-after`
+//!   (engine trouble) and `x-clamgate-body` (the JSON body, also sent as this answer's body).
+//! - `400`: a header nginx must set is missing or repeated, or names an unknown policy (a broken
+//!   nginx config: nginx turns it into 500, which the shipped config answers 503).
+//!
+//! Only GET and HEAD are decided: nginx cannot show clamgate a request body, so any other method
+//! is `Unscanned { body_not_visible }` on a policy that scans anything.
+
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+
+use super::HttpState;
+use crate::audit::{audit, AuditContext};
+use crate::cache::{strong_etag, Resource, ResourceId, IMMUTABLE_VALIDATOR};
+use crate::config::{CacheMode, OnMiss};
+use crate::fetch::FetchRules;
+use crate::metrics::Source;
+use crate::policy::{decide, Decision, DecisionContext, Direction, Policy};
+use crate::scanner::{ResourceLookup, ScanReport};
+use crate::verdict::{UnscannedReason, Verdict};
+
+/// The prefix of every header nginx sets for clamgate; none of them counts as a request header
+/// of the client.
+const CONTROL_PREFIX: &str = "x-clamgate-";
+
+/// Headers of the subrequest that are nginx's, not the client's request.
+const NOT_CLIENT_HEADERS: [&str; 5] = ["host", "connection", "content-length", "transfer-encoding", "te"];
+
+/// The original request, as nginx describes it.
+#[derive(Debug)]
+struct AuthRequest {
+    method: String,
+    scheme: String,
+    authority: String,
+    uri: String,
+    policy: String,
+    request_id: String,
+    recheck: bool,
+    /// The client's headers (lower-case names), for `Vary`.
+    client_headers: Vec<(String, String)>,
+}
+
+/// Why a subrequest is not one the shipped nginx config sends.
+#[derive(Debug, thiserror::Error)]
+enum BadRequest {
+    #[error("{0} is missing (set it with proxy_set_header in the auth location)")]
+    Missing(&'static str),
+    #[error("{0} is repeated")]
+    Repeated(&'static str),
+    #[error("{0} is not ASCII text")]
+    NotText(&'static str),
+    #[error("x-clamgate-policy names no configured policy")]
+    UnknownPolicy,
+    #[error("x-clamgate-scheme, x-clamgate-authority and x-clamgate-uri do not make an http(s) URL")]
+    NotAResource,
+}
+
+pub async fn auth(State(state): State<super::HttpState>, headers: HeaderMap) -> Response {
+    let request = match AuthRequest::from_headers(&headers) {
+        Ok(request) => request,
+        Err(err) => return bad_request(&state, &err),
+    };
+    let Some(policy) = state.policies.named(&request.policy) else {
+        return bad_request(&state, &BadRequest::UnknownPolicy);
+    };
+    match verdict_for(&state, &request, &policy).await {
+        Ok(Found::NothingToScan) => {
+            state.metrics.record_auth_answer("not_scanned");
+            StatusCode::OK.into_response()
+        }
+        Ok(Found::Verdict { report, validator }) => {
+            answer(&state, &request, &policy, &report, validator.as_deref())
+        }
+        Err(err) => bad_request(&state, &err),
+    }
+}
+
+/// What `/v1/auth` found out about the request.
+enum Found {
+    /// The policy scans neither way: allowed, with no verdict to tell.
+    NothingToScan,
+    /// The verdict on the object, and the validator of the version it is about.
+    Verdict { report: ScanReport, validator: Option<String> },
+}
+
+impl AuthRequest {
+    fn from_headers(headers: &HeaderMap) -> Result<AuthRequest, BadRequest> {
+        let recheck = optional(headers, "x-clamgate-recheck")?.is_some_and(|value| value == "1");
+        let client_headers = headers
+            .iter()
+            .filter(|(name, _)| {
+                !name.as_str().starts_with(CONTROL_PREFIX) && !NOT_CLIENT_HEADERS.contains(&name.as_str())
+            })
+            .map(|(name, value)| {
+                (name.as_str().to_string(), String::from_utf8_lossy(value.as_bytes()).into_owned())
+            })
+            .collect();
+        Ok(AuthRequest {
+            method: required(headers, "x-clamgate-method")?,
+            scheme: required(headers, "x-clamgate-scheme")?,
+            authority: required(headers, "x-clamgate-authority")?,
+            uri: required(headers, "x-clamgate-uri")?,
+            policy: required(headers, "x-clamgate-policy")?,
+            request_id: optional(headers, "x-clamgate-request-id")?.unwrap_or_default(),
+            recheck,
+            client_headers,
+        })
+    }
+
+    /// GET and HEAD ask for a download; any other method sends a body nginx cannot show.
+    fn direction(&self) -> Direction {
+        if matches!(self.method.as_str(), "GET" | "HEAD") {
+            Direction::Response
+        } else {
+            Direction::Request
+        }
+    }
+
+    fn path(&self) -> &str {
+        self.uri.split('?').next().unwrap_or(&self.uri)
+    }
+}
+
+fn optional(headers: &HeaderMap, name: &'static str) -> Result<Option<String>, BadRequest> {
+    let mut values = headers.get_all(name).iter();
+    match (values.next(), values.next()) {
+        (None, _) => Ok(None),
+        (Some(_), Some(_)) => Err(BadRequest::Repeated(name)),
+        (Some(value), None) => {
+            value.to_str().map(|text| Some(text.to_string())).map_err(|_| BadRequest::NotText(name))
+        }
+    }
+}
+
+fn required(headers: &HeaderMap, name: &'static str) -> Result<String, BadRequest> {
+    optional(headers, name)?.filter(|value| !value.is_empty()).ok_or(BadRequest::Missing(name))
+}
+
+fn bad_request(state: &HttpState, err: &BadRequest) -> Response {
+    state.metrics.record_http_refused("bad_request");
+    tracing::error!(error = %err, "/v1/auth: a subrequest the nginx config should not send; answered 400");
+    (StatusCode::BAD_REQUEST, format!("{err}\n")).into_response()
+}
+
+/// The verdict for the request's object, from the cache or a fetch.
+async fn verdict_for(state: &HttpState, request: &AuthRequest, policy: &Policy) -> Result<Found, BadRequest> {
+    let rules = &policy.rules;
+    let not_cached =
+        |reason| Found::Verdict { report: unscanned(state, reason, request.direction()), validator: None };
+    if request.direction() == Direction::Request {
+        if !rules.scan_requests && !rules.scan_responses {
+            return Ok(Found::NothingToScan);
+        }
+        return Ok(not_cached(UnscannedReason::BodyNotVisible));
+    }
+    if !rules.scan_responses {
+        return Ok(Found::NothingToScan);
+    }
+    let id = ResourceId::from_request(&request.scheme, &request.authority, &request.uri)
+        .ok_or(BadRequest::NotAResource)?;
+    let resource = Resource { id, request_headers: request.client_headers.clone() };
+    if request.recheck {
+        // The upstream refused the validator this endpoint gave: that entry is stale.
+        state.scanner.forget_resource(&resource).await;
+    } else if rules.cache_mode != CacheMode::Off {
+        match state.scanner.lookup_resource(&resource).await {
+            ResourceLookup::Clean { known } => {
+                let report = ScanReport {
+                    verdict: Verdict::Clean,
+                    sha256: known.content.hex(),
+                    body_bytes: 0,
+                    engine: None,
+                    cached: true,
+                };
+                return Ok(Found::Verdict { report, validator: Some(known.validator) });
+            }
+            ResourceLookup::Infected(report) | ResourceLookup::InfectedUnlessChanged { report, .. } => {
+                return Ok(Found::Verdict { report, validator: None });
+            }
+            ResourceLookup::Miss => {}
+        }
+    }
+    match rules.on_miss {
+        OnMiss::Allow | OnMiss::Deny => Ok(not_cached(UnscannedReason::NotCached)),
+        OnMiss::Fetch => {
+            let fetch_rules = FetchRules { cache_mode: rules.cache_mode, immutable: rules.immutable };
+            let fetched = state.fetcher.fetch(&resource, fetch_rules).await;
+            Ok(Found::Verdict { report: fetched.report, validator: fetched.validator })
+        }
+    }
+}
+
+/// The report for a request that got no scan, counted as a verdict on a proxied body.
+fn unscanned(state: &HttpState, reason: UnscannedReason, direction: Direction) -> ScanReport {
+    state.scanner.report_unscanned("", 0, reason, Source::Proxied(direction))
+}
+
+/// Turns the verdict into `/v1/auth`'s answer (see the module documentation).
+fn answer(
+    state: &HttpState,
+    request: &AuthRequest,
+    policy: &Policy,
+    report: &ScanReport,
+    validator: Option<&str>,
+) -> Response {
+    let if_match = validator.and_then(strong_etag);
+    // A clean verdict that nginx cannot tie to the bytes it will fetch is no verdict on them.
+    let bound = if_match.is_some() || policy.rules.immutable;
+    let unbound;
+    let report = if report.verdict == Verdict::Clean && !bound {
+        unbound = ScanReport {
+            verdict: Verdict::Unscanned { reason: UnscannedReason::NoValidator },
+            ..report.clone()
+        };
+        &unbound
+    } else {
+        report
+    };
+    let direction = request.direction();
+    let sha256 = Some(report.sha256.as_str()).filter(|sha256| !sha256.is_empty());
+    let context = DecisionContext { direction, request_id: &request.request_id, sha256 };
+    let decision = decide(&report.verdict, policy, context);
+    let audit_context = AuditContext {
+        front_door: "nginx",
+        request_id: &request.request_id,
+        direction,
+        path: request.path(),
+    };
+    audit(audit_context, report, &decision);
+    let mut headers = HeaderMap::new();
+    let mut set = |name: &'static str, value: &str| {
+        if let Ok(value) = HeaderValue::from_str(value) {
+            headers.insert(HeaderName::from_static(name), value);
+        }
+    };
+    match decision {
+        Decision::Continue { verdict_header } => {
+            let result = match &report.verdict {
+                Verdict::Clean => "clean",
+                Verdict::Infected { .. } => "infected_reported",
+                Verdict::Unscanned { .. } => "unscanned_allowed",
+            };
+            state.metrics.record_auth_answer(result);
+            if let Some(verdict) = verdict_header {
+                set("x-clamgate-verdict", verdict);
+            }
+            // Under an immutable policy the version needs no pinning; an `immutable` entry has no ETag.
+            if let Some(etag) = if_match.filter(|etag| *etag != IMMUTABLE_VALIDATOR) {
+                set("x-clamgate-if-match", etag);
+            }
+            (StatusCode::OK, headers).into_response()
+        }
+        Decision::Block(block) => {
+            let result = if block.verdict == "infected" { "infected" } else { "unscanned_denied" };
+            state.metrics.record_auth_answer(result);
+            state.metrics.record_blocked(block.status);
+            set("x-clamgate-status", &block.status.to_string());
+            set("x-clamgate-verdict", block.verdict);
+            if let Some(secs) = block.retry_after_secs {
+                set("x-clamgate-retry-after", &secs.to_string());
+            }
+            let body = String::from_utf8_lossy(&block.body).into_owned();
+            set("x-clamgate-body", &body);
+            (StatusCode::FORBIDDEN, headers, body).into_response()
+        }
+    }
+}
