@@ -258,8 +258,14 @@ pub(super) fn distinct_listeners(other_key: &str, other: SocketAddr, this: Socke
 
 /// `[fetch]`: timeouts, the concurrency bound, the CA file, and one origin per host.
 fn check_fetch(fetch: &FetchConfig, checker: &mut Checker<'_>) {
-    let FetchConfig { origins, connect_timeout_ms, download_timeout_ms, max_concurrent, max_redirects, tls_ca_file } =
-        fetch;
+    let FetchConfig {
+        origins,
+        connect_timeout_ms,
+        download_timeout_ms,
+        max_concurrent,
+        max_redirects,
+        tls_ca_file,
+    } = fetch;
     let mut seen = BTreeSet::new();
     for (i, origin) in origins.iter().enumerate() {
         if !seen.insert(origin.host_pattern()) {

@@ -12,6 +12,8 @@ use tokio::task::JoinHandle;
 pub struct ClamgateInstance {
     pub grpc_addr: SocketAddr,
     pub admin_addr: SocketAddr,
+    /// The HTTP listener (`/v1/auth`), when the config sets `listen.http_addr`.
+    pub http_addr: Option<SocketAddr>,
     shutdown: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
 }
@@ -78,9 +80,16 @@ impl ClamgateInstance {
         let admin_addr = admin.local_addr().expect("admin addr");
         config.listen.grpc_addr = grpc_addr;
         config.listen.admin_addr = admin_addr;
+        // An HTTP listener only when the test asks for one (any address: port 0 is bound here).
+        let http = match config.listen.http_addr {
+            Some(_) => Some(TcpListener::bind("127.0.0.1:0").await.expect("bind HTTP listener")),
+            None => None,
+        };
+        let http_addr = http.as_ref().map(|listener| listener.local_addr().expect("HTTP addr"));
+        config.listen.http_addr = http_addr;
         let (shutdown, stop) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
-            let listeners = clamgate::app::Listeners { grpc, admin };
+            let listeners = clamgate::app::Listeners { grpc, admin, http };
             let stopped = async move {
                 let _ = stop.await;
             };
@@ -88,7 +97,17 @@ impl ClamgateInstance {
                 panic!("clamgate failed: {err}");
             }
         });
-        ClamgateInstance { grpc_addr, admin_addr, shutdown: Some(shutdown), task }
+        ClamgateInstance { grpc_addr, admin_addr, http_addr, shutdown: Some(shutdown), task }
+    }
+
+    /// Shuts clamgate down (as SIGTERM would) and waits until it has stopped: its listeners are
+    /// closed afterwards.
+    pub async fn stop(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(40), &mut self.task).await;
+        self.task.abort();
     }
 
     /// Starts clamgate and waits until `/readyz` says a clamd answered and detected EICAR.

@@ -9,6 +9,7 @@ pub mod clamgate_process;
 pub mod envoy;
 pub mod gen;
 pub mod http;
+pub mod nginx;
 pub mod redis;
 pub mod samples;
 pub mod scan;

@@ -32,6 +32,13 @@ impl Stack {
 
     /// Starts everything around a clamd the test started (e.g. with a daily database).
     pub async fn start_with_clamd(clamd: ClamdProcess, adjust: impl FnOnce(&mut Config)) -> Stack {
+        Stack::start_edited(clamd, |config, _| adjust(config), |config| config).await
+    }
+
+    /// Starts everything, letting the test adjust clamgate's config knowing the upstream's
+    /// address (e.g. to name it as a fetch origin).
+    pub async fn start_knowing_upstream(adjust: impl FnOnce(&mut Config, std::net::SocketAddr)) -> Stack {
+        let clamd = tokio::task::spawn_blocking(ClamdProcess::start).await.expect("start clamd");
         Stack::start_edited(clamd, adjust, |config| config).await
     }
 
@@ -42,18 +49,18 @@ impl Stack {
         edit_envoy: impl FnOnce(String) -> String + Send + 'static,
     ) -> Stack {
         let clamd = tokio::task::spawn_blocking(ClamdProcess::start).await.expect("start clamd");
-        Stack::start_edited(clamd, adjust, edit_envoy).await
+        Stack::start_edited(clamd, |config, _| adjust(config), edit_envoy).await
     }
 
     async fn start_edited(
         clamd: ClamdProcess,
-        adjust: impl FnOnce(&mut Config),
+        adjust: impl FnOnce(&mut Config, std::net::SocketAddr),
         edit_envoy: impl FnOnce(String) -> String + Send + 'static,
     ) -> Stack {
-        let mut config = test_config(&clamd.address());
-        adjust(&mut config);
-        let clamgate = ClamgateInstance::start_ready(config).await;
         let upstream = Upstream::start().await;
+        let mut config = test_config(&clamd.address());
+        adjust(&mut config, upstream.addr());
+        let clamgate = ClamgateInstance::start_ready(config).await;
         let (grpc, upstream_addr) = (clamgate.grpc_addr, upstream.addr());
         let envoy = tokio::task::spawn_blocking(move || {
             let config = edit_envoy(super::envoy::render_config(grpc, upstream_addr));

@@ -193,7 +193,9 @@ async fn handle(State(state): State<Shared>, request: Request) -> Response {
         if let Some(wanted) = parts.headers.get(header::IF_MATCH).and_then(|value| value.to_str().ok()) {
             let etag = file.headers.get(header::ETAG).and_then(|value| value.to_str().ok());
             let matches = wanted.trim() == "*" && etag.is_some()
-                || etag.is_some_and(|etag| !etag.starts_with("W/") && wanted.split(',').any(|w| w.trim() == etag));
+                || etag.is_some_and(|etag| {
+                    !etag.starts_with("W/") && wanted.split(',').any(|w| w.trim() == etag)
+                });
             if !matches {
                 return (StatusCode::PRECONDITION_FAILED, "if-match failed\n").into_response();
             }

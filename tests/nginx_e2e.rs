@@ -1,0 +1,403 @@
+//! The shipped `nginx/nginx.conf` in front of the sample upstream, with clamgate deciding
+//! downloads through `auth_request` (`GET /v1/auth`) and Envoy scanning uploads: real nginx,
+//! real Envoy, real clamd, clamgate in process; ports substituted as the Envoy tests do.
+//!
+//! The nginx locations: `/files/` with the default policy (a miss is refused), `/mirror/` with
+//! the policy `mirror` (resource keys, fetch on a miss from the origin `mirror.test`), `/upload/`
+//! through Envoy. Requests carry `Host: mirror.test`, as they would in production with both
+//! proxies serving one site, so Envoy and nginx compute the same resource keys.
+
+mod support;
+
+use clamgate::config::{Config, OnMiss, PolicyConfig};
+use support::nginx::{http_token_file, NginxProcess, NginxTargets};
+use support::samples;
+use support::stack::Stack;
+
+const HOST: &str = "mirror.test";
+
+/// A stack with nginx beside Envoy.
+struct NginxStack {
+    stack: Stack,
+    nginx: NginxProcess,
+}
+
+/// clamgate's config for these tests: the HTTP listener with the token, `mirror` fetching from
+/// the upstream as the origin of `mirror.test`, and `open` allowing misses.
+fn nginx_config(config: &mut Config) {
+    config.listen.http_addr = Some("127.0.0.1:0".parse().unwrap());
+    config.listen.http_token_file = Some(http_token_file());
+    if let Some(mirror) = config.policies.get_mut("mirror") {
+        mirror.on_miss = OnMiss::Fetch;
+    }
+    let open = PolicyConfig { on_miss: OnMiss::Allow, ..PolicyConfig::default() };
+    config.policies.insert("open".to_string(), open);
+}
+
+impl NginxStack {
+    async fn start() -> NginxStack {
+        NginxStack::start_with(|_| {}, |config| config).await
+    }
+
+    async fn start_with(
+        adjust: impl FnOnce(&mut Config),
+        edit_nginx: impl FnOnce(String) -> String + Send + 'static,
+    ) -> NginxStack {
+        let stack = Stack::start_knowing_upstream(|config, upstream| {
+            nginx_config(config);
+            config.fetch.origins = vec![format!("{HOST} = http://{upstream}").parse().unwrap()];
+            adjust(config);
+        })
+        .await;
+        let targets = NginxTargets {
+            clamgate_http: stack.clamgate.http_addr.expect("clamgate's HTTP listener"),
+            upstream: stack.upstream.addr(),
+            envoy: Some(stack.envoy.addr()),
+        };
+        let nginx = tokio::task::spawn_blocking(move || NginxProcess::start_with(targets, edit_nginx))
+            .await
+            .expect("start nginx");
+        NginxStack { stack, nginx }
+    }
+
+    async fn get(&self, path: &str) -> reqwest::Response {
+        self.stack
+            .http
+            .get(self.nginx.url(path))
+            .header("host", HOST)
+            .send()
+            .await
+            .expect("GET through nginx")
+    }
+
+    async fn get_through_envoy(&self, path: &str) -> reqwest::Response {
+        self.stack
+            .http
+            .get(self.stack.envoy.url(path))
+            .header("host", HOST)
+            .send()
+            .await
+            .expect("GET through Envoy")
+    }
+
+    async fn metric(&self, sample: &str) -> f64 {
+        self.stack.clamgate.metric(sample).await
+    }
+}
+
+fn verdict(response: &reqwest::Response) -> Option<String> {
+    response.headers().get("x-clamgate-verdict").map(|v| v.to_str().unwrap_or_default().to_string())
+}
+
+async fn json(response: reqwest::Response) -> serde_json::Value {
+    let text = response.text().await.expect("body");
+    serde_json::from_str(&text).unwrap_or_else(|err| panic!("not JSON ({err}): {text}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_verdict_written_by_envoy_is_answered_by_nginx() {
+    let env = NginxStack::start().await;
+    let clean = samples::clean_sample(10_000);
+    env.stack.upstream.put_file_with_headers("clean.bin", clean.clone(), &[("etag", "\"v1\"")]);
+    env.stack.upstream.put_file_with_headers("eicar.com", samples::eicar(), &[("etag", "\"e1\"")]);
+
+    // Envoy's /mirror/ route scans both and stores them by resource.
+    assert_eq!(env.get_through_envoy("/mirror/clean.bin").await.status(), 200);
+    assert_eq!(env.get_through_envoy("/mirror/eicar.com").await.status(), 409);
+    let scans = env.stack.clamd_scans().await;
+    let upstream_hits = env.stack.upstream.hits("/mirror/eicar.com");
+
+    // nginx's /mirror/ gets clamgate's verdicts from the cache: no new scan, no fetch.
+    let response = env.get("/mirror/clean.bin").await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(verdict(&response).as_deref(), Some("clean"));
+    assert_eq!(response.bytes().await.unwrap().as_ref(), clean.as_slice(), "byte-identical");
+    // nginx sent the scanned version's ETag upstream.
+    let sent = env.stack.upstream.received_headers("/mirror/clean.bin").unwrap();
+    assert_eq!(sent.get("if-match").map(|v| v.to_str().unwrap()), Some("\"v1\""));
+
+    let response = env.get("/mirror/eicar.com").await;
+    assert_eq!(response.status(), 409);
+    assert_eq!(verdict(&response).as_deref(), Some("infected"));
+    assert_eq!(response.headers().get("content-type").unwrap(), "application/json");
+    let body = json(response).await;
+    assert_eq!(body["verdict"], "infected");
+    assert!(body["signature"].as_str().unwrap().contains("Eicar"), "{body}");
+    assert_eq!(
+        env.stack.upstream.hits("/mirror/eicar.com"),
+        upstream_hits,
+        "the infected object was not fetched"
+    );
+    assert_eq!(env.stack.clamd_scans().await, scans, "answered from the cache");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_verdict_fetched_for_nginx_is_honoured_by_envoy() {
+    let env = NginxStack::start().await;
+    env.stack.upstream.put_file_with_headers("eicar.com", samples::eicar(), &[("etag", "\"e1\"")]);
+    let clean = samples::clean_sample(5_000);
+    env.stack.upstream.put_file_with_headers("clean.bin", clean.clone(), &[("etag", "\"c1\"")]);
+
+    // A miss under `mirror`: clamgate fetches, scans, caches, then answers.
+    let response = env.get("/mirror/eicar.com").await;
+    assert_eq!(response.status(), 409);
+    assert_eq!(json(response).await["verdict"], "infected");
+    let response = env.get("/mirror/clean.bin").await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.bytes().await.unwrap().as_ref(), clean.as_slice());
+    assert_eq!(env.metric("clamgate_fetches_total{outcome=\"scanned\"}").await, 2.0);
+    let scans = env.stack.clamd_scans().await;
+
+    // Envoy finds both by resource: no new scan.
+    assert_eq!(env.get_through_envoy("/mirror/eicar.com").await.status(), 409);
+    let response = env.get_through_envoy("/mirror/clean.bin").await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.bytes().await.unwrap().as_ref(), clean.as_slice());
+    assert_eq!(env.stack.clamd_scans().await, scans, "Envoy used the fetched verdicts");
+    assert!(
+        env.metric("clamgate_cache_lookups_total{key=\"resource\",tier=\"memory\",result=\"hit\"}").await
+            >= 2.0
+    );
+
+    // And nginx again: cached, so no second fetch.
+    assert_eq!(env.get("/mirror/eicar.com").await.status(), 409);
+    assert_eq!(env.metric("clamgate_fetches_total{outcome=\"scanned\"}").await, 2.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_miss_gets_the_policy_answer_deny_allow_or_fetch() {
+    // /files/ under the default policy (deny); /open/ a copy of it under `open` (allow).
+    let env = NginxStack::start_with(
+        |_| {},
+        |config| {
+            let files = config.find("        location /files/ {").expect("the /files/ location");
+            let end = files + config[files..].find("        }\n").unwrap() + "        }\n".len();
+            let open = config[files..end].replace("/files/", "/open/").replace("default", "open");
+            let proxied = open.replace(
+                "proxy_pass $clamgate_upstream;",
+                "rewrite ^/open/(.*)$ /files/$1 break;\n            proxy_pass $clamgate_upstream;",
+            );
+            format!("{}{}{}", &config[..end], proxied, &config[end..])
+        },
+    )
+    .await;
+    let bytes = samples::clean_sample(2_000);
+    env.stack.upstream.put_file_with_headers("new.bin", bytes.clone(), &[("etag", "\"n1\"")]);
+
+    // deny: refused, never fetched from the upstream.
+    let response = env.get("/files/new.bin").await;
+    assert_eq!(response.status(), 502);
+    assert_eq!(verdict(&response).as_deref(), Some("unscanned"));
+    let body = json(response).await;
+    assert_eq!((body["verdict"].as_str(), body["reason"].as_str()), (Some("unscanned"), Some("not_cached")));
+    assert_eq!(env.stack.upstream.hits("/files/new.bin"), 0);
+
+    // allow: served, marked unscanned, counted.
+    let response = env.get("/open/new.bin").await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(verdict(&response).as_deref(), Some("unscanned"));
+    assert_eq!(response.bytes().await.unwrap().as_ref(), bytes.as_slice());
+    assert_eq!(env.metric("clamgate_auth_answers_total{result=\"unscanned_allowed\"}").await, 1.0);
+
+    // fetch: scanned, then served.
+    env.stack.upstream.put_file_with_headers("new.bin", bytes.clone(), &[("etag", "\"n1\"")]);
+    let response = env.get("/mirror/new.bin").await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(verdict(&response).as_deref(), Some("clean"));
+    assert_eq!(response.bytes().await.unwrap().as_ref(), bytes.as_slice());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fetched_archives_and_encoded_objects_are_scanned_inside() {
+    let env = NginxStack::start().await;
+    env.stack.upstream.put_file_with_headers("eicar.zip", samples::eicar_zip(), &[("etag", "\"z1\"")]);
+    let gzipped = {
+        use std::io::Write;
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        encoder.write_all(&samples::eicar()).unwrap();
+        encoder.finish().unwrap()
+    };
+    env.stack.upstream.put_file_with_headers(
+        "eicar.txt",
+        gzipped,
+        &[("etag", "\"g1\""), ("content-encoding", "gzip")],
+    );
+    for path in ["/mirror/eicar.zip", "/mirror/eicar.txt"] {
+        let response = env.get(path).await;
+        assert_eq!(response.status(), 409, "{path}");
+        assert_eq!(json(response).await["verdict"], "infected", "{path}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_object_swapped_after_the_check_never_reaches_the_client() {
+    let env = NginxStack::start().await;
+    let v1 = samples::clean_sample(3_000);
+    env.stack.upstream.put_file_with_headers("pkg.bin", v1.clone(), &[("etag", "\"v1\"")]);
+    assert_eq!(env.get("/mirror/pkg.bin").await.status(), 200);
+
+    // The origin now serves an infected object under the same URL. clamgate's entry still says
+    // v1 is clean; nginx asks the upstream for v1 only (If-Match), gets 412, and clamgate
+    // rechecks: the new object is scanned before anything is sent.
+    env.stack.upstream.put_file_with_headers("pkg.bin", samples::eicar(), &[("etag", "\"v2\"")]);
+    let response = env.get("/mirror/pkg.bin").await;
+    assert_eq!(response.status(), 409);
+    let body = response.text().await.unwrap();
+    assert!(!body.contains("EICAR-STANDARD"), "infected bytes reached the client: {body}");
+    // v1 and then v2 were fetched and scanned; the upstream saw nginx ask for v1 only.
+    assert_eq!(env.metric("clamgate_fetches_total{outcome=\"scanned\"}").await, 2.0);
+
+    // A clean v3: rechecked, scanned, served whole.
+    let v3 = samples::clean_sample(4_000);
+    env.stack.upstream.put_file_with_headers("pkg.bin", v3.clone(), &[("etag", "\"v3\"")]);
+    // The infected v2 entry stands until it expires or is rechecked: still refused.
+    assert_eq!(env.get("/mirror/pkg.bin").await.status(), 409);
+
+    // A clean object swapped for another clean one: rechecked and served, the new bytes whole.
+    let w1 = samples::clean_sample(6_000);
+    env.stack.upstream.put_file_with_headers("lib.bin", w1.clone(), &[("etag", "\"w1\"")]);
+    assert_eq!(env.get("/mirror/lib.bin").await.bytes().await.unwrap().as_ref(), w1.as_slice());
+    let w2 = samples::clean_sample(7_000);
+    env.stack.upstream.put_file_with_headers("lib.bin", w2.clone(), &[("etag", "\"w2\"")]);
+    let response = env.get("/mirror/lib.bin").await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(verdict(&response).as_deref(), Some("clean"));
+    assert_eq!(response.bytes().await.unwrap().as_ref(), w2.as_slice());
+    let sent = env.stack.upstream.received_headers("/mirror/lib.bin").unwrap();
+    assert_eq!(sent.get("if-match").map(|v| v.to_str().unwrap()), Some("\"w2\""));
+    assert_eq!(env.metric("clamgate_fetches_total{outcome=\"scanned\"}").await, 4.0);
+
+    // Without a strong ETag (and not immutable), a clean object cannot be pinned: refused.
+    env.stack.upstream.put_file_with_headers("weak.bin", v1.clone(), &[("etag", "W/\"w1\"")]);
+    let response = env.get("/mirror/weak.bin").await;
+    assert_eq!(response.status(), 502);
+    assert_eq!(json(response).await["reason"], "no_validator");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_headers_change_nothing_and_no_request_picks_the_origin() {
+    let env = NginxStack::start().await;
+    env.stack.upstream.put_file_with_headers("eicar.com", samples::eicar(), &[("etag", "\"e1\"")]);
+    let forged = env
+        .stack
+        .http
+        .get(env.nginx.url("/files/eicar.com"))
+        .header("host", HOST)
+        .header("x-clamgate-policy", "open")
+        .header("x-clamgate-uri", "/files/clean.bin")
+        .header("x-clamgate-method", "POST")
+        .header("x-clamgate-verdict", "clean")
+        .header("x-clamgate-token", "guess")
+        .header("x-original-uri", "/files/clean.bin")
+        .send()
+        .await
+        .unwrap();
+    // The default policy (deny) still decides, about the real URI.
+    assert_eq!(forged.status(), 502);
+    assert_eq!(json(forged).await["reason"], "not_cached");
+    assert_eq!(env.stack.upstream.hits("/files/eicar.com"), 0);
+
+    // A host with no origin in fetch.origins: nothing is fetched from anywhere.
+    let response = env
+        .stack
+        .http
+        .get(env.nginx.url("/mirror/eicar.com"))
+        .header("host", "evil.test")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 502);
+    assert_eq!(json(response).await["reason"], "origin_error");
+    assert_eq!(env.metric("clamgate_fetches_total{outcome=\"no_origin\"}").await, 1.0);
+    assert_eq!(env.stack.upstream.total_hits(), 0);
+
+    // /v1/auth itself without the token: 401, counted.
+    let addr = env.stack.clamgate.http_addr.unwrap();
+    let direct = env
+        .stack
+        .http
+        .get(format!("http://{addr}/v1/auth"))
+        .header("x-clamgate-method", "GET")
+        .header("x-clamgate-scheme", "http")
+        .header("x-clamgate-authority", HOST)
+        .header("x-clamgate-uri", "/mirror/eicar.com")
+        .header("x-clamgate-policy", "mirror")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(direct.status(), 401);
+    assert_eq!(env.metric("clamgate_http_refused_total{reason=\"unauthenticated\"}").await, 1.0);
+    assert_eq!(env.stack.upstream.total_hits(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_concurrent_misses_make_one_download_and_one_scan() {
+    let env = NginxStack::start().await;
+    let bytes = samples::clean_sample(200_000);
+    env.stack.upstream.put_file_with_headers("big.bin", bytes.clone(), &[("etag", "\"b1\"")]);
+    let scans = env.stack.clamd_scans().await;
+    let requests = (0..20).map(|_| env.get("/mirror/big.bin"));
+    for response in futures_util::future::join_all(requests).await {
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.bytes().await.unwrap().len(), bytes.len());
+    }
+    assert_eq!(env.metric("clamgate_fetches_total{outcome=\"scanned\"}").await, 1.0, "one download");
+    assert_eq!(env.stack.clamd_scans().await - scans, 1.0, "one scan");
+    // 20 requests by nginx, 1 by clamgate's fetch.
+    assert_eq!(env.stack.upstream.hits("/mirror/big.bin"), 21);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_through_nginx_are_scanned_by_envoy() {
+    let env = NginxStack::start().await;
+    let response = env
+        .stack
+        .http
+        .post(env.nginx.url("/upload/eicar.com"))
+        .header("host", HOST)
+        .body(samples::eicar())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 409);
+    assert_eq!(env.stack.upstream.received("eicar.com"), None, "the infected upload never arrived");
+    let clean = samples::clean_sample(50_000);
+    let response = env
+        .stack
+        .http
+        .post(env.nginx.url("/upload/clean.bin"))
+        .header("host", HOST)
+        .body(clean.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    assert_eq!(env.stack.upstream.received("clean.bin"), Some(clean));
+
+    // Under nginx alone (no Envoy), a body auth_request cannot see is refused on a scanning policy.
+    let response = env
+        .stack
+        .http
+        .post(env.nginx.url("/files/x"))
+        .header("host", HOST)
+        .body("data")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 422);
+    assert_eq!(json(response).await["reason"], "body_not_visible");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nginx_refuses_when_clamgate_is_down() {
+    let mut env = NginxStack::start().await;
+    env.stack.upstream.put_file_with_headers("clean.bin", samples::clean_sample(100), &[("etag", "\"c\"")]);
+    assert_eq!(env.get("/mirror/clean.bin").await.status(), 200);
+    env.stack.clamgate.stop().await;
+    for path in ["/mirror/clean.bin", "/files/clean.bin"] {
+        let response = env.get(path).await;
+        assert_eq!(response.status(), 503, "{path}");
+        assert!(response.headers().contains_key("retry-after"));
+        assert_ne!(verdict(&response).as_deref(), Some("clean"));
+    }
+}
