@@ -4,11 +4,15 @@
 #   clamd :3310 (test signatures from testdata/clamav/)   Redis :6379 (no persistence)
 #   sample upstream :8080 (scripts/demo_upstream.py)      clamgate :50051 gRPC, :9090 admin
 #   Envoy :10000 with the shipped envoy/envoy.yaml, admin :9901
+#   nginx :8088 with the shipped nginx/nginx.conf, asking clamgate's HTTP listener :8181
 #
 # Shows: a clean download passes byte-identical with x-clamgate-verdict: clean; an EICAR download
 # and an EICAR upload get 409 (upstream never stores the upload); a clean upload passes; a client's
 # forged x-clamgate-verdict header changes nothing; a gRPC caller without the shared token (one
 # posing as Envoy) is refused with UNAUTHENTICATED; with clamgate stopped, Envoy answers 503.
+# Through nginx: a clean download fetched and scanned on a miss (200), then answered from the cache;
+# an infected one 409; an infected upload 409 (nginx sends uploads through Envoy); with clamgate
+# stopped, nginx answers 503.
 # The shared token is random, made at start, given to clamgate (listen.grpc_token_file) and to
 # Envoy (a copy of envoy/envoy.yaml with the token in place of its placeholder).
 # Prints PASS/FAIL per check and exits non-zero on any failure. Every process is stopped on exit.
@@ -41,6 +45,8 @@ GRPC_PORT=50051
 ADMIN_PORT=9090
 ENVOY_PORT=10000
 ENVOY_ADMIN_PORT=9901
+NGINX_PORT=8088
+HTTP_PORT=8181
 START_TIMEOUT_SECS=60
 
 log() { echo "demo: $*"; }
@@ -131,8 +137,8 @@ envoy_clamgate_healthy() {
 }
 
 # --- preflight -----------------------------------------------------------------------------------
-ports=("$CLAMD_PORT" "$REDIS_PORT" "$UPSTREAM_PORT" "$ENVOY_PORT" "$ENVOY_ADMIN_PORT")
-((WITH_CLAMGATE)) && ports+=("$GRPC_PORT" "$ADMIN_PORT")
+ports=("$CLAMD_PORT" "$REDIS_PORT" "$UPSTREAM_PORT" "$ENVOY_PORT" "$ENVOY_ADMIN_PORT" "$NGINX_PORT")
+((WITH_CLAMGATE)) && ports+=("$GRPC_PORT" "$ADMIN_PORT" "$HTTP_PORT")
 for port in "${ports[@]}"; do
     port_in_use "$port" && die "127.0.0.1:$port is in use; the demo needs ports ${ports[*]}"
 done
@@ -153,6 +159,16 @@ GRPC_TOKEN="$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')"
 printf '%s\n' "$GRPC_TOKEN" >"$WORK/grpc-token"
 sed -e "s|REPLACE_WITH_CLAMGATE_GRPC_TOKEN|$GRPC_TOKEN|" envoy/envoy.yaml >"$WORK/envoy.yaml"
 grep -q "Bearer $GRPC_TOKEN" "$WORK/envoy.yaml" || die "envoy/envoy.yaml has no token placeholder"
+# And the one nginx sends to clamgate's HTTP listener (x-clamgate-token).
+HTTP_TOKEN="$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+printf '%s\n' "$HTTP_TOKEN" >"$WORK/http-token"
+NGINX_DIR="$WORK/nginx"
+mkdir -p "$NGINX_DIR/clamgate" "$NGINX_DIR/tmp"
+cp nginx/nginx.conf "$NGINX_DIR/nginx.conf"
+for file in clamgate-server.conf clamgate-location.conf clamgate-verdict.conf; do
+    sed -e "s|REPLACE_WITH_CLAMGATE_HTTP_TOKEN|$HTTP_TOKEN|" "nginx/$file" >"$NGINX_DIR/clamgate/$file"
+done
+grep -q "$HTTP_TOKEN" "$NGINX_DIR/clamgate/clamgate-server.conf" || die "nginx/clamgate-server.conf has no token placeholder"
 umask 022
 
 # --- clamd ---------------------------------------------------------------------------------------
@@ -193,6 +209,9 @@ grpc_addr = "127.0.0.1:$GRPC_PORT"
 admin_addr = "127.0.0.1:$ADMIN_PORT"
 # Only a caller with this token (Envoy) may open ext_proc streams or call the Scan API.
 grpc_token_file = "$WORK/grpc-token"
+# nginx's auth_request endpoint (GET /v1/auth), for callers with this token only.
+http_addr = "127.0.0.1:$HTTP_PORT"
+http_token_file = "$WORK/http-token"
 
 [clamd]
 address = "tcp://127.0.0.1:$CLAMD_PORT"
@@ -200,9 +219,15 @@ address = "tcp://127.0.0.1:$CLAMD_PORT"
 [cache]
 redis_url = "redis://127.0.0.1:$REDIS_PORT"
 
-# envoy/envoy.yaml routes /mirror/ with this policy (gRPC metadata x-clamgate-policy: mirror).
+# Where clamgate downloads an object nginx asks about and the cache does not know (on_miss).
+[fetch]
+origins = ["127.0.0.1 = http://127.0.0.1:$UPSTREAM_PORT"]
+
+# envoy/envoy.yaml routes /mirror/ with this policy (gRPC metadata x-clamgate-policy: mirror), and
+# nginx/nginx.conf its location /mirror/.
 [policies.mirror]
 cache_mode = "resource"
+on_miss = "fetch"
 EOF
     start clamgate "$WORK/clamgate.log" target/release/clamgate serve --config "$WORK/clamgate.toml"
     wait_for clamgate "ready (/readyz 200)" http_ok "http://127.0.0.1:$ADMIN_PORT/readyz"
@@ -215,6 +240,12 @@ start envoy "$WORK/envoy.log" "$ENVOY_BIN" -c "$WORK/envoy.yaml" --disable-hot-r
     --log-level warning
 wait_for envoy "ready (admin /ready 200)" http_ok "http://127.0.0.1:$ENVOY_ADMIN_PORT/ready"
 ((WITH_CLAMGATE)) && wait_for envoy "sees clamgate healthy (gRPC health check)" envoy_clamgate_healthy
+
+# --- nginx ---------------------------------------------------------------------------------------
+# The shipped nginx/nginx.conf, its prefix in the work dir (pid, temp files), in the foreground.
+NGINX_BIN="${NGINX_BIN:-$(command -v nginx || echo /usr/sbin/nginx)}"
+start nginx "$WORK/nginx.log" "$NGINX_BIN" -p "$NGINX_DIR" -c "$NGINX_DIR/nginx.conf" -g 'daemon off;'
+wait_for nginx "accepts connections" port_in_use "$NGINX_PORT"
 
 # --- checks --------------------------------------------------------------------------------------
 RESULTS=()
@@ -234,6 +265,7 @@ request() {
 }
 header() { grep -i "^$1:" "$HEADERS" | head -n 1 | cut -d: -f2- | tr -d ' \r'; }
 ENVOY="http://127.0.0.1:$ENVOY_PORT"
+NGINX="http://127.0.0.1:$NGINX_PORT"
 
 if ((WITH_CLAMGATE)); then
     echo
@@ -281,6 +313,37 @@ if ((WITH_CLAMGATE)); then
         fail "PUT clean upload: status $STATUS"
     fi
 
+    echo
+    log "nginx: GET /mirror/clean.txt (not in the cache: clamgate fetches it from the origin and scans it)"
+    request nginx-fetch "$NGINX/mirror/clean.txt"
+    if [[ "$STATUS" == 200 ]] && cmp -s "$BODY" "$WWW/clean.txt" && [[ "$(header x-clamgate-verdict)" == clean ]]; then
+        pass "nginx GET /mirror/clean.txt (fetch on miss): 200, byte-identical, x-clamgate-verdict: clean"
+    else
+        fail "nginx GET /mirror/clean.txt (fetch on miss): status $STATUS, verdict '$(header x-clamgate-verdict)'"
+    fi
+    log "nginx: GET /mirror/clean.txt again (answered from the verdict cache)"
+    request nginx-hit "$NGINX/mirror/clean.txt"
+    if [[ "$STATUS" == 200 ]] && cmp -s "$BODY" "$WWW/clean.txt"; then
+        pass "nginx GET /mirror/clean.txt (cache hit): 200, byte-identical"
+    else
+        fail "nginx GET /mirror/clean.txt (cache hit): status $STATUS"
+    fi
+    log "nginx: GET /mirror/eicar.com"
+    request nginx-eicar "$NGINX/mirror/eicar.com"
+    echo "    $(cat "$BODY")"
+    if [[ "$STATUS" == 409 ]] && grep -q '"verdict":"infected"' "$BODY"; then
+        pass "nginx GET /mirror/eicar.com: 409 with the infected verdict"
+    else
+        fail "nginx GET /mirror/eicar.com: status $STATUS (expected 409)"
+    fi
+    log "nginx: POST /upload/eicar2.com (nginx sends uploads through Envoy)"
+    request nginx-upload --data-binary "@$WWW/eicar.com" "$NGINX/upload/eicar2.com"
+    if [[ "$STATUS" == 409 && ! -e "$WWW/uploads/eicar2.com" ]]; then
+        pass "nginx POST infected upload: 409, never stored by the upstream"
+    else
+        fail "nginx POST infected upload: status $STATUS"
+    fi
+
     # A direct gRPC caller posing as Envoy, without the token: refused before clamgate reads a
     # message (a trailers-only answer, grpc-status 16), so it cannot write a verdict.
     log "ext_proc stream straight to clamgate, without the token"
@@ -309,6 +372,7 @@ if ((KEEP)); then
     log "the stack is running (Ctrl-C to stop it):"
     log "  curl -i $ENVOY/clean.txt          curl -i $ENVOY/eicar.com"
     log "  curl -i --data-binary @FILE $ENVOY/upload/NAME"
+    log "  curl -i $NGINX/mirror/clean.txt  curl -i $NGINX/mirror/eicar.com   (nginx, auth_request)"
     ((WITH_CLAMGATE)) && log "  clamgate admin: http://127.0.0.1:$ADMIN_PORT/metrics"
     log "  Envoy admin: http://127.0.0.1:$ENVOY_ADMIN_PORT/   logs: $WORK"
     # Returns when any process of the stack exits; Ctrl-C runs the cleanup trap instead.
@@ -334,6 +398,13 @@ if [[ "$STATUS" == 503 && "$before" == "$after" ]]; then
     pass "GET with clamgate down: 503 from Envoy, upstream not called"
 else
     fail "GET with clamgate down: status $STATUS (expected 503), upstream calls $before -> $after"
+fi
+log "nginx: GET /mirror/clean.txt with clamgate down"
+request nginx-down "$NGINX/mirror/clean.txt"
+if [[ "$STATUS" == 503 ]]; then
+    pass "nginx GET with clamgate down: 503"
+else
+    fail "nginx GET with clamgate down: status $STATUS (expected 503)"
 fi
 
 summary

@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """A sample upstream for the clamgate demo and docker-compose.yml (not for production).
 
-GET/HEAD /NAME          serves DIR/NAME as application/octet-stream (404 if absent)
+GET/HEAD /NAME          serves DIR/NAME as application/octet-stream (404 if absent), with a
+                        strong ETag (its SHA-256); /files/NAME and /mirror/NAME serve the same
+                        file (the nginx demo's locations). If-Match without that ETag: 412.
 POST/PUT /upload/NAME   stores the body as DIR/uploads/NAME and answers 201 with JSON
                         {"stored": NAME, "bytes": N, "sha256": HEX}
 GET /healthz            200 "ok"
@@ -45,13 +47,21 @@ class Handler(http.server.BaseHTTPRequestHandler):
         path = self.path.split("?", 1)[0]
         if path == "/healthz":
             return self.reply(200, b"ok\n", "text/plain", send_body)
-        name = safe_name(path.lstrip("/"))
+        path = path.lstrip("/")
+        for prefix in ("files/", "mirror/"):
+            if path.startswith(prefix):
+                path = path[len(prefix):]
+        name = safe_name(path)
         file = os.path.join(self.root, name) if name else None
         if not file or not os.path.isfile(file):
             return self.reply(404, b"not found\n", "text/plain", send_body)
         with open(file, "rb") as f:
             data = f.read()
-        self.reply(200, data, "application/octet-stream", send_body)
+        etag = '"%s"' % hashlib.sha256(data).hexdigest()[:32]
+        wanted = self.headers.get("If-Match")
+        if wanted is not None and wanted.strip() != "*" and etag not in [w.strip() for w in wanted.split(",")]:
+            return self.reply(412, b"precondition failed\n", "text/plain", send_body)
+        self.reply(200, data, "application/octet-stream", send_body, etag=etag)
 
     def store(self):
         path = self.path.split("?", 1)[0]
@@ -80,9 +90,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 self.rfile.readline()
         return self.rfile.read(int(self.headers.get("Content-Length", "0")))
 
-    def reply(self, status, body, content_type, send_body=True):
+    def reply(self, status, body, content_type, send_body=True, etag=None):
         self.send_response(status)
         self.send_header("Content-Type", content_type)
+        if etag:
+            self.send_header("ETag", etag)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         if send_body:

@@ -60,6 +60,22 @@ step "envoy/envoy.yaml passes envoy --mode validate" \
 step "envoy/istio-envoyfilter.yaml fragments validate and match envoy.yaml" \
     /usr/bin/python3 scripts/check-istio-fragments.py "$ENVOY_BIN"
 step "docker-compose.yml parses" check_compose
+
+# nginx -t on each shipped nginx config, with the clamgate-*.conf snippets beside it as documented.
+check_nginx() {
+    local nginx_bin dir file status=0
+    nginx_bin="${NGINX_BIN:-$(command -v nginx || echo /usr/sbin/nginx)}"
+    for file in nginx.conf mirror.conf; do
+        dir="$(mktemp -d)"
+        mkdir -p "$dir/clamgate" "$dir/tmp"
+        cp "nginx/$file" "$dir/nginx.conf"
+        cp nginx/clamgate-server.conf nginx/clamgate-location.conf nginx/clamgate-verdict.conf "$dir/clamgate/"
+        "$nginx_bin" -t -q -p "$dir" -c "$dir/nginx.conf" || { echo "nginx -t failed for nginx/$file"; status=1; }
+        rm -rf "$dir"
+    done
+    return "$status"
+}
+step "nginx/nginx.conf and nginx/mirror.conf pass nginx -t" check_nginx
 step "shell scripts parse" bash -c 'for f in scripts/*.sh .ci/run; do bash -n "$f" || exit 1; done'
 
 if ((${#FAILED_STEPS[@]})); then

@@ -401,3 +401,41 @@ async fn nginx_refuses_when_clamgate_is_down() {
         assert_ne!(verdict(&response).as_deref(), Some("clean"));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_mirror_config_caches_objects_and_still_asks_clamgate_every_time() {
+    let mut env = NginxStack::start().await;
+    let targets = NginxTargets {
+        clamgate_http: env.stack.clamgate.http_addr.unwrap(),
+        upstream: env.stack.upstream.addr(),
+        envoy: None,
+    };
+    let mirror =
+        tokio::task::spawn_blocking(move || NginxProcess::start_shipped("mirror.conf", targets, |c| c))
+            .await
+            .unwrap();
+    let bytes = samples::clean_sample(20_000);
+    env.stack.upstream.put_file_with_headers("pool/a.deb", bytes.clone(), &[("etag", "\"a1\"")]);
+    env.stack.upstream.put_file_with_headers("pool/eicar.deb", samples::eicar(), &[("etag", "\"e1\"")]);
+    let get = |path: &'static str| {
+        let (client, url) = (env.stack.http.clone(), mirror.url(path));
+        async move { client.get(url).header("host", HOST).send().await.unwrap() }
+    };
+    let first = get("/files/pool/a.deb").await;
+    assert_eq!(first.status(), 200);
+    assert_eq!(first.headers().get("x-cache-status").unwrap(), "MISS");
+    assert_eq!(first.bytes().await.unwrap().as_ref(), bytes.as_slice());
+    let second = get("/files/pool/a.deb").await;
+    assert_eq!(second.headers().get("x-cache-status").unwrap(), "HIT");
+    assert_eq!(verdict(&second).as_deref(), Some("clean"));
+    assert_eq!(second.bytes().await.unwrap().as_ref(), bytes.as_slice());
+    // One fetch by clamgate, one request by nginx to fill its cache.
+    assert_eq!(env.stack.upstream.hits("/files/pool/a.deb"), 2);
+    assert_eq!(get("/files/pool/eicar.deb").await.status(), 409);
+
+    // clamgate down: even a cached object is refused.
+    env.stack.clamgate.stop().await;
+    let response = get("/files/pool/a.deb").await;
+    assert_eq!(response.status(), 503);
+    drop(mirror);
+}

@@ -1612,3 +1612,53 @@ fn edit_distance_counts_characters() {
     assert_eq!(edit_distance("kitten", "sitting"), 3);
     assert_eq!(closest("xyz", ["listen", "clamd"].into_iter()), None);
 }
+
+// --- nginx: the HTTP listener, fetch, on_miss ----------------------------------------------
+
+#[test]
+fn fetch_needs_origins_and_origins_are_parsed_at_load() {
+    assert_eq!(
+        error("[policies.mirror]\non_miss = \"fetch\"\n", &[]),
+        "policies.mirror.on_miss: \"fetch\" needs fetch.origins: clamgate downloads only from origins its config names"
+    );
+    let config = load(
+        "[fetch]\norigins = [\"a.example = http://10.0.0.5:8080/base\", \"b.example:8443 = https://o\"]\n\
+         [policies.mirror]\non_miss = \"fetch\"\n",
+        &[],
+    )
+    .unwrap();
+    assert_eq!(config.fetch.origins.len(), 2);
+    assert_eq!(config.fetch.origins[1].host_pattern(), "b.example:8443");
+    assert_eq!(
+        error("[fetch]\norigins = [\"a = http://x\", \"nope\"]\n", &[]),
+        "fetch.origins[1]: expected \"HOST = URL\", as in \"downloads.example.com = http://10.0.0.5:8080\", found \"nope\""
+    );
+    assert_eq!(
+        error("[fetch]\norigins = [\"a = http://x\", \"A = http://y\"]\n", &[]),
+        "fetch.origins[1]: a is named twice: one origin per host"
+    );
+    let from_env = load("", &[("CLAMGATE_FETCH_ORIGINS", "a = http://x, b = http://y")]).unwrap();
+    assert_eq!(from_env.fetch.origins.len(), 2);
+}
+
+#[test]
+fn the_http_listener_is_off_by_default_and_checked_when_on() {
+    assert_eq!(Config::default().listen.http_addr, None);
+    assert_eq!(
+        error("[listen]\nhttp_addr = \"127.0.0.1:9090\"\n", &[]),
+        "listen.http_addr: conflicts with listen.admin_addr (127.0.0.1:9090): both bind port 9090"
+    );
+    let open = load("[listen]\nhttp_addr = \"0.0.0.0:8181\"\n", &[]).unwrap();
+    assert!(open
+        .warnings()
+        .iter()
+        .any(|w| w.starts_with("listen.http_addr: 0.0.0.0:8181 is not a loopback")));
+    let allow = load("[policy]\non_miss = \"allow\"\n", &[]).unwrap();
+    assert!(
+        allow.warnings().iter().any(|w| w.starts_with("policy.on_miss: allow")),
+        "{:?}",
+        allow.warnings()
+    );
+    assert!(error("[listen]\nhttp_token_file = \"/nonexistent/token\"\n", &[])
+        .starts_with("listen.http_token_file: cannot read"));
+}

@@ -286,3 +286,64 @@ fn answer(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(HeaderName::from_static(name), HeaderValue::from_static(value));
+        }
+        map
+    }
+
+    const NGINX: [(&str, &str); 5] = [
+        ("x-clamgate-method", "GET"),
+        ("x-clamgate-scheme", "https"),
+        ("x-clamgate-authority", "example.com"),
+        ("x-clamgate-uri", "/a/b.zip?x=1"),
+        ("x-clamgate-policy", "mirror"),
+    ];
+
+    #[test]
+    fn the_request_is_read_from_the_headers_nginx_sets_and_the_rest_is_the_clients() {
+        let mut pairs = NGINX.to_vec();
+        pairs.extend([("accept-encoding", "gzip"), ("host", "clamgate_http"), ("x-clamgate-other", "1")]);
+        let request = AuthRequest::from_headers(&headers(&pairs)).unwrap();
+        assert_eq!(
+            (request.method.as_str(), request.uri.as_str(), request.policy.as_str()),
+            ("GET", "/a/b.zip?x=1", "mirror")
+        );
+        assert_eq!(request.path(), "/a/b.zip");
+        assert!(!request.recheck);
+        assert_eq!(request.client_headers, [("accept-encoding".to_string(), "gzip".to_string())]);
+        assert_eq!(request.direction(), Direction::Response);
+    }
+
+    #[test]
+    fn a_missing_empty_or_repeated_header_is_a_bad_request() {
+        for (index, (name, _)) in NGINX.iter().enumerate() {
+            let mut pairs = NGINX.to_vec();
+            pairs.remove(index);
+            assert!(
+                matches!(AuthRequest::from_headers(&headers(&pairs)), Err(BadRequest::Missing(n)) if n == *name)
+            );
+            let mut pairs = NGINX.to_vec();
+            pairs[index].1 = "";
+            assert!(matches!(AuthRequest::from_headers(&headers(&pairs)), Err(BadRequest::Missing(_))));
+            let mut pairs = NGINX.to_vec();
+            pairs.push(NGINX[index]);
+            assert!(
+                matches!(AuthRequest::from_headers(&headers(&pairs)), Err(BadRequest::Repeated(n)) if n == *name)
+            );
+        }
+        let mut pairs = NGINX.to_vec();
+        pairs[0].1 = "POST";
+        pairs.push(("x-clamgate-recheck", "1"));
+        let request = AuthRequest::from_headers(&headers(&pairs)).unwrap();
+        assert_eq!(request.direction(), Direction::Request);
+        assert!(request.recheck);
+    }
+}
