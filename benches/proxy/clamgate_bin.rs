@@ -20,6 +20,8 @@ pub struct ClamgateProcess {
     dir: tempfile::TempDir,
     pub grpc_addr: SocketAddr,
     pub admin_addr: SocketAddr,
+    /// The HTTP listener for nginx (`/v1/auth`), with the harness's HTTP token.
+    pub http_addr: Option<SocketAddr>,
 }
 
 /// Whether this clamgate accepts `config` (`clamgate check-config`): `Err` holds its message.
@@ -67,10 +69,28 @@ fn clean_command() -> Command {
 /// harness's shared token (which the rendered envoy.yaml sends, so every stream is checked as in
 /// production), warnings only in the log, and `extra` (a named policy, a Redis URL).
 pub fn config_text(grpc: SocketAddr, admin: SocketAddr, clamd: &str, extra: &str) -> String {
+    config_with_http(grpc, admin, None, clamd, extra)
+}
+
+/// As [`config_text`], with the HTTP listener on `http` (and the harness's HTTP token) if given.
+fn config_with_http(
+    grpc: SocketAddr,
+    admin: SocketAddr,
+    http: Option<SocketAddr>,
+    clamd: &str,
+    extra: &str,
+) -> String {
     let token_file = crate::support::clamgate::test_token_file();
+    let http = match http {
+        Some(addr) => format!(
+            "http_addr = \"{addr}\"\nhttp_token_file = {:?}\n",
+            crate::support::nginx::http_token_file()
+        ),
+        None => String::new(),
+    };
     format!(
         "# Written by benches/proxy: clamgate's defaults except for these keys.\n\
-         [listen]\ngrpc_addr = \"{grpc}\"\nadmin_addr = \"{admin}\"\ngrpc_token_file = {token_file:?}\n\n\
+         [listen]\ngrpc_addr = \"{grpc}\"\nadmin_addr = \"{admin}\"\ngrpc_token_file = {token_file:?}\n{http}\n\
          [clamd]\naddress = \"{clamd}\"\n\n\
          [log]\nlevel = \"warn\"\n\n{extra}"
     )
@@ -90,10 +110,11 @@ impl ClamgateProcess {
         for _ in 0..5 {
             let grpc = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()?));
             let admin = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()?));
-            if grpc == admin {
+            let http = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()?));
+            if grpc == admin || http == grpc || http == admin {
                 continue;
             }
-            match ClamgateProcess::spawn(grpc, admin, clamd, extra) {
+            match ClamgateProcess::spawn(grpc, admin, http, clamd, extra) {
                 Ok(process) => return Ok(process),
                 Err(err) => last = err,
             }
@@ -104,6 +125,7 @@ impl ClamgateProcess {
     fn spawn(
         grpc: SocketAddr,
         admin: SocketAddr,
+        http: SocketAddr,
         clamd: &str,
         extra: &str,
     ) -> Result<ClamgateProcess, String> {
@@ -112,7 +134,7 @@ impl ClamgateProcess {
             .tempdir()
             .map_err(|err| format!("clamgate temp dir: {err}"))?;
         let config = dir.path().join("clamgate.toml");
-        fs::write(&config, config_text(grpc, admin, clamd, extra))
+        fs::write(&config, config_with_http(grpc, admin, Some(http), clamd, extra))
             .map_err(|err| format!("write config: {err}"))?;
         let log =
             File::create(dir.path().join("clamgate.log")).map_err(|err| format!("clamgate.log: {err}"))?;
@@ -125,7 +147,8 @@ impl ClamgateProcess {
             .stderr(log)
             .spawn()
             .map_err(|err| format!("spawn {BINARY}: {err}"))?;
-        let mut process = ClamgateProcess { child, dir, grpc_addr: grpc, admin_addr: admin };
+        let mut process =
+            ClamgateProcess { child, dir, grpc_addr: grpc, admin_addr: admin, http_addr: Some(http) };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if matches!(http_get(admin, "/readyz"), Ok((200, _))) {

@@ -18,6 +18,7 @@ mod envoy;
 mod large;
 mod load;
 mod machine;
+mod nginx;
 mod noop;
 mod report;
 mod scenario;
@@ -36,7 +37,8 @@ use clamgate_bin::{ClamgateProcess, MIRROR_POLICY};
 use envoy::BenchEnvoy;
 use load::{Connection, PhaseResult};
 use machine::CpuSample;
-use noop::NoopProcessor;
+use nginx::BenchNginx;
+use noop::{NoopAuth, NoopProcessor};
 use scenario::{Scenario, Selection};
 use support::clamd::{ClamdOptions, ClamdProcess};
 use support::redis::RedisProcess;
@@ -51,13 +53,20 @@ const DOWNSTREAM_CX: &str = "http.ingress_http.downstream_cx_total";
     about = "clamgate benchmark: latency and throughput through Envoy on loopback (see docs/benchmarks.md)"
 )]
 pub struct Options {
-    /// Scenarios to run, comma-separated: baseline, content, resource, miss, noop, large. `resource`
+    /// Scenarios to run, comma-separated: baseline, content, resource, miss, noop, nginx, large.
+    /// `nginx` runs nginx alone, nginx with a do-nothing auth_request endpoint, nginx with
+    /// clamgate's `/v1/auth` (cache hit) and fetch on a miss (`nginx.rs`). `resource`
     /// runs the `/mirror/` route and its copy without ext_proc; it is skipped (with a line saying
     /// why) while the shipped config or clamgate lacks resource-key support. `noop` runs the
     /// `/mirror/` route through a second Envoy whose processor does nothing (the floor of a
     /// resource hit). `large` (only when named) times large bodies scanned through Envoy against a
     /// direct clamd INSTREAM and against Envoy without ext_proc (`--large-sizes`, `--large-reps`).
-    #[arg(long, value_enum, value_delimiter = ',', default_value = "baseline,content,resource,noop,miss")]
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "baseline,content,resource,noop,miss,nginx"
+    )]
     pub scenarios: Vec<Selection>,
     /// Body sizes of the latency scenarios, comma-separated: bytes, or with a k / m suffix (KiB,
     /// MiB), 64 bytes to 16 MiB.
@@ -273,8 +282,16 @@ fn run(options: &Options, command: String) -> Result<(), String> {
     if policy_check.is_ok() {
         extra.push_str(MIRROR_POLICY);
     }
-    let gate = ClamgateProcess::start(&clamd.address(), &extra)?;
+    // The origin first: clamgate's fetch (nginx, `on_miss = "fetch"`) names it.
     let origin = Origin::start(&options.sizes)?;
+    let nginx_selected = scenarios.iter().any(|scenario| scenario.through_nginx());
+    if nginx_selected && policy_check.is_ok() {
+        extra.push_str(&format!(
+            "on_miss = \"fetch\"\n\n[fetch]\norigins = [\"127.0.0.1 = http://{}\"]\n\n",
+            origin.addr()
+        ));
+    }
+    let gate = ClamgateProcess::start(&clamd.address(), &extra)?;
     let config = envoy::bench_config(gate.grpc_addr, origin.addr())?;
     let envoy = BenchEnvoy::start(&config.yaml, envoy_workers)?;
     // The noop-hit scenario: the same shipped config, its processor a do-nothing one.
@@ -290,6 +307,29 @@ fn run(options: &Options, command: String) -> Result<(), String> {
     let envoy_of = |scenario: Scenario| match (&noop, scenario) {
         (Some((_, noop_envoy)), Scenario::NoopHit) => noop_envoy,
         _ => &envoy,
+    };
+    // nginx: the shipped config, clamgate's HTTP listener, and a do-nothing auth endpoint.
+    let nginx = match (nginx_selected, gate.http_addr) {
+        (true, Some(http)) => {
+            let noop_auth = NoopAuth::start(cores)?;
+            let nginx = BenchNginx::start(http, origin.addr(), noop_auth.addr);
+            Some((noop_auth, nginx))
+        }
+        _ => None,
+    };
+    if nginx.is_some() {
+        notes.push(format!(
+            "nginx: the shipped nginx/nginx.conf with `worker_processes auto` and bench-only locations: {}",
+            nginx::INSERTED.replace('\n', " ")
+        ));
+    }
+    if nginx_selected && nginx.is_none() {
+        notes.push("nginx scenarios: skipped, this clamgate has no HTTP listener".to_string());
+        scenarios.retain(|scenario| !scenario.through_nginx());
+    }
+    let addr_of = |scenario: Scenario| match (&nginx, scenario.through_nginx()) {
+        (Some((_, nginx)), true) => nginx.addr(),
+        _ => envoy_of(scenario).addr(),
     };
 
     let mut resource_unavailable = match (config.has_mirror, &policy_check) {
@@ -338,9 +378,23 @@ fn run(options: &Options, command: String) -> Result<(), String> {
             .block_on(smoke(envoy_of(Scenario::NoopHit).addr(), Scenario::NoopHit, smallest))
             .map_err(|err| format!("set-up check: {err}"))?;
     }
+    // nginx: each route once, and every size of /mirror/ fetched and scanned, so that
+    // nginx-hit measures cache hits.
+    for scenario in [Scenario::NginxPlain, Scenario::NginxNoopAuth, Scenario::NginxHit] {
+        if scenarios.contains(&scenario) {
+            for &size in &options.sizes {
+                runtime
+                    .block_on(smoke(addr_of(scenario), scenario, size))
+                    .map_err(|err| format!("set-up check: {err}"))?;
+            }
+        }
+    }
 
     let mut pids = vec![std::process::id(), envoy.pid(), gate.pid()];
     pids.extend(noop.iter().map(|(_, noop_envoy)| noop_envoy.pid()));
+    if let Some((_, nginx)) = &nginx {
+        pids.extend(machine::pids_mentioning(nginx.dir()));
+    }
     pids.extend(machine::pids_mentioning(clamd.dir()));
     if let Some(redis) = &redis {
         pids.extend(machine::pids_mentioning(redis.dir()));
@@ -360,12 +414,15 @@ fn run(options: &Options, command: String) -> Result<(), String> {
                 let (warmup, measured) = counts(size, concurrency.max(1), options.scale);
                 eprint!("proxy bench: {label}: {warmup} warm-up + {measured} measured ... ");
                 let envoy = envoy_of(scenario);
+                let target = addr_of(scenario);
                 let connections: Vec<Connection> =
-                    (0..concurrency.max(1)).map(|_| Connection::new(envoy.addr())).collect();
+                    (0..concurrency.max(1)).map(|_| Connection::new(target)).collect();
                 let path_of = |offset: u64| -> Arc<dyn Fn(u64) -> String + Send + Sync> {
                     Arc::new(move |i| scenario.path(run_nonce, series, size, offset + i))
                 };
-                let connections_before = envoy.stat(DOWNSTREAM_CX);
+                // Envoy's count of accepted connections; nginx keeps none.
+                let through_envoy = !scenario.through_nginx();
+                let connections_before = envoy.stat(DOWNSTREAM_CX).filter(|_| through_envoy);
                 let (connections, warm) =
                     runtime.block_on(load::run_phase(connections, path_of(0), warmup, size, phase_bound));
                 let metrics_before = gate.metrics().unwrap_or_default();
@@ -379,8 +436,11 @@ fn run(options: &Options, command: String) -> Result<(), String> {
                 ));
                 let cpu_after = CpuSample::take(&pids);
                 let metrics_after = gate.metrics().unwrap_or_default();
-                let connections_accepted =
-                    envoy.stat(DOWNSTREAM_CX).zip(connections_before).map(|(a, b)| a.saturating_sub(b));
+                let connections_accepted = envoy
+                    .stat(DOWNSTREAM_CX)
+                    .filter(|_| through_envoy)
+                    .zip(connections_before)
+                    .map(|(a, b)| a.saturating_sub(b));
                 let client_connects = connections.iter().map(|c| c.connects).sum();
                 drop(connections);
                 let cell = Cell {

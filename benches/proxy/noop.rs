@@ -112,3 +112,55 @@ impl Drop for NoopProcessor {
         }
     }
 }
+
+/// A do-nothing `auth_request` endpoint: every request gets `200` with `x-clamgate-verdict: clean`
+/// at once. The `nginx-noop-auth` scenario puts it where clamgate's `/v1/auth` would be: the floor
+/// of any auth_request service (one loopback HTTP round trip per request). Stopped when dropped.
+pub struct NoopAuth {
+    pub addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl NoopAuth {
+    /// `workers`: the runtime's worker threads (as clamgate's: one per CPU).
+    pub fn start(workers: usize) -> Result<NoopAuth, String> {
+        let listener =
+            std::net::TcpListener::bind("127.0.0.1:0").map_err(|err| format!("noop auth bind: {err}"))?;
+        let addr = listener.local_addr().map_err(|err| format!("noop auth address: {err}"))?;
+        listener.set_nonblocking(true).map_err(|err| format!("noop auth listener: {err}"))?;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("noop-auth".to_string())
+            .spawn(move || {
+                let runtime = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(workers.max(1))
+                    .enable_all()
+                    .build()
+                    .expect("noop auth runtime");
+                runtime.block_on(async move {
+                    let listener = tokio::net::TcpListener::from_std(listener).expect("noop auth listener");
+                    let router =
+                        axum::Router::new().fallback(|| async { ([("x-clamgate-verdict", "clean")], "") });
+                    let _ = axum::serve(listener, router)
+                        .with_graceful_shutdown(async {
+                            let _ = stopped.await;
+                        })
+                        .await;
+                });
+            })
+            .map_err(|err| format!("noop auth thread: {err}"))?;
+        Ok(NoopAuth { addr, stop: Some(stop), thread: Some(thread) })
+    }
+}
+
+impl Drop for NoopAuth {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}

@@ -19,6 +19,11 @@ pub enum Selection {
     /// The `/mirror/` route through a second Envoy whose processor is a do-nothing one
     /// (`noop.rs`): the floor any processor pays on the resource-hit path.
     Noop,
+    /// nginx (the shipped `nginx/nginx.conf` plus bench-only locations, `nginx.rs`): nginx alone,
+    /// nginx with `auth_request` to a do-nothing endpoint (the floor of any auth_request service),
+    /// nginx with clamgate's `/v1/auth` answering from the cache, and fetch on a miss (a new object
+    /// every request, downloaded and scanned by clamgate before nginx proxies it).
+    Nginx,
     /// Large bodies (`--large-sizes`), one at a time: a direct clamd INSTREAM from the bench, the
     /// download through Envoy scanned (FULL_DUPLEX, a real scan each), and the same download with
     /// ext_proc disabled (`large.rs`). Not a latency scenario: it has its own report section.
@@ -34,15 +39,23 @@ pub enum Scenario {
     ResourceHit,
     NoopHit,
     Miss,
+    NginxPlain,
+    NginxNoopAuth,
+    NginxHit,
+    NginxFetch,
 }
 
-pub const ALL: [Scenario; 6] = [
+pub const ALL: [Scenario; 10] = [
     Scenario::Baseline,
     Scenario::ContentHit,
     Scenario::MirrorNoscan,
     Scenario::ResourceHit,
     Scenario::NoopHit,
     Scenario::Miss,
+    Scenario::NginxPlain,
+    Scenario::NginxNoopAuth,
+    Scenario::NginxHit,
+    Scenario::NginxFetch,
 ];
 
 impl Scenario {
@@ -53,6 +66,9 @@ impl Scenario {
             Scenario::ResourceHit => Selection::Resource,
             Scenario::NoopHit => Selection::Noop,
             Scenario::Miss => Selection::Miss,
+            Scenario::NginxPlain | Scenario::NginxNoopAuth | Scenario::NginxHit | Scenario::NginxFetch => {
+                Selection::Nginx
+            }
             // The baseline of both resource-hit and noop-hit.
             Scenario::MirrorNoscan => {
                 return selection.contains(&Selection::Resource) || selection.contains(&Selection::Noop);
@@ -69,6 +85,10 @@ impl Scenario {
             Scenario::ResourceHit => "resource-hit",
             Scenario::NoopHit => "noop-hit",
             Scenario::Miss => "miss",
+            Scenario::NginxPlain => "nginx-plain",
+            Scenario::NginxNoopAuth => "nginx-noop-auth",
+            Scenario::NginxHit => "nginx-hit",
+            Scenario::NginxFetch => "nginx-fetch",
         }
     }
 
@@ -105,6 +125,26 @@ impl Scenario {
                 "`GET /files/u-…-N-i.bin` on the shipped `/` route, a new object (new bytes, new \
                  SHA-256) every request: each is a real clamd scan (INSTREAM over TCP)."
             }
+            Scenario::NginxPlain => {
+                "`GET /plain/obj-N.bin` on nginx (the shipped `nginx/nginx.conf` with a bench-only \
+                 location): nginx and the upstream only, no auth_request."
+            }
+            Scenario::NginxNoopAuth => {
+                "`GET /noop-auth/obj-N.bin` on nginx: `auth_request` to a do-nothing HTTP endpoint \
+                 (benches/proxy/noop.rs, 200 at once) over a keep-alive upstream, then the upstream: \
+                 the floor of any auth_request service (one loopback HTTP round trip per request)."
+            }
+            Scenario::NginxHit => {
+                "`GET /mirror/obj-N.bin` on nginx's shipped `/mirror/` location: `auth_request` to \
+                 clamgate's `GET /v1/auth`, answered from the verdict cache by resource key (the \
+                 object was fetched and scanned before the timed phase), then the upstream with \
+                 `If-Match`."
+            }
+            Scenario::NginxFetch => {
+                "`GET /mirror/u-…-N-i.bin` on nginx's `/mirror/` location, a new object every \
+                 request: clamgate misses, downloads the object from its origin (the upstream), \
+                 scans it with clamd, caches the verdict, answers; then nginx fetches it again."
+            }
         }
     }
 
@@ -113,13 +153,24 @@ impl Scenario {
         match self {
             Scenario::ContentHit | Scenario::Miss => Some(Scenario::Baseline),
             Scenario::ResourceHit | Scenario::NoopHit => Some(Scenario::MirrorNoscan),
-            Scenario::Baseline | Scenario::MirrorNoscan => None,
+            Scenario::NginxHit => Some(Scenario::NginxNoopAuth),
+            Scenario::NginxNoopAuth | Scenario::NginxFetch => Some(Scenario::NginxPlain),
+            Scenario::Baseline | Scenario::MirrorNoscan | Scenario::NginxPlain => None,
         }
     }
 
-    /// Whether the response goes through clamgate (and carries `x-clamgate-verdict`).
+    /// Whether the response carries `x-clamgate-verdict` (from clamgate, or from the do-nothing
+    /// auth endpoint that stands in for it).
     pub fn scanned(self) -> bool {
-        !matches!(self, Scenario::Baseline | Scenario::MirrorNoscan)
+        !matches!(self, Scenario::Baseline | Scenario::MirrorNoscan | Scenario::NginxPlain)
+    }
+
+    /// Whether requests go to nginx rather than Envoy.
+    pub fn through_nginx(self) -> bool {
+        matches!(
+            self,
+            Scenario::NginxPlain | Scenario::NginxNoopAuth | Scenario::NginxHit | Scenario::NginxFetch
+        )
     }
 
     /// The path of request `i` of the series `series` (unique objects only) with `size`-byte
@@ -132,6 +183,10 @@ impl Scenario {
             Scenario::MirrorNoscan => format!("{MIRROR_NOSCAN_PREFIX}{}", fixed_name(size)),
             Scenario::ResourceHit | Scenario::NoopHit => format!("{MIRROR_PREFIX}{}", fixed_name(size)),
             Scenario::Miss => format!("/files/{}", unique_name(run, series, size, i)),
+            Scenario::NginxPlain => format!("/plain/{}", fixed_name(size)),
+            Scenario::NginxNoopAuth => format!("/noop-auth/{}", fixed_name(size)),
+            Scenario::NginxHit => format!("/mirror/{}", fixed_name(size)),
+            Scenario::NginxFetch => format!("/mirror/{}", unique_name(run, series, size, i)),
         }
     }
 }
