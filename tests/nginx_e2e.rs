@@ -309,7 +309,30 @@ async fn forged_headers_change_nothing_and_no_request_picks_the_origin() {
     assert_eq!(response.status(), 502);
     assert_eq!(json(response).await["reason"], "origin_error");
     assert_eq!(env.metric("clamgate_fetches_total{outcome=\"no_origin\"}").await, 1.0);
-    assert_eq!(env.stack.upstream.total_hits(), 0);
+    assert_eq!(env.stack.upstream.total_hits(), 0, "nothing was fetched");
+
+    // A redirect from the origin to another host is not followed: nothing is fetched from there.
+    env.stack.upstream.put_file_with_headers(
+        "moved.bin",
+        Vec::new(),
+        &[("x-upstream-status", "302"), ("location", "http://127.0.0.2:1/elsewhere.bin")],
+    );
+    let response = env.get("/mirror/moved.bin").await;
+    assert_eq!(response.status(), 502);
+    assert_eq!(json(response).await["reason"], "origin_error");
+    assert_eq!(env.metric("clamgate_fetches_total{outcome=\"origin_error\"}").await, 1.0);
+    // A path that climbs out of the origin's base is refused before any request.
+    let hits = env.stack.upstream.total_hits();
+    let response = env
+        .stack
+        .http
+        .get(format!("{}/mirror/%2e%2e/%2e%2e/secret", env.nginx.url("")))
+        .header("host", HOST)
+        .send()
+        .await
+        .unwrap();
+    assert_ne!(response.status(), 200);
+    assert_eq!(env.stack.upstream.total_hits(), hits);
 
     // /v1/auth itself without the token: 401, counted.
     let addr = env.stack.clamgate.http_addr.unwrap();
@@ -327,7 +350,6 @@ async fn forged_headers_change_nothing_and_no_request_picks_the_origin() {
         .unwrap();
     assert_eq!(direct.status(), 401);
     assert_eq!(env.metric("clamgate_http_refused_total{reason=\"unauthenticated\"}").await, 1.0);
-    assert_eq!(env.stack.upstream.total_hits(), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -438,4 +460,28 @@ async fn the_mirror_config_caches_objects_and_still_asks_clamgate_every_time() {
     let response = get("/files/pool/a.deb").await;
     assert_eq!(response.status(), 503);
     drop(mirror);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_immutable_policy_serves_objects_without_a_validator() {
+    let env = NginxStack::start_with(
+        |config| {
+            if let Some(mirror) = config.policies.get_mut("mirror") {
+                mirror.immutable = true;
+            }
+        },
+        |config| config,
+    )
+    .await;
+    let bytes = samples::clean_sample(8_000);
+    env.stack.upstream.put_file("plain.bin", bytes.clone());
+    let response = env.get("/mirror/plain.bin").await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(verdict(&response).as_deref(), Some("clean"));
+    assert_eq!(response.bytes().await.unwrap().as_ref(), bytes.as_slice());
+    // No ETag to pin: nginx sends no If-Match.
+    assert!(env.stack.upstream.received_headers("/mirror/plain.bin").unwrap().get("if-match").is_none());
+    // Cached under `immutable`: no second fetch.
+    assert_eq!(env.get("/mirror/plain.bin").await.status(), 200);
+    assert_eq!(env.metric("clamgate_fetches_total{outcome=\"scanned\"}").await, 1.0);
 }

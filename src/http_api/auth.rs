@@ -44,6 +44,14 @@ use crate::verdict::{UnscannedReason, Verdict};
 /// of the client.
 const CONTROL_PREFIX: &str = "x-clamgate-";
 
+static METHOD: HeaderName = HeaderName::from_static("x-clamgate-method");
+static SCHEME: HeaderName = HeaderName::from_static("x-clamgate-scheme");
+static AUTHORITY: HeaderName = HeaderName::from_static("x-clamgate-authority");
+static URI: HeaderName = HeaderName::from_static("x-clamgate-uri");
+static POLICY: HeaderName = HeaderName::from_static("x-clamgate-policy");
+static REQUEST_ID: HeaderName = HeaderName::from_static("x-clamgate-request-id");
+static RECHECK: HeaderName = HeaderName::from_static("x-clamgate-recheck");
+
 /// Headers of the subrequest that are nginx's, not the client's request.
 const NOT_CLIENT_HEADERS: [&str; 5] = ["host", "connection", "content-length", "transfer-encoding", "te"];
 
@@ -77,6 +85,9 @@ enum BadRequest {
 }
 
 pub async fn auth(State(state): State<super::HttpState>, headers: HeaderMap) -> Response {
+    if let Some(refusal) = super::refused(&state, &headers, "/v1/auth") {
+        return refusal;
+    }
     let request = match AuthRequest::from_headers(&headers) {
         Ok(request) => request,
         Err(err) => return bad_request(&state, &err),
@@ -106,7 +117,7 @@ enum Found {
 
 impl AuthRequest {
     fn from_headers(headers: &HeaderMap) -> Result<AuthRequest, BadRequest> {
-        let recheck = optional(headers, "x-clamgate-recheck")?.is_some_and(|value| value == "1");
+        let recheck = optional(headers, &RECHECK)?.is_some_and(|value| value == "1");
         let client_headers = headers
             .iter()
             .filter(|(name, _)| {
@@ -117,12 +128,12 @@ impl AuthRequest {
             })
             .collect();
         Ok(AuthRequest {
-            method: required(headers, "x-clamgate-method")?,
-            scheme: required(headers, "x-clamgate-scheme")?,
-            authority: required(headers, "x-clamgate-authority")?,
-            uri: required(headers, "x-clamgate-uri")?,
-            policy: required(headers, "x-clamgate-policy")?,
-            request_id: optional(headers, "x-clamgate-request-id")?.unwrap_or_default(),
+            method: required(headers, &METHOD)?,
+            scheme: required(headers, &SCHEME)?,
+            authority: required(headers, &AUTHORITY)?,
+            uri: required(headers, &URI)?,
+            policy: required(headers, &POLICY)?,
+            request_id: optional(headers, &REQUEST_ID)?.unwrap_or_default(),
             recheck,
             client_headers,
         })
@@ -142,19 +153,19 @@ impl AuthRequest {
     }
 }
 
-fn optional(headers: &HeaderMap, name: &'static str) -> Result<Option<String>, BadRequest> {
+fn optional(headers: &HeaderMap, name: &'static HeaderName) -> Result<Option<String>, BadRequest> {
     let mut values = headers.get_all(name).iter();
     match (values.next(), values.next()) {
         (None, _) => Ok(None),
-        (Some(_), Some(_)) => Err(BadRequest::Repeated(name)),
+        (Some(_), Some(_)) => Err(BadRequest::Repeated(name.as_str())),
         (Some(value), None) => {
-            value.to_str().map(|text| Some(text.to_string())).map_err(|_| BadRequest::NotText(name))
+            value.to_str().map(|text| Some(text.to_string())).map_err(|_| BadRequest::NotText(name.as_str()))
         }
     }
 }
 
-fn required(headers: &HeaderMap, name: &'static str) -> Result<String, BadRequest> {
-    optional(headers, name)?.filter(|value| !value.is_empty()).ok_or(BadRequest::Missing(name))
+fn required(headers: &HeaderMap, name: &'static HeaderName) -> Result<String, BadRequest> {
+    optional(headers, name)?.filter(|value| !value.is_empty()).ok_or(BadRequest::Missing(name.as_str()))
 }
 
 fn bad_request(state: &HttpState, err: &BadRequest) -> Response {

@@ -10,6 +10,8 @@
 //!   body ([`super::gen`]) streamed in 64 KiB pieces, never held whole, with
 //!   `content-type: application/octet-stream`, `content-length` (none with `chunked=1`: then the
 //!   body goes chunked) and `etag: "gen-<name>-<spec>"`; 400 for a bad query.
+//! - a file put with an `x-upstream-status: NNN` header is answered with that status (and its
+//!   headers, e.g. a `location`), before `If-Match` and `Range` are looked at.
 //! - `If-Match` on `/files/`: 412 unless the file's `etag` (set with
 //!   [`Upstream::put_file_with_headers`]) is listed (or `*` and it has one).
 //! - `Range` on `/files/` and `/gen/`: one `bytes=A-B`, `bytes=A-` or `bytes=-N` gets
@@ -199,6 +201,16 @@ async fn handle(State(state): State<Shared>, request: Request) -> Response {
             if !matches {
                 return (StatusCode::PRECONDITION_FAILED, "if-match failed\n").into_response();
             }
+        }
+        // A file put with `x-upstream-status` is answered with that status (a redirect, an error).
+        if let Some(status) = file
+            .headers
+            .get("x-upstream-status")
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.parse::<u16>().ok())
+            .and_then(|code| StatusCode::from_u16(code).ok())
+        {
+            return (status, file.headers, Body::from(file.bytes)).into_response();
         }
         let total = file.bytes.len() as u64;
         // axum sets content-length from the body (and keeps it, bodiless, for HEAD).
