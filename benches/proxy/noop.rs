@@ -114,7 +114,7 @@ impl Drop for NoopProcessor {
 }
 
 /// A do-nothing `auth_request` endpoint: every request gets `200` with `x-clamgate-verdict: clean`
-/// at once. The `nginx-noop-auth` scenario puts it where clamgate's `/v1/auth` would be: the floor
+/// and an `x-clamgate-if-match` at once. The `nginx-noop-auth` scenario puts it where clamgate's `/v1/auth` would be: the floor
 /// of any auth_request service (one loopback HTTP round trip per request). Stopped when dropped.
 pub struct NoopAuth {
     pub addr: SocketAddr,
@@ -140,8 +140,11 @@ impl NoopAuth {
                     .expect("noop auth runtime");
                 runtime.block_on(async move {
                     let listener = tokio::net::TcpListener::from_std(listener).expect("noop auth listener");
-                    let router =
-                        axum::Router::new().fallback(|| async { ([("x-clamgate-verdict", "clean")], "") });
+                    // clamgate's answer on a hit, If-Match value included, so that nginx and the
+                    // origin do the same work as behind clamgate.
+                    let router = axum::Router::new().fallback(|| async {
+                        ([("x-clamgate-verdict", "clean"), ("x-clamgate-if-match", "\"noop-v1\"")], "")
+                    });
                     let _ = axum::serve(listener, router)
                         .with_graceful_shutdown(async {
                             let _ = stopped.await;
