@@ -83,6 +83,11 @@ pub struct Options {
     /// Client concurrencies (workers, one keep-alive connection each), comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "1,8")]
     pub concurrency: Vec<usize>,
+    /// Rounds per (size, concurrency): each runs every scenario once, in turn; the round with the
+    /// median requests/s of each scenario is reported (the others' rates go to the notes).
+    /// Several rounds separate an effect from the machine's run-to-run variance.
+    #[arg(long, default_value_t = 1)]
+    pub rounds: usize,
     /// Multiplies every warm-up and measured request count (e.g. 0.1 for a quick look).
     #[arg(long, default_value_t = 1.0)]
     pub scale: f64,
@@ -402,60 +407,91 @@ fn run(options: &Options, command: String) -> Result<(), String> {
 
     let mut cells = Vec::new();
     let mut series = 0;
+    let rounds = options.rounds.max(1);
     for &size in &options.sizes {
         for &concurrency in &options.concurrency {
-            for &scenario in &scenarios {
-                let label = format!("{} {} c={concurrency}", scenario.name(), report::size_label(size));
-                if Instant::now() >= run_deadline {
-                    notes.push(format!("{label}: skipped, the run reached its time bound (--max-secs)"));
+            // Every round runs each scenario once, in turn, so that a slow spell of the machine
+            // hits all of them; the median round of each is reported.
+            let mut by_round: Vec<Vec<Cell>> = scenarios.iter().map(|_| Vec::new()).collect();
+            for round in 0..rounds {
+                for (index, &scenario) in scenarios.iter().enumerate() {
+                    let round_label =
+                        if rounds > 1 { format!(" (round {}/{rounds})", round + 1) } else { String::new() };
+                    let label = format!(
+                        "{} {} c={concurrency}{round_label}",
+                        scenario.name(),
+                        report::size_label(size)
+                    );
+                    if Instant::now() >= run_deadline {
+                        notes.push(format!("{label}: skipped, the run reached its time bound (--max-secs)"));
+                        continue;
+                    }
+                    series += 1;
+                    let (warmup, measured) = counts(size, concurrency.max(1), options.scale);
+                    eprint!("proxy bench: {label}: {warmup} warm-up + {measured} measured ... ");
+                    let envoy = envoy_of(scenario);
+                    let target = addr_of(scenario);
+                    let connections: Vec<Connection> =
+                        (0..concurrency.max(1)).map(|_| Connection::new(target)).collect();
+                    let path_of = |offset: u64| -> Arc<dyn Fn(u64) -> String + Send + Sync> {
+                        Arc::new(move |i| scenario.path(run_nonce, series, size, offset + i))
+                    };
+                    // Envoy's count of accepted connections; nginx keeps none.
+                    let through_envoy = !scenario.through_nginx();
+                    let connections_before = envoy.stat(DOWNSTREAM_CX).filter(|_| through_envoy);
+                    let (connections, warm) =
+                        runtime.block_on(load::run_phase(connections, path_of(0), warmup, size, phase_bound));
+                    let metrics_before = gate.metrics().unwrap_or_default();
+                    let cpu_before = CpuSample::take(&pids);
+                    let (connections, result) = runtime.block_on(load::run_phase(
+                        connections,
+                        path_of(warmup),
+                        measured,
+                        size,
+                        phase_bound,
+                    ));
+                    let cpu_after = CpuSample::take(&pids);
+                    let metrics_after = gate.metrics().unwrap_or_default();
+                    let connections_accepted = envoy
+                        .stat(DOWNSTREAM_CX)
+                        .filter(|_| through_envoy)
+                        .zip(connections_before)
+                        .map(|(a, b)| a.saturating_sub(b));
+                    let client_connects = connections.iter().map(|c| c.connects).sum();
+                    drop(connections);
+                    let cell = Cell {
+                        scenario,
+                        size,
+                        concurrency,
+                        warmup: warm,
+                        measured: result,
+                        metrics: metric_deltas(&metrics_before, &metrics_after),
+                        connections: connections_accepted,
+                        client_connects,
+                        other_cores: cpu_after.other_cores_since(&cpu_before, cores),
+                    };
+                    eprintln!("{}", report::one_line(&cell));
+                    by_round[index].push(cell);
+                }
+            }
+            for (scenario, mut runs) in scenarios.iter().zip(by_round) {
+                if runs.is_empty() {
                     continue;
                 }
-                series += 1;
-                let (warmup, measured) = counts(size, concurrency.max(1), options.scale);
-                eprint!("proxy bench: {label}: {warmup} warm-up + {measured} measured ... ");
-                let envoy = envoy_of(scenario);
-                let target = addr_of(scenario);
-                let connections: Vec<Connection> =
-                    (0..concurrency.max(1)).map(|_| Connection::new(target)).collect();
-                let path_of = |offset: u64| -> Arc<dyn Fn(u64) -> String + Send + Sync> {
-                    Arc::new(move |i| scenario.path(run_nonce, series, size, offset + i))
-                };
-                // Envoy's count of accepted connections; nginx keeps none.
-                let through_envoy = !scenario.through_nginx();
-                let connections_before = envoy.stat(DOWNSTREAM_CX).filter(|_| through_envoy);
-                let (connections, warm) =
-                    runtime.block_on(load::run_phase(connections, path_of(0), warmup, size, phase_bound));
-                let metrics_before = gate.metrics().unwrap_or_default();
-                let cpu_before = CpuSample::take(&pids);
-                let (connections, result) = runtime.block_on(load::run_phase(
-                    connections,
-                    path_of(warmup),
-                    measured,
-                    size,
-                    phase_bound,
-                ));
-                let cpu_after = CpuSample::take(&pids);
-                let metrics_after = gate.metrics().unwrap_or_default();
-                let connections_accepted = envoy
-                    .stat(DOWNSTREAM_CX)
-                    .filter(|_| through_envoy)
-                    .zip(connections_before)
-                    .map(|(a, b)| a.saturating_sub(b));
-                let client_connects = connections.iter().map(|c| c.connects).sum();
-                drop(connections);
-                let cell = Cell {
-                    scenario,
-                    size,
-                    concurrency,
-                    warmup: warm,
-                    measured: result,
-                    metrics: metric_deltas(&metrics_before, &metrics_after),
-                    connections: connections_accepted,
-                    client_connects,
-                    other_cores: cpu_after.other_cores_since(&cpu_before, cores),
-                };
-                eprintln!("{}", report::one_line(&cell));
-                cells.push(cell);
+                runs.sort_by(|a, b| a.measured.requests_per_sec().total_cmp(&b.measured.requests_per_sec()));
+                if runs.len() > 1 {
+                    let rates: Vec<String> =
+                        runs.iter().map(|cell| format!("{:.0}", cell.measured.requests_per_sec())).collect();
+                    notes.push(format!(
+                        "{} {} c={concurrency}: req/s of the {} rounds {}; the median round is reported",
+                        scenario.name(),
+                        report::size_label(size),
+                        runs.len(),
+                        rates.join(", ")
+                    ));
+                }
+                let median = runs.len() / 2;
+                cells.push(runs.swap_remove(median));
             }
         }
     }
