@@ -411,6 +411,34 @@ async fn uploads_through_nginx_are_scanned_by_envoy() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_upstreams_own_statuses_pass_through_once_clamgate_allowed_the_request() {
+    let env = NginxStack::start().await;
+    env.stack.upstream.put_file_with_headers(
+        "private.bin",
+        samples::clean_sample(100),
+        &[("etag", "\"p1\"")],
+    );
+    assert_eq!(env.get("/mirror/private.bin").await.status(), 200);
+    // clamgate's verdict stands (clean, "p1"); the application now asks for credentials, or has
+    // lost the object: the client gets the application's answer, headers and body.
+    env.stack.upstream.put_file_with_headers(
+        "private.bin",
+        b"log in first\n".to_vec(),
+        &[("etag", "\"p1\""), ("x-upstream-status", "401"), ("www-authenticate", "Basic realm=\"x\"")],
+    );
+    let response = env.get("/mirror/private.bin").await;
+    assert_eq!(response.status(), 401);
+    assert_eq!(response.headers().get("www-authenticate").unwrap(), "Basic realm=\"x\"");
+    assert_eq!(response.text().await.unwrap(), "log in first\n");
+    env.stack.upstream.put_file_with_headers(
+        "private.bin",
+        b"gone\n".to_vec(),
+        &[("etag", "\"p1\""), ("x-upstream-status", "404")],
+    );
+    assert_eq!(env.get("/mirror/private.bin").await.status(), 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nginx_refuses_when_clamgate_is_down() {
     let mut env = NginxStack::start().await;
     env.stack.upstream.put_file_with_headers("clean.bin", samples::clean_sample(100), &[("etag", "\"c\"")]);

@@ -35,10 +35,11 @@ nothing.
 
 | option | default | meaning |
 |---|---|---|
-| `--scenarios` | `baseline,content,resource,noop,miss` | which scenarios (below); `large` only when named |
+| `--scenarios` | `baseline,content,resource,noop,miss,nginx` | which scenarios (below); `large` only when named |
 | `--sizes` | `1k,16k,1m` | body sizes of the latency scenarios (bytes, or `k` / `m` for KiB / MiB; 64 B to 16 MiB) |
 | `--concurrency` | `1,8` | client workers, each with one HTTP/1.1 keep-alive connection |
 | `--scale` | `1.0` | multiplies every request count |
+| `--rounds` | `1` | runs every scenario of a (size, concurrency) this many times, in turn, and reports each one's median round (the other rounds' req/s go to the notes): an effect smaller than the machine's run-to-run variance shows as overlapping rounds |
 | `--phase-secs` | `60` | time bound of each warm-up and each measured phase |
 | `--max-secs` | `1800` | time bound of the whole run: cells not started by then are skipped |
 | `--envoy-concurrency` | number of CPUs | Envoy's worker threads |
@@ -49,7 +50,7 @@ nothing.
 | `--note TEXT` | none | a note for the report (e.g. what else ran on the machine) |
 
 The results below come in two sections, **latency and throughput** (`baseline`, `content`,
-`resource`, `noop`, `miss`) and **large bodies** (`large`). `--write-report` replaces the section
+`resource`, `noop`, `miss`, `nginx`) and **large bodies** (`large`). `--write-report` replaces the section
 of each kind of scenario that ran and keeps the other section as the file had it, from its own
 earlier run (each section names its date and command): `--scenarios large --write-report` leaves
 the latency tables alone, and the reverse. Each section starts with an HTML comment line naming
@@ -74,6 +75,12 @@ it (invisible when rendered); leave those lines in place.
   with `ExtProcPerRoute { disabled: true }` and nothing else changed. The shipped file is not
   modified. Each route is checked once before measuring (a route without ext_proc must answer
   without `x-clamgate-verdict`, a scanned one with it).
+- **nginx 1.22** (Debian) with the shipped `nginx/nginx.conf` and its `clamgate-*.conf` snippets
+  (ports substituted as in the tests, `worker_processes auto`), when `nginx` runs, plus two
+  bench-only locations: `/plain/` (no auth_request) and `/noop-auth/` (the shipped protected
+  location, its auth subrequest sent to a do-nothing endpoint). clamgate's HTTP listener gets the
+  harness's token, and `[policies.mirror]` gets `on_miss = "fetch"` with the origin as
+  `fetch.origins` for `127.0.0.1`.
 - **client**: in the bench process (its own one-thread runtime), a minimal HTTP/1.1 client
   (`benches/proxy/load.rs`). `c` workers, each with exactly one keep-alive connection of its own,
   sending GETs back to back (a closed loop: latency under load is the latency at the throughput
@@ -98,6 +105,10 @@ bodies); here a worker's connection count is exact, and checked (**conns** below
 | `resource-hit` | `/mirror/obj-N.bin` (policy `mirror`, `cache_mode = "resource"`), the same object and ETag every time: a resource-key hit answered at the response headers with a `mode_override`, the body streaming past ext_proc | `mirror-noscan` (issue target: under 1 ms added at p99) |
 | `noop-hit` | `/mirror/obj-N.bin` through a second Envoy, same config, whose processor is a do-nothing one in the bench process (`benches/proxy/noop.rs`): it gives the same two answers clamgate gives on a resource-key hit, with no lookup, state, task or metric. The floor any processor pays for Envoy's two ext_proc round trips on this machine; resource-hit over noop-hit is clamgate's own share | `mirror-noscan` |
 | `miss` | `/files/u-…-N-i.bin`, a new object every request: a real clamd scan each | `baseline` |
+| `nginx-plain` | nginx `/plain/obj-N.bin`: nginx and the origin, no auth_request | |
+| `nginx-noop-auth` | nginx `/noop-auth/obj-N.bin`: the shipped protected location with `auth_request` to a do-nothing endpoint that answers what clamgate answers on a hit (`x-clamgate-verdict`, `x-clamgate-if-match`) at once: the floor of any auth_request service | `nginx-plain` |
+| `nginx-hit` | nginx `/mirror/obj-N.bin`: `auth_request` to clamgate's `/v1/auth`, a resource-key hit (fetched and scanned before measuring), then the origin with `If-Match` | `nginx-noop-auth` (issue target: at least 90 % of its req/s at c=8, at most 0.1 ms added at p50) |
+| `nginx-fetch` | nginx `/mirror/u-…-N-i.bin`, a new object every request: clamgate misses, downloads it from the origin, scans it, caches the verdict, answers; nginx then gets it from the origin | `nginx-plain` |
 
 `large` is not a latency scenario: see "Large bodies" below.
 

@@ -130,9 +130,11 @@ impl Scenario {
                  location): nginx and the upstream only, no auth_request."
             }
             Scenario::NginxNoopAuth => {
-                "`GET /noop-auth/obj-N.bin` on nginx: `auth_request` to a do-nothing HTTP endpoint \
-                 (benches/proxy/noop.rs, 200 at once) over a keep-alive upstream, then the upstream: \
-                 the floor of any auth_request service (one loopback HTTP round trip per request)."
+                "`GET /noop-auth/obj-N.bin` on nginx: the shipped protected location, its \
+                 `auth_request` sent to a do-nothing HTTP endpoint (benches/proxy/noop.rs) that \
+                 answers at once what clamgate answers on a hit (`x-clamgate-verdict`, \
+                 `x-clamgate-if-match`), then the upstream: the floor of any auth_request service \
+                 (one loopback HTTP round trip per request)."
             }
             Scenario::NginxHit => {
                 "`GET /mirror/obj-N.bin` on nginx's shipped `/mirror/` location: `auth_request` to \
