@@ -130,6 +130,11 @@ struct UnauthenticatedLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MethodLabels {
+    method: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct AuthAnswerLabels {
     result: &'static str,
 }
@@ -174,6 +179,7 @@ pub struct Metrics {
     clamd_abandoned_scans: Family<AbandonLabels, Counter>,
     grpc_unauthenticated: Family<UnauthenticatedLabels, Counter>,
     auth_answers: Family<AuthAnswerLabels, Counter>,
+    clamd_scans_started: Family<MethodLabels, Counter>,
     http_refused: Family<HttpRefusalLabels, Counter>,
     fetches: Family<FetchLabels, Counter>,
     fetch_duration: Histogram,
@@ -328,6 +334,12 @@ impl Metrics {
             "gRPC calls refused with UNAUTHENTICATED before anything was read, by service (ext_proc, scan_api) and reason (missing, malformed, wrong)",
             grpc_unauthenticated.clone(),
         );
+        let clamd_scans_started = Family::<MethodLabels, Counter>::default();
+        registry.register(
+            "clamd_scans_started",
+            "clamd scans started, by method (instream: the body streamed over the socket; fildes: clamd on this host given the held body's file descriptor)",
+            clamd_scans_started.clone(),
+        );
         let auth_answers = Family::<AuthAnswerLabels, Counter>::default();
         registry.register(
             "auth_answers",
@@ -354,6 +366,7 @@ impl Metrics {
             fetch_duration.clone(),
         );
         Metrics {
+            clamd_scans_started,
             auth_answers,
             http_refused,
             fetches,
@@ -386,6 +399,11 @@ impl Metrics {
             clamd_probes,
             clamd_database_version,
         }
+    }
+
+    /// One clamd scan started, by `instream` or `fildes`.
+    pub fn record_clamd_method(&self, method: &'static str) {
+        self.clamd_scans_started.get_or_create(&MethodLabels { method }).inc();
     }
 
     /// One answer to `/v1/auth`.

@@ -37,7 +37,8 @@ use crate::cache::{
     CacheEntry, CachedVerdict, ContentKey, KnownResource, LockAttempt, Resource, ResourceEntry,
     ResourceVersion, Tier, VaryRecord, VerdictCache, IMMUTABLE_VALIDATOR,
 };
-use crate::clamd::{ClamdClient, ClamdError, InstreamScan, ScanReply};
+use crate::clamd::{ClamdClient, ClamdError, InstreamScan, PendingReply, ScanReply};
+use crate::config::ScanMethod;
 use crate::config::{CacheMode, Config};
 use crate::decode::{BodyDecoder, DecodeError, DecodeLimits, Encoding};
 use crate::metrics::{Metrics, Source};
@@ -115,6 +116,8 @@ pub struct ScannerSettings {
     /// Most bytes the decoders may read without decoding them ([`DecodeLimits::max_skipped_bytes`]).
     /// More is `Unscanned { unsupported_encoding }`.
     pub max_skipped_encoding_bytes: u64,
+    /// `clamd.scan_method`: whether a clamd on a unix socket scans held bodies by descriptor.
+    pub scan_method: ScanMethod,
 }
 
 impl ScannerSettings {
@@ -129,6 +132,7 @@ impl ScannerSettings {
             max_decode_ratio: config.scan.decode_ratio_limit(),
             abandoned_scan_max_hold: config.clamd.abandoned_scan_max_hold(),
             max_skipped_encoding_bytes: config.scan.max_skipped_encoding_bytes,
+            scan_method: config.clamd.scan_method,
         }
     }
 }
@@ -545,8 +549,15 @@ impl Scanner {
         }
     }
 
-    /// One clamd scan of the bytes as received.
+    /// One clamd scan of the bytes as received: by descriptor (FILDES) when clamd is on this
+    /// host and `clamd.scan_method` allows it, else streamed (INSTREAM).
     async fn scan_received(&self, body: &HeldBody) -> Verdict {
+        if self.settings.scan_method == ScanMethod::Auto && self.clamd.can_scan_files() {
+            return match self.open_file_session(body).await {
+                Ok(session) => session.finish(&self.metrics).await,
+                Err(reason) => Verdict::Unscanned { reason },
+            };
+        }
         let mut session = match self.open_session().await {
             Ok(session) => session,
             Err(reason) => return Verdict::Unscanned { reason },
@@ -748,6 +759,44 @@ impl Scanner {
         }
     }
 
+    /// A clamd slot, and clamd scanning `body` by descriptor: the held temp file, or a memfd
+    /// copy of a body held in memory. Any failure is `Unscanned`, never a fallback to `Clean`.
+    async fn open_file_session(&self, body: &HeldBody) -> Result<ClamdSession, UnscannedReason> {
+        let permit = self.scan_slot().await?;
+        let file = body.scan_file().await.map_err(|err| {
+            tracing::warn!(error = %err, "cannot give clamd the held body as a file");
+            UnscannedReason::EngineError
+        })?;
+        let pending = self.clamd.start_file_scan(&file).await.map_err(|err| {
+            tracing::warn!(error = %err, "cannot start a clamd FILDES scan");
+            err.unscanned_reason()
+        })?;
+        self.metrics.record_clamd_method("fildes");
+        Ok(ClamdSession {
+            stage: Stage::Sent(pending),
+            permit,
+            started: Instant::now(),
+            sent_bytes: body.len(),
+            reply_timeout: self.clamd.timeouts().reply,
+            max_hold: self.settings.abandoned_scan_max_hold,
+        })
+    }
+
+    /// A free clamd slot, waited for at most `slot_wait`.
+    async fn scan_slot(&self) -> Result<OwnedSemaphorePermit, UnscannedReason> {
+        tokio::time::timeout(self.settings.slot_wait, self.scan_slots.clone().acquire_owned())
+            .await
+            .map_err(|_| {
+                tracing::warn!(
+                    wait_ms = self.settings.slot_wait.as_millis() as u64,
+                    "no free clamd slot in time"
+                );
+                UnscannedReason::Timeout
+            })?
+            // The semaphore is never closed.
+            .map_err(|_| UnscannedReason::EngineUnavailable)
+    }
+
     async fn open_session(&self) -> Result<ClamdSession, UnscannedReason> {
         let permit = tokio::time::timeout(self.settings.slot_wait, self.scan_slots.clone().acquire_owned())
             .await
@@ -764,8 +813,9 @@ impl Scanner {
             tracing::warn!(error = %err, "cannot start a clamd scan");
             err.unscanned_reason()
         })?;
+        self.metrics.record_clamd_method("instream");
         Ok(ClamdSession {
-            scan,
+            stage: Stage::Streaming(scan),
             permit,
             started: Instant::now(),
             sent_bytes: 0,
@@ -1173,7 +1223,7 @@ impl Drop for Leader<'_> {
 /// `clamd.max_concurrent_scans` (measured with clamd 1.4.6: an abandoned 1.2 s scan kept its
 /// thread for the whole 1.2 s, however the connection was closed).
 struct ClamdSession {
-    scan: InstreamScan,
+    stage: Stage,
     permit: OwnedSemaphorePermit,
     started: Instant,
     sent_bytes: u64,
@@ -1184,18 +1234,34 @@ struct ClamdSession {
     max_hold: Duration,
 }
 
+/// How far a session's body has gone to clamd.
+enum Stage {
+    /// INSTREAM: the body is being streamed.
+    Streaming(InstreamScan),
+    /// clamd has the whole body (a FILDES descriptor) and is scanning it.
+    Sent(PendingReply),
+}
+
 impl ClamdSession {
     async fn send(&mut self, piece: &[u8]) -> Result<(), UnscannedReason> {
+        let Stage::Streaming(scan) = &mut self.stage else {
+            // A FILDES session has nothing more to send: a caller bug, never a verdict.
+            return Err(UnscannedReason::EngineError);
+        };
         self.sent_bytes += piece.len() as u64;
-        self.scan.send(piece).await.map_err(|err| {
+        scan.send(piece).await.map_err(|err| {
             tracing::warn!(error = %err, "clamd write failed");
             err.unscanned_reason()
         })
     }
 
     async fn finish(self, metrics: &Arc<Metrics>) -> Verdict {
-        let ClamdSession { scan, permit, started, sent_bytes, reply_timeout, max_hold } = self;
-        let reply = match scan.end().await {
+        let ClamdSession { stage, permit, started, sent_bytes, reply_timeout, max_hold } = self;
+        let pending = match stage {
+            Stage::Streaming(scan) => scan.end().await,
+            Stage::Sent(pending) => Ok(pending),
+        };
+        let reply = match pending {
             Ok(pending) => {
                 let (reply_tx, reply_rx) = oneshot::channel();
                 let hold = max_hold.max(reply_timeout);

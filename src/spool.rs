@@ -375,6 +375,34 @@ impl HeldBody {
         self.write_at(tail, offset).await
     }
 
+    /// A file holding exactly the body, for clamd to scan by its descriptor (FILDES): the temp
+    /// file, once the small pieces still waiting in memory are written to it (the same bytes at
+    /// the same offsets: the body is unchanged), or, for a body held in memory, a new memfd with
+    /// a copy of it (freed when the returned file is dropped; not charged to the memory budget:
+    /// it lives for one scan).
+    pub async fn scan_file(&self) -> io::Result<Arc<std::fs::File>> {
+        if let Some(file) = &self.file {
+            if !self.tail.is_empty() {
+                let (file, tail, offset) =
+                    (file.clone(), self.tail.clone(), self.len - self.tail.len() as u64);
+                blocking(move || file.write_all_at(&tail, offset)).await?;
+            }
+            return Ok(file.clone());
+        }
+        let (pieces, tail) = (self.pieces.clone(), Bytes::copy_from_slice(&self.tail));
+        blocking(move || {
+            let fd = rustix::fs::memfd_create("clamgate-body", rustix::fs::MemfdFlags::CLOEXEC)?;
+            let file = std::fs::File::from(fd);
+            let mut offset = 0;
+            for piece in pieces.iter().chain(std::iter::once(&tail)) {
+                file.write_all_at(piece, offset)?;
+                offset += piece.len() as u64;
+            }
+            Ok(Arc::new(file))
+        })
+        .await
+    }
+
     /// Reads `max` bytes (fewer at the end) from `offset`; empty past the end.
     pub async fn read_at(&self, offset: u64, max: usize) -> io::Result<Bytes> {
         let end = self.len.min(offset.saturating_add(max as u64));

@@ -254,6 +254,43 @@ impl ClamdClient {
         Ok(InstreamScan { conn, timeouts: self.timeouts, state, bytes_sent: 0 })
     }
 
+    /// Whether this clamd can scan a file clamgate holds, by its descriptor (FILDES): only over a
+    /// unix socket, i.e. a clamd on this host.
+    pub fn can_scan_files(&self) -> bool {
+        cfg!(unix) && matches!(self.address, ClamdAddress::Unix(_))
+    }
+
+    /// Starts a FILDES scan of `file` (the whole file, from offset 0): connects to the unix
+    /// socket, sends `zFILDES\0` and the descriptor (`SCM_RIGHTS`). clamd reads the file itself:
+    /// no byte crosses the socket, and clamd makes no copy of its own. The reply comes from the
+    /// returned [`PendingReply`], read with the same rules as INSTREAM's.
+    ///
+    /// `Err(Io)` (kind `Unsupported`) over TCP: a remote clamd cannot open this host's files.
+    #[cfg(unix)]
+    pub async fn start_file_scan(&self, file: &std::fs::File) -> Result<PendingReply, ClamdError> {
+        if !self.can_scan_files() {
+            return Err(ClamdError::Io(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "FILDES needs clamd on a unix socket",
+            )));
+        }
+        let mut conn = self.connect().await?;
+        match timeout_write(&mut conn, protocol::FILDES_COMMAND, self.timeouts.write).await {
+            Ok(()) => {}
+            Err(WriteFailure::Io(err)) => return Err(ClamdError::Io(err)),
+            Err(WriteFailure::TimedOut) => return Err(ClamdError::Timeout { phase: "write" }),
+        }
+        let Connection::Unix(stream) = &conn else {
+            return Err(ClamdError::Io(io::Error::new(io::ErrorKind::Unsupported, "not a unix socket")));
+        };
+        let sent = tokio::time::timeout(self.timeouts.write, send_descriptor(stream, file)).await;
+        match sent {
+            Ok(Ok(())) => Ok(PendingReply { conn, fildes: true }),
+            Ok(Err(err)) => Err(ClamdError::Io(err)),
+            Err(_) => Err(ClamdError::Timeout { phase: "write" }),
+        }
+    }
+
     /// Scans a body already in memory: [`start_scan`](Self::start_scan), one
     /// [`send`](InstreamScan::send), [`finish`](InstreamScan::finish).
     pub async fn scan_bytes(&self, body: &[u8]) -> Result<ScanReply, ClamdError> {
@@ -418,7 +455,7 @@ impl InstreamScan {
             SendState::StoppedReading => {}
             SendState::TimedOut => return Err(ClamdError::Timeout { phase: "write" }),
         }
-        Ok(PendingReply { conn: self.conn })
+        Ok(PendingReply { conn: self.conn, fildes: false })
     }
 }
 
@@ -429,6 +466,8 @@ impl InstreamScan {
 #[derive(Debug)]
 pub struct PendingReply {
     conn: Connection,
+    /// A FILDES scan: its reply starts `fd[N]: `, not `stream: `.
+    fildes: bool,
 }
 
 impl PendingReply {
@@ -437,11 +476,41 @@ impl PendingReply {
     /// `Timeout`, not answered within `limit`).
     pub async fn read(mut self, limit: Duration) -> Result<ScanReply, ClamdError> {
         let raw = read_reply_within(&mut self.conn, limit).await?;
-        let reply = parse_scan_reply(&raw.bytes);
+        let reply =
+            if self.fildes { protocol::parse_fildes_reply(&raw.bytes) } else { parse_scan_reply(&raw.bytes) };
         if reply == ScanReply::Clean && !raw.terminated {
             return Ok(ScanReply::Unknown { raw: String::from_utf8_lossy(&raw.bytes).into_owned() });
         }
         Ok(reply)
+    }
+}
+
+/// Sends one byte carrying `file`'s descriptor (`SCM_RIGHTS`) on `stream`, waiting while the
+/// socket is not writable.
+#[cfg(unix)]
+async fn send_descriptor(stream: &UnixStream, file: &std::fs::File) -> io::Result<()> {
+    use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
+    use std::os::fd::AsFd;
+    loop {
+        stream.writable().await?;
+        let sent = stream.try_io(tokio::io::Interest::WRITABLE, || {
+            let mut space = [std::mem::MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(1))];
+            let mut control = SendAncillaryBuffer::new(&mut space);
+            let descriptors = [file.as_fd()];
+            if !control.push(SendAncillaryMessage::ScmRights(&descriptors)) {
+                return Err(io::Error::other("no room for the descriptor in the control message"));
+            }
+            rustix::net::sendmsg(stream, &[io::IoSlice::new(&[0])], &mut control, SendFlags::NOSIGNAL)
+                .map_err(io::Error::from)
+        });
+        match sent {
+            Ok(1) => return Ok(()),
+            Ok(_) => {
+                return Err(io::Error::new(io::ErrorKind::WriteZero, "the descriptor byte was not sent"))
+            }
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(err) => return Err(err),
+        }
     }
 }
 

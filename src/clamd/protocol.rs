@@ -16,6 +16,11 @@ pub const INSTREAM_END: [u8; 4] = [0; 4];
 /// `PING`; clamd answers `PONG`.
 pub const PING_COMMAND: &[u8] = b"zPING\0";
 
+/// Starts a FILDES scan: one byte carrying the file descriptor (`SCM_RIGHTS`) follows on the unix
+/// socket, and clamd scans the whole file behind it (from offset 0, whatever the descriptor's
+/// position; measured with clamd 1.4.6).
+pub const FILDES_COMMAND: &[u8] = b"zFILDES\0";
+
 /// `VERSION`; clamd answers `ClamAV <engine>[/<db version>/<db date>]`.
 pub const VERSION_COMMAND: &[u8] = b"zVERSION\0";
 
@@ -154,6 +159,27 @@ pub fn parse_scan_reply(raw: &[u8]) -> ScanReply {
     unknown()
 }
 
+/// Parses clamd's reply to FILDES: `fd[N]: OK`, `fd[N]: <Name> FOUND`, `fd[N]: <text> ERROR`, or
+/// an error without the prefix (`No file descriptor received. ERROR`). The `fd[N]: ` prefix is
+/// read as INSTREAM's `stream: `, and the rest by [`parse_scan_reply`], with the same strictness.
+pub fn parse_fildes_reply(raw: &[u8]) -> ScanReply {
+    let prefix_end = raw
+        .strip_prefix(b"fd[")
+        .and_then(|rest| rest.iter().position(|&b| b == b']').map(|digits| (rest, digits)))
+        .filter(|(rest, digits)| *digits > 0 && rest[..*digits].iter().all(u8::is_ascii_digit))
+        .and_then(|(rest, digits)| rest[digits..].strip_prefix(b"]: ").map(|after| raw.len() - after.len()));
+    match prefix_end {
+        Some(end) => {
+            let mut normalized = b"stream: ".to_vec();
+            normalized.extend_from_slice(&raw[end..]);
+            parse_scan_reply(&normalized)
+        }
+        // Only an error may come without the prefix; `OK` or `FOUND` without it is not clamd's.
+        None if trim_terminators(raw).ends_with(b" ERROR") => parse_scan_reply(raw),
+        None => ScanReply::Unknown { raw: String::from_utf8_lossy(trim_terminators(raw)).into_owned() },
+    }
+}
+
 /// Parses clamd's reply to `VERSION`: `ClamAV 1.4.6`, or `ClamAV 1.4.6/27000/Sat Nov 21 14:40:36 2026`
 /// when a `daily.*` database is loaded.
 pub fn parse_version(raw: &[u8]) -> Result<EngineVersion, ProtocolError> {
@@ -206,6 +232,29 @@ fn error_reply(message: &str) -> Option<ScanReply> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fildes_replies_read_like_instream_ones() {
+        assert_eq!(parse_fildes_reply(b"fd[12]: OK\0"), ScanReply::Clean);
+        assert_eq!(
+            parse_fildes_reply(b"fd[7]: Test.Eicar.Body.UNOFFICIAL FOUND\0"),
+            ScanReply::Found { signature: "Test.Eicar.Body.UNOFFICIAL".to_string() }
+        );
+        assert!(matches!(
+            parse_fildes_reply(b"No file descriptor received. ERROR\0"),
+            ScanReply::Error { .. }
+        ));
+        for garbage in [
+            &b"OK\0"[..],
+            b"fd[]: OK\0",
+            b"fd[x]: OK\0",
+            b"fd[1]:OK\0",
+            b"stream: OK\0",
+            b"fd[1]: OK\0fd[1]: OK\0",
+        ] {
+            assert!(matches!(parse_fildes_reply(garbage), ScanReply::Unknown { .. }), "{garbage:?}");
+        }
+    }
 
     fn found(signature: &str) -> ScanReply {
         ScanReply::Found { signature: signature.to_string() }

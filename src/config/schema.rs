@@ -33,6 +33,7 @@ pub(super) fn narrower_kind(path: &str) -> Option<Kind> {
         "clamd.address" => Some(Kind::ClamdAddress),
         "cache.redis_cluster_urls" => Some(Kind::RedisClusterSeeds),
         "fetch.origins" => Some(Kind::Origins),
+        "clamd.scan_method" => Some(Kind::Enum(&ScanMethod::NAMES)),
         "policy.on_miss" => Some(Kind::Enum(&OnMiss::NAMES)),
         "log.format" => Some(Kind::Enum(&LogFormat::NAMES)),
         "policy.cache_mode" => Some(Kind::Enum(&CacheMode::NAMES)),

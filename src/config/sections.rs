@@ -64,6 +64,31 @@ pub struct ClamdConfig {
     /// clamgate has stopped waiting (scan deadline, client gone): clamd keeps scanning such a body,
     /// so the slot is freed only when clamd replies or closes, or after this.
     pub abandoned_scan_max_hold_ms: u64,
+    /// How a body goes to clamd: `auto` gives a clamd on a unix socket (this host) the held
+    /// body's file descriptor (FILDES: no copy through the socket, none by clamd), and streams
+    /// it (INSTREAM) to a clamd over TCP and for decoded content; `instream` always streams.
+    pub scan_method: ScanMethod,
+}
+
+/// `clamd.scan_method`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ScanMethod {
+    Auto,
+    Instream,
+}
+
+impl ScanMethod {
+    /// The names used in the config.
+    pub const NAMES: [&'static str; 2] = [ScanMethod::Auto.as_str(), ScanMethod::Instream.as_str()];
+
+    /// The name used in the config: `auto` or `instream`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ScanMethod::Auto => "auto",
+            ScanMethod::Instream => "instream",
+        }
+    }
 }
 
 /// Limits on what is scanned.
@@ -451,6 +476,7 @@ impl Default for ClamdConfig {
             settings_check_interval_ms: 60_000,
             // clamd's own default MaxScanTime: by then clamd has given up on the body itself.
             abandoned_scan_max_hold_ms: 120_000,
+            scan_method: ScanMethod::Auto,
         }
     }
 }
