@@ -104,6 +104,11 @@ pub struct Options {
     /// Give clamgate a Redis verdict cache (a real redis-server) behind its in-process tier.
     #[arg(long)]
     pub redis: bool,
+    /// How clamgate reaches clamd: `tcp` (INSTREAM, as to a clamd on another host) or `unix`
+    /// (the unix socket of a clamd on this host: clamgate then scans held bodies by descriptor,
+    /// FILDES). The `large` scenario's direct INSTREAM baseline uses TCP either way.
+    #[arg(long, value_enum, default_value = "tcp")]
+    pub clamd_socket: ClamdSocket,
     /// Rewrite docs/benchmarks.md: its how-to and the results sections of the scenarios that ran
     /// (the other section is kept as it was).
     #[arg(long)]
@@ -114,6 +119,13 @@ pub struct Options {
     /// Passed by `cargo bench`.
     #[arg(long, hide = true)]
     pub bench: bool,
+}
+
+/// `--clamd-socket`.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, clap::ValueEnum)]
+pub enum ClamdSocket {
+    Tcp,
+    Unix,
 }
 
 fn parse_size(text: &str) -> Result<usize, String> {
@@ -264,10 +276,25 @@ fn run(options: &Options, command: String) -> Result<(), String> {
     );
     // Large bodies need clamd's and clamgate's size limits raised (to 600 MiB, both); the latency
     // scenarios' bodies are far below either limit, so they measure the same with them.
+    let unix_socket = options.clamd_socket == ClamdSocket::Unix;
     let clamd = match large_plan {
-        Some(_) => ClamdProcess::start_with(ClamdOptions::large_bodies()),
-        None => ClamdProcess::start(),
+        Some(_) => ClamdProcess::start_with(ClamdOptions { unix_socket, ..ClamdOptions::large_bodies() }),
+        None => ClamdProcess::start_with(ClamdOptions { unix_socket, ..ClamdOptions::default() }),
     };
+    // The address clamgate is given: the unix socket (FILDES) or TCP (INSTREAM).
+    let gate_clamd = match unix_socket {
+        true => clamd.unix_address().ok_or("clamd has no unix socket")?,
+        false => clamd.address(),
+    };
+    notes.push(format!(
+        "clamgate reaches clamd over {} ({})",
+        if unix_socket { "its unix socket" } else { "TCP" },
+        if unix_socket {
+            "clamd.scan_method = \"auto\": held bodies scanned by descriptor, FILDES"
+        } else {
+            "INSTREAM"
+        }
+    ));
     let redis = options.redis.then(RedisProcess::start);
     let mut extra = String::new();
     if large_plan.is_some() {
@@ -281,7 +308,7 @@ fn run(options: &Options, command: String) -> Result<(), String> {
     let policy_check = clamgate_bin::check_config(&clamgate_bin::config_text(
         unbound,
         std::net::SocketAddr::from(([127, 0, 0, 1], 2)),
-        &clamd.address(),
+        &gate_clamd,
         &format!("{extra}{MIRROR_POLICY}"),
     ));
     if policy_check.is_ok() {
@@ -296,7 +323,7 @@ fn run(options: &Options, command: String) -> Result<(), String> {
             origin.addr()
         ));
     }
-    let gate = ClamgateProcess::start(&clamd.address(), &extra)?;
+    let gate = ClamgateProcess::start(&gate_clamd, &extra)?;
     let config = envoy::bench_config(gate.grpc_addr, origin.addr())?;
     let envoy = BenchEnvoy::start(&config.yaml, envoy_workers)?;
     // The noop-hit scenario: the same shipped config, its processor a do-nothing one.

@@ -44,6 +44,7 @@ nothing.
 | `--max-secs` | `1800` | time bound of the whole run: cells not started by then are skipped |
 | `--envoy-concurrency` | number of CPUs | Envoy's worker threads |
 | `--redis` | off | clamgate with a Redis verdict cache (a local redis-server) behind its in-process tier |
+| `--clamd-socket` | `tcp` | how clamgate reaches clamd: `tcp` (INSTREAM) or `unix` (a clamd on this host: held bodies scanned by descriptor, FILDES); the `large` scenario's direct INSTREAM baseline uses TCP either way |
 | `--large-sizes` | `1m,16m,256m` | body sizes of `large` (64 B to 600 MiB) |
 | `--large-reps` | 10 up to 1 MiB, 5 up to 16 MiB, 3 above | repetitions of `large`: one number for every size, or one per size |
 | `--write-report` | off | rewrite this file: this text, and the results sections of the scenarios that ran (below) |
