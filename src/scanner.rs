@@ -76,6 +76,20 @@ pub struct ScanReport {
     pub cached: bool,
 }
 
+impl ScanReport {
+    /// The report of a clean verdict found in the cache under a resource key, for content
+    /// `content` (the entry holds no body size or engine).
+    pub fn cached_clean(content: &ContentKey) -> ScanReport {
+        ScanReport {
+            verdict: Verdict::Clean,
+            sha256: content.hex(),
+            body_bytes: 0,
+            engine: None,
+            cached: true,
+        }
+    }
+}
+
 /// What the cache knows about a resource (scheme, host, port, path and query, and the request
 /// headers its response varies on).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -798,17 +812,7 @@ impl Scanner {
     }
 
     async fn open_session(&self) -> Result<ClamdSession, UnscannedReason> {
-        let permit = tokio::time::timeout(self.settings.slot_wait, self.scan_slots.clone().acquire_owned())
-            .await
-            .map_err(|_| {
-                tracing::warn!(
-                    wait_ms = self.settings.slot_wait.as_millis() as u64,
-                    "no free clamd slot in time"
-                );
-                UnscannedReason::Timeout
-            })?
-            // The semaphore is never closed.
-            .map_err(|_| UnscannedReason::EngineUnavailable)?;
+        let permit = self.scan_slot().await?;
         let scan = self.clamd.start_scan().await.map_err(|err| {
             tracing::warn!(error = %err, "cannot start a clamd scan");
             err.unscanned_reason()

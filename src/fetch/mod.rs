@@ -35,7 +35,7 @@ use crate::decode::{parse_content_encoding, Encoding};
 use crate::metrics::{Metrics, Source};
 use crate::scanner::{ResourceLookup, ScanReport, Scanner};
 use crate::spool::{HeldBody, Spool, SpoolFull};
-use crate::verdict::{UnscannedReason, Verdict};
+use crate::verdict::UnscannedReason;
 
 /// The request headers sent on to the origin, so that the variant scanned is the one the client
 /// gets (`Vary`). A response that varies on any other header is not stored by resource.
@@ -233,16 +233,7 @@ impl Fetcher {
     /// The verdict another fetch stored for `resource`, if any.
     async fn stored(&self, resource: &Resource) -> Option<Fetched> {
         let (report, known) = match self.scanner.lookup_resource(resource).await {
-            ResourceLookup::Clean { known } => {
-                let report = ScanReport {
-                    verdict: Verdict::Clean,
-                    sha256: known.content.hex(),
-                    body_bytes: 0,
-                    engine: None,
-                    cached: true,
-                };
-                (report, known)
-            }
+            ResourceLookup::Clean { known } => (ScanReport::cached_clean(&known.content), known),
             ResourceLookup::InfectedUnlessChanged { known, report } => (report, known),
             ResourceLookup::Infected(report) => {
                 return Some(Fetched {

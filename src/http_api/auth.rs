@@ -197,13 +197,7 @@ async fn verdict_for(state: &HttpState, request: &AuthRequest, policy: &Policy) 
     } else if rules.cache_mode != CacheMode::Off {
         match state.scanner.lookup_resource(&resource).await {
             ResourceLookup::Clean { known } => {
-                let report = ScanReport {
-                    verdict: Verdict::Clean,
-                    sha256: known.content.hex(),
-                    body_bytes: 0,
-                    engine: None,
-                    cached: true,
-                };
+                let report = ScanReport::cached_clean(&known.content);
                 return Ok(Found::Verdict { report, validator: Some(known.validator) });
             }
             ResourceLookup::Infected(report) | ResourceLookup::InfectedUnlessChanged { report, .. } => {
