@@ -640,13 +640,13 @@ pub fn large_results(info: &RunInfo, run: &LargeRun, notes: &[String]) -> String
     let _ = writeln!(
         out,
         "\nDuring the scanned requests: the clamd scans clamgate made and their mean time in its own `/metrics` \
-         (first byte sent to clamd → reply: clamgate's INSTREAM, to compare with the direct one), where clamgate \
+         (first byte sent to clamd, or the descriptor with FILDES → reply: clamgate's own clamd scan, to compare with the direct INSTREAM), where clamgate \
          held the bodies, and the peak RSS of clamgate and Envoy. **other load**: CPU used by processes other \
          than the benchmark's while the size ran.\n"
     );
     let _ = writeln!(
         out,
-        "| body | clamd scans by clamgate | clamgate's INSTREAM, mean | held in | clamgate RSS before → peak | Envoy peak RSS | other load |"
+        "| body | clamd scans by clamgate | clamgate's clamd scan, mean | held in | clamgate RSS before → peak | Envoy peak RSS | other load |"
     );
     let _ = writeln!(out, "|---|---:|---:|---|---:|---:|---:|");
     for size in &run.sizes {
