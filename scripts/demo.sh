@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The clamgate demo: the whole stack on loopback, then real requests through Envoy.
 #
-#   clamd :3310 (test signatures from testdata/clamav/)   Redis :6379 (no persistence)
+#   clamd :3310 and a unix socket (test signatures from testdata/clamav/)   Redis :6379
 #   sample upstream :8080 (scripts/demo_upstream.py)      clamgate :50051 gRPC, :9090 admin
 #   Envoy :10000 with the shipped envoy/envoy.yaml, admin :9901
 #   nginx :8088 with the shipped nginx/nginx.conf, asking clamgate's HTTP listener :8181
@@ -177,6 +177,9 @@ CLAMAV_DIR="$WORK/clamav"
 mkdir -p "$CLAMAV_DIR/db" "$CLAMAV_DIR/tmp"
 cp testdata/clamav/test.ndb testdata/clamav/test.hdb testdata/clamav/test.ldb "$CLAMAV_DIR/db/"
 sed -e "s|{{PORT}}|$CLAMD_PORT|g" -e "s|{{DIR}}|$CLAMAV_DIR|g" testdata/clamav/clamd.conf >"$CLAMAV_DIR/clamd.conf"
+# clamd is on this host: clamgate uses its unix socket and hands it the held bodies' file
+# descriptors (FILDES, clamd.scan_method = "auto"); TCP stays open for the readiness check.
+echo "LocalSocket $CLAMAV_DIR/clamd.sock" >>"$CLAMAV_DIR/clamd.conf"
 start clamd "$WORK/clamd.log" "$CLAMD_BIN" --foreground --config-file="$CLAMAV_DIR/clamd.conf"
 
 # --- Redis ---------------------------------------------------------------------------------------
@@ -214,7 +217,8 @@ http_addr = "127.0.0.1:$HTTP_PORT"
 http_token_file = "$WORK/http-token"
 
 [clamd]
-address = "tcp://127.0.0.1:$CLAMD_PORT"
+# The unix socket of the clamd on this host: bodies go by descriptor (FILDES), not copied.
+address = "unix://$CLAMAV_DIR/clamd.sock"
 
 [cache]
 redis_url = "redis://127.0.0.1:$REDIS_PORT"
@@ -342,6 +346,14 @@ if ((WITH_CLAMGATE)); then
         pass "nginx POST infected upload: 409, never stored by the upstream"
     else
         fail "nginx POST infected upload: status $STATUS"
+    fi
+
+    # clamd is on this host: clamgate gave it the bodies' file descriptors rather than the bytes.
+    fildes="$(curl -fsS "http://127.0.0.1:$ADMIN_PORT/metrics" | grep '^clamgate_clamd_scans_started_total{method="fildes"}' | awk '{print $2}' || true)"
+    if [[ -n "$fildes" && "${fildes%%.*}" -gt 0 ]]; then
+        pass "clamd on this host scanned the held bodies by descriptor (FILDES): $fildes scans"
+    else
+        fail "no FILDES scan counted (clamgate_clamd_scans_started_total{method=\"fildes\"}: '${fildes}')"
     fi
 
     # A direct gRPC caller posing as Envoy, without the token: refused before clamgate reads a
