@@ -65,6 +65,7 @@ pub mod policy;
 pub mod scan_api;
 pub mod scan_files;
 pub mod scanner;
+pub mod single_flight;
 pub mod spool;
 pub mod verdict;
 

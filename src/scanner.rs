@@ -25,13 +25,12 @@
 //!   scanned on its own as well (browsers read only the first). Its cache key is derived from the
 //!   received bytes and the encodings ([`encoded_content_key`]), and covers all these scans.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use sha2::{Digest, Sha512_256};
-use tokio::sync::{oneshot, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 
 use crate::cache::{
     CacheEntry, CachedVerdict, ContentKey, KnownResource, LockAttempt, Resource, ResourceEntry,
@@ -43,6 +42,7 @@ use crate::config::{CacheMode, Config};
 use crate::decode::{BodyDecoder, DecodeError, DecodeLimits, Encoding};
 use crate::metrics::{Metrics, Source};
 use crate::offload::{off_worker, BLOCKING_HASH_BYTES};
+use crate::single_flight::{self, Role, SingleFlight};
 use crate::spool::HeldBody;
 use crate::verdict::{EngineVersion, UnscannedReason, Verdict};
 
@@ -151,8 +151,6 @@ impl ScannerSettings {
     }
 }
 
-type Inflight = HashMap<ContentKey, watch::Receiver<Option<ScanReport>>>;
-
 /// Scans bodies with clamd through the verdict cache.
 pub struct Scanner {
     clamd: ClamdClient,
@@ -161,7 +159,7 @@ pub struct Scanner {
     scan_slots: Arc<Semaphore>,
     metrics: Arc<Metrics>,
     engine: RwLock<Option<EngineVersion>>,
-    inflight: Mutex<Inflight>,
+    inflight: SingleFlight<ContentKey, ScanReport>,
     cache_error_log: Throttle,
     rejected_value_log: Throttle,
     version_refresh: Throttle,
@@ -181,7 +179,7 @@ impl Scanner {
             settings,
             metrics,
             engine: RwLock::new(None),
-            inflight: Mutex::new(HashMap::new()),
+            inflight: SingleFlight::default(),
             cache_error_log: Throttle::new(Duration::from_secs(CACHE_ERROR_LOG_INTERVAL_SECS)),
             rejected_value_log: Throttle::new(Duration::from_secs(CACHE_ERROR_LOG_INTERVAL_SECS)),
             version_refresh: Throttle::new(Duration::from_millis(VERSION_REFRESH_MIN_INTERVAL_MS)),
@@ -326,12 +324,11 @@ impl Scanner {
             if let Some(cached) = self.cached_report(subject).await {
                 return cached;
             }
-            let leader = match self.join_or_lead(&subject.key) {
+            let leader = match self.inflight.join_or_lead(subject.key) {
                 Role::Leader(leader) => leader,
-                Role::Waiter(mut results) => {
+                Role::Waiter(results) => {
                     let started = Instant::now();
-                    let outcome =
-                        results.wait_for(|result| result.is_some()).await.ok().and_then(|r| r.clone());
+                    let outcome = single_flight::wait(results).await;
                     self.metrics.record_scan_wait("local", started.elapsed().as_secs_f64());
                     match outcome {
                         Some(report) => return report,
@@ -393,19 +390,6 @@ impl Scanner {
         };
         self.metrics.record_scan_wait("shared", started.elapsed().as_secs_f64());
         outcome
-    }
-
-    fn join_or_lead(&self, key: &ContentKey) -> Role<'_> {
-        let mut inflight = self.inflight.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(results) = inflight.get(key) {
-            // A receiver whose sender is gone belongs to a leader that was cancelled.
-            if results.has_changed().is_ok() {
-                return Role::Waiter(results.clone());
-            }
-        }
-        let (sender, receiver) = watch::channel(None);
-        inflight.insert(*key, receiver);
-        Role::Leader(Leader { scanner: self, key: *key, sender })
     }
 
     /// A clamd scan whose verdict is written to the cache (`store`, under the subject's key) and
@@ -1187,33 +1171,6 @@ struct Subject<'a> {
 impl<'a> Subject<'a> {
     fn new(input: &'a HeldBody, encodings: &'a [Encoding], received: ContentKey) -> Subject<'a> {
         Subject { input, encodings, received, key: encoded_content_key(&received, encodings) }
-    }
-}
-
-/// Whether this task scans an object, or waits for the task that does.
-enum Role<'a> {
-    Leader(Leader<'a>),
-    Waiter(watch::Receiver<Option<ScanReport>>),
-}
-
-/// The task scanning one content key in this instance. Dropping it (after publishing, or when
-/// cancelled) removes the key, so later requests find the cache or lead a new scan.
-struct Leader<'a> {
-    scanner: &'a Scanner,
-    key: ContentKey,
-    sender: watch::Sender<Option<ScanReport>>,
-}
-
-impl Leader<'_> {
-    fn publish(self, report: ScanReport) {
-        let _ = self.sender.send(Some(report));
-    }
-}
-
-impl Drop for Leader<'_> {
-    fn drop(&mut self) {
-        let mut inflight = self.scanner.inflight.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        inflight.remove(&self.key);
     }
 }
 

@@ -177,7 +177,7 @@ deliver the origin's bytes (SHA-256 compared after the clock stopped).
 - **RSS**: clamgate's and Envoy's peak resident memory (`VmHWM` in `/proc`, reset through
   `/proc/PID/clear_refs` before each scanned request), the highest over the repetitions.
 - clamd's time grows with the signature database: these are the project's tiny test signatures,
-  the official database is 3-10× slower per byte (`docs/clamd.md`). The scenario takes about a
+  the official database is 3-10× slower per byte (README, "clamd"). The scenario takes about a
   minute with the defaults on a 2-core machine. The bench process peaks near twice the largest
   body (the origin's copy and the client's buffer: 518 MiB with 256 MiB), and clamd and clamgate
   each write the body to a temp file (page cache).
@@ -446,7 +446,7 @@ impl Section {
 
     fn mark(self) -> String {
         let scenarios = match self {
-            Section::Latency => "baseline, content, resource, noop, miss",
+            Section::Latency => "baseline, content, resource, noop, miss, nginx",
             Section::Large => "large",
         };
         format!("{SECTION_MARK}{} (replaced by --write-report runs of {scenarios}) -->", self.name())

@@ -3,7 +3,7 @@
 //! Commands use the `z` prefix (`zCMD\0`), so replies end in `\0`, except `COMMAND READ TIMED OUT`,
 //! which clamd ends with `\n` even in z-mode. No `IDSESSION`: replies carry no `<id>: ` prefix.
 //! An INSTREAM body is a sequence of chunks `<u32 big-endian length><bytes>` closed by a
-//! zero-length chunk ([`INSTREAM_END`]). See `docs/clamd.md` for every reply and when it comes.
+//! zero-length chunk ([`INSTREAM_END`]). [`ScanReply`] lists every reply and what clamgate makes of it.
 
 use crate::verdict::{EngineVersion, UnscannedReason, Verdict};
 

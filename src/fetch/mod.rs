@@ -18,13 +18,12 @@ mod origin;
 
 pub use origin::Origin;
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::header::HeaderMap;
 use reqwest::{redirect, Client, StatusCode};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
 use crate::cache::{
@@ -34,7 +33,8 @@ use crate::config::{CacheMode, FetchConfig};
 use crate::decode::{parse_content_encoding, Encoding};
 use crate::metrics::{Metrics, Source};
 use crate::scanner::{ResourceLookup, ScanReport, Scanner};
-use crate::spool::{HeldBody, Spool, SpoolFull};
+use crate::single_flight::{self, Role, SingleFlight};
+use crate::spool::{HeldBody, Spool};
 use crate::verdict::UnscannedReason;
 
 /// The request headers sent on to the origin, so that the variant scanned is the one the client
@@ -70,7 +70,7 @@ pub struct Fetcher {
     scanner: Arc<Scanner>,
     spool: Spool,
     metrics: Arc<Metrics>,
-    inflight: Mutex<HashMap<ResourceKey, watch::Receiver<Option<Fetched>>>>,
+    inflight: SingleFlight<ResourceKey, Fetched>,
 }
 
 /// Why a download gave no body to scan.
@@ -142,13 +142,8 @@ impl Fetcher {
             scanner,
             spool,
             metrics,
-            inflight: Mutex::new(HashMap::new()),
+            inflight: SingleFlight::default(),
         })
-    }
-
-    /// Whether some origin serves `id`'s host.
-    pub fn has_origin(&self, id: &ResourceId) -> bool {
-        self.origin_for(id).is_some()
     }
 
     fn origin_for(&self, id: &ResourceId) -> Option<&Origin> {
@@ -161,11 +156,10 @@ impl Fetcher {
     pub async fn fetch(&self, resource: &Resource, rules: FetchRules) -> Fetched {
         let key = resource.id.key();
         loop {
-            let leader = match self.join_or_lead(key) {
+            let leader = match self.inflight.join_or_lead(key) {
                 Role::Leader(leader) => leader,
-                Role::Waiter(mut results) => {
-                    let outcome = results.wait_for(Option::is_some).await.ok().and_then(|r| r.clone());
-                    match outcome {
+                Role::Waiter(results) => {
+                    match single_flight::wait(results).await {
                         Some(fetched) => {
                             self.metrics.record_fetch("joined", None);
                             return fetched;
@@ -179,18 +173,6 @@ impl Fetcher {
             leader.publish(fetched.clone());
             return fetched;
         }
-    }
-
-    fn join_or_lead(&self, key: ResourceKey) -> Role<'_> {
-        let mut inflight = self.inflight.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(results) = inflight.get(&key) {
-            if results.has_changed().is_ok() {
-                return Role::Waiter(results.clone());
-            }
-        }
-        let (sender, receiver) = watch::channel(None);
-        inflight.insert(key, receiver);
-        Role::Leader(Leader { fetcher: self, key, sender })
     }
 
     async fn fetch_as_leader(&self, resource: &Resource, key: &ResourceKey, rules: FetchRules) -> Fetched {
@@ -346,13 +328,7 @@ impl Fetcher {
             if body.received() + chunk.len() as u64 > max {
                 return Err(DownloadError::TooLarge);
             }
-            body.push(chunk).await.map_err(|err| {
-                if SpoolFull::is(&err) {
-                    DownloadError::Hold(err)
-                } else {
-                    DownloadError::Hold(std::io::Error::other(err.to_string()))
-                }
-            })?;
+            body.push(chunk).await.map_err(DownloadError::Hold)?;
         }
         Ok(Downloaded { body, encodings, validator, vary })
     }
@@ -384,31 +360,5 @@ fn describe(err: &reqwest::Error) -> String {
         kind.to_string()
     } else {
         format!("{kind}: {detail}")
-    }
-}
-
-/// Whether this task downloads an object, or waits for the task that does.
-enum Role<'a> {
-    Leader(Leader<'a>),
-    Waiter(watch::Receiver<Option<Fetched>>),
-}
-
-/// The task downloading one resource in this instance; dropping it frees the key.
-struct Leader<'a> {
-    fetcher: &'a Fetcher,
-    key: ResourceKey,
-    sender: watch::Sender<Option<Fetched>>,
-}
-
-impl Leader<'_> {
-    fn publish(self, fetched: Fetched) {
-        let _ = self.sender.send(Some(fetched));
-    }
-}
-
-impl Drop for Leader<'_> {
-    fn drop(&mut self) {
-        let mut inflight = self.fetcher.inflight.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        inflight.remove(&self.key);
     }
 }

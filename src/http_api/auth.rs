@@ -32,7 +32,7 @@ use axum::response::{IntoResponse, Response};
 
 use super::HttpState;
 use crate::audit::{audit, AuditContext};
-use crate::cache::{strong_etag, Resource, ResourceId, IMMUTABLE_VALIDATOR};
+use crate::cache::{strong_etag, Resource, ResourceId};
 use crate::config::{CacheMode, OnMiss};
 use crate::fetch::FetchRules;
 use crate::metrics::Source;
@@ -88,14 +88,14 @@ pub async fn auth(State(state): State<super::HttpState>, headers: HeaderMap) -> 
     if let Some(refusal) = super::refused(&state, &headers, "/v1/auth") {
         return refusal;
     }
-    let request = match AuthRequest::from_headers(&headers) {
+    let mut request = match AuthRequest::from_headers(&headers) {
         Ok(request) => request,
         Err(err) => return bad_request(&state, &err),
     };
     let Some(policy) = state.policies.named(&request.policy) else {
         return bad_request(&state, &BadRequest::UnknownPolicy);
     };
-    match verdict_for(&state, &request, &policy).await {
+    match verdict_for(&state, &mut request, &policy).await {
         Ok(Found::NothingToScan) => {
             state.metrics.record_auth_answer("not_scanned");
             StatusCode::OK.into_response()
@@ -175,11 +175,16 @@ fn bad_request(state: &HttpState, err: &BadRequest) -> Response {
 }
 
 /// The verdict for the request's object, from the cache or a fetch.
-async fn verdict_for(state: &HttpState, request: &AuthRequest, policy: &Policy) -> Result<Found, BadRequest> {
+/// The client's headers move into the resource: nothing later reads them.
+async fn verdict_for(
+    state: &HttpState,
+    request: &mut AuthRequest,
+    policy: &Policy,
+) -> Result<Found, BadRequest> {
     let rules = &policy.rules;
-    let not_cached =
-        |reason| Found::Verdict { report: unscanned(state, reason, request.direction()), validator: None };
-    if request.direction() == Direction::Request {
+    let direction = request.direction();
+    let not_cached = |reason| Found::Verdict { report: unscanned(state, reason, direction), validator: None };
+    if direction == Direction::Request {
         if !rules.scan_requests && !rules.scan_responses {
             return Ok(Found::NothingToScan);
         }
@@ -190,7 +195,7 @@ async fn verdict_for(state: &HttpState, request: &AuthRequest, policy: &Policy) 
     }
     let id = ResourceId::from_request(&request.scheme, &request.authority, &request.uri)
         .ok_or(BadRequest::NotAResource)?;
-    let resource = Resource { id, request_headers: request.client_headers.clone() };
+    let resource = Resource { id, request_headers: std::mem::take(&mut request.client_headers) };
     if request.recheck {
         // The upstream refused the validator this endpoint gave: that entry is stale.
         state.scanner.forget_resource(&resource).await;
@@ -270,8 +275,8 @@ fn answer(
             if let Some(verdict) = verdict_header {
                 set("x-clamgate-verdict", verdict);
             }
-            // Under an immutable policy the version needs no pinning; an `immutable` entry has no ETag.
-            if let Some(etag) = if_match.filter(|etag| *etag != IMMUTABLE_VALIDATOR) {
+            // No strong ETag (an immutable policy): nothing to pin, no If-Match.
+            if let Some(etag) = if_match {
                 set("x-clamgate-if-match", etag);
             }
             (StatusCode::OK, headers).into_response()
