@@ -24,15 +24,16 @@ SERVICES=(clamav-daemon clamav-freshclam redis-server nginx)
 
 setup_log() { echo "setup: $*"; }
 
+# Installs the named Debian packages that are missing.
 setup_apt() {
     local missing=() pkg
-    for pkg in "${APT_PACKAGES[@]}"; do
+    for pkg in "$@"; do
         if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then
             missing+=("$pkg")
         fi
     done
     if ((${#missing[@]} == 0)); then
-        setup_log "Debian packages present: ${APT_PACKAGES[*]}"
+        setup_log "Debian packages present: $*"
         return
     fi
     setup_log "installing Debian packages: ${missing[*]}"
@@ -40,10 +41,10 @@ setup_apt() {
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}"
 }
 
-# Stops and disables the packaged services if they run (with or without systemd).
+# Stops and disables the named packaged services if they run (with or without systemd).
 setup_stop_services() {
     local svc
-    for svc in "${SERVICES[@]}"; do
+    for svc in "$@"; do
         if [[ -d /run/systemd/system ]]; then
             if systemctl is-active --quiet "$svc" 2>/dev/null || systemctl is-enabled --quiet "$svc" 2>/dev/null; then
                 setup_log "stopping and disabling the $svc service"
@@ -78,8 +79,8 @@ setup_nextest() {
 }
 
 setup_main() {
-    setup_apt
-    setup_stop_services
+    setup_apt "${APT_PACKAGES[@]}"
+    setup_stop_services "${SERVICES[@]}"
     setup_envoy
     setup_nextest
     CLAMD_BIN="$(command -v clamd || echo /usr/sbin/clamd)"

@@ -239,6 +239,36 @@ impl PhaseResult {
     }
 }
 
+/// One closed-loop client worker: does request `i` and says how many body bytes it got.
+pub trait Worker: Send + 'static {
+    fn one(&mut self, i: u64) -> impl std::future::Future<Output = Result<u64, String>> + Send;
+}
+
+/// An HTTP worker: `GET path_of(i)` on its own connection, expecting 200 and `expected_len`
+/// body bytes.
+struct HttpWorker {
+    connection: Connection,
+    path_of: Arc<dyn Fn(u64) -> String + Send + Sync>,
+    expected_len: usize,
+}
+
+impl Worker for HttpWorker {
+    async fn one(&mut self, i: u64) -> Result<u64, String> {
+        let path = (self.path_of)(i);
+        let response = self.connection.get(&path).await?;
+        if response.status == 200 && response.body_len == self.expected_len {
+            return Ok(response.body_len as u64);
+        }
+        Err(format!(
+            "GET {path}: status {}, {} bytes (expected 200, {}): {}",
+            response.status,
+            response.body_len,
+            self.expected_len,
+            self.connection.body_start(&response)
+        ))
+    }
+}
+
 /// Sends `count` GETs of `path_of(i)` (i = 0, 1, …) through `connections` (one worker each),
 /// each expecting 200 and `expected_len` body bytes, and stops early at `time_bound`. Returns the
 /// connections for the next phase.
@@ -249,13 +279,28 @@ pub async fn run_phase(
     expected_len: usize,
     time_bound: Duration,
 ) -> (Vec<Connection>, PhaseResult) {
+    let workers = connections
+        .into_iter()
+        .map(|connection| HttpWorker { connection, path_of: path_of.clone(), expected_len })
+        .collect();
+    let (workers, result) = run_workers(workers, count, time_bound).await;
+    (workers.into_iter().map(|worker| worker.connection).collect(), result)
+}
+
+/// Runs requests 0 to `count` - 1 through `workers`, each taking the next number when it is
+/// free, and stops early at `time_bound`. Returns the workers for the next phase.
+pub async fn run_workers<W: Worker>(
+    workers: Vec<W>,
+    count: u64,
+    time_bound: Duration,
+) -> (Vec<W>, PhaseResult) {
     let next = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let deadline = started + time_bound;
-    let mut workers = tokio::task::JoinSet::new();
-    for mut connection in connections {
-        let (next, path_of) = (next.clone(), path_of.clone());
-        workers.spawn(async move {
+    let mut running = tokio::task::JoinSet::new();
+    for mut worker in workers {
+        let next = next.clone();
+        running.spawn(async move {
             let mut mine = PhaseResult::default();
             loop {
                 if Instant::now() >= deadline {
@@ -266,41 +311,34 @@ pub async fn run_phase(
                 if i >= count {
                     break;
                 }
-                let path = path_of(i);
                 let sent = Instant::now();
-                let outcome = connection.get(&path).await;
+                let outcome = worker.one(i).await;
                 let latency = sent.elapsed();
-                let error = match outcome {
-                    Ok(response) if response.status == 200 && response.body_len == expected_len => {
+                match outcome {
+                    Ok(bytes) => {
                         mine.latencies.push(latency);
-                        mine.bytes += response.body_len as u64;
-                        continue;
+                        mine.bytes += bytes;
                     }
-                    Ok(response) => format!(
-                        "GET {path}: status {}, {} bytes (expected 200, {expected_len}): {}",
-                        response.status,
-                        response.body_len,
-                        connection.body_start(&response)
-                    ),
-                    Err(err) => err,
-                };
-                mine.errors += 1;
-                if mine.error_samples.len() < 3 {
-                    mine.error_samples.push(error);
+                    Err(error) => {
+                        mine.errors += 1;
+                        if mine.error_samples.len() < 3 {
+                            mine.error_samples.push(error);
+                        }
+                    }
                 }
             }
-            (connection, mine)
+            (worker, mine)
         });
     }
-    let mut connections = Vec::new();
+    let mut workers = Vec::new();
     let mut all = PhaseResult::default();
-    while let Some(joined) = workers.join_next().await {
-        let Ok((connection, mine)) = joined else {
+    while let Some(joined) = running.join_next().await {
+        let Ok((worker, mine)) = joined else {
             all.errors += 1;
             all.error_samples.push("a client worker panicked".to_string());
             continue;
         };
-        connections.push(connection);
+        workers.push(worker);
         all.latencies.extend(mine.latencies);
         all.errors += mine.errors;
         all.bytes += mine.bytes;
@@ -313,5 +351,5 @@ pub async fn run_phase(
     }
     all.elapsed = started.elapsed();
     all.latencies.sort_unstable();
-    (connections, all)
+    (workers, all)
 }

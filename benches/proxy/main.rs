@@ -14,12 +14,14 @@
 mod support;
 
 mod clamgate_bin;
+mod direct;
 mod envoy;
 mod large;
 mod load;
 mod machine;
 mod nginx;
 mod noop;
+mod peer;
 mod report;
 mod scenario;
 mod upstream;
@@ -39,6 +41,7 @@ use load::{Connection, PhaseResult};
 use machine::CpuSample;
 use nginx::BenchNginx;
 use noop::{NoopAuth, NoopProcessor};
+use peer::BenchPeer;
 use scenario::{Scenario, Selection};
 use support::clamd::{ClamdOptions, ClamdProcess};
 use support::redis::RedisProcess;
@@ -53,13 +56,16 @@ const DOWNSTREAM_CX: &str = "http.ingress_http.downstream_cx_total";
     about = "clamgate benchmark: latency and throughput through Envoy on loopback (see docs/benchmarks.md)"
 )]
 pub struct Options {
-    /// Scenarios to run, comma-separated: baseline, content, resource, miss, noop, nginx, large.
+    /// Scenarios to run, comma-separated: baseline, content, resource, miss, noop, nginx, peer,
+    /// large. `miss` includes `clamd-direct` (the same scans made straight to clamd). `noop`
+    /// includes `echo-hit` (the floor of a content hit). `peer` (only when named) runs the
+    /// incumbent, squid + c-icap on the same clamd, on bodies up to 63 KiB (`peer.rs`).
     /// `nginx` runs nginx alone, nginx with a do-nothing auth_request endpoint, nginx with
     /// clamgate's `/v1/auth` (cache hit) and fetch on a miss (`nginx.rs`). `resource`
     /// runs the `/mirror/` route and its copy without ext_proc; it is skipped (with a line saying
     /// why) while the shipped config or clamgate lacks resource-key support. `noop` runs the
-    /// `/mirror/` route through a second Envoy whose processor does nothing (the floor of a
-    /// resource hit). `large` (only when named) times large bodies scanned through Envoy against a
+    /// `/mirror/` and `/files/` routes through a second Envoy whose processor does nothing but
+    /// what a processor must (the floors of a resource hit and of a content hit). `large` (only when named) times large bodies scanned through Envoy against a
     /// direct clamd INSTREAM and against Envoy without ext_proc (`--large-sizes`, `--large-reps`).
     #[arg(
         long,
@@ -277,9 +283,18 @@ fn run(options: &Options, command: String) -> Result<(), String> {
     // Large bodies need clamd's and clamgate's size limits raised (to 600 MiB, both); the latency
     // scenarios' bodies are far below either limit, so they measure the same with them.
     let unix_socket = options.clamd_socket == ClamdSocket::Unix;
+    // The peer reaches clamd over its unix socket whichever socket clamgate is given.
+    let peer_selected = scenarios.iter().any(|scenario| scenario.through_peer());
+    let clamd_has_unix_socket = unix_socket || peer_selected;
     let clamd = match large_plan {
-        Some(_) => ClamdProcess::start_with(ClamdOptions { unix_socket, ..ClamdOptions::large_bodies() }),
-        None => ClamdProcess::start_with(ClamdOptions { unix_socket, ..ClamdOptions::default() }),
+        Some(_) => ClamdProcess::start_with(ClamdOptions {
+            unix_socket: clamd_has_unix_socket,
+            ..ClamdOptions::large_bodies()
+        }),
+        None => ClamdProcess::start_with(ClamdOptions {
+            unix_socket: clamd_has_unix_socket,
+            ..ClamdOptions::default()
+        }),
     };
     // The address clamgate is given: the unix socket (FILDES) or TCP (INSTREAM).
     let gate_clamd = match unix_socket {
@@ -337,9 +352,42 @@ fn run(options: &Options, command: String) -> Result<(), String> {
         false => None,
     };
     let envoy_of = |scenario: Scenario| match (&noop, scenario) {
-        (Some((_, noop_envoy)), Scenario::NoopHit) => noop_envoy,
+        (Some((_, noop_envoy)), Scenario::NoopHit | Scenario::EchoHit) => noop_envoy,
         _ => &envoy,
     };
+    // The incumbent: squid + c-icap on the same clamd's unix socket.
+    let peer = match peer_selected {
+        true => match clamd.unix_socket_path() {
+            Some(socket) => match BenchPeer::start(&socket, origin.addr(), cores) {
+                Ok(peer) => Some(peer),
+                Err(err) => {
+                    notes.push(format!("peer scenarios: skipped, the peer did not start: {err}"));
+                    eprintln!("proxy bench: peer: {err}");
+                    None
+                }
+            },
+            None => None,
+        },
+        false => None,
+    };
+    if peer_selected && peer.is_none() {
+        scenarios.retain(|scenario| !scenario.through_peer());
+    }
+    if peer.is_some() {
+        notes.push(format!(
+            "peer: squid 5.7 (`workers {cores}`, no squid cache, ICAP connections kept open, preview \
+             1 KiB) and c-icap 0.5 `virus_scan` (Debian's process and thread defaults, `clamd_mod` on \
+             clamd's unix socket, `SendPercentData 0`, 204 for clean bodies), both from Debian 12's \
+             packages; bodies up to 63 KiB only (squid bug 5352)"
+        ));
+        if options.sizes.iter().any(|&size| size > peer::MAX_BODY) {
+            notes.push(
+                "peer scenarios: not run with bodies over 63 KiB (Debian's squid 5.7 stalls on RESPMOD \
+                 bodies over 64 KiB, squid bug 5352)"
+                    .to_string(),
+            );
+        }
+    }
     // nginx: the shipped config, clamgate's HTTP listener, and a do-nothing auth endpoint.
     let nginx = match (nginx_selected, gate.http_addr) {
         (true, Some(http)) => {
@@ -359,8 +407,9 @@ fn run(options: &Options, command: String) -> Result<(), String> {
         notes.push("nginx scenarios: skipped, this clamgate has no HTTP listener".to_string());
         scenarios.retain(|scenario| !scenario.through_nginx());
     }
-    let addr_of = |scenario: Scenario| match (&nginx, scenario.through_nginx()) {
-        (Some((_, nginx)), true) => nginx.addr(),
+    let addr_of = |scenario: Scenario| match (&nginx, &peer) {
+        (Some((_, nginx)), _) if scenario.through_nginx() => nginx.addr(),
+        (_, Some(peer)) if scenario.through_peer() => peer.addr(),
         _ => envoy_of(scenario).addr(),
     };
 
@@ -405,10 +454,17 @@ fn run(options: &Options, command: String) -> Result<(), String> {
             .block_on(smoke(listener, scenario, smallest))
             .map_err(|err| format!("set-up check: {err}"))?;
     }
-    if scenarios.contains(&Scenario::NoopHit) {
+    if let Some(peer) = &peer {
         runtime
-            .block_on(smoke(envoy_of(Scenario::NoopHit).addr(), Scenario::NoopHit, smallest))
+            .block_on(check_peer(peer, &origin, smallest))
             .map_err(|err| format!("set-up check: {err}"))?;
+    }
+    for scenario in [Scenario::NoopHit, Scenario::EchoHit, Scenario::PeerRepeat, Scenario::PeerUnique] {
+        if scenarios.contains(&scenario) {
+            runtime
+                .block_on(smoke(addr_of(scenario), scenario, smallest))
+                .map_err(|err| format!("set-up check: {err}"))?;
+        }
     }
     // nginx: each route once, and every size of /mirror/ fetched and scanned, so that
     // nginx-hit measures cache hits.
@@ -426,6 +482,9 @@ fn run(options: &Options, command: String) -> Result<(), String> {
     pids.extend(noop.iter().map(|(_, noop_envoy)| noop_envoy.pid()));
     if let Some((_, nginx)) = &nginx {
         pids.extend(machine::pids_mentioning(nginx.dir()));
+    }
+    if let Some(peer) = &peer {
+        pids.extend(machine::pids_mentioning(peer.dir()));
     }
     pids.extend(machine::pids_mentioning(clamd.dir()));
     if let Some(redis) = &redis {
@@ -453,49 +512,55 @@ fn run(options: &Options, command: String) -> Result<(), String> {
                         notes.push(format!("{label}: skipped, the run reached its time bound (--max-secs)"));
                         continue;
                     }
+                    if !scenario.runs_with(size) {
+                        continue;
+                    }
                     series += 1;
                     let (warmup, measured) = counts(size, concurrency.max(1), options.scale);
                     eprint!("proxy bench: {label}: {warmup} warm-up + {measured} measured ... ");
                     let envoy = envoy_of(scenario);
-                    let target = addr_of(scenario);
-                    let connections: Vec<Connection> =
-                        (0..concurrency.max(1)).map(|_| Connection::new(target)).collect();
-                    let path_of = |offset: u64| -> Arc<dyn Fn(u64) -> String + Send + Sync> {
-                        Arc::new(move |i| scenario.path(run_nonce, series, size, offset + i))
-                    };
-                    // Envoy's count of accepted connections; nginx keeps none.
-                    let through_envoy = !scenario.through_nginx();
+                    let through_envoy = scenario.through_envoy();
+                    // Envoy's count of accepted connections; nginx and squid are not asked.
                     let connections_before = envoy.stat(DOWNSTREAM_CX).filter(|_| through_envoy);
-                    let (connections, warm) =
-                        runtime.block_on(load::run_phase(connections, path_of(0), warmup, size, phase_bound));
-                    let metrics_before = gate.metrics().unwrap_or_default();
-                    let cpu_before = CpuSample::take(&pids);
-                    let (connections, result) = runtime.block_on(load::run_phase(
-                        connections,
-                        path_of(warmup),
+                    let measure = Measure {
+                        warmup,
                         measured,
-                        size,
                         phase_bound,
-                    ));
-                    let cpu_after = CpuSample::take(&pids);
-                    let metrics_after = gate.metrics().unwrap_or_default();
+                        gate: &gate,
+                        peer: peer.as_ref().filter(|_| scenario.through_peer()),
+                        pids: &pids,
+                    };
+                    let phases = match scenario {
+                        Scenario::ClamdDirect => {
+                            let workers = direct::workers(&gate_clamd, size, concurrency, run_nonce, series)?;
+                            runtime.block_on(measure.direct(workers))
+                        }
+                        _ => {
+                            let target = addr_of(scenario);
+                            let connections: Vec<Connection> =
+                                (0..concurrency.max(1)).map(|_| Connection::new(target)).collect();
+                            let path_of = |offset: u64| -> Arc<dyn Fn(u64) -> String + Send + Sync> {
+                                Arc::new(move |i| scenario.path(run_nonce, series, size, offset + i))
+                            };
+                            runtime.block_on(measure.http(connections, path_of, size))
+                        }
+                    };
                     let connections_accepted = envoy
                         .stat(DOWNSTREAM_CX)
                         .filter(|_| through_envoy)
                         .zip(connections_before)
                         .map(|(a, b)| a.saturating_sub(b));
-                    let client_connects = connections.iter().map(|c| c.connects).sum();
-                    drop(connections);
+                    let Phases { warm, result, metrics, client_connects, other_cores } = phases;
                     let cell = Cell {
                         scenario,
                         size,
                         concurrency,
                         warmup: warm,
                         measured: result,
-                        metrics: metric_deltas(&metrics_before, &metrics_after),
+                        metrics,
                         connections: connections_accepted,
                         client_connects,
-                        other_cores: cpu_after.other_cores_since(&cpu_before, cores),
+                        other_cores,
                     };
                     eprintln!("{}", report::one_line(&cell));
                     by_round[index].push(cell);
@@ -605,6 +670,93 @@ fn run(options: &Options, command: String) -> Result<(), String> {
     Ok(())
 }
 
+/// How one cell is measured: its request counts and time bound, and what is sampled around the
+/// measured phase.
+struct Measure<'a> {
+    warmup: u64,
+    measured: u64,
+    phase_bound: Duration,
+    gate: &'a ClamgateProcess,
+    /// The incumbent, when the cell measures it: its RESPMOD answers count as its scans.
+    peer: Option<&'a BenchPeer>,
+    pids: &'a [u32],
+}
+
+/// What one cell's two phases measured.
+struct Phases {
+    warm: PhaseResult,
+    result: PhaseResult,
+    metrics: Vec<(String, f64)>,
+    client_connects: u64,
+    other_cores: Option<f64>,
+}
+
+impl Measure<'_> {
+    /// Warm-up, then the measured phase, through HTTP `connections` (`path_of(offset)` names
+    /// the requests of a phase whose first request is number `offset`).
+    async fn http(
+        &self,
+        connections: Vec<Connection>,
+        path_of: impl Fn(u64) -> Arc<dyn Fn(u64) -> String + Send + Sync>,
+        size: usize,
+    ) -> Phases {
+        let (connections, warm) =
+            load::run_phase(connections, path_of(0), self.warmup, size, self.phase_bound).await;
+        let sampled = self.sample();
+        let (connections, result) =
+            load::run_phase(connections, path_of(self.warmup), self.measured, size, self.phase_bound).await;
+        let client_connects = connections.iter().map(|c| c.connects).sum();
+        self.finish(sampled, warm, result, client_connects)
+    }
+
+    /// Warm-up, then the measured phase, of direct clamd scans.
+    async fn direct(&self, workers: Vec<direct::ClamdWorker>) -> Phases {
+        let (mut workers, warm) = load::run_workers(workers, self.warmup, self.phase_bound).await;
+        for worker in &mut workers {
+            worker.offset = self.warmup;
+        }
+        let sampled = self.sample();
+        let (_, result) = load::run_workers(workers, self.measured, self.phase_bound).await;
+        self.finish(sampled, warm, result, 0)
+    }
+
+    fn sample(&self) -> (String, CpuSample) {
+        (self.counters(), CpuSample::take(self.pids))
+    }
+
+    /// clamgate's `/metrics`, or for a peer cell c-icap's RESPMOD answers as two samples.
+    fn counters(&self) -> String {
+        match self.peer {
+            Some(peer) => {
+                let (blocked, clean) = peer.respmod_answers();
+                format!(
+                    "c_icap_respmod_total{{icap_status=\"200\"}} {blocked}\n\
+                     c_icap_respmod_total{{icap_status=\"204\"}} {clean}\n"
+                )
+            }
+            None => self.gate.metrics().unwrap_or_default(),
+        }
+    }
+
+    fn finish(
+        &self,
+        (metrics_before, cpu_before): (String, CpuSample),
+        warm: PhaseResult,
+        result: PhaseResult,
+        client_connects: u64,
+    ) -> Phases {
+        let cpu_after = CpuSample::take(self.pids);
+        let metrics_after = self.counters();
+        Phases {
+            warm,
+            result,
+            metrics: metric_deltas(&metrics_before, &metrics_after),
+            client_connects,
+            other_cores: cpu_after.other_cores_since(&cpu_before, machine::cores()),
+        }
+    }
+}
+
 /// One request through `scenario`'s route, checking the route is the one we think.
 async fn smoke(listener: SocketAddr, scenario: Scenario, size: usize) -> Result<(), String> {
     let mut connection = Connection::new(listener);
@@ -618,6 +770,33 @@ async fn smoke(listener: SocketAddr, scenario: Scenario, size: usize) -> Result<
         )),
         _ => Ok(()),
     }
+}
+
+/// Whether the peer scans: a clean object passes whole after a RESPMOD answered 204, and an
+/// EICAR object is refused after one answered 200 (c-icap replaced the body with its block page).
+async fn check_peer(peer: &BenchPeer, origin: &Origin, size: usize) -> Result<(), String> {
+    let mut connection = Connection::new(peer.addr());
+    let (blocked_before, clean_before) = peer.respmod_answers();
+    let path = Scenario::PeerRepeat.path(0, 0, size, 0);
+    let response = connection.get(&path).await?;
+    connection.expect_whole(&path, &response, size)?;
+    origin.put("peer-check-eicar.bin", support::samples::eicar().into());
+    let infected = connection.get("/files/peer-check-eicar.bin").await;
+    origin.remove("peer-check-eicar.bin");
+    let infected = infected?;
+    // c-icap writes its access log line after the answer.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (blocked, clean) = peer.respmod_answers();
+    if infected.status == 200 && connection.body_start(&infected).contains("EICAR") {
+        return Err("the peer (squid + c-icap) let an EICAR body through".to_string());
+    }
+    if clean <= clean_before || blocked <= blocked_before {
+        return Err(format!(
+            "c-icap's access log does not show the two scans (RESPMOD 204: {clean_before} → {clean}, \
+             200: {blocked_before} → {blocked}): is squid sending responses to it?"
+        ));
+    }
+    Ok(())
 }
 
 /// Whether the `/mirror/` routes work and clamgate answers repeated requests from resource keys:
@@ -665,7 +844,8 @@ fn counter_samples(exposition: &str) -> BTreeMap<String, f64> {
         .filter_map(|line| {
             let (sample, value) = line.rsplit_once(' ')?;
             let name = sample.split('{').next()?;
-            let counter = name.ends_with("_total") || name.ends_with("_count");
+            let counter =
+                name.ends_with("_total") || name.ends_with("_count") || name.ends_with("_seconds_sum");
             if !counter || name == "clamgate_clamd_probes_total" {
                 return None;
             }

@@ -1,24 +1,32 @@
-//! A do-nothing ext_proc processor: the floor of what any processor adds on the resource-hit path.
+//! Do-nothing processors, the floors clamgate is measured against: an ext_proc processor for the
+//! resource-hit and content-hit paths, and an `auth_request` endpoint for the nginx path.
 //!
-//! It answers exactly what clamgate answers on a resource-key hit (request headers: continue;
-//! response headers: the same `response::response_headers_pass_unbuffered` answer, verdict header
-//! and `mode_override` included) but looks nothing up, keeps no state, records no metric and
-//! answers inline in the response stream. The `noop-hit` scenario puts it behind a second Envoy
-//! with the same shipped config, so "noop-hit over mirror-noscan" is the cost of Envoy's ext_proc
-//! round trips and the machine, and "resource-hit over noop-hit" is clamgate's own share.
+//! The ext_proc one answers what clamgate answers, but looks nothing up, hashes nothing, scans
+//! nothing and records no metric. On `/mirror/` (the `noop-hit` scenario) it answers as clamgate
+//! does on a resource-key hit: request headers continue; response headers get the same
+//! `response::response_headers_pass_unbuffered` answer (verdict header and `mode_override`).
+//! On `/files/` (the `echo-hit` scenario) it does what clamgate does on a content-key hit minus
+//! the lookup: switches the response body to FULL_DUPLEX_STREAMED at the request headers, holds
+//! the response headers and every body piece in memory until the body ends, then answers the
+//! headers (verdict header set) and sends the body back in 64 KiB pieces. Both run behind a
+//! second Envoy with the same shipped config, so "noop-hit over mirror-noscan" and "echo-hit over
+//! baseline" are the cost of Envoy's ext_proc round trips on this machine, and "resource-hit over
+//! noop-hit", "content-hit over echo-hit" are clamgate's own share.
 
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::thread::JoinHandle;
 
-use clamgate::ext_proc::response::response_headers_pass_unbuffered;
+use clamgate::ext_proc::response::{
+    headers_continue, response_headers_pass_unbuffered, streamed_body, trailers_continue, with_body_modes,
+    with_verdict_header,
+};
 use clamgate::ext_proc::ExternalProcessorServer;
+use clamgate::policy::Direction;
+use envoy_types::pb::envoy::extensions::filters::http::ext_proc::v3::processing_mode::BodySendMode;
 use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::ExternalProcessor;
 use envoy_types::pb::envoy::service::ext_proc::v3::processing_request::Request as Message;
-use envoy_types::pb::envoy::service::ext_proc::v3::processing_response::Response as Answer;
-use envoy_types::pb::envoy::service::ext_proc::v3::{
-    CommonResponse, HeadersResponse, ProcessingRequest, ProcessingResponse,
-};
+use envoy_types::pb::envoy::service::ext_proc::v3::{ProcessingRequest, ProcessingResponse};
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -29,6 +37,9 @@ struct Noop;
 
 type AnswerStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<ProcessingResponse, Status>> + Send>>;
 
+/// The largest piece of a body sent back to Envoy (as clamgate's).
+const PIECE_BYTES: usize = 64 * 1024;
+
 #[tonic::async_trait]
 impl ExternalProcessor for Noop {
     type ProcessStream = AnswerStream;
@@ -37,21 +48,107 @@ impl ExternalProcessor for Noop {
         &self,
         request: Request<Streaming<ProcessingRequest>>,
     ) -> Result<Response<Self::ProcessStream>, Status> {
-        let answers = request.into_inner().map(|message| message.and_then(answer));
-        Ok(Response::new(Box::pin(answers)))
+        let mut inbound = request.into_inner();
+        let (answers, answered) = tokio::sync::mpsc::channel::<Result<ProcessingResponse, Status>>(16);
+        tokio::spawn(async move {
+            let mut stream = NoopStream::default();
+            while let Some(message) = inbound.next().await {
+                let Ok(message) = message else { return };
+                for answer in stream.on_message(message) {
+                    let failed = answer.is_err();
+                    if answers.send(answer).await.is_err() || failed {
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(answered))))
     }
 }
 
-fn answer(message: ProcessingRequest) -> Result<ProcessingResponse, Status> {
-    match message.request {
-        Some(Message::RequestHeaders(_)) => Ok(ProcessingResponse {
-            response: Some(Answer::RequestHeaders(HeadersResponse {
-                response: Some(CommonResponse::default()),
-            })),
-            ..ProcessingResponse::default()
-        }),
-        Some(Message::ResponseHeaders(_)) => Ok(response_headers_pass_unbuffered(Vec::new(), Some("clean"))),
-        _ => Err(Status::invalid_argument("the noop processor answers headers only")),
+/// One stream of the do-nothing processor.
+#[derive(Default)]
+struct NoopStream {
+    /// The request's path is on `/files/`: hold and echo the response body.
+    echo: bool,
+    /// The response body so far (echo only), held until it ends.
+    held: Vec<u8>,
+    /// The held response headers have been answered.
+    headers_answered: bool,
+}
+
+impl NoopStream {
+    fn on_message(&mut self, message: ProcessingRequest) -> Vec<Result<ProcessingResponse, Status>> {
+        match message.request {
+            Some(Message::RequestHeaders(headers)) => {
+                let path = headers
+                    .headers
+                    .iter()
+                    .flat_map(|map| map.headers.iter())
+                    .find(|header| header.key == ":path")
+                    .map(|header| String::from_utf8_lossy(&header.raw_value).into_owned())
+                    .unwrap_or_default();
+                self.echo = path.starts_with("/files/");
+                let answer = headers_continue(Direction::Request, Vec::new());
+                match self.echo {
+                    // clamgate's answer on a scanned download: both bodies FULL_DUPLEX_STREAMED.
+                    true => vec![Ok(with_body_modes(
+                        answer,
+                        BodySendMode::FullDuplexStreamed,
+                        BodySendMode::FullDuplexStreamed,
+                    ))],
+                    false => vec![Ok(answer)],
+                }
+            }
+            Some(Message::ResponseHeaders(_)) if !self.echo => {
+                vec![Ok(response_headers_pass_unbuffered(Vec::new(), Some("clean")))]
+            }
+            // Held, unanswered, until the body has ended.
+            Some(Message::ResponseHeaders(_)) => Vec::new(),
+            Some(Message::RequestBody(body)) => {
+                vec![Ok(streamed_body(Direction::Request, body.body, body.end_of_stream))]
+            }
+            Some(Message::ResponseBody(body)) if self.echo => {
+                self.held.extend_from_slice(&body.body);
+                match body.end_of_stream {
+                    true => self.release(true),
+                    false => Vec::new(),
+                }
+            }
+            Some(Message::ResponseTrailers(_)) if self.echo => {
+                let mut answers = self.release(false);
+                answers.push(Ok(trailers_continue(Direction::Response, Vec::new())));
+                answers
+            }
+            Some(Message::RequestTrailers(_)) => {
+                vec![Ok(trailers_continue(Direction::Request, Vec::new()))]
+            }
+            _ => vec![Err(Status::invalid_argument("the noop processor did not expect this message"))],
+        }
+    }
+
+    /// The held headers' answer (verdict header set) and the held body in 64 KiB pieces, the last
+    /// one ending the stream when `complete`.
+    fn release(&mut self, complete: bool) -> Vec<Result<ProcessingResponse, Status>> {
+        let mut answers = Vec::new();
+        if !self.headers_answered {
+            self.headers_answered = true;
+            let headers = headers_continue(Direction::Response, Vec::new());
+            answers.push(Ok(with_verdict_header(headers, Some("clean"))));
+        }
+        let body = std::mem::take(&mut self.held);
+        if body.is_empty() {
+            if complete {
+                answers.push(Ok(streamed_body(Direction::Response, Vec::new(), true)));
+            }
+            return answers;
+        }
+        let pieces = body.len().div_ceil(PIECE_BYTES);
+        for (index, piece) in body.chunks(PIECE_BYTES).enumerate() {
+            let last = complete && index + 1 == pieces;
+            answers.push(Ok(streamed_body(Direction::Response, piece.to_vec(), last)));
+        }
+        answers
     }
 }
 

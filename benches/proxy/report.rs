@@ -24,18 +24,19 @@ scripts/bench.sh --write-report                    # the same, and replaces thei
 scripts/bench.sh --scenarios baseline,content --sizes 1k --concurrency 1 --scale 0.2   # a quick subset
 scripts/bench.sh --scenarios large --write-report  # large bodies (1 / 16 / 256 MiB): scan time through Envoy vs direct INSTREAM
 scripts/bench.sh --scenarios large --large-sizes 1m,16m --large-reps 2   # a quick look at it
+scripts/bench.sh --scenarios baseline,content,noop,miss,peer --sizes 1k,63k   # beside the incumbent (squid + c-icap)
 cargo bench --bench proxy -- --help                # every option
 ```
 
-`scripts/bench.sh` sources `scripts/setup.sh` (installs clamd, Redis, Envoy 1.40 when missing),
-then runs `cargo bench --bench proxy -- ARGS` (release build). `cargo test` and `cargo nextest run`
+`scripts/bench.sh` sources `scripts/setup.sh` (installs clamd, Redis, nginx, Envoy 1.40 when
+missing; squid, c-icap and `libc-icap-mod-virus-scan` too when `peer` is asked for), then runs `cargo bench --bench proxy -- ARGS` (release build). `cargo test` and `cargo nextest run`
 never run it: a `harness = false` bench is only built by `cargo bench` (or `--benches` /
 `--all-targets`), and started without cargo bench's `--bench` argument, or with `--list`, it does
 nothing.
 
 | option | default | meaning |
 |---|---|---|
-| `--scenarios` | `baseline,content,resource,noop,miss,nginx` | which scenarios (below); `large` only when named |
+| `--scenarios` | `baseline,content,resource,noop,miss,nginx` | which scenarios (below); `peer` and `large` only when named |
 | `--sizes` | `1k,16k,1m` | body sizes of the latency scenarios (bytes, or `k` / `m` for KiB / MiB; 64 B to 16 MiB) |
 | `--concurrency` | `1,8` | client workers, each with one HTTP/1.1 keep-alive connection |
 | `--scale` | `1.0` | multiplies every request count |
@@ -51,7 +52,7 @@ nothing.
 | `--note TEXT` | none | a note for the report (e.g. what else ran on the machine) |
 
 The results below come in two sections, **latency and throughput** (`baseline`, `content`,
-`resource`, `noop`, `miss`, `nginx`) and **large bodies** (`large`). `--write-report` replaces the section
+`resource`, `noop`, `miss`, `nginx`, `peer`) and **large bodies** (`large`). `--write-report` replaces the section
 of each kind of scenario that ran and keeps the other section as the file had it, from its own
 earlier run (each section names its date and command): `--scenarios large --write-report` leaves
 the latency tables alone, and the reverse. Each section starts with an HTML comment line naming
@@ -105,7 +106,11 @@ bodies); here a worker's connection count is exact, and checked (**conns** below
 | `mirror-noscan` | `/mirror-noscan/obj-N.bin`: the `/mirror/` route's copy without ext_proc | |
 | `resource-hit` | `/mirror/obj-N.bin` (policy `mirror`, `cache_mode = "resource"`), the same object and ETag every time: a resource-key hit answered at the response headers with a `mode_override`, the body streaming past ext_proc | `mirror-noscan` (issue target: under 1 ms added at p99) |
 | `noop-hit` | `/mirror/obj-N.bin` through a second Envoy, same config, whose processor is a do-nothing one in the bench process (`benches/proxy/noop.rs`): it gives the same two answers clamgate gives on a resource-key hit, with no lookup, state, task or metric. The floor any processor pays for Envoy's two ext_proc round trips on this machine; resource-hit over noop-hit is clamgate's own share | `mirror-noscan` |
+| `echo-hit` | `/files/obj-N.bin` through the second Envoy, whose do-nothing processor does what clamgate does on a content-key hit minus the lookup and the hash: it switches the download to FULL_DUPLEX_STREAMED, holds the headers and the whole body in memory, then answers the headers and sends the body back in 64 KiB pieces. The floor of any processor that holds a body before it passes; content-hit over echo-hit is clamgate's own share | `baseline` |
 | `miss` | `/files/u-…-N-i.bin`, a new object every request: a real clamd scan each | `baseline` |
+| `clamd-direct` | no HTTP: the bench's workers scan a new body of the same size each time straight with clamd (`zINSTREAM`, a new connection per scan, over the socket clamgate is given; `benches/proxy/direct.rs`). clamd alone: the floor of a miss | |
+| `peer-repeat` | the incumbent: squid 5.7 as a reverse proxy (no squid cache) sending each response to c-icap's `virus_scan` (RESPMOD), which has the same clamd scan it by descriptor over its unix socket (`benches/proxy/peer.rs`); `/files/obj-N.bin`, the same object every time (clamd answers from its own cache of clean files) | `content-hit`, in "The incumbent, side by side" |
+| `peer-unique` | the incumbent, `/files/u-…-N-i.bin`, a new object every request: a clamd scan each | `miss`, in "The incumbent, side by side" |
 | `nginx-plain` | nginx `/plain/obj-N.bin`: nginx and the origin, no auth_request | |
 | `nginx-noop-auth` | nginx `/noop-auth/obj-N.bin`: the shipped protected location with `auth_request` to a do-nothing endpoint that answers what clamgate answers on a hit (`x-clamgate-verdict`, `x-clamgate-if-match`) at once: the floor of any auth_request service | `nginx-plain` |
 | `nginx-hit` | nginx `/mirror/obj-N.bin`: `auth_request` to clamgate's `/v1/auth`, a resource-key hit (fetched and scanned before measuring), then the origin with `If-Match` | `nginx-noop-auth` (issue target: at least 90 % of its req/s at c=8, at most 0.1 ms added at p50) |
@@ -116,7 +121,23 @@ bodies); here a worker's connection count is exact, and checked (**conns** below
 `--scenarios resource` runs `mirror-noscan` and `resource-hit`. Until the shipped config has the
 `/mirror/` route and clamgate accepts `[policies.mirror]`, they are skipped with a line saying
 which is missing; nothing else needs changing for them to run. `--scenarios noop` runs
-`mirror-noscan` and `noop-hit` (it starts the second Envoy and the do-nothing processor).
+`mirror-noscan`, `noop-hit` and `echo-hit` (it starts the second Envoy and the do-nothing
+processor). `--scenarios miss` runs `miss` and `clamd-direct`. `--scenarios peer` runs
+`peer-repeat` and `peer-unique`, only for bodies up to 63 KiB: Debian's squid 5.7 stalls on
+RESPMOD bodies over 64 KiB (squid bug 5352, fixed in squid 6.9; a body of exactly 64 KiB already
+stalls about a second per response), so the bench leaves the peer out of larger sizes and says so.
+The peer gets clamd's unix socket whichever `--clamd-socket` clamgate gets, as Debian's c-icap is
+meant to run (on TCP its clamd module copies each body through the socket). squid runs one worker
+per CPU, as Envoy and nginx do; c-icap keeps Debian's process and thread defaults. Before
+measuring, the bench checks that the peer really scans: a clean object passes whole and an EICAR
+object is refused, each after a RESPMOD answer in c-icap's access log (the **clamd scans** column
+shows c-icap's RESPMOD answers for the peer).
+
+After the tables, **The incumbent, side by side** puts the peer beside clamgate (same body, new
+body, and clamd alone), and **Targets** lists the performance targets this run can check: a
+content hit at least 90 % of echo-hit's req/s at c=8; a resource hit at least 95 % of noop-hit's
+at c=8; a miss at least 1.3× the peer's req/s on new bodies and at least 80 % of clamd-direct's;
+a miss's p50 at c=1 within 0.3 ms of baseline's p50 plus clamd-direct's.
 
 Requests per cell (times `--scale`): bodies up to 64 KiB, 200 warm-up + 2000 measured at c=1 and
 400 + 4000 at higher concurrency; larger bodies 50 + 1000. Warm-up requests use the same
@@ -212,6 +233,18 @@ fn metric_sum(cell: &Cell, name: &str, label: &str) -> f64 {
         .fold(0.0, |sum, (_, value)| sum + value)
 }
 
+/// The **clamd scans** column: clamgate's scans; for the peer, c-icap's RESPMOD answers (clamd
+/// may answer a repeated body from its own cache); for clamd-direct, the scans made.
+fn scans_column(cell: &Cell) -> String {
+    match cell.scenario {
+        Scenario::PeerRepeat | Scenario::PeerUnique => {
+            format!("{:.0} RESPMOD", metric_sum(cell, "c_icap_respmod_total", ""))
+        }
+        Scenario::ClamdDirect => cell.measured.latencies.len().to_string(),
+        _ => format!("{:.0}", metric_sum(cell, "clamgate_clamd_scan_duration_seconds_count", "")),
+    }
+}
+
 /// One progress line for stderr.
 pub fn one_line(cell: &Cell) -> String {
     let m = &cell.measured;
@@ -271,7 +304,7 @@ pub fn results(info: &RunInfo, cells: &[Cell]) -> String {
             let m = &cell.measured;
             let _ = writeln!(
                 out,
-                "| {} | {} | {} | {} | {:.0} | {:.1} | {} | {} | {} | {} | {} | {:.0} | {:.0} | {} | {} |",
+                "| {} | {} | {} | {} | {:.0} | {:.1} | {} | {} | {} | {} | {} | {} | {:.0} | {} | {} |",
                 size_label(cell.size),
                 cell.concurrency,
                 count_requests(cell),
@@ -283,11 +316,12 @@ pub fn results(info: &RunInfo, cells: &[Cell]) -> String {
                 ms(m.percentile(99.0)),
                 ms(m.percentile(99.9)),
                 ms(m.latencies.last().copied()),
-                metric_sum(cell, "clamgate_clamd_scan_duration_seconds_count", ""),
+                scans_column(cell),
                 metric_sum(cell, "clamgate_cache_lookups_total", "result=\"hit\""),
                 match cell.connections {
                     Some(n) if n == cell.client_connects => n.to_string(),
                     Some(n) => format!("{n} (client: {})", cell.client_connects),
+                    None if cell.scenario == Scenario::ClamdDirect => "–".to_string(),
                     None => format!("? (client: {})", cell.client_connects),
                 },
                 cell.other_cores.map(|cores| format!("{cores:.2} cores")).unwrap_or_else(|| "–".to_string()),
@@ -346,13 +380,21 @@ pub fn results(info: &RunInfo, cells: &[Cell]) -> String {
         }
         clamgate_share(&mut out, cells);
     }
+    side_by_side(&mut out, cells);
+    targets(&mut out, cells);
 
     let _ = writeln!(out, "\n### clamgate's counters during each measured phase\n");
     for cell in cells {
         let moved: Vec<String> = cell
             .metrics
             .iter()
-            .map(|(sample, delta)| format!("`{}` +{delta:.0}", sample.trim_start_matches("clamgate_")))
+            .map(|(sample, delta)| {
+                let name = sample.trim_start_matches("clamgate_");
+                match delta.fract() == 0.0 {
+                    true => format!("`{name}` +{delta:.0}"),
+                    false => format!("`{name}` +{delta:.3}"),
+                }
+            })
             .collect();
         let moved = if moved.is_empty() { "none".to_string() } else { moved.join(", ") };
         let _ = writeln!(
@@ -420,6 +462,123 @@ fn clamgate_share(out: &mut String, cells: &[Cell]) {
         );
     }
     let _ = writeln!(out);
+}
+
+/// The cell of `scenario` with the same body size and concurrency as `like`.
+fn cell_like(cells: &[Cell], scenario: Scenario, size: usize, concurrency: usize) -> Option<&Cell> {
+    cells
+        .iter()
+        .find(|cell| cell.scenario == scenario && cell.size == size && cell.concurrency == concurrency)
+}
+
+fn ratio(a: &Cell, b: &Cell) -> Option<f64> {
+    let base = b.measured.requests_per_sec();
+    (base > 0.0).then(|| a.measured.requests_per_sec() / base)
+}
+
+/// The incumbent beside clamgate: repeated bodies (clamd's own cache for the peer, clamgate's
+/// verdict cache) and new bodies (a clamd scan each for both).
+fn side_by_side(out: &mut String, cells: &[Cell]) {
+    let rows: Vec<&Cell> = cells.iter().filter(|cell| cell.scenario == Scenario::PeerUnique).collect();
+    if rows.is_empty() {
+        return;
+    }
+    let _ = writeln!(out, "\n### The incumbent, side by side\n");
+    let _ = writeln!(
+        out,
+        "squid 5.7 + c-icap `virus_scan` (peer) and clamgate behind Envoy, the same clamd, origin and \
+         objects, in the same run. req/s, then p50 / p99 in ms; **×** is clamgate's req/s over the peer's.\n"
+    );
+    let _ = writeln!(
+        out,
+        "| body | c | peer, same body | clamgate content-hit | × | peer, new body | clamgate miss | × | clamd alone (clamd-direct) |"
+    );
+    let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let shown = |cell: Option<&Cell>| match cell {
+        Some(cell) => format!(
+            "{:.0} ({} / {})",
+            cell.measured.requests_per_sec(),
+            ms(cell.measured.percentile(50.0)),
+            ms(cell.measured.percentile(99.0))
+        ),
+        None => "–".to_string(),
+    };
+    let times = |a: Option<&Cell>, b: Option<&Cell>| match a.zip(b).and_then(|(a, b)| ratio(a, b)) {
+        Some(x) => format!("{x:.2}×"),
+        None => "–".to_string(),
+    };
+    for unique in rows {
+        let (size, c) = (unique.size, unique.concurrency);
+        let repeat = cell_like(cells, Scenario::PeerRepeat, size, c);
+        let hit = cell_like(cells, Scenario::ContentHit, size, c);
+        let miss = cell_like(cells, Scenario::Miss, size, c);
+        let _ = writeln!(
+            out,
+            "| {} | {c} | {} | {} | {} | {} | {} | {} | {} |",
+            size_label(size),
+            shown(repeat),
+            shown(hit),
+            times(hit, repeat),
+            shown(Some(unique)),
+            shown(miss),
+            times(miss, Some(unique)),
+            shown(cell_like(cells, Scenario::ClamdDirect, size, c)),
+        );
+    }
+}
+
+/// Each performance target this run can check, with this run's figure.
+fn targets(out: &mut String, cells: &[Cell]) {
+    let mut rows: Vec<(String, String, String, bool)> = Vec::new();
+    let mut rate_target = |scenario: Scenario, floor: Scenario, at_least: f64, only_c8: bool, what: &str| {
+        for cell in cells.iter().filter(|cell| cell.scenario == scenario) {
+            if only_c8 && cell.concurrency != 8 {
+                continue;
+            }
+            let Some(base) = cell_like(cells, floor, cell.size, cell.concurrency) else { continue };
+            let Some(x) = ratio(cell, base) else { continue };
+            rows.push((
+                what.to_string(),
+                format!("{} c={}", size_label(cell.size), cell.concurrency),
+                format!(
+                    "{:.0} / {:.0} req/s = {:.0} %",
+                    cell.measured.requests_per_sec(),
+                    base.measured.requests_per_sec(),
+                    x * 100.0
+                ),
+                x >= at_least,
+            ));
+        }
+    };
+    rate_target(Scenario::ContentHit, Scenario::EchoHit, 0.90, true, "content-hit ≥ 90 % of echo-hit");
+    rate_target(Scenario::ResourceHit, Scenario::NoopHit, 0.95, true, "resource-hit ≥ 95 % of noop-hit");
+    rate_target(Scenario::Miss, Scenario::PeerUnique, 1.30, false, "miss ≥ 130 % of peer-unique");
+    rate_target(Scenario::Miss, Scenario::ClamdDirect, 0.80, false, "miss ≥ 80 % of clamd-direct");
+    for miss in cells.iter().filter(|cell| cell.scenario == Scenario::Miss && cell.concurrency == 1) {
+        let base = cell_like(cells, Scenario::Baseline, miss.size, 1);
+        let direct = cell_like(cells, Scenario::ClamdDirect, miss.size, 1);
+        let p50 = |cell: &Cell| cell.measured.percentile(50.0).map(|d| d.as_secs_f64() * 1000.0);
+        let (Some(m), Some(b), Some(d)) = (p50(miss), base.and_then(p50), direct.and_then(p50)) else {
+            continue;
+        };
+        let over = m - b - d;
+        rows.push((
+            "miss p50 ≤ baseline p50 + clamd-direct p50 + 0.3 ms".to_string(),
+            format!("{} c=1", size_label(miss.size)),
+            format!("{m:.3} ms against {b:.3} + {d:.3} ms: {over:+.3} ms"),
+            over <= 0.3,
+        ));
+    }
+    if rows.is_empty() {
+        return;
+    }
+    let _ = writeln!(out, "\n### Targets\n");
+    let _ = writeln!(out, "Each figure from this run's cells (the median round of each with `--rounds`).\n");
+    let _ = writeln!(out, "| target | cell | this run | met |");
+    let _ = writeln!(out, "|---|---|---|---|");
+    for (what, cell, figure, met) in rows {
+        let _ = writeln!(out, "| {what} | {cell} | {figure} | {} |", if met { "yes" } else { "**no**" });
+    }
 }
 
 /// The line that opens each results section of `docs/benchmarks.md`, before its name.

@@ -14,16 +14,22 @@ pub enum Selection {
     /// The `/mirror/` route (resource-key policy), one object again and again, and the same route
     /// with ext_proc disabled.
     Resource,
-    /// The scanned route, a new object every request (a clamd scan each).
+    /// The scanned route, a new object every request (a clamd scan each), and the same scans
+    /// made by the bench straight to clamd (`clamd-direct`, `direct.rs`).
     Miss,
-    /// The `/mirror/` route through a second Envoy whose processor is a do-nothing one
-    /// (`noop.rs`): the floor any processor pays on the resource-hit path.
+    /// The `/mirror/` and `/files/` routes through a second Envoy whose processor is a do-nothing
+    /// one (`noop.rs`): the floors any processor pays on the resource-hit path (`noop-hit`) and
+    /// on the content-hit path, holding and echoing the body (`echo-hit`).
     Noop,
     /// nginx (the shipped `nginx/nginx.conf` plus bench-only locations, `nginx.rs`): nginx alone,
     /// nginx with `auth_request` to a do-nothing endpoint (the floor of any auth_request service),
     /// nginx with clamgate's `/v1/auth` answering from the cache, and fetch on a miss (a new object
     /// every request, downloaded and scanned by clamgate before nginx proxies it).
     Nginx,
+    /// The incumbent (`peer.rs`): squid + c-icap `virus_scan` on the same clamd, the same object
+    /// again and again (`peer-repeat`) and a new object every request (`peer-unique`). Bodies up
+    /// to 63 KiB only (Debian's squid 5.7 stalls above 64 KiB, squid bug 5352). Only when named.
+    Peer,
     /// Large bodies (`--large-sizes`), one at a time: a direct clamd INSTREAM from the bench, the
     /// download through Envoy scanned (FULL_DUPLEX, a real scan each), and the same download with
     /// ext_proc disabled (`large.rs`). Not a latency scenario: it has its own report section.
@@ -35,23 +41,31 @@ pub enum Selection {
 pub enum Scenario {
     Baseline,
     ContentHit,
+    EchoHit,
     MirrorNoscan,
     ResourceHit,
     NoopHit,
     Miss,
+    ClamdDirect,
+    PeerRepeat,
+    PeerUnique,
     NginxPlain,
     NginxNoopAuth,
     NginxHit,
     NginxFetch,
 }
 
-pub const ALL: [Scenario; 10] = [
+pub const ALL: [Scenario; 14] = [
     Scenario::Baseline,
     Scenario::ContentHit,
+    Scenario::EchoHit,
     Scenario::MirrorNoscan,
     Scenario::ResourceHit,
     Scenario::NoopHit,
     Scenario::Miss,
+    Scenario::ClamdDirect,
+    Scenario::PeerRepeat,
+    Scenario::PeerUnique,
     Scenario::NginxPlain,
     Scenario::NginxNoopAuth,
     Scenario::NginxHit,
@@ -64,8 +78,9 @@ impl Scenario {
             Scenario::Baseline => Selection::Baseline,
             Scenario::ContentHit => Selection::Content,
             Scenario::ResourceHit => Selection::Resource,
-            Scenario::NoopHit => Selection::Noop,
-            Scenario::Miss => Selection::Miss,
+            Scenario::NoopHit | Scenario::EchoHit => Selection::Noop,
+            Scenario::Miss | Scenario::ClamdDirect => Selection::Miss,
+            Scenario::PeerRepeat | Scenario::PeerUnique => Selection::Peer,
             Scenario::NginxPlain | Scenario::NginxNoopAuth | Scenario::NginxHit | Scenario::NginxFetch => {
                 Selection::Nginx
             }
@@ -84,7 +99,11 @@ impl Scenario {
             Scenario::MirrorNoscan => "mirror-noscan",
             Scenario::ResourceHit => "resource-hit",
             Scenario::NoopHit => "noop-hit",
+            Scenario::EchoHit => "echo-hit",
             Scenario::Miss => "miss",
+            Scenario::ClamdDirect => "clamd-direct",
+            Scenario::PeerRepeat => "peer-repeat",
+            Scenario::PeerUnique => "peer-unique",
             Scenario::NginxPlain => "nginx-plain",
             Scenario::NginxNoopAuth => "nginx-noop-auth",
             Scenario::NginxHit => "nginx-hit",
@@ -121,9 +140,34 @@ impl Scenario {
                  with no lookup, state or metrics. The floor of Envoy's two ext_proc round trips \
                  on this machine."
             }
+            Scenario::EchoHit => {
+                "`GET /files/obj-N.bin` through the second Envoy (the same config) whose processor \
+                 is a do-nothing one (benches/proxy/noop.rs) that does what clamgate does on a \
+                 content-key hit minus the lookup and the hash: switches the download to \
+                 FULL_DUPLEX_STREAMED, holds the headers and the whole body in memory, then \
+                 answers the headers and sends the body back in 64 KiB pieces. The floor of \
+                 content-hit."
+            }
             Scenario::Miss => {
                 "`GET /files/u-…-N-i.bin` on the shipped `/` route, a new object (new bytes, new \
-                 SHA-256) every request: each is a real clamd scan (INSTREAM over TCP)."
+                 SHA-256) every request: each is a real clamd scan (INSTREAM over TCP, or FILDES \
+                 over clamd's unix socket with `--clamd-socket unix`)."
+            }
+            Scenario::ClamdDirect => {
+                "No HTTP: the bench's own workers scan a new body of the same size each time \
+                 straight with clamd (`zINSTREAM`, a new connection per scan, over the socket \
+                 clamgate is given; benches/proxy/direct.rs). What clamd alone does: the floor of \
+                 a miss."
+            }
+            Scenario::PeerRepeat => {
+                "`GET /files/obj-N.bin` on squid 5.7 (reverse proxy, no squid cache) whose \
+                 responses go to c-icap's `virus_scan` (RESPMOD), which has the same clamd scan \
+                 them (`clamd_mod`, FILDES over its unix socket; benches/proxy/peer.rs); the same \
+                 object every time, so clamd answers from its own cache of clean files."
+            }
+            Scenario::PeerUnique => {
+                "`GET /files/u-…-N-i.bin` on squid + c-icap as in peer-repeat, a new object every \
+                 request: a real clamd scan each."
             }
             Scenario::NginxPlain => {
                 "`GET /plain/obj-N.bin` on nginx (the shipped `nginx/nginx.conf` with a bench-only \
@@ -153,18 +197,46 @@ impl Scenario {
     /// The scenario this one is compared with in the overhead table.
     pub fn compared_with(self) -> Option<Scenario> {
         match self {
-            Scenario::ContentHit | Scenario::Miss => Some(Scenario::Baseline),
+            Scenario::ContentHit | Scenario::EchoHit | Scenario::Miss => Some(Scenario::Baseline),
             Scenario::ResourceHit | Scenario::NoopHit => Some(Scenario::MirrorNoscan),
             Scenario::NginxHit => Some(Scenario::NginxNoopAuth),
             Scenario::NginxNoopAuth | Scenario::NginxFetch => Some(Scenario::NginxPlain),
-            Scenario::Baseline | Scenario::MirrorNoscan | Scenario::NginxPlain => None,
+            Scenario::Baseline
+            | Scenario::MirrorNoscan
+            | Scenario::NginxPlain
+            | Scenario::ClamdDirect
+            | Scenario::PeerRepeat
+            | Scenario::PeerUnique => None,
         }
     }
 
     /// Whether the response carries `x-clamgate-verdict` (from clamgate, or from the do-nothing
     /// auth endpoint that stands in for it).
     pub fn scanned(self) -> bool {
-        !matches!(self, Scenario::Baseline | Scenario::MirrorNoscan | Scenario::NginxPlain)
+        !matches!(
+            self,
+            Scenario::Baseline
+                | Scenario::MirrorNoscan
+                | Scenario::NginxPlain
+                | Scenario::ClamdDirect
+                | Scenario::PeerRepeat
+                | Scenario::PeerUnique
+        )
+    }
+
+    /// Whether requests go to an Envoy (clamgate's or the do-nothing processor's).
+    pub fn through_envoy(self) -> bool {
+        !self.through_nginx() && !self.through_peer() && self != Scenario::ClamdDirect
+    }
+
+    /// Whether requests go to the incumbent (squid + c-icap).
+    pub fn through_peer(self) -> bool {
+        matches!(self, Scenario::PeerRepeat | Scenario::PeerUnique)
+    }
+
+    /// Whether the scenario can run with `size`-byte bodies.
+    pub fn runs_with(self, size: usize) -> bool {
+        !self.through_peer() || size <= crate::peer::MAX_BODY
     }
 
     /// Whether requests go to nginx rather than Envoy.
@@ -181,10 +253,14 @@ impl Scenario {
         let noscan = NOSCAN_PREFIX.trim_end_matches('/');
         match self {
             Scenario::Baseline => format!("{noscan}/files/{}", fixed_name(size)),
-            Scenario::ContentHit => format!("/files/{}", fixed_name(size)),
+            Scenario::ContentHit | Scenario::EchoHit | Scenario::PeerRepeat => {
+                format!("/files/{}", fixed_name(size))
+            }
             Scenario::MirrorNoscan => format!("{MIRROR_NOSCAN_PREFIX}{}", fixed_name(size)),
             Scenario::ResourceHit | Scenario::NoopHit => format!("{MIRROR_PREFIX}{}", fixed_name(size)),
-            Scenario::Miss => format!("/files/{}", unique_name(run, series, size, i)),
+            Scenario::Miss | Scenario::ClamdDirect | Scenario::PeerUnique => {
+                format!("/files/{}", unique_name(run, series, size, i))
+            }
             Scenario::NginxPlain => format!("/plain/{}", fixed_name(size)),
             Scenario::NginxNoopAuth => format!("/noop-auth/{}", fixed_name(size)),
             Scenario::NginxHit => format!("/mirror/{}", fixed_name(size)),
