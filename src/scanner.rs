@@ -25,12 +25,15 @@
 //!   scanned on its own as well (browsers read only the first). Its cache key is derived from the
 //!   received bytes and the encodings ([`encoded_content_key`]), and covers all these scans.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
+use std::task::Poll;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use sha2::{Digest, Sha512_256};
-use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::cache::{
     CacheEntry, CachedVerdict, ContentKey, KnownResource, LockAttempt, Resource, ResourceEntry,
@@ -1224,25 +1227,21 @@ impl ClamdSession {
         };
         let reply = match pending {
             Ok(pending) => {
-                let (reply_tx, reply_rx) = oneshot::channel();
+                // Read in this task (no hop to another one on the common path); if the wait
+                // ends first, the read goes on in a task of its own and keeps the slot until
+                // clamd is done (`ReplyReader`'s drop).
                 let hold = max_hold.max(reply_timeout);
-                let task_metrics = metrics.clone();
-                tokio::spawn(async move {
-                    let reply = pending.read(hold).await;
-                    if let Err(reply) = reply_tx.send(reply) {
-                        AbandonedScan::new(&reply, started.elapsed()).emit(&task_metrics);
-                    }
-                    drop(permit);
-                });
-                match tokio::time::timeout(reply_timeout, reply_rx).await {
-                    Ok(Ok(reply)) => reply,
-                    // The reader task is gone without a word (it panicked): no verdict.
-                    Ok(Err(_)) => Err(ClamdError::ClosedWithoutReply),
+                let mut reader = ReplyReader::new(pending, hold, permit, started, metrics.clone());
+                match tokio::time::timeout(reply_timeout, &mut reader).await {
+                    Ok(reply) => reply,
                     Err(_) => Err(ClamdError::Timeout { phase: "reply" }),
                 }
             }
             // The body did not end: clamd is not scanning it, and the slot is free now.
-            Err(err) => Err(err),
+            Err(err) => {
+                drop(permit);
+                Err(err)
+            }
         };
         match reply {
             Ok(reply) => {
@@ -1258,6 +1257,61 @@ impl ClamdSession {
                 Verdict::Unscanned { reason: err.unscanned_reason() }
             }
         }
+    }
+}
+
+/// clamd's reply being read (`PendingReply::read`).
+type ReadingReply = Pin<Box<dyn Future<Output = Result<ScanReply, ClamdError>> + Send>>;
+
+/// The read of clamd's reply to a scan, holding the scan's clamd slot. Awaited by the scan's
+/// own task; dropped before the reply came (the scan's deadline, the reply timeout, or the
+/// client went away), it moves the read to a task of its own, which gives the slot back once
+/// clamd has answered or closed, or after `hold` (`clamd.abandoned_scan_max_hold_ms`), so that
+/// clamgate never has more scans running in clamd than slots.
+struct ReplyReader {
+    read: Option<ReadingReply>,
+    permit: Option<OwnedSemaphorePermit>,
+    started: Instant,
+    metrics: Arc<Metrics>,
+}
+
+impl ReplyReader {
+    fn new(
+        pending: PendingReply,
+        hold: Duration,
+        permit: OwnedSemaphorePermit,
+        started: Instant,
+        metrics: Arc<Metrics>,
+    ) -> ReplyReader {
+        ReplyReader { read: Some(Box::pin(pending.read(hold))), permit: Some(permit), started, metrics }
+    }
+}
+
+impl Future for ReplyReader {
+    type Output = Result<ScanReply, ClamdError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Self::Output> {
+        let Some(read) = self.read.as_mut() else {
+            return Poll::Ready(Err(ClamdError::ClosedWithoutReply));
+        };
+        let reply = std::task::ready!(read.as_mut().poll(cx));
+        self.read = None;
+        self.permit = None;
+        Poll::Ready(reply)
+    }
+}
+
+impl Drop for ReplyReader {
+    fn drop(&mut self) {
+        let (Some(read), Some(permit)) = (self.read.take(), self.permit.take()) else { return };
+        // Outside a runtime (it is shutting down) nothing is left to wait for.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        let (started, metrics) = (self.started, self.metrics.clone());
+        runtime.spawn(async move {
+            let reply = read.await;
+            AbandonedScan::new(&reply, started.elapsed()).emit(&metrics);
+            drop(permit);
+        });
     }
 }
 

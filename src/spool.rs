@@ -24,6 +24,10 @@ use crate::offload::hash_off_worker;
 /// Largest piece a held body is read back in (Envoy's limit for one streamed body chunk).
 pub const READ_PIECE_BYTES: usize = 64 * 1024;
 
+/// Bodies held in memory up to this size are copied into a memfd for clamd (FILDES) on the
+/// async worker itself; larger ones on a blocking thread.
+const INLINE_MEMFD_BYTES: u64 = 256 * 1024;
+
 /// Pieces smaller than this are copied together into a buffer of up to [`COALESCED_BYTES`]
 /// instead of being kept one by one: a flood of tiny FULL_DUPLEX pieces then costs about the
 /// bytes it carries, not a `Bytes` and an allocation per byte.
@@ -389,18 +393,14 @@ impl HeldBody {
             }
             return Ok(file.clone());
         }
+        // A memfd write is a copy into memory, never a wait on a disk: a small body is copied
+        // right here (a hop to a blocking thread and back cost more than the copy), a larger
+        // one off the async workers.
+        if self.len <= INLINE_MEMFD_BYTES {
+            return memfd_copy(self.pieces.iter().map(Bytes::as_ref).chain([self.tail.as_slice()]));
+        }
         let (pieces, tail) = (self.pieces.clone(), Bytes::copy_from_slice(&self.tail));
-        blocking(move || {
-            let fd = rustix::fs::memfd_create("clamgate-body", rustix::fs::MemfdFlags::CLOEXEC)?;
-            let file = std::fs::File::from(fd);
-            let mut offset = 0;
-            for piece in pieces.iter().chain(std::iter::once(&tail)) {
-                file.write_all_at(piece, offset)?;
-                offset += piece.len() as u64;
-            }
-            Ok(Arc::new(file))
-        })
-        .await
+        blocking(move || memfd_copy(pieces.iter().map(Bytes::as_ref).chain([tail.as_ref()]))).await
     }
 
     /// Reads `max` bytes (fewer at the end) from `offset`; empty past the end.
@@ -540,6 +540,18 @@ impl Drop for HeldBody {
     fn drop(&mut self) {
         self.give_back_everything();
     }
+}
+
+/// A new memfd holding `pieces` one after the other, from offset 0.
+fn memfd_copy<'a>(pieces: impl Iterator<Item = &'a [u8]>) -> io::Result<Arc<std::fs::File>> {
+    let fd = rustix::fs::memfd_create("clamgate-body", rustix::fs::MemfdFlags::CLOEXEC)?;
+    let file = std::fs::File::from(fd);
+    let mut offset = 0;
+    for piece in pieces {
+        file.write_all_at(piece, offset)?;
+        offset += piece.len() as u64;
+    }
+    Ok(Arc::new(file))
 }
 
 async fn blocking<T: Send + 'static>(work: impl FnOnce() -> io::Result<T> + Send + 'static) -> io::Result<T> {
