@@ -1,6 +1,6 @@
 //! The `large` scenario: how long a large body (1 MiB to hundreds of MiB) takes to scan through
-//! Envoy, next to a direct clamd INSTREAM from the bench and to the same download with ext_proc
-//! disabled, one request at a time.
+//! Envoy, downloaded and uploaded, next to a direct clamd INSTREAM from the bench and to the same
+//! transfer with ext_proc disabled, one request at a time.
 //!
 //! For each size, each repetition measures, back to back:
 //!
@@ -12,11 +12,17 @@
 //! 3. **scanned**: `GET /files/{name}` on the shipped `/` route: clamgate switches the download to
 //!    FULL_DUPLEX_STREAMED, holds the body, has clamd scan it once and sends it back; timed the
 //!    same way. clamgate's `/metrics` must show exactly one clamd scan and no cache hit for it.
+//! 4. **upload baseline**: `POST /noscan/files/{name}` with the body: timed from connect to the
+//!    origin's answer (`201`, after it read the whole body).
+//! 5. **upload scanned**: `POST /files/{name}`: clamgate holds the request body (FULL_DUPLEX), has
+//!    clamd scan it once and sends it on to the origin; timed the same way. clamgate's `/metrics`
+//!    must show a clamd scan of at least the body's bytes.
 //!
 //! Every download must answer 200 with the origin's bytes (SHA-256 compared after the clock
-//! stopped), and `x-clamgate-verdict: clean` exactly when scanned.
+//! stopped), and `x-clamgate-verdict: clean` exactly when scanned; every upload must reach the
+//! origin whole (the SHA-256 it reports equals the body's).
 //!
-//! Each of the three gets bytes of its own (same generator and size, a new seed): clamd keeps
+//! Each of the five gets bytes of its own (same generator and size, a new seed): clamd keeps
 //! an MD5 cache of clean files, so scanning bytes it has seen before only hashes them (a 16 MiB
 //! body: 0.08 s again against 0.45 s the first time, measured with the test database), and
 //! clamgate's verdict cache would answer a repeated body without clamd at all.
@@ -82,16 +88,23 @@ pub enum Way {
     Baseline,
     /// Through Envoy and clamgate: held, scanned, sent back.
     Scanned,
+    /// An upload through Envoy on a route with ext_proc disabled.
+    UploadBaseline,
+    /// An upload through Envoy and clamgate: held, scanned, sent on to the origin.
+    UploadScanned,
 }
 
 impl Way {
-    pub const ALL: [Way; 3] = [Way::Direct, Way::Baseline, Way::Scanned];
+    pub const ALL: [Way; 5] =
+        [Way::Direct, Way::Baseline, Way::Scanned, Way::UploadBaseline, Way::UploadScanned];
 
     pub fn name(self) -> &'static str {
         match self {
             Way::Direct => "direct INSTREAM",
             Way::Baseline => "Envoy without ext_proc",
             Way::Scanned => "Envoy scanned",
+            Way::UploadBaseline => "upload, Envoy without ext_proc",
+            Way::UploadScanned => "upload, Envoy scanned",
         }
     }
 }
@@ -101,12 +114,12 @@ pub struct SizeResult {
     pub size: usize,
     /// Repetitions asked for.
     pub reps: usize,
-    pub direct: Vec<Duration>,
-    pub baseline: Vec<Duration>,
-    pub scanned: Vec<Duration>,
+    /// The times of each [`Way`], in `Way::ALL` order.
+    pub times: [Vec<Duration>; 5],
     /// Failed measurements (not in the times above), described.
     pub errors: Vec<String>,
-    /// clamd scans clamgate made during the scanned requests, and their total time (its
+    /// clamd scans clamgate made during the scanned requests (downloads and uploads), and their
+    /// total time (its
     /// `clamgate_clamd_scan_duration_seconds`: first byte sent to clamd → reply).
     pub clamd_scans: f64,
     pub clamd_seconds: f64,
@@ -126,11 +139,7 @@ pub struct SizeResult {
 
 impl SizeResult {
     pub fn times(&self, way: Way) -> &[Duration] {
-        match way {
-            Way::Direct => &self.direct,
-            Way::Baseline => &self.baseline,
-            Way::Scanned => &self.scanned,
-        }
+        &self.times[way as usize]
     }
 }
 
@@ -191,9 +200,7 @@ pub fn run(stack: &Stack, plan: &[(usize, usize)], deadline: Instant) -> Result<
         let mut result = SizeResult {
             size,
             reps,
-            direct: Vec::new(),
-            baseline: Vec::new(),
-            scanned: Vec::new(),
+            times: Default::default(),
             errors: Vec::new(),
             clamd_scans: 0.0,
             clamd_seconds: 0.0,
@@ -218,11 +225,7 @@ pub fn run(stack: &Stack, plan: &[(usize, usize)], deadline: Instant) -> Result<
                 match measure(stack, &clamd, &mut objects, way, size) {
                     Ok(measured) => {
                         eprint!(" {} {},", way.name(), seconds(measured.elapsed));
-                        match way {
-                            Way::Direct => result.direct.push(measured.elapsed),
-                            Way::Baseline => result.baseline.push(measured.elapsed),
-                            Way::Scanned => result.scanned.push(measured.elapsed),
-                        }
+                        result.times[way as usize].push(measured.elapsed);
                         result.clamd_scans += measured.clamd_scans;
                         result.clamd_seconds += measured.clamd_seconds;
                         result.spilled += measured.spilled;
@@ -313,16 +316,26 @@ fn measure(
         return stack.runtime.block_on(direct_instream(clamd, &bytes)).map(Measured::time_only);
     }
     let expected: [u8; 32] = Sha256::digest(&bytes).into();
-    stack.origin.put(&name, bytes);
-    let result = match way {
-        Way::Baseline => {
-            let path = format!("{}files/{name}", NOSCAN_PREFIX);
-            download(stack, &path, size, &expected, false).map(Measured::time_only)
+    let noscan_path = format!("{}files/{name}", NOSCAN_PREFIX);
+    let scanned_path = format!("/files/{name}");
+    match way {
+        Way::Direct => unreachable!("measured above"),
+        Way::UploadBaseline => upload(stack, &noscan_path, &bytes, &expected).map(Measured::time_only),
+        Way::UploadScanned => {
+            scanned(stack, |stack| upload(stack, &scanned_path, &bytes, &expected), size as f64)
         }
-        _ => scanned_download(stack, &format!("/files/{name}"), size, &expected),
-    };
-    stack.origin.remove(&name);
-    result
+        Way::Baseline | Way::Scanned => {
+            stack.origin.put(&name, bytes);
+            let result = match way {
+                Way::Baseline => {
+                    download(stack, &noscan_path, size, &expected, false).map(Measured::time_only)
+                }
+                _ => scanned(stack, |stack| download(stack, &scanned_path, size, &expected, true), 0.0),
+            };
+            stack.origin.remove(&name);
+            result
+        }
+    }
 }
 
 /// The bench's own INSTREAM of `body`: connect, stream, reply. Only `stream: OK` counts.
@@ -336,22 +349,31 @@ async fn direct_instream(clamd: &ClamdClient, body: &[u8]) -> Result<Duration, S
     }
 }
 
-/// A scanned download, with clamgate's counters and the peak RSS of clamgate and Envoy around it.
-fn scanned_download(stack: &Stack, path: &str, size: usize, expected: &[u8; 32]) -> Result<Measured, String> {
+/// A scanned transfer (`transfer`: a download, or an upload of `upload_bytes`), with clamgate's
+/// counters and the peak RSS of clamgate and Envoy around it. A download must have made exactly
+/// one clamd scan and no cache hit; an upload a clamd scan of at least its bytes (its `201`
+/// without a body is not scanned) and no cache hit.
+fn scanned(
+    stack: &Stack,
+    transfer: impl FnOnce(&Stack) -> Result<Duration, String>,
+    upload_bytes: f64,
+) -> Result<Measured, String> {
     let before = stack.gate.metrics()?;
     machine::reset_peak_rss(stack.gate.pid());
     machine::reset_peak_rss(stack.envoy.pid());
-    let elapsed = download(stack, path, size, expected, true)?;
+    let elapsed = transfer(stack)?;
     let clamgate_peak_rss = machine::peak_rss_bytes(stack.gate.pid());
     let envoy_peak_rss = machine::peak_rss_bytes(stack.envoy.pid());
     let after = stack.gate.metrics()?;
     let moved = |name: &str, label: &str| metric(&after, name, label) - metric(&before, name, label);
     let clamd_scans = moved("clamgate_clamd_scan_duration_seconds_count", "");
     let cache_hits = moved("clamgate_cache_lookups_total", "result=\"hit\"");
-    if clamd_scans != 1.0 || cache_hits != 0.0 {
+    let scanned_bytes = moved("clamgate_clamd_scanned_bytes_total", "");
+    if clamd_scans != 1.0 || cache_hits != 0.0 || scanned_bytes < upload_bytes {
         return Err(format!(
-            "clamgate's /metrics show {clamd_scans} clamd scans and {cache_hits} cache hits for this \
-             request, expected 1 and 0: not one real scan"
+            "clamgate's /metrics show {clamd_scans} clamd scans of {scanned_bytes} bytes and {cache_hits} cache \
+             hits for this request, expected 1 scan (of at least {upload_bytes} bytes for an upload) and no \
+             hit: not one real scan"
         ));
     }
     Ok(Measured {
@@ -362,6 +384,30 @@ fn scanned_download(stack: &Stack, path: &str, size: usize, expected: &[u8; 32])
         clamgate_peak_rss,
         envoy_peak_rss,
     })
+}
+
+/// `POST path` with `body` through Envoy on a new connection, timed from connect to the origin's
+/// answer; then checks `201` and that the origin received exactly `expected` (its SHA-256).
+fn upload(stack: &Stack, path: &str, body: &[u8], expected: &[u8; 32]) -> Result<Duration, String> {
+    let limit = Duration::from_secs(60 + (body.len() / MIB) as u64);
+    let mut connection = Connection::new(stack.envoy.addr());
+    let (response, elapsed) = stack.runtime.block_on(async {
+        let started = Instant::now();
+        let response = connection.post_within(path, body, limit).await;
+        (response, started.elapsed())
+    });
+    let response = response?;
+    if response.status != 201 {
+        return Err(format!(
+            "POST {path}: status {}, expected 201: {}",
+            response.status,
+            connection.body_start(&response)
+        ));
+    }
+    if response.received_sha256.as_deref() != Some(hex::encode(expected).as_str()) {
+        return Err(format!("POST {path}: the origin received other bytes than were sent"));
+    }
+    Ok(elapsed)
 }
 
 /// `GET path` through Envoy on a new connection, timed from connect to the last body byte; then

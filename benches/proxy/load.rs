@@ -28,6 +28,8 @@ pub struct Response {
     pub body_len: usize,
     /// The `x-clamgate-verdict` header, if any.
     pub verdict: Option<String>,
+    /// The origin's `x-received-sha256` (the SHA-256 of an upload as it arrived), if any.
+    pub received_sha256: Option<String>,
 }
 
 /// One keep-alive HTTP/1.1 connection to `addr`, opened on first use and again after the server
@@ -83,20 +85,40 @@ impl Connection {
 
     /// `GET path`, the whole body read, within `limit`.
     pub async fn get_within(&mut self, path: &str, limit: Duration) -> Result<Response, String> {
-        match tokio::time::timeout(limit, self.exchange(path)).await {
+        self.request_within("GET", path, None, limit).await
+    }
+
+    /// `POST path` with `body` (`content-length`), the whole answer read, within `limit`.
+    pub async fn post_within(
+        &mut self,
+        path: &str,
+        body: &[u8],
+        limit: Duration,
+    ) -> Result<Response, String> {
+        self.request_within("POST", path, Some(body), limit).await
+    }
+
+    async fn request_within(
+        &mut self,
+        method: &str,
+        path: &str,
+        body: Option<&[u8]>,
+        limit: Duration,
+    ) -> Result<Response, String> {
+        match tokio::time::timeout(limit, self.exchange(method, path, body)).await {
             Ok(Ok(response)) => Ok(response),
             Ok(Err(err)) => {
                 self.stream = None;
-                Err(format!("GET {path}: {err}"))
+                Err(format!("{method} {path}: {err}"))
             }
             Err(_) => {
                 self.stream = None;
-                Err(format!("GET {path}: no complete answer within {limit:?}"))
+                Err(format!("{method} {path}: no complete answer within {limit:?}"))
             }
         }
     }
 
-    async fn exchange(&mut self, path: &str) -> Result<Response, String> {
+    async fn exchange(&mut self, method: &str, path: &str, body: Option<&[u8]>) -> Result<Response, String> {
         if self.stream.is_none() {
             let stream =
                 TcpStream::connect(self.addr).await.map_err(|err| format!("connect {}: {err}", self.addr))?;
@@ -105,9 +127,15 @@ impl Connection {
             self.stream = Some(BufReader::with_capacity(64 * 1024, stream));
         }
         let Some(stream) = self.stream.as_mut() else { return Err("no connection".to_string()) };
-        let request =
-            format!("GET {path} HTTP/1.1\r\nhost: {}\r\nuser-agent: clamgate-bench\r\n\r\n", self.addr);
+        let length = body.map(|body| format!("content-length: {}\r\n", body.len())).unwrap_or_default();
+        let request = format!(
+            "{method} {path} HTTP/1.1\r\nhost: {}\r\nuser-agent: clamgate-bench\r\n{length}\r\n",
+            self.addr
+        );
         stream.get_mut().write_all(request.as_bytes()).await.map_err(|err| format!("write: {err}"))?;
+        if let Some(body) = body {
+            stream.get_mut().write_all(body).await.map_err(|err| format!("write the body: {err}"))?;
+        }
 
         let mut line = Vec::with_capacity(256);
         read_line(stream, &mut line).await?;
@@ -118,6 +146,7 @@ impl Connection {
             .and_then(|code| code.parse::<u16>().ok())
             .ok_or_else(|| format!("bad status line {status_line:?}"))?;
         let (mut length, mut chunked, mut close, mut verdict) = (None, false, false, None);
+        let mut received_sha256 = None;
         loop {
             read_line(stream, &mut line).await?;
             if line.is_empty() {
@@ -131,6 +160,7 @@ impl Connection {
                 "transfer-encoding" => chunked = value.to_ascii_lowercase().contains("chunked"),
                 "connection" => close = value.eq_ignore_ascii_case("close"),
                 "x-clamgate-verdict" => verdict = Some(value.to_string()),
+                "x-received-sha256" => received_sha256 = Some(value.to_string()),
                 _ => {}
             }
         }
@@ -178,7 +208,7 @@ impl Connection {
         if close {
             self.stream = None;
         }
-        Ok(Response { status, body_len, verdict })
+        Ok(Response { status, body_len, verdict, received_sha256 })
     }
 }
 

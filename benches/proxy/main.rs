@@ -301,7 +301,7 @@ fn run(options: &Options, command: String) -> Result<(), String> {
         true => clamd.unix_address().ok_or("clamd has no unix socket")?,
         false => clamd.address(),
     };
-    notes.push(format!(
+    let clamd_transport = format!(
         "clamgate reaches clamd over {} ({})",
         if unix_socket { "its unix socket" } else { "TCP" },
         if unix_socket {
@@ -309,7 +309,8 @@ fn run(options: &Options, command: String) -> Result<(), String> {
         } else {
             "INSTREAM"
         }
-    ));
+    );
+    notes.push(clamd_transport.clone());
     let redis = options.redis.then(RedisProcess::start);
     let mut extra = String::new();
     if large_plan.is_some() {
@@ -646,7 +647,8 @@ fn run(options: &Options, command: String) -> Result<(), String> {
         sections.push((report::Section::Latency, report::results(&info, &cells)));
     }
     if let Some(large_run) = &large_run {
-        let notes: Vec<String> = options.note.iter().cloned().collect();
+        let mut notes: Vec<String> = options.note.iter().cloned().collect();
+        notes.push(clamd_transport.clone());
         sections.push((report::Section::Large, report::large_results(&info, large_run, &notes)));
     }
     for (_, text) in &sections {

@@ -675,13 +675,13 @@ fn ms_adaptive(duration: Duration) -> String {
     }
 }
 
-/// Repetitions measured: one number when every way has it, else direct / scanned / without ext_proc.
+/// Repetitions measured: one number when every way has it, else one per way in `Way::ALL` order.
 fn completed(size: &large::SizeResult) -> String {
-    let (d, s, b) = (size.direct.len(), size.scanned.len(), size.baseline.len());
-    if d == s && s == b {
-        d.to_string()
+    let counts: Vec<usize> = Way::ALL.iter().map(|&way| size.times(way).len()).collect();
+    if counts.iter().all(|&n| n == counts[0]) {
+        counts[0].to_string()
     } else {
-        format!("{d} / {s} / {b}")
+        counts.iter().map(usize::to_string).collect::<Vec<_>>().join(" / ")
     }
 }
 
@@ -708,8 +708,8 @@ pub fn large_results(info: &RunInfo, run: &LargeRun, notes: &[String]) -> String
     );
     let _ = writeln!(
         out,
-        "- clamd: {} with the project's test signature database (`testdata/clamav/`: a few text signatures), \
-         TCP on loopback; `StreamMaxLength 600M`, `MaxFileSize 600M`, `MaxScanSize 1200M`",
+        "- clamd: {} with the project's test signature database (`testdata/clamav/`: a few text signatures); \
+         the direct INSTREAM over TCP on loopback; `StreamMaxLength 600M`, `MaxFileSize 600M`, `MaxScanSize 1200M`",
         info.clamd_version
     );
     let _ = writeln!(
@@ -728,8 +728,9 @@ pub fn large_results(info: &RunInfo, run: &LargeRun, notes: &[String]) -> String
         run.sizes.iter().map(|size| format!("{} × {}", size_label(size.size), size.reps)).collect();
     let _ = writeln!(
         out,
-        "- Repetitions: {}; each one direct INSTREAM, then without ext_proc, then scanned, each with new \
-         pseudo-random clean bytes, one request at a time on a new connection",
+        "- Repetitions: {}; each one direct INSTREAM, then a download without ext_proc and scanned, then an \
+         upload (`POST`) without ext_proc and scanned, each with new pseudo-random clean bytes, one request at \
+         a time on a new connection",
         reps.join(", ")
     );
     let _ = writeln!(out, "- Run time of this scenario: {:.0} s", run.duration.as_secs_f64());
@@ -767,38 +768,45 @@ pub fn large_results(info: &RunInfo, run: &LargeRun, notes: &[String]) -> String
     let _ = writeln!(
         out,
         "\nTimes in ms, median / min / max over the repetitions; overhead from the medians (scanned − direct \
-         INSTREAM − without ext_proc); MB/s = 10^6 bytes per second at the median.\n"
+         INSTREAM − without ext_proc), and the same as a ratio (the target: at most 1.05×); MB/s = 10^6 bytes \
+         per second at the median. An upload is timed from connect to the origin's `201`, sent once the origin \
+         has read the whole body.\n"
     );
     let _ = writeln!(
         out,
-        "| body | reps | direct INSTREAM | through Envoy, scanned | Envoy without ext_proc | overhead | MB/s scanned through Envoy | MB/s direct INSTREAM |"
+        "| body | way | reps | direct INSTREAM | through Envoy, scanned | Envoy without ext_proc | overhead | scanned ÷ (direct + without) | MB/s scanned through Envoy | MB/s direct INSTREAM |"
     );
-    let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(out, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     for size in &run.sizes {
-        let (direct, scanned, baseline) =
-            (median(&size.direct), median(&size.scanned), median(&size.baseline));
-        let overhead = match (scanned, direct, baseline) {
-            (Some(s), Some(d), Some(b)) => {
-                format!("{:+.1} ms", (s.as_secs_f64() - d.as_secs_f64() - b.as_secs_f64()) * 1000.0)
-            }
-            _ => "–".to_string(),
-        };
-        let _ = writeln!(
-            out,
-            "| {} | {} | {} | {} | {} | {overhead} | {} | {} |",
-            size_label(size.size),
-            completed(size),
-            cell(&size.direct),
-            cell(&size.scanned),
-            cell(&size.baseline),
-            rate(size.size, scanned),
-            rate(size.size, direct),
-        );
+        let direct = median(size.times(Way::Direct));
+        for (label, scanned_way, baseline_way) in
+            [("download", Way::Scanned, Way::Baseline), ("upload", Way::UploadScanned, Way::UploadBaseline)]
+        {
+            let (scanned, baseline) = (median(size.times(scanned_way)), median(size.times(baseline_way)));
+            let (overhead, ratio) = match (scanned, direct, baseline) {
+                (Some(s), Some(d), Some(b)) => (
+                    format!("{:+.1} ms", (s.as_secs_f64() - d.as_secs_f64() - b.as_secs_f64()) * 1000.0),
+                    format!("{:.2}×", s.as_secs_f64() / (d.as_secs_f64() + b.as_secs_f64()).max(1e-9)),
+                ),
+                _ => ("–".to_string(), "–".to_string()),
+            };
+            let _ = writeln!(
+                out,
+                "| {} | {label} | {} | {} | {} | {} | {overhead} | {ratio} | {} | {} |",
+                size_label(size.size),
+                completed(size),
+                cell(size.times(Way::Direct)),
+                cell(size.times(scanned_way)),
+                cell(size.times(baseline_way)),
+                rate(size.size, scanned),
+                rate(size.size, direct),
+            );
+        }
     }
 
     let _ = writeln!(
         out,
-        "\nDuring the scanned requests: the clamd scans clamgate made and their mean time in its own `/metrics` \
+        "\nDuring the scanned requests (downloads and uploads): the clamd scans clamgate made and their mean time in its own `/metrics` \
          (first byte sent to clamd, or the descriptor with FILDES → reply: clamgate's own clamd scan, to compare with the direct INSTREAM), where clamgate \
          held the bodies, and the peak RSS of clamgate and Envoy. **other load**: CPU used by processes other \
          than the benchmark's while the size ran.\n"

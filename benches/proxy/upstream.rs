@@ -13,6 +13,10 @@
 //!   [removed](Origin::remove).
 //! - anything else: 404.
 //!
+//! A `POST` or `PUT` (the `large` scenario's uploads) is read to its end and answered `201` with
+//! no body and the SHA-256 and length of what arrived (`x-received-sha256`, `x-received-bytes`),
+//! hashed as it streams in: nothing is kept.
+//!
 //! It runs on its own tokio runtime (one worker thread), apart from the load generator.
 
 use std::collections::HashMap;
@@ -99,6 +103,29 @@ impl Drop for Origin {
     }
 }
 
+/// An upload, hashed as it arrives: `201` with its SHA-256 and length.
+async fn receive_upload(request: Request) -> Response {
+    use sha2::{Digest, Sha256};
+    use tokio_stream::StreamExt;
+    let mut body = request.into_body().into_data_stream();
+    let (mut hasher, mut received) = (Sha256::new(), 0u64);
+    while let Some(data) = body.next().await {
+        let Ok(data) = data else {
+            return (StatusCode::BAD_REQUEST, "the upload broke off\n").into_response();
+        };
+        hasher.update(&data);
+        received += data.len() as u64;
+    }
+    let digest = hex::encode(hasher.finalize());
+    let mut response = StatusCode::CREATED.into_response();
+    let headers = response.headers_mut();
+    if let Ok(value) = HeaderValue::from_str(&digest) {
+        headers.insert("x-received-sha256", value);
+    }
+    headers.insert("x-received-bytes", HeaderValue::from(received));
+    response
+}
+
 /// The name of the fixed object of `size` bytes.
 pub fn fixed_name(size: usize) -> String {
     format!("obj-{size}.bin")
@@ -134,6 +161,9 @@ pub fn seeded_bytes(size: usize, seed: u64) -> Vec<u8> {
 }
 
 async fn serve_object(State(objects): State<Objects>, request: Request) -> Response {
+    if request.method() == axum::http::Method::POST || request.method() == axum::http::Method::PUT {
+        return receive_upload(request).await;
+    }
     let name = request.uri().path().rsplit('/').next().unwrap_or_default().to_string();
     let named = objects.named.read().ok().and_then(|named| named.get(&name).cloned());
     let object = if let Some(bytes) = named {
