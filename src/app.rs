@@ -80,6 +80,17 @@ fn http_token(config: &Config) -> Result<Option<Arc<SharedToken>>, AppError> {
     Ok(Some(Arc::new(token)))
 }
 
+/// The bearer token of `POST /v1/scan`: `listen.http_scan_token_file`, else the HTTP listener's.
+fn http_scan_token(
+    config: &Config,
+    listener_token: &Option<Arc<SharedToken>>,
+) -> Result<Option<Arc<SharedToken>>, AppError> {
+    let Some(path) = &config.listen.http_scan_token_file else { return Ok(listener_token.clone()) };
+    let token = SharedToken::from_file(path)
+        .map_err(|message| AppError::GrpcAuth { key: "listen.http_scan_token_file", message })?;
+    Ok(Some(Arc::new(token)))
+}
+
 /// The gRPC listener's TLS (and mTLS) settings, if `listen.grpc_tls_cert_file` is set.
 fn grpc_tls(config: &Config) -> Result<Option<ServerTlsConfig>, AppError> {
     let listen = &config.listen;
@@ -112,6 +123,7 @@ pub async fn run(
     let token = grpc_token(&config)?;
     let tls = grpc_tls(&config)?;
     let http_token = http_token(&config)?;
+    let http_scan_token = http_scan_token(&config, &http_token)?;
     let metrics = Arc::new(Metrics::new());
     let scanner = Arc::new(build_scanner(&config, metrics.clone())?);
     let readiness = Arc::new(Readiness::default());
@@ -151,10 +163,12 @@ pub async fn run(
                     .map_err(AppError::Fetch)?;
             Some(HttpState {
                 scanner: scanner.clone(),
+                spool: spool.clone(),
                 fetcher: Arc::new(fetcher),
                 policies: Arc::new(Policies::from_config(&config)),
                 metrics: metrics.clone(),
                 token: http_token,
+                scan_token: http_scan_token,
             })
         }
     };

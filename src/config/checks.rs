@@ -53,6 +53,10 @@ pub(super) fn check_values(config: &Config, checker: &mut Checker<'_>) {
     if let Some(path) = &listen.http_token_file {
         checker.check("listen.http_token_file", crate::grpc_auth::SharedToken::from_file(path).map(|_| ()));
     }
+    if let Some(path) = &listen.http_scan_token_file {
+        checker
+            .check("listen.http_scan_token_file", crate::grpc_auth::SharedToken::from_file(path).map(|_| ()));
+    }
     check_fetch(fetch, checker);
     let named = policies.iter().map(|(name, policy)| (format!("policies.{name}"), policy));
     for (table, policy) in std::iter::once(("policy".to_string(), policy)).chain(named) {

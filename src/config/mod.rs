@@ -201,6 +201,15 @@ impl Config {
                      origins, and read verdicts"
                 ));
             }
+            let scan_token =
+                self.listen.http_scan_token_file.is_some() || self.listen.http_token_file.is_some();
+            if !http.ip().is_loopback() && !scan_token {
+                warnings.push(format!(
+                    "listen.http_addr: {http} is not a loopback address and neither listen.http_scan_token_file \
+                     nor listen.http_token_file is set: anyone who can reach it can have clamd scan bodies \
+                     through POST /v1/scan"
+                ));
+            }
         }
         let urls = self.cache.redis_url.iter().map(|url| ("cache.redis_url".to_string(), url));
         let cluster = self.cache.redis_cluster_urls.iter().enumerate();

@@ -19,6 +19,7 @@ pub(super) const OPTIONAL_KEYS: &[(&str, Kind)] = &[
     ("listen.grpc_tls_client_ca_file", Kind::Str),
     ("listen.http_addr", Kind::SocketAddr),
     ("listen.http_token_file", Kind::Str),
+    ("listen.http_scan_token_file", Kind::Str),
     ("fetch.tls_ca_file", Kind::Str),
 ];
 

@@ -34,6 +34,10 @@ pub struct ListenConfig {
     /// File holding the shared token nginx must send as `x-clamgate-token` (same rules as
     /// `grpc_token_file`). When set, requests without it get 401 and are counted.
     pub http_token_file: Option<String>,
+    /// File holding the token callers of `POST /v1/scan` send as `Authorization: Bearer TOKEN`
+    /// (same rules as `grpc_token_file`). Unset: `/v1/scan` takes `http_token_file`'s token the
+    /// same way; neither set: `/v1/scan` is open (loopback only, warned otherwise).
+    pub http_scan_token_file: Option<String>,
 }
 
 /// How to reach clamd.
@@ -459,6 +463,7 @@ impl Default for ListenConfig {
             grpc_tls_client_ca_file: None,
             http_addr: None,
             http_token_file: None,
+            http_scan_token_file: None,
         }
     }
 }

@@ -1662,3 +1662,25 @@ fn the_http_listener_is_off_by_default_and_checked_when_on() {
     assert!(error("[listen]\nhttp_token_file = \"/nonexistent/token\"\n", &[])
         .starts_with("listen.http_token_file: cannot read"));
 }
+
+#[test]
+fn the_scan_api_token_is_read_at_load_and_an_open_scan_api_is_warned_about() {
+    assert_eq!(Config::default().listen.http_scan_token_file, None);
+    assert!(error("[listen]\nhttp_scan_token_file = \"/nonexistent/token\"\n", &[])
+        .starts_with("listen.http_scan_token_file: cannot read"));
+    assert!(error("", &[("CLAMGATE_LISTEN_HTTP_SCAN_TOKEN_FILE", "/nonexistent/token")])
+        .starts_with("listen.http_scan_token_file: cannot read"));
+    let open = load("[listen]\nhttp_addr = \"0.0.0.0:8181\"\n", &[]).unwrap();
+    assert!(open.warnings().iter().any(|w| w.contains("POST /v1/scan")), "{:?}", open.warnings());
+    let dir = std::env::temp_dir().join(format!("clamgate-scan-token-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let token = dir.join("token");
+    std::fs::write(&token, "scan-token-0123456789abcdef\n").unwrap();
+    let guarded = load(
+        &format!("[listen]\nhttp_addr = \"0.0.0.0:8181\"\nhttp_scan_token_file = \"{}\"\n", token.display()),
+        &[],
+    )
+    .unwrap();
+    assert!(!guarded.warnings().iter().any(|w| w.contains("POST /v1/scan")), "{:?}", guarded.warnings());
+    std::fs::remove_dir_all(&dir).unwrap();
+}

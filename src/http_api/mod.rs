@@ -1,17 +1,20 @@
-//! The HTTP listener (`listen.http_addr`): `GET /v1/auth` for nginx's `auth_request`.
+//! The HTTP listener (`listen.http_addr`): `GET /v1/auth` for nginx's `auth_request`, and
+//! `POST /v1/scan`, the HTTP scan API (docs/scan-api.md).
 //!
-//! Separate from the admin listener: this one drives downloads and writes verdicts, so it asks
-//! for the shared token (`listen.http_token_file`, header `x-clamgate-token`) when one is set,
-//! and answers 401 (counted, logged) without it.
+//! Separate from the admin listener: this one drives downloads, scans and writes verdicts, so it
+//! asks for a token when one is set and answers 401 (counted, logged) without it: nginx's shared
+//! token (`listen.http_token_file`, header `x-clamgate-token`) for `/v1/auth`, a bearer token
+//! (`listen.http_scan_token_file`, else the same shared token) for `/v1/scan`.
 
 pub mod auth;
+pub mod scan;
 
 use std::future::Future;
 use std::sync::Arc;
 
 use axum::http::{HeaderMap, HeaderName, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Router;
 use tokio::net::TcpListener;
 
@@ -20,6 +23,7 @@ use crate::grpc_auth::SharedToken;
 use crate::metrics::Metrics;
 use crate::policy::Policies;
 use crate::scanner::Scanner;
+use crate::spool::Spool;
 
 /// The header nginx sends the shared token in (not `authorization`, which is the client's and
 /// may be what the object's response varies on).
@@ -29,15 +33,19 @@ pub const TOKEN_HEADER: &str = "x-clamgate-token";
 #[derive(Clone)]
 pub struct HttpState {
     pub scanner: Arc<Scanner>,
+    /// Where `/v1/scan` holds bodies: ext_proc's, so one memory budget bounds both.
+    pub spool: Spool,
     pub fetcher: Arc<Fetcher>,
     pub policies: Arc<Policies>,
     pub metrics: Arc<Metrics>,
     pub token: Option<Arc<SharedToken>>,
+    /// The bearer token `POST /v1/scan` asks for, if any.
+    pub scan_token: Option<Arc<SharedToken>>,
 }
 
 /// The HTTP routes. Each handler checks the token first ([`refused`]).
 pub fn router(state: HttpState) -> Router {
-    Router::new().route("/v1/auth", get(auth::auth)).with_state(state)
+    Router::new().route("/v1/auth", get(auth::auth)).route("/v1/scan", post(scan::scan)).with_state(state)
 }
 
 /// Serves the HTTP routes on `listener` until `shutdown` resolves.
