@@ -33,7 +33,9 @@ pub enum Direction {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
     /// Let the body through. `verdict_header` is the value of `x-clamgate-verdict` to set, if any.
-    Continue { verdict_header: Option<&'static str> },
+    /// `would_block`: the status of the block `report_only` turned into this continue (the body
+    /// is delivered all the same), for the audit line.
+    Continue { verdict_header: Option<&'static str>, would_block: Option<u16> },
     /// Answer the client directly; the body never reaches its destination.
     Block(BlockResponse),
 }
@@ -129,7 +131,9 @@ pub fn decide(verdict: &Verdict, policy: &Policy, context: DecisionContext<'_>) 
     let (rules, response) = (&policy.rules, &policy.answers);
     let verdict_header = |value: &'static str| response.verdict_header.then_some(value);
     let block = match verdict {
-        Verdict::Clean => return Decision::Continue { verdict_header: verdict_header("clean") },
+        Verdict::Clean => {
+            return Decision::Continue { verdict_header: verdict_header("clean"), would_block: None }
+        }
         Verdict::Infected { signature } => {
             let shown = response.expose_signature.then_some(signature.as_str());
             BlockResponse {
@@ -148,7 +152,7 @@ pub fn decide(verdict: &Verdict, policy: &Policy, context: DecisionContext<'_>) 
         }
         Verdict::Unscanned { reason } => {
             if rules.unscanned_action(*reason) == UnscannedAction::Allow {
-                return Decision::Continue { verdict_header: verdict_header("unscanned") };
+                return Decision::Continue { verdict_header: verdict_header("unscanned"), would_block: None };
             }
             BlockResponse {
                 status: unscanned_status(*reason, context.direction),
@@ -166,7 +170,10 @@ pub fn decide(verdict: &Verdict, policy: &Policy, context: DecisionContext<'_>) 
         }
     };
     if rules.report_only {
-        return Decision::Continue { verdict_header: verdict_header(block.verdict) };
+        return Decision::Continue {
+            verdict_header: verdict_header(block.verdict),
+            would_block: Some(block.status),
+        };
     }
     Decision::Block(block)
 }
@@ -227,7 +234,7 @@ mod tests {
             &Policy::new(&PolicyConfig::default(), &ResponseConfig::default()),
             context(Direction::Response),
         );
-        assert_eq!(decision, Decision::Continue { verdict_header: Some("clean") });
+        assert_eq!(decision, Decision::Continue { verdict_header: Some("clean"), would_block: None });
     }
 
     #[test]
@@ -238,7 +245,7 @@ mod tests {
             &Policy::new(&PolicyConfig::default(), &response),
             context(Direction::Request),
         );
-        assert_eq!(decision, Decision::Continue { verdict_header: None });
+        assert_eq!(decision, Decision::Continue { verdict_header: None, would_block: None });
     }
 
     #[test]
@@ -319,7 +326,7 @@ mod tests {
             &Policy::new(&policy, &ResponseConfig::default()),
             context(Direction::Response),
         );
-        assert_eq!(decision, Decision::Continue { verdict_header: Some("unscanned") });
+        assert_eq!(decision, Decision::Continue { verdict_header: Some("unscanned"), would_block: None });
         // Only that reason was relaxed.
         let other = decide(
             &Verdict::Unscanned { reason: UnscannedReason::Timeout },
@@ -337,6 +344,6 @@ mod tests {
             &Policy::new(&policy, &ResponseConfig::default()),
             context(Direction::Response),
         );
-        assert_eq!(decision, Decision::Continue { verdict_header: Some("infected") });
+        assert_eq!(decision, Decision::Continue { verdict_header: Some("infected"), would_block: Some(409) });
     }
 }

@@ -365,7 +365,7 @@ impl ExtProcService {
             sha256: None,
         };
         match decide(&Verdict::Clean, &stream.policy, decision_context) {
-            Decision::Continue { verdict_header } => verdict_header,
+            Decision::Continue { verdict_header, .. } => verdict_header,
             Decision::Block(_) => None,
         }
     }

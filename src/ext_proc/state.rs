@@ -812,7 +812,7 @@ pub fn on_resource_lookup(state: &mut StreamState, lookup: ResourceLookup) -> Ve
 /// The policy's `decision` on what `then` was for: the answers that follow, in order.
 pub fn decided(state: &mut StreamState, then: Then, decision: &Decision) -> Vec<Effect> {
     let verdict_header = match decision {
-        Decision::Continue { verdict_header } => *verdict_header,
+        Decision::Continue { verdict_header, .. } => *verdict_header,
         Decision::Block(block) => {
             let refusal = Effect::Reply(response::immediate(block));
             return match then {
@@ -1879,7 +1879,7 @@ mod tests {
     const SMALL: StreamPolicy = StreamPolicy { max_scan_bytes: 4, ..SCAN_BOTH };
 
     fn allow(verdict_header: Option<&'static str>) -> Decision {
-        Decision::Continue { verdict_header }
+        Decision::Continue { verdict_header, would_block: None }
     }
 
     fn refuse() -> Decision {

@@ -265,7 +265,7 @@ fn answer(
         }
     };
     match decision {
-        Decision::Continue { verdict_header } => {
+        Decision::Continue { verdict_header, .. } => {
             let result = match &report.verdict {
                 Verdict::Clean => "clean",
                 Verdict::Infected { .. } => "infected_reported",
