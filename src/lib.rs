@@ -60,6 +60,7 @@ pub mod grpc_auth;
 pub mod health;
 pub mod http_api;
 pub mod metrics;
+pub mod multipart;
 pub mod offload;
 pub mod policy;
 pub mod scan_api;
