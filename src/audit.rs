@@ -15,11 +15,14 @@ pub struct AuditContext<'a> {
     pub direction: Direction,
     /// The request's path (without its query).
     pub path: &'a str,
+    /// The multipart part that decided, if a part did (field and file name).
+    pub part: Option<&'a str>,
 }
 
 /// Logs the verdict `report` and the answer it got. `action` is `continue` or the status sent.
 pub fn audit(context: AuditContext<'_>, report: &ScanReport, decision: &Decision) {
-    let AuditContext { front_door, request_id, direction, path } = context;
+    let AuditContext { front_door, request_id, direction, path, part } = context;
+    let part = part.unwrap_or("");
     // `delivered`: the body went on to the client or the application, whatever its verdict.
     let (action, delivered) = match decision {
         Decision::Continue { would_block: Some(status), .. } => {
@@ -37,6 +40,7 @@ pub fn audit(context: AuditContext<'_>, report: &ScanReport, decision: &Decision
             request_id = %request_id,
             direction = ?direction,
             path = %path,
+            part,
             sha256 = %report.sha256,
             signature = %signature,
             database_version,
@@ -52,6 +56,7 @@ pub fn audit(context: AuditContext<'_>, report: &ScanReport, decision: &Decision
             request_id = %request_id,
             direction = ?direction,
             path = %path,
+            part,
             sha256 = %report.sha256,
             reason = %reason,
             bytes = report.body_bytes,
@@ -111,13 +116,15 @@ mod tests {
             engine: None,
             cached: false,
         };
-        let context = DecisionContext { direction: Direction::Response, request_id: "req-1", sha256: None };
+        let context =
+            DecisionContext { direction: Direction::Response, request_id: "req-1", sha256: None, part: None };
         let decision = decide(&verdict, &Policy::new(&policy, &ResponseConfig::default()), context);
         let audit_context = AuditContext {
             front_door: "ext_proc",
             request_id: "req-1",
             direction: Direction::Response,
             path: "/x",
+            part: None,
         };
         let text = captured(|| audit(audit_context, &report, &decision));
         serde_json::from_str(text.lines().next().expect("one audit line")).expect("a JSON line")

@@ -6,7 +6,7 @@
 //! | Infected | 409 + JSON | 409 + JSON |
 //! | Unscanned, engine trouble (`engine_unavailable`, `timeout`, `engine_error`), denied | 503 + `retry-after` | 503 + `retry-after` |
 //! | Unscanned, `too_large` / `limits_exceeded`, denied | 413 | 502 |
-//! | Unscanned, other content reasons, denied | 422 | 502 |
+//! | Unscanned, other content reasons (`malformed_multipart` among them), denied | 422 | 502 |
 //! | Unscanned under nginx (`not_cached`, `origin_error`, `no_validator`, `body_not_visible`), denied | 422 | 502 |
 //! | Unscanned, allowed by policy | continue, `x-clamgate-verdict: unscanned` | same |
 //!
@@ -112,6 +112,8 @@ pub struct DecisionContext<'a> {
     pub request_id: &'a str,
     /// SHA-256 of the scanned bytes, when known.
     pub sha256: Option<&'a str>,
+    /// The part of a multipart upload that decided, named for people (field and file name).
+    pub part: Option<&'a str>,
 }
 
 #[derive(Serialize)]
@@ -123,6 +125,9 @@ struct BlockBody<'a> {
     reason: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     sha256: Option<&'a str>,
+    /// The multipart part that decided (its field and file name).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    part: Option<&'a str>,
     request_id: &'a str,
 }
 
@@ -145,6 +150,7 @@ pub fn decide(verdict: &Verdict, policy: &Policy, context: DecisionContext<'_>) 
                     signature: shown,
                     reason: None,
                     sha256: context.sha256,
+                    part: context.part,
                     request_id: context.request_id,
                 }),
                 details: "clamgate_infected".to_string(),
@@ -163,6 +169,7 @@ pub fn decide(verdict: &Verdict, policy: &Policy, context: DecisionContext<'_>) 
                     signature: None,
                     reason: Some(reason.as_str()),
                     sha256: context.sha256,
+                    part: context.part,
                     request_id: context.request_id,
                 }),
                 details: format!("clamgate_unscanned_{}", reason.as_str()),
@@ -201,7 +208,7 @@ mod tests {
     use crate::config::CacheMode;
 
     fn context(direction: Direction) -> DecisionContext<'static> {
-        DecisionContext { direction, request_id: "req-1", sha256: Some("ab12") }
+        DecisionContext { direction, request_id: "req-1", sha256: Some("ab12"), part: None }
     }
 
     fn blocked(decision: Decision) -> BlockResponse {

@@ -251,6 +251,96 @@ impl Scanner {
         report
     }
 
+    /// An upload declared `multipart/*` (`boundary`: its boundary, or why it has none): the whole
+    /// body as [`Self::scan_held`] scans it, then, if that is clean, every part as a file of its
+    /// own (`crate::multipart`), so that a file known by its hash is found inside the form that
+    /// carries it. The first infected part decides, then the first unscanned one; the body is
+    /// clean only when the whole and every part are. A body that cannot be split is
+    /// `Unscanned { malformed_multipart }`, as is one with a `Content-Encoding` (its parts are
+    /// not split after decoding). Returns the report and, when a part decided, that part named
+    /// for people (field and file name).
+    pub async fn scan_multipart(
+        &self,
+        body: &HeldBody,
+        boundary: Result<&str, &str>,
+        encodings: &[Encoding],
+        spool: &crate::spool::Spool,
+        source: Source,
+        cache_mode: CacheMode,
+    ) -> (ScanReport, Option<String>) {
+        let whole = self.scan_held(body, encodings, source, cache_mode, None).await;
+        if let Verdict::Unscanned { .. } = whole.verdict {
+            return (whole, None);
+        }
+        if let Verdict::Infected { .. } = whole.verdict {
+            // Refused whatever the parts say; they only tell which file it was.
+            let named = match (encodings.is_empty(), boundary) {
+                (true, Ok(boundary)) => self.infected_part(body, boundary, spool, source, cache_mode).await,
+                _ => None,
+            };
+            return named.map_or((whole, None), |(report, part)| (report, Some(part)));
+        }
+        let malformed = |why: &str| {
+            tracing::warn!(
+                reason = why,
+                bytes = whole.body_bytes,
+                "cannot split a multipart upload into its parts"
+            );
+            let report = self.report_unscanned(
+                &whole.sha256,
+                whole.body_bytes,
+                UnscannedReason::MalformedMultipart,
+                source,
+            );
+            (report, None)
+        };
+        if !encodings.is_empty() {
+            return malformed("a Content-Encoding over a multipart body");
+        }
+        let boundary = match boundary {
+            Ok(boundary) => boundary,
+            Err(why) => return malformed(why),
+        };
+        let parts =
+            match crate::multipart::split(body, boundary, spool, crate::multipart::Limits::default()).await {
+                Ok(parts) => parts,
+                Err(err) => return malformed(&err.to_string()),
+            };
+        let mut first_unscanned = None;
+        for part in &parts {
+            let report = self.scan_held(&part.body, &[], source, cache_mode, None).await;
+            match &report.verdict {
+                Verdict::Infected { .. } => return (report, Some(part.describe())),
+                Verdict::Unscanned { .. } if first_unscanned.is_none() => {
+                    first_unscanned = Some((report, Some(part.describe())));
+                }
+                _ => {}
+            }
+        }
+        first_unscanned.unwrap_or((whole, None))
+    }
+
+    /// The first infected part of a multipart body already found infected whole, and its name;
+    /// None when it cannot be split or no part alone is infected (the signature spans parts).
+    async fn infected_part(
+        &self,
+        body: &HeldBody,
+        boundary: &str,
+        spool: &crate::spool::Spool,
+        source: Source,
+        cache_mode: CacheMode,
+    ) -> Option<(ScanReport, String)> {
+        let parts =
+            crate::multipart::split(body, boundary, spool, crate::multipart::Limits::default()).await.ok()?;
+        for part in &parts {
+            let report = self.scan_held(&part.body, &[], source, cache_mode, None).await;
+            if let Verdict::Infected { .. } = report.verdict {
+                return Some((report, part.describe()));
+            }
+        }
+        None
+    }
+
     /// The report for a body that will not be scanned (the caller knows why: too large by its
     /// `content-length`, or partial content), counted like any verdict.
     pub fn report_unscanned(

@@ -60,11 +60,15 @@ pub enum UnscannedReason {
     /// A request with a body (any method but GET and HEAD) under nginx, whose `auth_request`
     /// cannot show clamgate the body, on a policy that scans uploads.
     BodyNotVisible,
+    /// An upload declared `multipart/*` that cannot be split into its parts (no boundary, cut
+    /// short, too many parts, nested too deep, a part's transfer encoding unknown or broken, or
+    /// a `Content-Encoding` over it): its files cannot each be scanned as themselves.
+    MalformedMultipart,
 }
 
 impl UnscannedReason {
     /// Every reason, for metrics registration and documentation.
-    pub const ALL: [UnscannedReason; 12] = [
+    pub const ALL: [UnscannedReason; 13] = [
         UnscannedReason::TooLarge,
         UnscannedReason::EngineUnavailable,
         UnscannedReason::Timeout,
@@ -77,6 +81,7 @@ impl UnscannedReason {
         UnscannedReason::OriginError,
         UnscannedReason::NoValidator,
         UnscannedReason::BodyNotVisible,
+        UnscannedReason::MalformedMultipart,
     ];
 
     /// The snake_case name used in config keys, JSON bodies and metric labels.
@@ -94,6 +99,7 @@ impl UnscannedReason {
             UnscannedReason::OriginError => "origin_error",
             UnscannedReason::NoValidator => "no_validator",
             UnscannedReason::BodyNotVisible => "body_not_visible",
+            UnscannedReason::MalformedMultipart => "malformed_multipart",
         }
     }
 

@@ -373,6 +373,7 @@ pub struct UnscannedActions {
     pub origin_error: UnscannedAction,
     pub no_validator: UnscannedAction,
     pub body_not_visible: UnscannedAction,
+    pub malformed_multipart: UnscannedAction,
 }
 
 /// A policy action for a body that could not be scanned.
@@ -413,6 +414,7 @@ impl UnscannedActions {
             UnscannedReason::OriginError => self.origin_error,
             UnscannedReason::NoValidator => self.no_validator,
             UnscannedReason::BodyNotVisible => self.body_not_visible,
+            UnscannedReason::MalformedMultipart => self.malformed_multipart,
             // Decided by the policy's `on_miss` (see `PolicyConfig::unscanned_action`).
             UnscannedReason::NotCached => UnscannedAction::Deny,
         }
@@ -690,6 +692,7 @@ impl Default for UnscannedActions {
             origin_error: UnscannedAction::Deny,
             no_validator: UnscannedAction::Deny,
             body_not_visible: UnscannedAction::Deny,
+            malformed_multipart: UnscannedAction::Deny,
         }
     }
 }

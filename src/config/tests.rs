@@ -1291,6 +1291,7 @@ fn the_sample_config_lists_every_key() {
         // A self-signed certificate is its own CA.
         ("CLAMGATE_LISTEN_GRPC_TLS_CLIENT_CA_FILE", cert.as_str()),
         ("CLAMGATE_LISTEN_HTTP_TOKEN_FILE", token.to_str().unwrap()),
+        ("CLAMGATE_LISTEN_HTTP_SCAN_TOKEN_FILE", token.to_str().unwrap()),
         ("CLAMGATE_FETCH_TLS_CA_FILE", ca.to_str().unwrap()),
     ];
     if let Err(err) = load(&text, &env) {

@@ -33,7 +33,7 @@ use tonic::{Request, Response, Status, Streaming};
 use sha2::{Digest, Sha256};
 
 use crate::audit::{audit, AuditContext};
-use crate::cache::ContentKey;
+use crate::cache::{ContentKey, ResourceVersion};
 use crate::config::Config;
 use crate::metrics::{Metrics, Source};
 use crate::offload::hash_off_worker;
@@ -266,14 +266,9 @@ impl ExtProcService {
                 held.push(bytes::Bytes::from(body))
                     .await
                     .map_err(|err| Stop::Fail(StreamError::holding(&err)))?;
-                let encodings = state.encodings(direction);
-                let source = Source::Proxied(direction);
-                let report = self
-                    .scanner
-                    .scan_held(&held, encodings, source, stream.policy.rules.cache_mode, store_as.as_ref())
-                    .await;
+                let (report, part) = self.scan(stream, direction, &held, store_as.as_ref()).await;
                 drop(held);
-                let decision = self.decide(stream, direction, &report);
+                let decision = self.decide_part(stream, direction, &report, part.as_deref());
                 state::decided(&mut stream.state, Then::AnswerBody { direction }, &decision)
             }
             Effect::HoldPiece { direction, body } => {
@@ -284,20 +279,15 @@ impl ExtProcService {
                 Vec::new()
             }
             Effect::ScanHeld { direction, trailers, store_as } => {
-                let held = stream.held[direction as usize].get_or_insert_with(|| self.spool.hold());
-                let scan = self.scanner.scan_held(
-                    held,
-                    state.encodings(direction),
-                    Source::Proxied(direction),
-                    stream.policy.rules.cache_mode,
-                    store_as.as_ref(),
-                );
+                let held = stream.held[direction as usize].take().unwrap_or_else(|| self.spool.hold());
+                let scan = self.scan(stream, direction, &held, store_as.as_ref());
                 // A client that goes away (Envoy resets the stream) ends the scan and frees clamd.
-                let report = tokio::select! {
-                    report = scan => report,
+                let (report, part) = tokio::select! {
+                    scanned = scan => scanned,
                     _ = stream.out.answers.closed() => return Err(Stop::Gone),
                 };
-                let decision = self.decide(stream, direction, &report);
+                stream.held[direction as usize] = Some(held);
+                let decision = self.decide_part(stream, direction, &report, part.as_deref());
                 state::decided(&mut stream.state, Then::ReleaseHeld { direction, trailers }, &decision)
             }
             Effect::SendHeld { direction, headers_answer, complete } => {
@@ -357,12 +347,34 @@ impl ExtProcService {
         .emit(&self.metrics);
     }
 
+    /// Scans a held body of `direction`: an upload declared multipart part by part
+    /// ([`Scanner::scan_multipart`]: the report, and the part that decided), anything else whole.
+    async fn scan(
+        &self,
+        stream: &Stream<'_>,
+        direction: Direction,
+        held: &HeldBody,
+        store_as: Option<&ResourceVersion>,
+    ) -> (ScanReport, Option<String>) {
+        let state = &stream.state;
+        let (encodings, source, cache_mode) =
+            (state.encodings(direction), Source::Proxied(direction), stream.policy.rules.cache_mode);
+        match state.multipart(direction) {
+            Some(boundary) => {
+                let boundary = boundary.as_ref().map(String::as_str).map_err(String::as_str);
+                self.scanner.scan_multipart(held, boundary, encodings, &self.spool, source, cache_mode).await
+            }
+            None => (self.scanner.scan_held(held, encodings, source, cache_mode, store_as).await, None),
+        }
+    }
+
     /// The verdict header for a body passed as clean (none if the config turns it off).
     fn clean_verdict_header(&self, stream: &Stream<'_>) -> Option<&'static str> {
         let decision_context = DecisionContext {
             direction: Direction::Response,
             request_id: &stream.state.request_id,
             sha256: None,
+            part: None,
         };
         match decide(&Verdict::Clean, &stream.policy, decision_context) {
             Decision::Continue { verdict_header, .. } => verdict_header,
@@ -394,15 +406,27 @@ impl ExtProcService {
 
     /// The policy's decision on `report`, logged on the audit target and counted.
     fn decide(&self, stream: &Stream<'_>, direction: Direction, report: &ScanReport) -> Decision {
+        self.decide_part(stream, direction, report, None)
+    }
+
+    /// [`Self::decide`] for a multipart upload whose `part` decided: its answer names the part.
+    fn decide_part(
+        &self,
+        stream: &Stream<'_>,
+        direction: Direction,
+        report: &ScanReport,
+        part: Option<&str>,
+    ) -> Decision {
         let state = &stream.state;
         let decision_context =
-            DecisionContext { direction, request_id: &state.request_id, sha256: Some(&report.sha256) };
+            DecisionContext { direction, request_id: &state.request_id, sha256: Some(&report.sha256), part };
         let decision = decide(&report.verdict, &stream.policy, decision_context);
         let context = AuditContext {
             front_door: "ext_proc",
             request_id: &state.request_id,
             direction,
             path: &state.path,
+            part,
         };
         audit(context, report, &decision);
         if let Decision::Block(block) = &decision {

@@ -171,6 +171,9 @@ pub struct StreamState {
     pending_request: Option<PendingRequest>,
     /// A direction whose body passes unscanned by policy (allowed `Unscannable`).
     pass_unscanned: [bool; 2],
+    /// The upload's `multipart/*` boundary (None: not multipart; Err: multipart that cannot be
+    /// split, why), from its `Content-Type`.
+    request_multipart: Option<Result<String, String>>,
     /// Each direction's `Content-Encoding`, in the order applied (empty: not encoded).
     encodings: [Vec<Encoding>; 2],
     /// What happens to each direction's FULL_DUPLEX body pieces.
@@ -228,6 +231,7 @@ impl StreamState {
             path: String::new(),
             policy,
             resource: None,
+            request_multipart: None,
             clean_resource: None,
             infected_resource: None,
             response_status: 0,
@@ -265,6 +269,14 @@ impl StreamState {
     /// before clamd sees the body (the client still gets the encoded bytes).
     pub fn encodings(&self, direction: Direction) -> &[Encoding] {
         &self.encodings[direction as usize]
+    }
+
+    /// For an upload declared `multipart/*`: its boundary, or why it cannot be split.
+    pub fn multipart(&self, direction: Direction) -> Option<&Result<String, String>> {
+        match direction {
+            Direction::Request => self.request_multipart.as_ref(),
+            Direction::Response => None,
+        }
     }
 
     /// Whether clamgate holds `direction`'s FULL_DUPLEX headers and body (scanned, not finished).
@@ -424,6 +436,7 @@ fn on_headers(
                 .or_else(|| attribute(&headers.attributes, "request.id"))
                 .or_else(|| header_value(&map, "x-request-id"))
                 .unwrap_or_default();
+            state.request_multipart = request_multipart(&map);
             let path_and_query = header_value(&map, ":path").unwrap_or_default();
             state.path = path_and_query.split('?').next().unwrap_or_default().to_string();
             let method = header_value(&map, ":method").unwrap_or_default();
@@ -898,6 +911,19 @@ fn request_headers(map: &HeaderMap) -> Vec<(String, String)> {
 }
 
 /// Every value of a header that may repeat, in order.
+/// The multipart boundary of a request's `Content-Type` (see [`StreamState::multipart`]). More
+/// than one `Content-Type`, one of them multipart, cannot be split: which one would the
+/// application read?
+fn request_multipart(map: &HeaderMap) -> Option<Result<String, String>> {
+    let types = header_values(map, "content-type");
+    let found: Vec<_> = types.iter().filter_map(|value| crate::multipart::boundary(value)).collect();
+    match (found.len(), types.len()) {
+        (0, _) => None,
+        (1, 1) => Some(found.into_iter().next()?.map_err(|err| err.to_string())),
+        _ => Some(Err("several Content-Type headers, one of them multipart".to_string())),
+    }
+}
+
 fn header_values(map: &HeaderMap, name: &str) -> Vec<String> {
     map.headers
         .iter()

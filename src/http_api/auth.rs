@@ -249,13 +249,14 @@ fn answer(
     };
     let direction = request.direction();
     let sha256 = Some(report.sha256.as_str()).filter(|sha256| !sha256.is_empty());
-    let context = DecisionContext { direction, request_id: &request.request_id, sha256 };
+    let context = DecisionContext { direction, request_id: &request.request_id, sha256, part: None };
     let decision = decide(&report.verdict, policy, context);
     let audit_context = AuditContext {
         front_door: "nginx",
         request_id: &request.request_id,
         direction,
         path: request.path(),
+        part: None,
     };
     audit(audit_context, report, &decision);
     let mut headers = HeaderMap::new();
