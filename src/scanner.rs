@@ -79,6 +79,18 @@ pub struct ScanReport {
     pub cached: bool,
 }
 
+/// One part of a multipart body and its own report ([`Scanner::scan_parts`]).
+#[derive(Debug, Clone)]
+pub struct PartReport {
+    /// The part named for people: `field "upload", file "a.exe"` (`crate::multipart::Part::describe`).
+    pub name: String,
+    pub field: Option<String>,
+    pub filename: Option<String>,
+    /// The part after its `Content-Transfer-Encoding` (the part as sent is reported just before).
+    pub decoded: bool,
+    pub report: ScanReport,
+}
+
 impl ScanReport {
     /// The report of a clean verdict found in the cache under a resource key, for content
     /// `content` (the entry holds no body size or engine).
@@ -252,13 +264,11 @@ impl Scanner {
     }
 
     /// An upload declared `multipart/*` (`boundary`: its boundary, or why it has none): the whole
-    /// body as [`Self::scan_held`] scans it, then, if that is clean, every part as a file of its
-    /// own (`crate::multipart`), so that a file known by its hash is found inside the form that
-    /// carries it. The first infected part decides, then the first unscanned one; the body is
-    /// clean only when the whole and every part are. A body that cannot be split is
-    /// `Unscanned { malformed_multipart }`, as is one with a `Content-Encoding` (its parts are
-    /// not split after decoding). Returns the report and, when a part decided, that part named
-    /// for people (field and file name).
+    /// body as [`Self::scan_held`] scans it, then, unless that is unscanned, every part as a file
+    /// of its own ([`Self::scan_parts`]), so that a file known by its hash is found inside the
+    /// form that carries it. See [`Self::multipart_verdict`] for the answer. A body with a
+    /// `Content-Encoding` is not split (`malformed_multipart` unless infected whole). Returns
+    /// the report and, when a part decided, that part named for people (field and file name).
     pub async fn scan_multipart(
         &self,
         body: &HeldBody,
@@ -272,73 +282,85 @@ impl Scanner {
         if let Verdict::Unscanned { .. } = whole.verdict {
             return (whole, None);
         }
-        if let Verdict::Infected { .. } = whole.verdict {
-            // Refused whatever the parts say; they only tell which file it was.
-            let named = match (encodings.is_empty(), boundary) {
-                (true, Ok(boundary)) => self.infected_part(body, boundary, spool, source, cache_mode).await,
-                _ => None,
-            };
-            return named.map_or((whole, None), |(report, part)| (report, Some(part)));
-        }
-        let malformed = |why: &str| {
-            tracing::warn!(
-                reason = why,
-                bytes = whole.body_bytes,
-                "cannot split a multipart upload into its parts"
-            );
-            let report = self.report_unscanned(
-                &whole.sha256,
-                whole.body_bytes,
-                UnscannedReason::MalformedMultipart,
-                source,
-            );
-            (report, None)
+        let parts = match (encodings.is_empty(), boundary) {
+            (false, _) => Err("a Content-Encoding over a multipart body".to_string()),
+            (true, Err(why)) => Err(why.to_string()),
+            (true, Ok(boundary)) => self
+                .scan_parts(body, boundary, spool, source, cache_mode)
+                .await
+                .map_err(|err| err.to_string()),
         };
-        if !encodings.is_empty() {
-            return malformed("a Content-Encoding over a multipart body");
-        }
-        let boundary = match boundary {
-            Ok(boundary) => boundary,
-            Err(why) => return malformed(why),
-        };
-        let parts =
-            match crate::multipart::split(body, boundary, spool, crate::multipart::Limits::default()).await {
-                Ok(parts) => parts,
-                Err(err) => return malformed(&err.to_string()),
-            };
-        let mut first_unscanned = None;
-        for part in &parts {
-            let report = self.scan_held(&part.body, &[], source, cache_mode, None).await;
-            match &report.verdict {
-                Verdict::Infected { .. } => return (report, Some(part.describe())),
-                Verdict::Unscanned { .. } if first_unscanned.is_none() => {
-                    first_unscanned = Some((report, Some(part.describe())));
-                }
-                _ => {}
-            }
-        }
-        first_unscanned.unwrap_or((whole, None))
+        let parts = parts.as_deref().map_err(String::as_str);
+        let (report, part) = self.multipart_verdict(whole, parts, source);
+        (report, part.map(|part| part.name.clone()))
     }
 
-    /// The first infected part of a multipart body already found infected whole, and its name;
-    /// None when it cannot be split or no part alone is infected (the signature spans parts).
-    async fn infected_part(
+    /// Every part of a multipart body (`crate::multipart::split`), each scanned as a file of its
+    /// own through the cache and clamd, in order.
+    pub async fn scan_parts(
         &self,
         body: &HeldBody,
         boundary: &str,
         spool: &crate::spool::Spool,
         source: Source,
         cache_mode: CacheMode,
-    ) -> Option<(ScanReport, String)> {
+    ) -> Result<Vec<PartReport>, crate::multipart::MultipartError> {
         let parts =
-            crate::multipart::split(body, boundary, spool, crate::multipart::Limits::default()).await.ok()?;
-        for part in &parts {
+            crate::multipart::split(body, boundary, spool, crate::multipart::Limits::default()).await?;
+        let mut reports = Vec::with_capacity(parts.len());
+        for part in parts {
             let report = self.scan_held(&part.body, &[], source, cache_mode, None).await;
-            if let Verdict::Infected { .. } = report.verdict {
-                return Some((report, part.describe()));
-            }
+            reports.push(PartReport {
+                name: part.describe(),
+                field: part.field,
+                filename: part.filename,
+                decoded: part.decoded,
+                report,
+            });
         }
-        None
+        Ok(reports)
+    }
+
+    /// The answer to a multipart body from its whole-body report and its parts' (or why it
+    /// could not be split): the first infected part, else the whole if infected, else (a body
+    /// that cannot be split) `Unscanned { malformed_multipart }`, else the first unscanned part,
+    /// else the whole (clean). With the part that decided, if one did.
+    pub fn multipart_verdict<'p>(
+        &self,
+        whole: ScanReport,
+        parts: Result<&'p [PartReport], &str>,
+        source: Source,
+    ) -> (ScanReport, Option<&'p PartReport>) {
+        let parts = match parts {
+            Ok(parts) => parts,
+            Err(_) if matches!(whole.verdict, Verdict::Infected { .. }) => return (whole, None),
+            Err(why) => {
+                tracing::warn!(
+                    reason = why,
+                    bytes = whole.body_bytes,
+                    "cannot split a multipart body into its parts"
+                );
+                let reason = UnscannedReason::MalformedMultipart;
+                return (self.report_unscanned(&whole.sha256, whole.body_bytes, reason, source), None);
+            }
+        };
+        let first = |infected: bool| {
+            parts.iter().find(|part| match part.report.verdict {
+                Verdict::Infected { .. } => infected,
+                Verdict::Unscanned { .. } => !infected,
+                Verdict::Clean => false,
+            })
+        };
+        if let Some(part) = first(true) {
+            return (part.report.clone(), Some(part));
+        }
+        if let Verdict::Infected { .. } = whole.verdict {
+            return (whole, None);
+        }
+        match first(false) {
+            Some(part) => (part.report.clone(), Some(part)),
+            None => (whole, None),
+        }
     }
 
     /// The report for a body that will not be scanned (the caller knows why: too large by its
@@ -1486,6 +1508,38 @@ impl StreamingScan<'_> {
             UnscannedReason::TooLarge,
             source,
         )
+    }
+
+    /// Ends a body declared `multipart/*` (`boundary`: its boundary, or why it has none) and
+    /// scans it whole and part by part, as [`Scanner::scan_multipart`] does for uploads: the
+    /// answer ([`Scanner::multipart_verdict`]) and every part's own report (none when the body
+    /// was not split).
+    pub async fn finish_multipart(
+        self,
+        boundary: Result<&str, &str>,
+        spool: &crate::spool::Spool,
+    ) -> (ScanReport, Vec<PartReport>) {
+        let StreamingScan { scanner, source, body } = self;
+        if !body.is_holding() {
+            let key = body.content_key().hex();
+            return (
+                scanner.report_unscanned(&key, body.received(), UnscannedReason::TooLarge, source),
+                Vec::new(),
+            );
+        }
+        let whole = scanner.scan_held(&body, &[], source, CacheMode::Content, None).await;
+        if let Verdict::Unscanned { .. } = whole.verdict {
+            return (whole, Vec::new());
+        }
+        let parts = match boundary {
+            Ok(boundary) => scanner
+                .scan_parts(&body, boundary, spool, source, CacheMode::Content)
+                .await
+                .map_err(|err| err.to_string()),
+            Err(why) => Err(why.to_string()),
+        };
+        let report = scanner.multipart_verdict(whole, parts.as_deref().map_err(String::as_str), source).0;
+        (report, parts.unwrap_or_default())
     }
 
     /// The body did not arrive in time: `Unscanned { timeout }` for the bytes received so far

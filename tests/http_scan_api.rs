@@ -262,3 +262,53 @@ async fn a_client_that_breaks_off_leaves_nothing_held_and_no_verdict() {
     assert_eq!(instance.metric("clamgate_clamd_scan_duration_seconds_count").await, 0.0);
     assert_eq!(instance.metric(r#"clamgate_verdicts_total{source="api",verdict="clean"}"#).await, 0.0);
 }
+
+/// `POST /v1/scan` with `body` and `content_type`: the JSON answer (status 200 asserted).
+async fn scan_typed(instance: &ClamgateInstance, content_type: &str, body: Vec<u8>) -> serde_json::Value {
+    let response = support::http::client()
+        .post(scan_url(instance))
+        .header("authorization", format!("Bearer {SCAN_TOKEN}"))
+        .header("content-type", content_type)
+        .body(body)
+        .send()
+        .await
+        .expect("POST /v1/scan");
+    assert_eq!(response.status().as_u16(), 200);
+    serde_json::from_str(&response.text().await.expect("the answer")).expect("JSON")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_multipart_body_gets_one_verdict_per_file() {
+    let (_clamd, instance) = start_with(config_with_scan_token).await;
+    let mut body = Vec::new();
+    body.extend_from_slice(b"--sep\r\nContent-Disposition: form-data; name=\"note\"\r\n\r\nhello\r\n");
+    body.extend_from_slice(
+        b"--sep\r\nContent-Disposition: form-data; name=\"f\"; filename=\"known.exe\"\r\n\r\n",
+    );
+    body.extend_from_slice(&samples::hash_only_sample());
+    body.extend_from_slice(b"\r\n--sep--\r\n");
+    let result = scan_typed(&instance, "multipart/form-data; boundary=sep", body).await;
+    // Whole, the form matches no signature: only the part shows the file known by its hash.
+    assert_eq!(result["verdict"], "infected", "{result}");
+    let parts = result["parts"].as_array().expect("parts");
+    assert_eq!(parts.len(), 2);
+    assert_eq!(parts[0]["field"], "note");
+    assert_eq!(parts[0]["verdict"], "clean");
+    assert_eq!(parts[1]["filename"], "known.exe");
+    assert_eq!(parts[1]["verdict"], "infected");
+    assert!(parts[1]["signature"].as_str().unwrap_or_default().starts_with("Test.HashOnly"), "{result}");
+    assert_eq!(parts[1]["sha256"], hex::encode(Sha256::digest(samples::hash_only_sample())));
+    assert_eq!(result["sha256"], parts[1]["sha256"]);
+
+    let cut = scan_typed(
+        &instance,
+        "multipart/form-data; boundary=sep",
+        b"--sep\r\nContent-Disposition: form-data; name=\"x\"\r\n\r\nabc".to_vec(),
+    )
+    .await;
+    assert_eq!(cut["verdict"], "unscanned");
+    assert_eq!(cut["unscanned_reason"], "malformed_multipart");
+    assert_eq!(cut["parts"].as_array().map(Vec::len), Some(0));
+    let no_boundary = scan_typed(&instance, "multipart/form-data", b"--sep--\r\n".to_vec()).await;
+    assert_eq!(no_boundary["unscanned_reason"], "malformed_multipart");
+}

@@ -19,7 +19,7 @@ use tokio_stream::StreamExt;
 use crate::metrics::Source;
 use crate::proto::clamgate::v1::{ScanResult, Verdict as ApiVerdict};
 use crate::scan_api::scan_result;
-use crate::scanner::ScanReport;
+use crate::scanner::{PartReport, ScanReport};
 use crate::spool::SpoolFull;
 
 use super::HttpState;
@@ -65,12 +65,36 @@ pub async fn scan(State(state): State<HttpState>, headers: HeaderMap, body: Body
             return problem(StatusCode::INTERNAL_SERVER_ERROR, "clamgate cannot hold the body");
         }
     }
-    verdict(&scan.finish().await)
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|value| value.to_str().ok());
+    match content_type.and_then(crate::multipart::boundary) {
+        Some(boundary) => {
+            let boundary = boundary.as_deref().map_err(|err| err.to_string());
+            let (report, parts) =
+                scan.finish_multipart(boundary.as_deref().map_err(String::as_str), &state.spool).await;
+            let mut json = result_json(&scan_result(&report));
+            json["parts"] = parts.iter().map(part_json).collect();
+            respond(json)
+        }
+        None => verdict(&scan.finish().await),
+    }
+}
+
+/// One part's JSON: its names and its own result.
+fn part_json(part: &PartReport) -> serde_json::Value {
+    let mut json = result_json(&scan_result(&part.report));
+    json["field"] = part.field.clone().into();
+    json["filename"] = part.filename.clone().into();
+    json["decoded"] = part.decoded.into();
+    json
 }
 
 /// `200` and the report as JSON (the gRPC `ScanResult`'s fields and names).
 fn verdict(report: &ScanReport) -> Response {
-    let json = result_json(&scan_result(report));
+    respond(result_json(&scan_result(report)))
+}
+
+/// `200` and `json`.
+fn respond(json: serde_json::Value) -> Response {
     let mut response = (StatusCode::OK, json.to_string()).into_response();
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response
