@@ -147,6 +147,8 @@ pub struct ScannerSettings {
     pub max_skipped_encoding_bytes: u64,
     /// `clamd.scan_method`: whether a clamd on a unix socket scans held bodies by descriptor.
     pub scan_method: ScanMethod,
+    /// `scan.multipart_max_parts` and `scan.multipart_max_depth`.
+    pub multipart_limits: crate::multipart::Limits,
 }
 
 impl ScannerSettings {
@@ -162,6 +164,10 @@ impl ScannerSettings {
             abandoned_scan_max_hold: config.clamd.abandoned_scan_max_hold(),
             max_skipped_encoding_bytes: config.scan.max_skipped_encoding_bytes,
             scan_method: config.clamd.scan_method,
+            multipart_limits: crate::multipart::Limits {
+                max_parts: usize::try_from(config.scan.multipart_max_parts).unwrap_or(usize::MAX),
+                max_depth: usize::try_from(config.scan.multipart_max_depth).unwrap_or(usize::MAX),
+            },
         }
     }
 }
@@ -305,8 +311,7 @@ impl Scanner {
         source: Source,
         cache_mode: CacheMode,
     ) -> Result<Vec<PartReport>, crate::multipart::MultipartError> {
-        let parts =
-            crate::multipart::split(body, boundary, spool, crate::multipart::Limits::default()).await?;
+        let parts = crate::multipart::split(body, boundary, spool, self.settings.multipart_limits).await?;
         let mut reports = Vec::with_capacity(parts.len());
         for part in parts {
             let report = self.scan_held(&part.body, &[], source, cache_mode, None).await;

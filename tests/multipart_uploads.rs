@@ -194,3 +194,15 @@ async fn a_form_that_cannot_be_split_is_refused_unscanned_never_passed() {
         cases.len() as f64
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_configured_part_limit_applies() {
+    let stack = Stack::start_with(|config| config.scan.multipart_max_parts = 3).await;
+    let three: Vec<(String, Vec<u8>)> = (0..3).map(|i| text_part(&format!("f{i}"), "x")).collect();
+    let (status, _) = post(&stack, "form-three", FORM, &form(BOUNDARY, &three), 4096).await;
+    assert_eq!(status, 201);
+    let four: Vec<(String, Vec<u8>)> = (0..4).map(|i| text_part(&format!("f{i}"), "x")).collect();
+    let (status, answer) = post(&stack, "form-four", FORM, &form(BOUNDARY, &four), 4096).await;
+    assert_eq!(status, 422);
+    assert_eq!(json(&answer)["reason"], "malformed_multipart");
+}

@@ -94,6 +94,8 @@ pub(super) fn check_values(config: &Config, checker: &mut Checker<'_>) {
     checker.check("scan.max_decode_ratio", within(scan.max_decode_ratio, 0, MAX_DECODE_RATIO));
     checker
         .check("scan.max_skipped_encoding_bytes", within(scan.max_skipped_encoding_bytes, 0, MAX_SCAN_BYTES));
+    checker.check("scan.multipart_max_parts", within(scan.multipart_max_parts, 1, 100_000));
+    checker.check("scan.multipart_max_depth", within(scan.multipart_max_depth, 1, 8));
     check_bodies(bodies, checker);
     check_cache(cache, checker);
     checker.check(

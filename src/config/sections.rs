@@ -120,6 +120,13 @@ pub struct ScanConfig {
     /// more is `Unscanned { unsupported_encoding }`. The received bytes are scanned as well, but a
     /// file hidden there is never scanned as a file.
     pub max_skipped_encoding_bytes: u64,
+    /// Most parts of an upload declared `multipart/*` (nested parts included), each scanned as a
+    /// file of its own; more is `Unscanned { malformed_multipart }`. Bounds the clamd scans one
+    /// request can cause.
+    pub multipart_max_parts: u64,
+    /// Levels of `multipart/*` a multipart body may hold (1: its parts may not be multipart
+    /// themselves); deeper is `Unscanned { malformed_multipart }`.
+    pub multipart_max_depth: u64,
 }
 
 /// How bodies are held while they are scanned (see README, "Bodies of any size").
@@ -594,6 +601,8 @@ impl Default for ScanConfig {
             // pzstd adds 12 bytes a frame, a zstd seekable seek table 12 (or 16) bytes a frame,
             // gzip a file name: 64 KiB passes them all with room, and hides no file of note.
             max_skipped_encoding_bytes: 64 * 1024,
+            multipart_max_parts: 1000,
+            multipart_max_depth: 2,
         }
     }
 }

@@ -1685,3 +1685,17 @@ fn the_scan_api_token_is_read_at_load_and_an_open_scan_api_is_warned_about() {
     assert!(!guarded.warnings().iter().any(|w| w.contains("POST /v1/scan")), "{:?}", guarded.warnings());
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn multipart_limits_have_defaults_and_ranges() {
+    let scan = Config::default().scan;
+    assert_eq!((scan.multipart_max_parts, scan.multipart_max_depth), (1000, 2));
+    let set = load("[scan]\nmultipart_max_parts = 5\nmultipart_max_depth = 1\n", &[]).unwrap();
+    assert_eq!((set.scan.multipart_max_parts, set.scan.multipart_max_depth), (5, 1));
+    let err =
+        load("[scan]\nmultipart_max_parts = 0\nmultipart_max_depth = 9\n", &[]).unwrap_err().to_string();
+    assert!(err.contains("scan.multipart_max_parts: must be between 1 and 100000, found 0"), "{err}");
+    assert!(err.contains("scan.multipart_max_depth: must be between 1 and 8, found 9"), "{err}");
+    let env = load("", &[("CLAMGATE_SCAN_MULTIPART_MAX_PARTS", "7")]).unwrap();
+    assert_eq!(env.scan.multipart_max_parts, 7);
+}
