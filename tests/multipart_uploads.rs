@@ -206,3 +206,38 @@ async fn the_configured_part_limit_applies() {
     assert_eq!(status, 422);
     assert_eq!(json(&answer)["reason"], "malformed_multipart");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_form_under_two_content_types_or_a_content_encoding_is_refused_unscanned() {
+    use std::io::Write as _;
+    let stack = Stack::start().await;
+    let body = form(BOUNDARY, &[file_part("f", "f.bin", samples::hash_only_sample())]);
+    // Which Content-Type would the application read? Neither is trusted.
+    let response = stack
+        .http
+        .post(stack.envoy.url("/upload/form-two-types"))
+        .header("content-type", FORM)
+        .header("content-type", "application/octet-stream")
+        .body(body.clone())
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(response.status().as_u16(), 422);
+    assert_eq!(json(&response.bytes().await.expect("answer"))["reason"], "malformed_multipart");
+    assert_eq!(stack.upstream.received("form-two-types"), None);
+    // A gzip-encoded form: its parts are not split after decoding.
+    let mut gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gzip.write_all(&body).expect("gzip");
+    let response = stack
+        .http
+        .post(stack.envoy.url("/upload/form-gzip"))
+        .header("content-type", FORM)
+        .header("content-encoding", "gzip")
+        .body(gzip.finish().expect("gzip"))
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(response.status().as_u16(), 422);
+    assert_eq!(json(&response.bytes().await.expect("answer"))["reason"], "malformed_multipart");
+    assert_eq!(stack.upstream.received("form-gzip"), None);
+}
