@@ -7,7 +7,8 @@
 #   nginx :8088 with the shipped nginx/nginx.conf, asking clamgate's HTTP listener :8181
 #
 # Shows: a clean download passes byte-identical with x-clamgate-verdict: clean; an EICAR download
-# and an EICAR upload get 409 (upstream never stores the upload); a clean upload passes; a client's
+# and an EICAR upload get 409 (upstream never stores the upload); a multipart form carrying a file
+# known only by its hash gets 409 naming the part; a clean upload passes; a client's
 # forged x-clamgate-verdict header changes nothing; a gRPC caller without the shared token (one
 # posing as Envoy) is refused with UNAUTHENTICATED; with clamgate stopped, Envoy answers 503.
 # Through nginx: a clean download fetched and scanned on a miss (200), then answered from the cache;
@@ -305,6 +306,28 @@ if ((WITH_CLAMGATE)); then
         pass "POST infected upload: 409, never stored by the upstream"
     else
         fail "POST infected upload: status $STATUS, stored upstream: $([[ -e "$WWW/uploads/eicar.com" ]] && echo YES || echo no)"
+    fi
+
+    log "POST /upload/form (a browser-style multipart form carrying a file known only by its hash)"
+    # testdata/clamav/test.hdb names this exact 2048-byte file (Test.HashOnly): clamd finds it only
+    # when the file is scanned alone, so clamgate scans every part of a form as its own file.
+    /usr/bin/python3 - "$WORK/invoice.exe" <<'PY'
+import sys
+mask, state, out = (1 << 64) - 1, 0x4841_5348_4F4E_4C59, b""
+while len(out) < 2048:
+    state = (state + 0x9E3779B97F4A7C15) & mask
+    z = state
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
+    out += (z ^ (z >> 31)).to_bytes(8, "little")
+open(sys.argv[1], "wb").write(out[:2048])
+PY
+    request upload-form -F note=quarterly -F "file=@$WORK/invoice.exe" "$ENVOY/upload/form"
+    echo "    $(cat "$BODY")"
+    if [[ "$STATUS" == 409 ]] && grep -q '"part"' "$BODY" && [[ ! -e "$WWW/uploads/form" ]]; then
+        pass "POST multipart form with a hash-signed file: 409 naming the part, never stored"
+    else
+        fail "POST multipart form with a hash-signed file: status $STATUS"
     fi
 
     log "PUT /upload/report.txt (a clean upload)"
