@@ -35,5 +35,9 @@ COPY clamgate.toml /etc/clamgate/clamgate.toml
 USER 10001:10001
 # gRPC (ext_proc, Scan API, health) and the admin HTTP listener (/healthz, /readyz, /metrics).
 EXPOSE 50051 9090
+# glibc gives each thread that frees memory an arena of its own and keeps what it freed: held
+# bodies' 64 KiB pieces, freed on the blocking threads that write temp files, took clamgate's peak
+# RSS to ~200 MiB during a 256 MiB upload; two arenas keep it near 100 MiB at no measured cost.
+ENV MALLOC_ARENA_MAX=2
 ENTRYPOINT ["clamgate"]
 CMD ["serve", "--config", "/etc/clamgate/clamgate.toml"]

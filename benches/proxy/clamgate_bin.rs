@@ -54,9 +54,14 @@ pub fn version() -> String {
 }
 
 /// The clamgate binary without any `CLAMGATE_*` variable of the caller's environment: the
-/// benchmark's config is the file it writes, nothing else.
+/// benchmark's config is the file it writes, nothing else. Run as the Dockerfile runs it, with
+/// two glibc malloc arenas (`MALLOC_ARENA_MAX=2`, README "Running it"), unless the caller sets
+/// `MALLOC_ARENA_MAX` itself.
 fn clean_command() -> Command {
     let mut command = Command::new(BINARY);
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+        command.env("MALLOC_ARENA_MAX", "2");
+    }
     for (key, _) in std::env::vars_os() {
         if key.to_string_lossy().starts_with("CLAMGATE_") {
             command.env_remove(key);

@@ -311,6 +311,9 @@ fn run(options: &Options, command: String) -> Result<(), String> {
         }
     );
     notes.push(clamd_transport.clone());
+    let arenas = std::env::var("MALLOC_ARENA_MAX").unwrap_or_else(|_| "2".to_string());
+    let arena_note = format!("clamgate runs with MALLOC_ARENA_MAX={arenas} (as the Dockerfile runs it)");
+    notes.push(arena_note.clone());
     let redis = options.redis.then(RedisProcess::start);
     let mut extra = String::new();
     if large_plan.is_some() {
@@ -649,6 +652,7 @@ fn run(options: &Options, command: String) -> Result<(), String> {
     if let Some(large_run) = &large_run {
         let mut notes: Vec<String> = options.note.iter().cloned().collect();
         notes.push(clamd_transport.clone());
+        notes.push(arena_note.clone());
         sections.push((report::Section::Large, report::large_results(&info, large_run, &notes)));
     }
     for (_, text) in &sections {
