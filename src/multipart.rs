@@ -83,21 +83,27 @@ pub struct Part {
 impl Part {
     /// How the part is named to people: `field "upload", file "a.exe"`.
     pub fn describe(&self) -> String {
-        let mut words = Vec::new();
-        if let Some(field) = &self.field {
-            words.push(format!("field {field:?}"));
-        }
-        if let Some(filename) = &self.filename {
-            words.push(format!("file {filename:?}"));
-        }
-        if words.is_empty() {
-            words.push("an unnamed part".to_string());
-        }
-        if self.decoded {
-            words.push("decoded".to_string());
-        }
-        words.join(", ")
+        describe(self.field.as_deref(), self.filename.as_deref(), self.decoded)
     }
+}
+
+/// A part named for people from its field and file names: `field "upload", file "a.exe"`, with
+/// `decoded` for the decoded copy of a transfer-encoded part.
+pub fn describe(field: Option<&str>, filename: Option<&str>, decoded: bool) -> String {
+    let mut words = Vec::new();
+    if let Some(field) = field {
+        words.push(format!("field {field:?}"));
+    }
+    if let Some(filename) = filename {
+        words.push(format!("file {filename:?}"));
+    }
+    if words.is_empty() {
+        words.push("an unnamed part".to_string());
+    }
+    if decoded {
+        words.push("decoded".to_string());
+    }
+    words.join(", ")
 }
 
 /// The boundary of a body whose `Content-Type` is `content_type`: None when it is not

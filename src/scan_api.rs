@@ -46,10 +46,8 @@ impl ScannerApi for ScanService {
         // A client that breaks off mid-body gets its error back and no verdict is reached; the
         // held body is dropped with the scan.
         loop {
-            // Bytes past max_scan_bytes are only hashed: they earn no more time.
-            let counted = scan.body_bytes().min(self.scanner.max_scan_bytes());
-            let deadline = started + self.scanner.scan_deadline(counted);
-            let chunk = match tokio::time::timeout_at(deadline, chunks.message()).await {
+            let chunk = match tokio::time::timeout_at(scan.receive_deadline(started), chunks.message()).await
+            {
                 Ok(chunk) => chunk?,
                 Err(_) => {
                     tracing::warn!(

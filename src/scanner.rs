@@ -82,13 +82,35 @@ pub struct ScanReport {
 /// One part of a multipart body and its own report ([`Scanner::scan_parts`]).
 #[derive(Debug, Clone)]
 pub struct PartReport {
-    /// The part named for people: `field "upload", file "a.exe"` (`crate::multipart::Part::describe`).
-    pub name: String,
     pub field: Option<String>,
     pub filename: Option<String>,
     /// The part after its `Content-Transfer-Encoding` (the part as sent is reported just before).
     pub decoded: bool,
     pub report: ScanReport,
+}
+
+impl PartReport {
+    /// The part named for people: `field "upload", file "a.exe"`.
+    pub fn name(&self) -> String {
+        crate::multipart::describe(self.field.as_deref(), self.filename.as_deref(), self.decoded)
+    }
+}
+
+/// A multipart body's answer ([`Scanner::scan_multipart`]) and its parts' own reports (none when
+/// it was not split).
+#[derive(Debug)]
+pub struct MultipartReport {
+    pub report: ScanReport,
+    pub parts: Vec<PartReport>,
+    /// The part whose report is the answer, if a part decided.
+    pub decided_by: Option<usize>,
+}
+
+impl MultipartReport {
+    /// The part that decided, named for people.
+    pub fn deciding_part(&self) -> Option<String> {
+        self.decided_by.map(|index| self.parts[index].name())
+    }
 }
 
 impl ScanReport {
@@ -272,9 +294,9 @@ impl Scanner {
     /// An upload declared `multipart/*` (`boundary`: its boundary, or why it has none): the whole
     /// body as [`Self::scan_held`] scans it, then, unless that is unscanned, every part as a file
     /// of its own ([`Self::scan_parts`]), so that a file known by its hash is found inside the
-    /// form that carries it. See [`Self::multipart_verdict`] for the answer. A body with a
-    /// `Content-Encoding` is not split (`malformed_multipart` unless infected whole). Returns
-    /// the report and, when a part decided, that part named for people (field and file name).
+    /// form that carries it. A body with a `Content-Encoding` is not split. The answer: the first
+    /// infected part, else the whole if infected, else (a body that cannot be split)
+    /// `Unscanned { malformed_multipart }`, else the first unscanned part, else the whole (clean).
     pub async fn scan_multipart(
         &self,
         body: &HeldBody,
@@ -283,10 +305,11 @@ impl Scanner {
         spool: &crate::spool::Spool,
         source: Source,
         cache_mode: CacheMode,
-    ) -> (ScanReport, Option<String>) {
+    ) -> MultipartReport {
         let whole = self.scan_held(body, encodings, source, cache_mode, None).await;
+        let unsplit = |report: ScanReport| MultipartReport { report, parts: Vec::new(), decided_by: None };
         if let Verdict::Unscanned { .. } = whole.verdict {
-            return (whole, None);
+            return unsplit(whole);
         }
         let parts = match (encodings.is_empty(), boundary) {
             (false, _) => Err("a Content-Encoding over a multipart body".to_string()),
@@ -296,9 +319,29 @@ impl Scanner {
                 .await
                 .map_err(|err| err.to_string()),
         };
-        let parts = parts.as_deref().map_err(String::as_str);
-        let (report, part) = self.multipart_verdict(whole, parts, source);
-        (report, part.map(|part| part.name.clone()))
+        let parts = match parts {
+            Ok(parts) => parts,
+            Err(_) if matches!(whole.verdict, Verdict::Infected { .. }) => return unsplit(whole),
+            Err(why) => {
+                tracing::warn!(reason = %why, bytes = whole.body_bytes, "cannot split a multipart body into its parts");
+                let reason = UnscannedReason::MalformedMultipart;
+                return unsplit(self.report_unscanned(&whole.sha256, whole.body_bytes, reason, source));
+            }
+        };
+        let first = |infected: bool| {
+            parts.iter().position(|part| match part.report.verdict {
+                Verdict::Infected { .. } => infected,
+                Verdict::Unscanned { .. } => !infected,
+                Verdict::Clean => false,
+            })
+        };
+        let decided_by = match first(true) {
+            Some(index) => Some(index),
+            None if matches!(whole.verdict, Verdict::Infected { .. }) => None,
+            None => first(false),
+        };
+        let report = decided_by.map_or(whole, |index| parts[index].report.clone());
+        MultipartReport { report, parts, decided_by }
     }
 
     /// Every part of a multipart body (`crate::multipart::split`), each scanned as a file of its
@@ -316,7 +359,6 @@ impl Scanner {
         for part in parts {
             let report = self.scan_held(&part.body, &[], source, cache_mode, None).await;
             reports.push(PartReport {
-                name: part.describe(),
                 field: part.field,
                 filename: part.filename,
                 decoded: part.decoded,
@@ -324,48 +366,6 @@ impl Scanner {
             });
         }
         Ok(reports)
-    }
-
-    /// The answer to a multipart body from its whole-body report and its parts' (or why it
-    /// could not be split): the first infected part, else the whole if infected, else (a body
-    /// that cannot be split) `Unscanned { malformed_multipart }`, else the first unscanned part,
-    /// else the whole (clean). With the part that decided, if one did.
-    pub fn multipart_verdict<'p>(
-        &self,
-        whole: ScanReport,
-        parts: Result<&'p [PartReport], &str>,
-        source: Source,
-    ) -> (ScanReport, Option<&'p PartReport>) {
-        let parts = match parts {
-            Ok(parts) => parts,
-            Err(_) if matches!(whole.verdict, Verdict::Infected { .. }) => return (whole, None),
-            Err(why) => {
-                tracing::warn!(
-                    reason = why,
-                    bytes = whole.body_bytes,
-                    "cannot split a multipart body into its parts"
-                );
-                let reason = UnscannedReason::MalformedMultipart;
-                return (self.report_unscanned(&whole.sha256, whole.body_bytes, reason, source), None);
-            }
-        };
-        let first = |infected: bool| {
-            parts.iter().find(|part| match part.report.verdict {
-                Verdict::Infected { .. } => infected,
-                Verdict::Unscanned { .. } => !infected,
-                Verdict::Clean => false,
-            })
-        };
-        if let Some(part) = first(true) {
-            return (part.report.clone(), Some(part));
-        }
-        if let Verdict::Infected { .. } = whole.verdict {
-            return (whole, None);
-        }
-        match first(false) {
-            Some(part) => (part.report.clone(), Some(part)),
-            None => (whole, None),
-        }
     }
 
     /// The report for a body that will not be scanned (the caller knows why: too large by its
@@ -1501,6 +1501,14 @@ impl StreamingScan<'_> {
         self.body.received()
     }
 
+    /// When the whole body must have arrived, for a call that started at `started`:
+    /// `scan.timeout_ms` plus `scan.timeout_per_mib_ms` per MiB received so far (bytes past
+    /// `max_scan_bytes` are only hashed: they earn no more time).
+    pub fn receive_deadline(&self, started: tokio::time::Instant) -> tokio::time::Instant {
+        let counted = self.body_bytes().min(self.scanner.settings.max_scan_bytes);
+        started + self.scanner.scan_deadline(counted)
+    }
+
     /// Ends the body and scans it (see [`Scanner::scan_held`]); counted like any verdict.
     pub async fn finish(self) -> ScanReport {
         let StreamingScan { scanner, source, body } = self;
@@ -1516,35 +1524,19 @@ impl StreamingScan<'_> {
     }
 
     /// Ends a body declared `multipart/*` (`boundary`: its boundary, or why it has none) and
-    /// scans it whole and part by part, as [`Scanner::scan_multipart`] does for uploads: the
-    /// answer ([`Scanner::multipart_verdict`]) and every part's own report (none when the body
-    /// was not split).
+    /// scans it whole and part by part ([`Scanner::scan_multipart`]).
     pub async fn finish_multipart(
         self,
         boundary: Result<&str, &str>,
         spool: &crate::spool::Spool,
-    ) -> (ScanReport, Vec<PartReport>) {
+    ) -> MultipartReport {
         let StreamingScan { scanner, source, body } = self;
         if !body.is_holding() {
             let key = body.content_key().hex();
-            return (
-                scanner.report_unscanned(&key, body.received(), UnscannedReason::TooLarge, source),
-                Vec::new(),
-            );
+            let report = scanner.report_unscanned(&key, body.received(), UnscannedReason::TooLarge, source);
+            return MultipartReport { report, parts: Vec::new(), decided_by: None };
         }
-        let whole = scanner.scan_held(&body, &[], source, CacheMode::Content, None).await;
-        if let Verdict::Unscanned { .. } = whole.verdict {
-            return (whole, Vec::new());
-        }
-        let parts = match boundary {
-            Ok(boundary) => scanner
-                .scan_parts(&body, boundary, spool, source, CacheMode::Content)
-                .await
-                .map_err(|err| err.to_string()),
-            Err(why) => Err(why.to_string()),
-        };
-        let report = scanner.multipart_verdict(whole, parts.as_deref().map_err(String::as_str), source).0;
-        (report, parts.unwrap_or_default())
+        scanner.scan_multipart(&body, boundary, &[], spool, source, CacheMode::Content).await
     }
 
     /// The body did not arrive in time: `Unscanned { timeout }` for the bytes received so far

@@ -348,7 +348,8 @@ impl ExtProcService {
     }
 
     /// Scans a held body of `direction`: an upload declared multipart part by part
-    /// ([`Scanner::scan_multipart`]: the report, and the part that decided), anything else whole.
+    /// ([`Scanner::scan_multipart`]: the report, and the part that decided, named), anything else
+    /// whole.
     async fn scan(
         &self,
         stream: &Stream<'_>,
@@ -362,7 +363,12 @@ impl ExtProcService {
         match state.multipart(direction) {
             Some(boundary) => {
                 let boundary = boundary.as_ref().map(String::as_str).map_err(String::as_str);
-                self.scanner.scan_multipart(held, boundary, encodings, &self.spool, source, cache_mode).await
+                let scanned = self
+                    .scanner
+                    .scan_multipart(held, boundary, encodings, &self.spool, source, cache_mode)
+                    .await;
+                let part = scanned.deciding_part();
+                (scanned.report, part)
             }
             None => (self.scanner.scan_held(held, encodings, source, cache_mode, store_as).await, None),
         }

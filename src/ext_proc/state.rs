@@ -436,7 +436,6 @@ fn on_headers(
                 .or_else(|| attribute(&headers.attributes, "request.id"))
                 .or_else(|| header_value(&map, "x-request-id"))
                 .unwrap_or_default();
-            state.request_multipart = request_multipart(&map);
             let path_and_query = header_value(&map, ":path").unwrap_or_default();
             state.path = path_and_query.split('?').next().unwrap_or_default().to_string();
             let method = header_value(&map, ":method").unwrap_or_default();
@@ -444,6 +443,8 @@ fn on_headers(
             let authority = header_value(&map, ":authority").unwrap_or_default();
             let content_length = content_length(&map);
             let has_body = !headers.end_of_stream && content_length != Some(0);
+            // Only an upload is split into parts.
+            state.request_multipart = if has_body { request_multipart(&map) } else { None };
             // The request headers are the first message: the body modes are still the ones Envoy
             // reported (its configuration), not clamgate's override. NONE for a direction the
             // policy scans would pass that body unscanned without a word: the route or filter is

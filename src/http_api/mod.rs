@@ -63,17 +63,22 @@ pub async fn serve(
 /// nothing per request beyond the comparison).
 pub fn refused(state: &HttpState, headers: &HeaderMap, path: &str) -> Option<Response> {
     let token = state.token.as_ref()?;
-    let mut values = headers.get_all(&TOKEN).iter();
-    let presented = match (values.next(), values.next()) {
-        (Some(value), None) => Some(value.as_bytes()),
-        _ => None,
-    };
-    if presented.is_some_and(|presented| token.matches(presented)) {
+    if only_value(headers, &TOKEN).is_some_and(|presented| token.matches(presented)) {
         return None;
     }
     state.metrics.record_http_refused("unauthenticated");
     tracing::warn!(path, "HTTP API request without the shared token (x-clamgate-token); refused with 401");
     Some((StatusCode::UNAUTHORIZED, "x-clamgate-token is missing or wrong\n").into_response())
+}
+
+/// The value of header `name` when the request has exactly one; None when it has none or several
+/// (a credential sent twice is refused, whichever copy a later hop would read).
+pub fn only_value<'h>(headers: &'h HeaderMap, name: &HeaderName) -> Option<&'h [u8]> {
+    let mut values = headers.get_all(name).iter();
+    match (values.next(), values.next()) {
+        (Some(value), None) => Some(value.as_bytes()),
+        _ => None,
+    }
 }
 
 static TOKEN: HeaderName = HeaderName::from_static(TOKEN_HEADER);

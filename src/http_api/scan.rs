@@ -33,11 +33,7 @@ pub async fn scan(State(state): State<HttpState>, headers: HeaderMap, body: Body
     let mut pieces = body.into_data_stream();
     let mut scan = state.scanner.streaming(Source::Api, state.spool.hold());
     loop {
-        // As for the gRPC API: the whole body must have arrived within scan.timeout_ms plus
-        // scan.timeout_per_mib_ms per MiB received; bytes past max_scan_bytes earn no more time.
-        let counted = scan.body_bytes().min(state.scanner.max_scan_bytes());
-        let deadline = started + state.scanner.scan_deadline(counted);
-        let piece = match tokio::time::timeout_at(deadline, pieces.next()).await {
+        let piece = match tokio::time::timeout_at(scan.receive_deadline(started), pieces.next()).await {
             Ok(Some(Ok(piece))) => piece,
             Ok(None) => break,
             Ok(Some(Err(err))) => {
@@ -69,10 +65,10 @@ pub async fn scan(State(state): State<HttpState>, headers: HeaderMap, body: Body
     match content_type.and_then(crate::multipart::boundary) {
         Some(boundary) => {
             let boundary = boundary.as_deref().map_err(|err| err.to_string());
-            let (report, parts) =
+            let scanned =
                 scan.finish_multipart(boundary.as_deref().map_err(String::as_str), &state.spool).await;
-            let mut json = result_json(&scan_result(&report));
-            json["parts"] = parts.iter().map(part_json).collect();
+            let mut json = result_json(&scan_result(&scanned.report));
+            json["parts"] = scanned.parts.iter().map(part_json).collect();
             respond(json)
         }
         None => verdict(&scan.finish().await),
@@ -130,11 +126,7 @@ fn problem(status: StatusCode, message: &str) -> Response {
 /// `Authorization: Bearer TOKEN` holding it (counted and logged, without the presented value).
 fn bearer_refused(state: &HttpState, headers: &HeaderMap) -> Option<Response> {
     let token = state.scan_token.as_ref()?;
-    let mut values = headers.get_all(header::AUTHORIZATION).iter();
-    let presented = match (values.next(), values.next()) {
-        (Some(value), None) => bearer(value.as_bytes()),
-        _ => None,
-    };
+    let presented = super::only_value(headers, &header::AUTHORIZATION).and_then(bearer);
     if presented.is_some_and(|presented| token.matches(presented)) {
         return None;
     }
