@@ -116,8 +116,13 @@ mod tests {
             engine: None,
             cached: false,
         };
-        let context =
-            DecisionContext { direction: Direction::Response, request_id: "req-1", sha256: None, part: None };
+        let context = DecisionContext {
+            direction: Direction::Response,
+            request_id: "req-1",
+            sha256: None,
+            part: None,
+            accept: None,
+        };
         let decision = decide(&verdict, &Policy::new(&policy, &ResponseConfig::default()), context);
         let audit_context = AuditContext {
             front_door: "ext_proc",

@@ -27,7 +27,9 @@
 //!
 //! The model and its rules:
 //! - [`verdict`]: `Clean`, `Infected`, `Unscanned { reason }`: the three outcomes of a scan.
-//! - [`policy`]: turns a verdict into a [`policy::Decision`] (continue, 409, 503, 413, 502).
+//! - [`policy`]: turns a verdict into a [`policy::Decision`] (continue, 409, 503, 413, 502);
+//!   [`block_page`] renders a policy's HTML page or redirect, [`skip`] holds its skip rule (a
+//!   media type proven by a body's first bytes).
 //! - [`config`]: one struct per section (`config::sections`), typed as it is loaded (a clamd
 //!   address, Redis URLs), the `CLAMGATE_*` overrides (`layers`) and the checks (all errors at once).
 //!
@@ -50,6 +52,7 @@
 pub mod admin;
 pub mod app;
 pub mod audit;
+pub mod block_page;
 pub mod cache;
 pub mod clamd;
 pub mod config;
@@ -67,6 +70,7 @@ pub mod scan_api;
 pub mod scan_files;
 pub mod scanner;
 pub mod single_flight;
+pub mod skip;
 pub mod spool;
 pub mod verdict;
 

@@ -65,6 +65,15 @@ struct RejectedValueLabels {
     reason: &'static str,
 }
 
+/// A skip rule's outcome: `rule` is the policy's name (a configured, bounded set), `content_type`
+/// one of the rule's types.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SkipLabels {
+    rule: String,
+    direction: Source,
+    content_type: &'static str,
+}
+
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct WaitLabels {
     scope: &'static str,
@@ -174,6 +183,8 @@ pub struct Metrics {
     streams_open: Gauge,
     decoded_bodies: Family<DecodeLabels, Counter>,
     resource_verifications: Family<VerificationLabels, Counter>,
+    skipped_bodies: Family<SkipLabels, Counter>,
+    skip_type_mismatches: Family<SkipLabels, Counter>,
     clamd_setting_enabled: Family<SettingLabels, Gauge>,
     clamd_settings_checks: Family<SettingCheckLabels, Counter>,
     clamd_abandoned_scans: Family<AbandonLabels, Counter>,
@@ -310,6 +321,18 @@ impl Metrics {
             "Resource-cache hits streamed through clamgate and compared with the entry (verify_resource_hits), by result (match, mismatch, partial: a 206 part, not compared)",
             resource_verifications.clone(),
         );
+        let skipped_bodies = Family::<SkipLabels, Counter>::default();
+        registry.register(
+            "skipped_bodies",
+            "Bodies not scanned because a policy's skip rule matched their headers and their first bytes were those of the declared type, by rule (policy), direction and content type",
+            skipped_bodies.clone(),
+        );
+        let skip_type_mismatches = Family::<SkipLabels, Counter>::default();
+        registry.register(
+            "skip_type_mismatches",
+            "Bodies a skip rule matched by their headers whose first bytes were not those of the declared type: scanned, by rule (policy), direction and declared content type",
+            skip_type_mismatches.clone(),
+        );
         let clamd_setting_enabled = Family::<SettingLabels, Gauge>::default();
         registry.register(
             "clamd_setting_enabled",
@@ -372,6 +395,8 @@ impl Metrics {
             fetches,
             fetch_duration,
             resource_verifications,
+            skipped_bodies,
+            skip_type_mismatches,
             grpc_unauthenticated,
             decoded_bodies,
             clamd_setting_enabled,
@@ -521,6 +546,14 @@ impl Metrics {
     }
 
     /// Counts one verified resource-cache hit: `result` is `match`, `mismatch` or `partial`.
+    /// A skip rule checked a body's first bytes: `skipped` (they matched) or a type mismatch.
+    pub fn record_skip(&self, rule: &str, direction: Direction, content_type: &'static str, skipped: bool) {
+        let labels =
+            SkipLabels { rule: rule.to_string(), direction: Source::Proxied(direction), content_type };
+        let family = if skipped { &self.skipped_bodies } else { &self.skip_type_mismatches };
+        family.get_or_create(&labels).inc();
+    }
+
     pub fn record_resource_verification(&self, result: &'static str) {
         self.resource_verifications.get_or_create(&VerificationLabels { result }).inc();
     }

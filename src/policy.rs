@@ -12,12 +12,14 @@
 //!
 //! `report_only` turns every block into a continue (the verdict header still tells the truth).
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use crate::block_page::{prefers_html, BlockFields, HtmlAnswer};
 use crate::config::{Config, PolicyConfig, ResponseConfig, UnscannedAction, DEFAULT_POLICY_NAME};
+use crate::skip::SkipRule;
 use crate::verdict::{UnscannedReason, Verdict};
 
 /// Which way the body travels.
@@ -27,6 +29,17 @@ pub enum Direction {
     Request,
     /// A response body: a download on its way to the client.
     Response,
+}
+
+impl Direction {
+    /// `upload` or `download`: how refusals name it (a block page's `{{direction}}`, nginx's
+    /// `x-clamgate-direction`).
+    pub const fn as_people_say(self) -> &'static str {
+        match self {
+            Direction::Request => "upload",
+            Direction::Response => "download",
+        }
+    }
 }
 
 /// What the proxy should do with the message that was scanned.
@@ -43,14 +56,19 @@ pub enum Decision {
 /// A response clamgate gives in place of the upstream's (or instead of forwarding an upload).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BlockResponse {
-    /// HTTP status: 409, 503, 413, 502 or 422.
+    /// HTTP status: the policy's `block.status` (409) for infected bodies; 503, 413, 502 or 422
+    /// for unscanned ones; 303 for a redirect.
     pub status: u16,
     /// The value of `x-clamgate-verdict`: `infected` or `unscanned`.
     pub verdict: &'static str,
     /// Seconds for `retry-after`, for engine trouble.
     pub retry_after_secs: Option<u64>,
-    /// `application/json` body.
+    /// The body's `content-type`: JSON, or HTML from the policy's template.
+    pub content_type: &'static str,
+    /// The body.
     pub body: Vec<u8>,
+    /// `location`, for a redirect.
+    pub location: Option<String>,
     /// Short machine-readable cause for Envoy's response-code details, e.g. `clamgate_infected`.
     pub details: String,
 }
@@ -63,11 +81,27 @@ pub struct Policy {
     pub rules: PolicyConfig,
     /// How answers look.
     pub answers: ResponseConfig,
+    /// The HTML page or redirect of `rules.block`, if any.
+    pub html: Option<HtmlAnswer>,
+    /// The skip rule of `rules.skip`, if it names any type.
+    pub skip: Option<Arc<SkipRule>>,
 }
 
 impl Policy {
+    /// A policy without a name (its skip rule is labelled `default`).
     pub fn new(rules: &PolicyConfig, answers: &ResponseConfig) -> Policy {
-        Policy { rules: rules.clone(), answers: answers.clone() }
+        Policy::named(DEFAULT_POLICY_NAME, rules, answers)
+    }
+
+    /// The policy `name`. Its block template was read by the config checks; a file that has
+    /// become unreadable since is logged and the policy answers JSON (a refusal all the same).
+    pub fn named(name: &str, rules: &PolicyConfig, answers: &ResponseConfig) -> Policy {
+        let html = HtmlAnswer::load(&rules.block).unwrap_or_else(|err| {
+            tracing::error!(policy = name, error = %err, "block page unusable; refusals answer JSON");
+            None
+        });
+        let skip = SkipRule::of(name, &rules.skip).map(Arc::new);
+        Policy { rules: rules.clone(), answers: answers.clone(), html, skip }
     }
 }
 
@@ -83,7 +117,7 @@ impl Policies {
         let named = config
             .policies
             .iter()
-            .map(|(name, section)| (name.clone(), Arc::new(Policy::new(section, &config.response))))
+            .map(|(name, section)| (name.clone(), Arc::new(Policy::named(name, section, &config.response))))
             .collect();
         Policies { default: Arc::new(Policy::new(&config.policy, &config.response)), named }
     }
@@ -114,6 +148,8 @@ pub struct DecisionContext<'a> {
     pub sha256: Option<&'a str>,
     /// The part of a multipart upload that decided, named for people (field and file name).
     pub part: Option<&'a str>,
+    /// The client's `Accept`: chooses the HTML page over JSON when the policy has both.
+    pub accept: Option<&'a str>,
 }
 
 #[derive(Serialize)]
@@ -133,56 +169,103 @@ struct BlockBody<'a> {
 
 /// Decides the answer to a verdict under a policy.
 pub fn decide(verdict: &Verdict, policy: &Policy, context: DecisionContext<'_>) -> Decision {
+    match decide_json(verdict, policy, context) {
+        Decision::Block(block) => Decision::Block(policy.shape(block, context.accept, context.direction)),
+        continued => continued,
+    }
+}
+
+/// [`decide`] without the policy's HTML page or redirect: every block as JSON. nginx's
+/// `/v1/auth` answers this way, and `/v1/blocked` shapes it for the client.
+pub fn decide_json(verdict: &Verdict, policy: &Policy, context: DecisionContext<'_>) -> Decision {
     let (rules, response) = (&policy.rules, &policy.answers);
     let verdict_header = |value: &'static str| response.verdict_header.then_some(value);
-    let block = match verdict {
+    let (name, status, signature, reason) = match verdict {
         Verdict::Clean => {
             return Decision::Continue { verdict_header: verdict_header("clean"), would_block: None }
         }
         Verdict::Infected { signature } => {
             let shown = response.expose_signature.then_some(signature.as_str());
-            BlockResponse {
-                status: 409,
-                verdict: "infected",
-                retry_after_secs: None,
-                body: render_body(BlockBody {
-                    verdict: "infected",
-                    signature: shown,
-                    reason: None,
-                    sha256: context.sha256,
-                    part: context.part,
-                    request_id: context.request_id,
-                }),
-                details: "clamgate_infected".to_string(),
-            }
+            ("infected", rules.block.status as u16, shown, None)
         }
         Verdict::Unscanned { reason } => {
             if rules.unscanned_action(*reason) == UnscannedAction::Allow {
                 return Decision::Continue { verdict_header: verdict_header("unscanned"), would_block: None };
             }
-            BlockResponse {
-                status: unscanned_status(*reason, context.direction),
-                verdict: "unscanned",
-                retry_after_secs: reason.is_engine_trouble().then_some(response.retry_after_secs),
-                body: render_body(BlockBody {
-                    verdict: "unscanned",
-                    signature: None,
-                    reason: Some(reason.as_str()),
-                    sha256: context.sha256,
-                    part: context.part,
-                    request_id: context.request_id,
-                }),
-                details: format!("clamgate_unscanned_{}", reason.as_str()),
-            }
+            ("unscanned", unscanned_status(*reason, context.direction), None, Some(reason.as_str()))
         }
     };
     if rules.report_only {
-        return Decision::Continue {
-            verdict_header: verdict_header(block.verdict),
-            would_block: Some(block.status),
-        };
+        return Decision::Continue { verdict_header: verdict_header(name), would_block: Some(status) };
     }
+    let details = match reason {
+        Some(reason) => format!("clamgate_unscanned_{reason}"),
+        None => "clamgate_infected".to_string(),
+    };
+    let retry_after_secs = match verdict {
+        Verdict::Unscanned { reason } if reason.is_engine_trouble() => Some(response.retry_after_secs),
+        _ => None,
+    };
+    let block = BlockResponse {
+        status,
+        verdict: name,
+        retry_after_secs,
+        content_type: "application/json",
+        body: render_body(BlockBody {
+            verdict: name,
+            signature,
+            reason,
+            sha256: context.sha256,
+            part: context.part,
+            request_id: context.request_id,
+        }),
+        location: None,
+        details,
+    };
     Decision::Block(block)
+}
+
+/// The fields of a JSON refusal body, read back to fill a page.
+#[derive(Debug, Deserialize)]
+struct BlockJson {
+    verdict: String,
+    signature: Option<String>,
+    reason: Option<String>,
+    sha256: Option<String>,
+    part: Option<String>,
+    #[serde(default)]
+    request_id: String,
+}
+
+impl Policy {
+    /// A JSON refusal as this client should get it: unchanged, or the policy's HTML page or
+    /// redirect (when the policy has one and the client's `accept` prefers HTML, or the policy
+    /// offers no JSON), filled from the JSON body's fields.
+    pub fn shape(&self, block: BlockResponse, accept: Option<&str>, direction: Direction) -> BlockResponse {
+        let Some(html) = &self.html else { return block };
+        if self.rules.block.json && !prefers_html(accept) {
+            return block;
+        }
+        let Ok(json) = serde_json::from_slice::<BlockJson>(&block.body) else { return block };
+        let fields = BlockFields {
+            verdict: &json.verdict,
+            signature: json.signature.as_deref(),
+            reason: json.reason.as_deref(),
+            sha256: json.sha256.as_deref(),
+            part: json.part.as_deref(),
+            request_id: &json.request_id,
+            status: block.status,
+            direction: direction.as_people_say(),
+        };
+        let rendered = html.render(&fields);
+        BlockResponse {
+            status: rendered.status,
+            content_type: rendered.content_type,
+            body: rendered.body,
+            location: rendered.location,
+            ..block
+        }
+    }
 }
 
 /// The HTTP status for a denied unscanned body.
@@ -208,7 +291,7 @@ mod tests {
     use crate::config::CacheMode;
 
     fn context(direction: Direction) -> DecisionContext<'static> {
-        DecisionContext { direction, request_id: "req-1", sha256: Some("ab12"), part: None }
+        DecisionContext { direction, request_id: "req-1", sha256: Some("ab12"), part: None, accept: None }
     }
 
     fn blocked(decision: Decision) -> BlockResponse {
@@ -352,5 +435,53 @@ mod tests {
             context(Direction::Response),
         );
         assert_eq!(decision, Decision::Continue { verdict_header: Some("infected"), would_block: Some(409) });
+    }
+
+    /// A policy whose infected answers are 403, with an HTML page (and JSON unless `json` is off).
+    fn with_page(json: bool) -> Policy {
+        let mut policy = Policy::new(&PolicyConfig::default(), &ResponseConfig::default());
+        policy.rules.block.status = 403;
+        policy.rules.block.json = json;
+        let page =
+            crate::block_page::Template::parse("<b>{{verdict}} {{signature}} {{status}} {{direction}}</b>")
+                .unwrap();
+        policy.html = Some(HtmlAnswer::Page(page));
+        policy
+    }
+
+    #[test]
+    fn the_policy_status_and_page_shape_infected_answers_by_accept() {
+        let verdict = Verdict::Infected { signature: "Sig<1>".into() };
+        let browser = DecisionContext { accept: Some("text/html,*/*;q=0.8"), ..context(Direction::Response) };
+        let block = blocked(decide(&verdict, &with_page(true), browser));
+        assert_eq!((block.status, block.content_type), (403, "text/html; charset=utf-8"));
+        assert_eq!(String::from_utf8(block.body).unwrap(), "<b>infected Sig&lt;1&gt; 403 download</b>");
+        assert_eq!(block.verdict, "infected");
+        let block = blocked(decide(&verdict, &with_page(true), context(Direction::Response)));
+        assert_eq!((block.status, block.content_type), (403, "application/json"));
+        // Without JSON every client gets the page; decide_json (nginx's /v1/auth) never does.
+        let block = blocked(decide(&verdict, &with_page(false), context(Direction::Request)));
+        assert!(String::from_utf8(block.body).unwrap().ends_with("upload</b>"));
+        let block = blocked(decide_json(&verdict, &with_page(false), browser));
+        assert_eq!(block.content_type, "application/json");
+        assert!(String::from_utf8(block.body).unwrap().contains(r#""signature":"Sig<1>""#));
+    }
+
+    #[test]
+    fn unscanned_refusals_keep_their_status_and_get_the_page() {
+        let browser = DecisionContext { accept: Some("text/html"), ..context(Direction::Response) };
+        let verdict = Verdict::Unscanned { reason: UnscannedReason::Timeout };
+        let block = blocked(decide(&verdict, &with_page(true), browser));
+        assert_eq!((block.status, block.retry_after_secs), (503, Some(30)));
+        assert_eq!(String::from_utf8(block.body).unwrap(), "<b>unscanned  503 download</b>");
+    }
+
+    #[test]
+    fn report_only_reports_the_policy_status() {
+        let mut policy = with_page(true);
+        policy.rules.report_only = true;
+        let decision =
+            decide(&Verdict::Infected { signature: "X".into() }, &policy, context(Direction::Response));
+        assert_eq!(decision, Decision::Continue { verdict_header: Some("infected"), would_block: Some(403) });
     }
 }

@@ -513,3 +513,73 @@ async fn an_immutable_policy_serves_objects_without_a_validator() {
     assert_eq!(env.get("/mirror/plain.bin").await.status(), 200);
     assert_eq!(env.metric("clamgate_fetches_total{outcome=\"scanned\"}").await, 1.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nginx_gives_the_refusal_the_policy_shapes_and_an_upstreams_own_403_stays_one() {
+    let dir = std::env::temp_dir().join(format!("clamgate-nginx-block-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let template = dir.join("blocked.html");
+    std::fs::write(&template, "<h1>Blocked</h1><p>{{verdict}} {{signature}} {{direction}} {{status}}</p>\n")
+        .unwrap();
+    let template = template.display().to_string();
+    let env = NginxStack::start_with(
+        |config| {
+            let mirror = config.policies.get_mut("mirror").expect("the mirror policy");
+            mirror.block.status = 423;
+            mirror.block.html_template_file = Some(template);
+        },
+        |config| config,
+    )
+    .await;
+    env.stack.upstream.put_file_with_headers("eicar.com", samples::eicar(), &[("etag", "\"e1\"")]);
+    let get = |accept: Option<&'static str>| {
+        let mut request = env.stack.http.get(env.nginx.url("/mirror/eicar.com")).header("host", HOST);
+        if let Some(accept) = accept {
+            request = request.header("accept", accept);
+        }
+        request.send()
+    };
+    // A browser: the page, with the policy's status (a status nginx does not name anywhere).
+    let response = get(Some("text/html,*/*;q=0.8")).await.unwrap();
+    assert_eq!(response.status(), 423);
+    assert_eq!(response.headers()["content-type"], "text/html; charset=utf-8");
+    let verdicts: Vec<_> = response.headers().get_all("x-clamgate-verdict").iter().collect();
+    assert_eq!(verdicts, ["infected"], "one verdict header");
+    let page = response.text().await.unwrap();
+    assert!(page.starts_with("<h1>Blocked</h1><p>infected Test.Eicar"), "{page}");
+    assert!(page.contains("download 423"), "{page}");
+    // An API client: JSON, same status.
+    let response = get(Some("application/json")).await.unwrap();
+    assert_eq!(response.status(), 423);
+    assert_eq!(json(response).await["verdict"], "infected");
+    let response = get(None).await.unwrap();
+    assert_eq!(response.status(), 423);
+    assert_eq!(response.headers()["content-type"], "application/json");
+
+    // The default policy (no page) answers JSON whatever the client accepts: here a miss it
+    // refuses (not_cached, 502).
+    let response = env
+        .stack
+        .http
+        .get(env.nginx.url("/files/eicar.com"))
+        .header("host", HOST)
+        .header("accept", "text/html")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 502);
+    assert_eq!(response.headers()["content-type"], "application/json");
+    assert_eq!(json(response).await["reason"], "not_cached");
+
+    // An upstream's own 403, after clamgate allowed the request: a 403, not a clamgate refusal.
+    env.stack.upstream.put_file_with_headers("secret.bin", samples::clean_sample(100), &[("etag", "\"s1\"")]);
+    assert_eq!(env.get("/mirror/secret.bin").await.status(), 200);
+    env.stack.upstream.put_file_with_headers(
+        "secret.bin",
+        b"no\n".to_vec(),
+        &[("etag", "\"s1\""), ("x-upstream-status", "403")],
+    );
+    let response = env.get("/mirror/secret.bin").await;
+    assert_eq!(response.status(), 403);
+    assert_eq!(verdict(&response).as_deref(), Some("clean"));
+}

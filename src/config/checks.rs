@@ -71,6 +71,18 @@ pub(super) fn check_values(config: &Config, checker: &mut Checker<'_>) {
             );
         }
     }
+    // A named policy's table is checked where it differs from [policy]'s (what it inherits was
+    // reported there).
+    check_skip("policy", &policy.skip, checker);
+    check_block("policy", &policy.block, checker);
+    for (name, named) in policies {
+        if named.skip != policy.skip {
+            check_skip(&format!("policies.{name}"), &named.skip, checker);
+        }
+        if named.block != policy.block {
+            check_block(&format!("policies.{name}"), &named.block, checker);
+        }
+    }
     check_grpc_auth(listen, checker);
     checker.check("clamd.connect_timeout_ms", within(clamd.connect_timeout_ms, 1, MAX_DURATION_MS));
     checker.check("clamd.write_timeout_ms", within(clamd.write_timeout_ms, 1, MAX_DURATION_MS));
@@ -142,6 +154,86 @@ pub(super) fn check_grpc_auth(listen: &ListenConfig, checker: &mut Checker<'_>) 
             Err("needs listen.grpc_tls_cert_file and listen.grpc_tls_key_file: client certificates are \
                  checked in a TLS handshake"
                 .to_string()),
+        ),
+        (None, None) => {}
+    }
+}
+
+/// A policy's `[skip]`: only types whose first bytes clamgate can check, in known directions,
+/// within sound bounds, under plain path prefixes.
+pub(super) fn check_skip(table: &str, skip: &SkipConfig, checker: &mut Checker<'_>) {
+    let key = |name: &str| format!("{table}.skip.{name}");
+    for (i, declared) in skip.content_types.iter().enumerate() {
+        if crate::skip::skippable(declared).is_none() {
+            let known: Vec<&str> = crate::skip::SIGNATURES.iter().map(|(name, _)| *name).collect();
+            checker.check_element(
+                &key("content_types"),
+                i,
+                Err(format!(
+                    "{declared:?} has no signature clamgate can check in a body's first bytes, so it cannot \
+                     be skipped (never by its declared type alone); skippable: {}",
+                    known.join(", ")
+                )),
+            );
+        }
+    }
+    for (i, direction) in skip.directions.iter().enumerate() {
+        if !matches!(direction.as_str(), "request" | "response") {
+            checker.check_element(
+                &key("directions"),
+                i,
+                Err(format!("{direction:?} is not a direction: expected \"request\" or \"response\"")),
+            );
+        }
+    }
+    if !skip.content_types.is_empty() && skip.directions.is_empty() {
+        checker.check(&key("directions"), Err("is empty: name \"request\" and/or \"response\"".to_string()));
+    }
+    if let Some(max) = skip.max_bytes.filter(|max| *max < skip.min_bytes) {
+        checker.check(&key("max_bytes"), Err(format!("{max} is below min_bytes ({})", skip.min_bytes)));
+    }
+    for (i, prefix) in skip.path_prefixes.iter().enumerate() {
+        if !crate::skip::is_plain_path(prefix) {
+            checker.check_element(
+                &key("path_prefixes"),
+                i,
+                Err(format!(
+                    "{prefix:?} must start with \"/\" and hold no \"..\" or \".\" segment, \"//\", \"%\" or \"\\\""
+                )),
+            );
+        }
+    }
+}
+
+/// A policy's `[block]`: a status Envoy can send, and an HTML page or a redirect that can be
+/// used (the template file is read and parsed here, as start-up will).
+pub(super) fn check_block(table: &str, block: &BlockConfig, checker: &mut Checker<'_>) {
+    use envoy_types::pb::envoy::r#type::v3::StatusCode;
+    let key = |name: &str| format!("{table}.block.{name}");
+    let defined = i32::try_from(block.status).ok().and_then(|code| StatusCode::try_from(code).ok()).is_some();
+    if !(400..=599).contains(&block.status) || !defined {
+        checker.check(
+            &key("status"),
+            Err(format!(
+                "{} is not an HTTP error status Envoy can send (400 to 599, e.g. 403 or 409)",
+                block.status
+            )),
+        );
+    }
+    match (&block.html_template_file, &block.redirect_url) {
+        (Some(_), Some(_)) => checker.check(
+            &key("redirect_url"),
+            Err("cannot be set with html_template_file: choose a page or a redirect".to_string()),
+        ),
+        (Some(_), None) => {
+            checker.check(&key("html_template_file"), crate::block_page::HtmlAnswer::load(block).map(|_| ()))
+        }
+        (None, Some(_)) => {
+            checker.check(&key("redirect_url"), crate::block_page::HtmlAnswer::load(block).map(|_| ()))
+        }
+        (None, None) if !block.json => checker.check(
+            &key("json"),
+            Err("false needs html_template_file or redirect_url: a refusal needs a body".to_string()),
         ),
         (None, None) => {}
     }

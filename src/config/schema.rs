@@ -21,6 +21,9 @@ pub(super) const OPTIONAL_KEYS: &[(&str, Kind)] = &[
     ("listen.http_token_file", Kind::Str),
     ("listen.http_scan_token_file", Kind::Str),
     ("fetch.tls_ca_file", Kind::Str),
+    ("policy.skip.max_bytes", Kind::Int),
+    ("policy.block.html_template_file", Kind::Str),
+    ("policy.block.redirect_url", Kind::Str),
 ];
 
 /// Tables of named tables, each shaped like a template table: `[policies.NAME]` takes the keys

@@ -249,6 +249,51 @@ pub struct PolicyConfig {
     /// `deny` (403, reason `not_cached`), `allow` (200, marked unscanned) or `fetch` (download
     /// it from its origin in `[fetch]`, scan it, cache it, then answer).
     pub on_miss: OnMiss,
+    /// Bodies of some media types that are not scanned, when their first bytes prove the type.
+    pub skip: SkipConfig,
+    /// How this policy's refusals look to the client.
+    pub block: BlockConfig,
+}
+
+/// A policy's skip rule: `[policy.skip]`. A body is skipped (not scanned, marked
+/// `x-clamgate-verdict: skipped`) only when all of these hold: its direction is listed, it has
+/// exactly one `Content-Type`, naming one of `content_types`, and no `Content-Encoding`; its
+/// `Content-Length` is within the bounds (required when a bound is set); its path starts with one
+/// of `path_prefixes` (when any are given); and its first bytes are those of the declared type.
+/// Anything else is scanned as usual. See [`crate::skip`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SkipConfig {
+    /// Media types that may be skipped, each one with a known signature (`crate::skip::SIGNATURES`).
+    /// Empty: nothing is skipped.
+    pub content_types: Vec<String>,
+    /// `request` (uploads: the type is the client's word, checked all the same) and/or `response`.
+    pub directions: Vec<String>,
+    /// Skip only bodies whose `Content-Length` is at least this.
+    pub min_bytes: u64,
+    /// Skip only bodies whose `Content-Length` is at most this.
+    pub max_bytes: Option<u64>,
+    /// Skip only under these path prefixes (each starting with `/`); empty: any path.
+    pub path_prefixes: Vec<String>,
+}
+
+/// How a policy's refusals look: `[policy.block]`. JSON is today's body; an HTML page (from a
+/// template) or a redirect can be offered to clients that prefer `text/html`, or to all.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BlockConfig {
+    /// The status of the answer to an infected body. Unscanned bodies keep theirs (503, 413,
+    /// 422, 502).
+    pub status: u64,
+    /// Answer with the JSON body. With an HTML page or a redirect too, the client's `Accept`
+    /// chooses; without JSON every client gets the page or the redirect.
+    pub json: bool,
+    /// An HTML page, with `{{verdict}}`, `{{signature}}`, `{{reason}}`, `{{sha256}}`,
+    /// `{{part}}`, `{{request_id}}`, `{{status}}` and `{{direction}}` filled in (HTML-escaped).
+    pub html_template_file: Option<String>,
+    /// Instead of a page: a `303 See Other` to this URL, with the same placeholders filled in
+    /// (percent-encoded).
+    pub redirect_url: Option<String>,
 }
 
 /// What `/v1/auth` does on a cache miss.
@@ -683,7 +728,27 @@ impl Default for PolicyConfig {
             immutable: false,
             verify_resource_hits: false,
             on_miss: OnMiss::Deny,
+            skip: SkipConfig::default(),
+            block: BlockConfig::default(),
         }
+    }
+}
+
+impl Default for SkipConfig {
+    fn default() -> Self {
+        SkipConfig {
+            content_types: Vec::new(),
+            directions: vec!["response".to_string()],
+            min_bytes: 0,
+            max_bytes: None,
+            path_prefixes: Vec::new(),
+        }
+    }
+}
+
+impl Default for BlockConfig {
+    fn default() -> Self {
+        BlockConfig { status: 409, json: true, html_template_file: None, redirect_url: None }
     }
 }
 

@@ -1294,7 +1294,17 @@ fn the_sample_config_lists_every_key() {
         ("CLAMGATE_LISTEN_HTTP_SCAN_TOKEN_FILE", token.to_str().unwrap()),
         ("CLAMGATE_FETCH_TLS_CA_FILE", ca.to_str().unwrap()),
     ];
-    if let Err(err) = load(&text, &env) {
+    // A block page and a redirect exclude each other: each example is checked without the other.
+    let without =
+        |key: &str| text.lines().filter(|line| !line.starts_with(key)).collect::<Vec<_>>().join("\n");
+    if let Err(err) = load(&without("html_template_file"), &env) {
+        panic!("the uncommented clamgate.toml is invalid:\n{err}");
+    }
+    let page = dir.path().join("blocked.html");
+    std::fs::write(&page, "<p>{{verdict}}</p>").unwrap();
+    let mut env = env.to_vec();
+    env.push(("CLAMGATE_POLICY_BLOCK_HTML_TEMPLATE_FILE", page.to_str().unwrap()));
+    if let Err(err) = load(&without("redirect_url"), &env) {
         panic!("the uncommented clamgate.toml is invalid:\n{err}");
     }
 }
@@ -1698,4 +1708,97 @@ fn multipart_limits_have_defaults_and_ranges() {
     assert!(err.contains("scan.multipart_max_depth: must be between 1 and 8, found 9"), "{err}");
     let env = load("", &[("CLAMGATE_SCAN_MULTIPART_MAX_PARTS", "7")]).unwrap();
     assert_eq!(env.scan.multipart_max_parts, 7);
+}
+
+#[test]
+fn skip_rules_name_only_types_with_a_signature_and_sound_bounds_all_errors_at_once() {
+    let text = r#"
+[policy.skip]
+content_types = ["image/png", "text/html", "application/octet-stream"]
+directions = ["response", "sideways"]
+min_bytes = 100
+max_bytes = 10
+path_prefixes = ["/media/", "media", "/a/../b"]
+
+[policies.media.skip]
+content_types = ["image/svg+xml"]
+"#;
+    let errors = errors(text, &[]);
+    let expected = [
+        "policy.skip.content_types[1]: \"text/html\" has no signature",
+        "policy.skip.content_types[2]: \"application/octet-stream\" has no signature",
+        "policy.skip.directions[1]: \"sideways\" is not a direction",
+        "policy.skip.max_bytes: 10 is below min_bytes (100)",
+        "policy.skip.path_prefixes[1]: \"media\" must start with \"/\"",
+        "policy.skip.path_prefixes[2]: \"/a/../b\" must start with \"/\"",
+        "policies.media.skip.content_types[0]: \"image/svg+xml\" has no signature",
+    ];
+    for line in expected {
+        assert!(errors.iter().any(|error| error.starts_with(line)), "{line}\nin {errors:#?}");
+    }
+    // Set from the environment, the list is comma-separated.
+    let config = load("", &[("CLAMGATE_POLICY_SKIP_CONTENT_TYPES", "video/mp4,image/PNG")]).unwrap();
+    assert_eq!(config.policy.skip.content_types, ["video/mp4", "image/PNG"]);
+    assert_eq!(config.policy.skip.directions, ["response"]);
+}
+
+#[test]
+fn block_settings_are_checked_with_their_template_read_and_parsed() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.html");
+    std::fs::write(&bad, "<p>{{body}}</p>").unwrap();
+    let text = format!(
+        r#"
+[policy.block]
+status = 299
+
+[policies.a.block]
+status = 409
+json = false
+
+[policies.b.block]
+status = 409
+redirect_url = "javascript:alert(1)"
+
+[policies.c.block]
+status = 499
+html_template_file = "{}"
+redirect_url = "/blocked"
+
+[policies.d.block]
+status = 409
+html_template_file = "{}"
+"#,
+        dir.path().join("missing.html").display(),
+        bad.display(),
+    );
+    let errors = errors(&text, &[]);
+    let expected = [
+        "policy.block.status: 299 is not an HTTP error status",
+        "policies.d.block.html_template_file: ",
+        "policies.a.block.json: false needs html_template_file or redirect_url",
+        "policies.b.block.redirect_url: \"javascript:alert(1)\" is neither",
+        "policies.c.block.status: 499 is not an HTTP error status",
+        "policies.c.block.redirect_url: cannot be set with html_template_file",
+    ];
+    for line in expected {
+        assert!(errors.iter().any(|error| error.starts_with(line)), "{line}\nin {errors:#?}");
+    }
+    assert!(errors.iter().any(|error| error.contains("unknown placeholder {{body}}")), "{errors:#?}");
+    let good = dir.path().join("good.html");
+    std::fs::write(&good, "<p>{{verdict}}</p>").unwrap();
+    let config =
+        load(&format!("[policy.block]\nstatus = 403\nhtml_template_file = \"{}\"\n", good.display()), &[])
+            .unwrap();
+    assert_eq!(config.policy.block.status, 403);
+    // A named policy inherits the page.
+    let config = load(
+        &format!(
+            "[policy.block]\nhtml_template_file = \"{}\"\n[policies.a]\nscan_requests = false\n",
+            good.display()
+        ),
+        &[],
+    )
+    .unwrap();
+    assert_eq!(config.policies["a"].block.html_template_file, config.policy.block.html_template_file);
 }

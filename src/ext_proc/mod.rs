@@ -298,6 +298,13 @@ impl ExtProcService {
                 stream.out.send_back(direction, held, complete).await?;
                 Vec::new()
             }
+            Effect::CountSkip { direction, media_type, skipped } => {
+                let rule = stream.policy.skip.as_ref().map_or("", |rule| rule.name.as_str());
+                self.metrics.record_skip(rule, direction, media_type, skipped);
+                let outcome = if skipped { "skipped: not scanned" } else { "type mismatch: scanned" };
+                tracing::debug!(request_id = %stream.state.request_id, path = %stream.state.path, rule, content_type = media_type, ?direction, "skip rule: {outcome}");
+                Vec::new()
+            }
             Effect::DropHeld { direction } => {
                 stream.held[direction as usize] = None;
                 Vec::new()
@@ -381,6 +388,7 @@ impl ExtProcService {
             request_id: &stream.state.request_id,
             sha256: None,
             part: None,
+            accept: None,
         };
         match decide(&Verdict::Clean, &stream.policy, decision_context) {
             Decision::Continue { verdict_header, .. } => verdict_header,
@@ -424,8 +432,13 @@ impl ExtProcService {
         part: Option<&str>,
     ) -> Decision {
         let state = &stream.state;
-        let decision_context =
-            DecisionContext { direction, request_id: &state.request_id, sha256: Some(&report.sha256), part };
+        let decision_context = DecisionContext {
+            direction,
+            request_id: &state.request_id,
+            sha256: Some(&report.sha256),
+            part,
+            accept: state.accept.as_deref(),
+        };
         let decision = decide(&report.verdict, &stream.policy, decision_context);
         let context = AuditContext {
             front_door: "ext_proc",

@@ -161,10 +161,13 @@ pub fn body_continue(direction: Direction, verdict_header: Option<&str>) -> Proc
 /// Replace the response with clamgate's own (409, 503, ...).
 pub fn immediate(block: &BlockResponse) -> ProcessingResponse {
     let mut set_headers = vec![
-        set_header("content-type", "application/json"),
+        set_header("content-type", block.content_type),
         set_header(VERDICT_HEADER, block.verdict),
         set_header("cache-control", "no-store"),
     ];
+    if let Some(location) = &block.location {
+        set_headers.push(set_header("location", location));
+    }
     if let Some(secs) = block.retry_after_secs {
         set_headers.push(set_header("retry-after", &secs.to_string()));
     }
@@ -204,7 +207,9 @@ mod tests {
             status: 503,
             verdict: "unscanned",
             retry_after_secs: Some(30),
+            content_type: "application/json",
             body: b"{}".to_vec(),
+            location: None,
             details: "clamgate_unscanned_timeout".into(),
         };
         let Some(Response::ImmediateResponse(answer)) = immediate(&block).response else {
@@ -222,6 +227,38 @@ mod tests {
             .collect();
         assert!(headers.contains(&("retry-after".into(), b"30".to_vec())), "{headers:?}");
         assert!(headers.contains(&(VERDICT_HEADER.into(), b"unscanned".to_vec())), "{headers:?}");
+        assert!(headers.contains(&("content-type".into(), b"application/json".to_vec())), "{headers:?}");
+        assert!(!headers.iter().any(|(name, _)| name == "location"), "{headers:?}");
+    }
+
+    #[test]
+    fn a_redirect_carries_its_location() {
+        let block = BlockResponse {
+            status: 303,
+            verdict: "infected",
+            retry_after_secs: None,
+            content_type: "text/plain; charset=utf-8",
+            body: b"See Other\n".to_vec(),
+            location: Some("/blocked?id=r1".into()),
+            details: "clamgate_infected".into(),
+        };
+        let Some(Response::ImmediateResponse(answer)) = immediate(&block).response else {
+            panic!("not immediate")
+        };
+        assert_eq!(answer.status.map(|s| s.code), Some(303));
+        let headers: Vec<(String, Vec<u8>)> = answer
+            .headers
+            .unwrap()
+            .set_headers
+            .into_iter()
+            .map(|h| h.header.unwrap())
+            .map(|h| (h.key, h.raw_value))
+            .collect();
+        assert!(headers.contains(&("location".into(), b"/blocked?id=r1".to_vec())), "{headers:?}");
+        assert!(
+            headers.contains(&("content-type".into(), b"text/plain; charset=utf-8".to_vec())),
+            "{headers:?}"
+        );
     }
 
     #[test]

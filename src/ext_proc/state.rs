@@ -27,7 +27,9 @@ use crate::cache::{vary_names, ContentKey, KnownResource, Resource, ResourceId, 
 use crate::decode::{parse_content_encoding, Encoding};
 use crate::policy::{Decision, Direction};
 use crate::scanner::{ResourceLookup, ScanReport};
+use crate::skip::{starts_like, BodyHeaders, SkipRule, SNIFF_BYTES};
 use crate::verdict::UnscannedReason;
+use std::sync::Arc;
 
 use super::error::StreamError;
 use super::response;
@@ -79,6 +81,10 @@ pub enum Effect {
     SendHeld { direction: Direction, headers_answer: Option<ProcessingResponse>, complete: bool },
     /// Free the held body of `direction` (it was refused).
     DropHeld { direction: Direction },
+    /// The first bytes of a body a skip rule matched by its headers were checked against
+    /// `media_type`: count it (`skipped`: they matched, and the body goes back unscanned, marked
+    /// `x-clamgate-verdict: skipped`; else it is scanned as usual).
+    CountSkip { direction: Direction, media_type: &'static str, skipped: bool },
     /// A piece of a verified resource hit: hash it, compare the whole with the entry at
     /// `end_of_stream` (before the last piece goes), and send it straight back.
     VerifyPiece { body: Vec<u8>, end_of_stream: bool },
@@ -120,14 +126,23 @@ enum Flow {
     /// by clamgate's override, whose headers were answered already) is held.
     Unset,
     /// Held whole until its end, then scanned and answered. `headers_answer`: the answer the held
-    /// headers get when released (None: answered already). `bytes`: held so far.
-    Holding { headers_answer: Option<ProcessingResponse>, bytes: u64 },
+    /// headers get when released (None: answered already). `bytes`: held so far. `sniff`: a body
+    /// the policy's skip rule may skip, until its first bytes are checked.
+    Holding { headers_answer: Option<ProcessingResponse>, bytes: u64, sniff: Option<Sniff> },
     /// Sent straight back piece by piece (not scanned by policy, or allowed unscanned).
     Echoing,
     /// A resource-cache hit sent straight back, hashed on the way and compared at its end.
     Verifying,
     /// Answered already (a block, or the whole body was sent back): later pieces are ignored.
     Answered,
+}
+
+/// A body that a skip rule matched by its headers: its first bytes, gathered until there are
+/// [`SNIFF_BYTES`] of them (or the body ends), decide whether it starts like `media_type`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sniff {
+    media_type: &'static str,
+    first: Vec<u8>,
 }
 
 /// Where one direction (request or response) is in its headers → body → trailers sequence.
@@ -153,6 +168,8 @@ pub struct StreamState {
     pub request_id: String,
     /// The request path without its query string (queries may carry secrets), for logs.
     pub path: String,
+    /// The client's `Accept`, joined if sent several times: which refusal format it prefers.
+    pub accept: Option<String>,
     /// What this stream's policy asks for.
     policy: StreamPolicy,
     /// The resource (scheme, host, port, path and query, request headers) of a GET or HEAD,
@@ -176,6 +193,9 @@ pub struct StreamState {
     request_multipart: Option<Result<String, String>>,
     /// Each direction's `Content-Encoding`, in the order applied (empty: not encoded).
     encodings: [Vec<Encoding>; 2],
+    /// The media type by which the skip rule matched each direction's headers (its first bytes
+    /// are still to be checked).
+    skip_candidate: [Option<&'static str>; 2],
     /// What happens to each direction's FULL_DUPLEX body pieces.
     flow: [Flow; 2],
 }
@@ -191,7 +211,7 @@ struct PendingRequest {
 }
 
 /// The parts of a policy the state machine needs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StreamPolicy {
     pub scan_requests: bool,
     pub scan_responses: bool,
@@ -204,6 +224,10 @@ pub struct StreamPolicy {
     pub verify_resource_hits: bool,
     /// Bodies above this are not scanned (`Unscanned { too_large }`).
     pub max_scan_bytes: u64,
+    /// Bodies this rule matches, by their headers and first bytes, are not scanned.
+    pub skip: Option<Arc<SkipRule>>,
+    /// Mark answers with `x-clamgate-verdict` (here: `skipped`).
+    pub verdict_header: bool,
 }
 
 impl StreamPolicy {
@@ -216,6 +240,8 @@ impl StreamPolicy {
             immutable: rules.immutable,
             verify_resource_hits: rules.verify_resource_hits,
             max_scan_bytes,
+            skip: policy.skip.clone(),
+            verdict_header: policy.answers.verdict_header,
         }
     }
 }
@@ -229,6 +255,7 @@ impl StreamState {
             response_body_mode: None,
             request_id: String::new(),
             path: String::new(),
+            accept: None,
             policy,
             resource: None,
             request_multipart: None,
@@ -240,6 +267,7 @@ impl StreamState {
             pending_request: None,
             pass_unscanned: [false; 2],
             encodings: [Vec::new(), Vec::new()],
+            skip_candidate: [None, None],
             flow: [Flow::Unset, Flow::Unset],
         }
     }
@@ -429,6 +457,7 @@ fn on_headers(
     state.encodings[direction as usize] = encodings.clone().unwrap_or_default();
     // Known from the headers: a body in an encoding clamgate cannot decode is never scanned.
     let undecodable = encodings.is_err() && state.scans(direction) && !headers.end_of_stream;
+    let encoded = !matches!(&encodings, Ok(applied) if applied.is_empty());
     match direction {
         Direction::Request => {
             // Envoy 1.40 sends attributes on the ProcessingRequest; older ones on the headers.
@@ -438,11 +467,15 @@ fn on_headers(
                 .unwrap_or_default();
             let path_and_query = header_value(&map, ":path").unwrap_or_default();
             state.path = path_and_query.split('?').next().unwrap_or_default().to_string();
+            let accept = header_values(&map, "accept");
+            state.accept = (!accept.is_empty()).then(|| accept.join(", "));
             let method = header_value(&map, ":method").unwrap_or_default();
             let scheme = header_value(&map, ":scheme").unwrap_or_default();
             let authority = header_value(&map, ":authority").unwrap_or_default();
             let content_length = content_length(&map);
             let has_body = !headers.end_of_stream && content_length != Some(0);
+            state.skip_candidate[Direction::Request as usize] =
+                skip_candidate(state, Direction::Request, &map, content_length, encoded);
             // Only an upload is split into parts.
             state.request_multipart = if has_body { request_multipart(&map) } else { None };
             // The request headers are the first message: the body modes are still the ones Envoy
@@ -517,6 +550,8 @@ fn on_headers(
                 header_value(&map, ":status").and_then(|status| status.parse().ok()).unwrap_or(0);
             state.response_validator = validator(&map, state.policy.immutable);
             state.response_vary = vary_names(&header_values(&map, "vary"));
+            state.skip_candidate[Direction::Response as usize] =
+                skip_candidate(state, Direction::Response, &map, content_length(&map), encoded);
             let known_infected =
                 state.infected_resource.as_ref().is_some_and(|(known, _)| state.response_is(known));
             let otherwise =
@@ -596,6 +631,11 @@ fn duplex_headers(
 ) -> Vec<Effect> {
     let scans = state.scans(direction);
     let too_large = content_length.filter(|length| *length > state.policy.max_scan_bytes);
+    let sniff =
+        state.skip_candidate[direction as usize].map(|media_type| Sniff { media_type, first: Vec::new() });
+    // A body the skip rule may skip is held until its first bytes say (it is scanned, or found
+    // too large, as usual if they do not match).
+    let too_large = too_large.filter(|_| sniff.is_none());
     let reason = unscannable.or(too_large.map(|_| UnscannedReason::TooLarge));
     match reason {
         _ if !scans => {
@@ -607,7 +647,8 @@ fn duplex_headers(
             vec![Effect::DecideUnscanned { direction, reason, bytes: content_length.unwrap_or(0), then }]
         }
         None => {
-            state.flow[direction as usize] = Flow::Holding { headers_answer: Some(headers_answer), bytes: 0 };
+            state.flow[direction as usize] =
+                Flow::Holding { headers_answer: Some(headers_answer), bytes: 0, sniff };
             Vec::new()
         }
     }
@@ -682,6 +723,26 @@ fn upgrade(configured: Option<BodySendMode>, wanted: bool) -> Option<BodySendMod
     }
 }
 
+/// The media type by which the policy's skip rule matches `direction`'s headers, if it does and
+/// the body is scanned otherwise (its first bytes are checked next).
+fn skip_candidate(
+    state: &StreamState,
+    direction: Direction,
+    map: &HeaderMap,
+    content_length: Option<u64>,
+    encoded: bool,
+) -> Option<&'static str> {
+    let rule = state.policy.skip.as_ref().filter(|_| state.scans(direction))?;
+    let content_types = header_values(map, "content-type");
+    rule.candidate(BodyHeaders {
+        direction,
+        content_types: &content_types,
+        path: &state.path,
+        content_length,
+        encoded,
+    })
+}
+
 /// `content-length`, when present and a number.
 fn content_length(map: &HeaderMap) -> Option<u64> {
     header_value(map, "content-length").and_then(|value| value.trim().parse().ok())
@@ -738,9 +799,34 @@ fn on_piece(
     if *flow == Flow::Unset {
         // A body switched to FULL_DUPLEX by clamgate's override: its headers were answered with
         // the override, so only the body is owed.
-        *flow = Flow::Holding { headers_answer: None, bytes: 0 };
+        *flow = Flow::Holding { headers_answer: None, bytes: 0, sniff: None };
     }
-    match flow {
+    let mut effects = Vec::new();
+    if let Flow::Holding { sniff: sniffing @ Some(_), headers_answer, .. } = flow {
+        let sniff = sniffing.as_mut().expect("matched Some");
+        let wanted = SNIFF_BYTES.saturating_sub(sniff.first.len()).min(body.len());
+        sniff.first.extend_from_slice(&body[..wanted]);
+        if sniff.first.len() >= SNIFF_BYTES || end_of_stream {
+            let media_type = sniff.media_type;
+            let skipped = starts_like(media_type, &sniff.first);
+            *sniffing = None;
+            effects.push(Effect::CountSkip { direction, media_type, skipped });
+            if skipped {
+                // Sent back as it comes, unscanned: the held headers go with `skipped`.
+                let verdict_header = state.policy.verdict_header.then_some("skipped");
+                let headers_answer =
+                    headers_answer.take().map(|answer| response::with_verdict_header(answer, verdict_header));
+                *flow = Flow::Echoing;
+                state.pass_unscanned[direction as usize] = true;
+                effects.extend([
+                    Effect::HoldPiece { direction, body },
+                    Effect::SendHeld { direction, headers_answer, complete: end_of_stream },
+                ]);
+                return effects;
+            }
+        }
+    }
+    effects.extend(match flow {
         Flow::Holding { bytes, .. } if *bytes + body.len() as u64 > max_scan_bytes => {
             // Too large to scan mid-body: `Unscanned { too_large }` for what was held.
             let held = *bytes;
@@ -764,7 +850,8 @@ fn on_piece(
             vec![Effect::VerifyPiece { body, end_of_stream }]
         }
         Flow::Answered | Flow::Unset => Vec::new(),
-    }
+    });
+    effects
 }
 
 fn on_trailers(state: &mut StreamState, direction: Direction, trailers: Option<HeaderMap>) -> Vec<Effect> {
@@ -968,15 +1055,21 @@ mod tests {
     use envoy_types::pb::envoy::service::ext_proc::v3::processing_response::Response;
     use envoy_types::pb::envoy::service::ext_proc::v3::{HttpBody, HttpTrailers, ProtocolConfiguration};
 
-    const SCAN_BOTH: StreamPolicy = StreamPolicy {
-        scan_requests: true,
-        scan_responses: true,
-        resource_keys: false,
-        immutable: false,
-        verify_resource_hits: false,
-        max_scan_bytes: 1 << 20,
-    };
-    const RESOURCE_KEYS: StreamPolicy = StreamPolicy { resource_keys: true, ..SCAN_BOTH };
+    /// A policy (without a skip rule) from the flags that vary between tests.
+    const fn policy(resource_keys: bool, verify_resource_hits: bool, max_scan_bytes: u64) -> StreamPolicy {
+        StreamPolicy {
+            scan_requests: true,
+            scan_responses: true,
+            resource_keys,
+            immutable: false,
+            verify_resource_hits,
+            max_scan_bytes,
+            skip: None,
+            verdict_header: true,
+        }
+    }
+    const SCAN_BOTH: StreamPolicy = policy(false, false, 1 << 20);
+    const RESOURCE_KEYS: StreamPolicy = policy(true, false, 1 << 20);
 
     fn headers(pairs: &[(&str, &str)], end_of_stream: bool) -> HttpHeaders {
         HttpHeaders {
@@ -1785,7 +1878,7 @@ mod tests {
         assert!(matches!(action, Effect::ScanBody { .. }), "{action:?}");
     }
 
-    const VERIFY: StreamPolicy = StreamPolicy { verify_resource_hits: true, ..RESOURCE_KEYS };
+    const VERIFY: StreamPolicy = policy(true, true, 1 << 20);
 
     #[test]
     fn a_verified_hit_streams_through_and_is_compared_with_the_entry() {
@@ -1903,7 +1996,7 @@ mod tests {
     // without gRPC.
 
     /// A policy that scans bodies of at most 4 bytes.
-    const SMALL: StreamPolicy = StreamPolicy { max_scan_bytes: 4, ..SCAN_BOTH };
+    const SMALL: StreamPolicy = policy(false, false, 4);
 
     fn allow(verdict_header: Option<&'static str>) -> Decision {
         Decision::Continue { verdict_header, would_block: None }
@@ -1914,7 +2007,9 @@ mod tests {
             status: 409,
             verdict: "infected",
             retry_after_secs: None,
+            content_type: "application/json",
             body: b"{}".to_vec(),
+            location: None,
             details: "clamgate_infected".into(),
         })
     }
@@ -2166,5 +2261,163 @@ mod tests {
         let effects =
             decided(&mut state, Then::AnswerBody { direction: Direction::Request }, &allow(Some("clean")));
         assert_eq!(effects, vec![Effect::Reply(response::body_continue(Direction::Request, Some("clean")))]);
+    }
+
+    /// A policy whose skip rule skips PNG responses (any size, any path) and, with `uploads`,
+    /// PNG uploads.
+    fn skipping_png(uploads: bool) -> StreamPolicy {
+        let mut directions = vec!["response".to_string()];
+        if uploads {
+            directions.push("request".to_string());
+        }
+        let config = crate::config::SkipConfig {
+            content_types: vec!["image/png".into()],
+            directions,
+            ..crate::config::SkipConfig::default()
+        };
+        StreamPolicy { skip: crate::skip::SkipRule::of("media", &config).map(Arc::new), ..SCAN_BOTH }
+    }
+
+    const PNG: &[u8] = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR";
+
+    #[test]
+    fn a_body_that_starts_like_its_declared_type_is_skipped_once_its_first_bytes_are_in() {
+        let mut state = StreamState::new(skipping_png(false));
+        effects_of(&mut state, get("/a.png"));
+        let answer = hold(&mut state, response_headers(&[(":status", "200"), ("content-type", "image/png")]));
+        // The signature comes in two pieces: the first is held, the second decides.
+        let effects = effects_of(&mut state, message(Request::ResponseBody(body(&PNG[..5], false))));
+        assert_eq!(
+            effects,
+            vec![Effect::HoldPiece { direction: Direction::Response, body: PNG[..5].to_vec() }]
+        );
+        let effects = effects_of(&mut state, message(Request::ResponseBody(body(&PNG[5..], false))));
+        let skipped_answer = answer.map(|answer| response::with_verdict_header(answer, Some("skipped")));
+        assert_eq!(
+            effects,
+            vec![
+                Effect::CountSkip { direction: Direction::Response, media_type: "image/png", skipped: true },
+                Effect::HoldPiece { direction: Direction::Response, body: PNG[5..].to_vec() },
+                Effect::SendHeld {
+                    direction: Direction::Response,
+                    headers_answer: skipped_answer,
+                    complete: false
+                },
+            ]
+        );
+        // The rest streams straight back.
+        let effects = effects_of(&mut state, message(Request::ResponseBody(body(b"rest", true))));
+        assert_eq!(
+            effects,
+            vec![Effect::Reply(response::streamed_body(Direction::Response, b"rest".to_vec(), true))]
+        );
+        assert!(state.is_complete());
+    }
+
+    #[test]
+    fn eicar_declared_png_is_counted_and_scanned() {
+        let mut state = StreamState::new(skipping_png(false));
+        effects_of(&mut state, get("/a.png"));
+        hold(&mut state, response_headers(&[(":status", "200"), ("content-type", "image/png")]));
+        let eicar_start = b"X5O!P%@AP[4\\PZX54(P^)7CC)7}";
+        let effects = effects_of(&mut state, message(Request::ResponseBody(body(eicar_start, true))));
+        assert_eq!(
+            effects,
+            vec![
+                Effect::CountSkip { direction: Direction::Response, media_type: "image/png", skipped: false },
+                Effect::HoldPiece { direction: Direction::Response, body: eicar_start.to_vec() },
+                Effect::ScanHeld { direction: Direction::Response, trailers: None, store_as: None },
+            ]
+        );
+    }
+
+    #[test]
+    fn a_body_shorter_than_the_signature_is_scanned() {
+        let mut state = StreamState::new(skipping_png(false));
+        effects_of(&mut state, get("/a.png"));
+        hold(&mut state, response_headers(&[(":status", "200"), ("content-type", "image/png")]));
+        let effects = effects_of(&mut state, message(Request::ResponseBody(body(&PNG[..7], true))));
+        assert_eq!(
+            effects[0],
+            Effect::CountSkip { direction: Direction::Response, media_type: "image/png", skipped: false }
+        );
+        assert!(matches!(effects[2], Effect::ScanHeld { .. }));
+    }
+
+    #[test]
+    fn a_skip_candidate_too_large_to_scan_is_held_until_its_type_is_known() {
+        let policy = StreamPolicy { max_scan_bytes: 16, ..skipping_png(false) };
+        // Skipped although larger than the scan limit.
+        let mut state = StreamState::new(policy.clone());
+        effects_of(&mut state, get("/a.png"));
+        let headers = [(":status", "200"), ("content-type", "image/png"), ("content-length", "100")];
+        assert!(hold(&mut state, response_headers(&headers)).is_some());
+        let effects = effects_of(&mut state, message(Request::ResponseBody(body(PNG, false))));
+        assert!(matches!(effects[0], Effect::CountSkip { skipped: true, .. }), "{effects:?}");
+        // Not a PNG: too large, decided as such mid-body.
+        let mut state = StreamState::new(policy);
+        effects_of(&mut state, get("/a.png"));
+        assert!(hold(&mut state, response_headers(&headers)).is_some());
+        let effects = effects_of(&mut state, message(Request::ResponseBody(body(&[b'X'; 12], false))));
+        assert!(matches!(effects[0], Effect::CountSkip { skipped: false, .. }), "{effects:?}");
+        let effects = effects_of(&mut state, message(Request::ResponseBody(body(&[b'X'; 12], false))));
+        assert!(
+            matches!(effects[..], [Effect::DecideUnscanned { reason: UnscannedReason::TooLarge, .. }]),
+            "{effects:?}"
+        );
+    }
+
+    #[test]
+    fn encoded_partial_or_other_typed_bodies_are_not_skip_candidates() {
+        for response in [
+            vec![(":status", "200"), ("content-type", "image/png"), ("content-encoding", "gzip")],
+            vec![(":status", "200"), ("content-type", "text/html")],
+            vec![(":status", "200"), ("content-type", "image/png"), ("content-type", "text/html")],
+            vec![(":status", "200")],
+        ] {
+            let mut state = StreamState::new(skipping_png(false));
+            effects_of(&mut state, get("/a.png"));
+            hold(&mut state, response_headers(&response));
+            let effects = effects_of(&mut state, message(Request::ResponseBody(body(PNG, false))));
+            assert_eq!(
+                effects,
+                vec![Effect::HoldPiece { direction: Direction::Response, body: PNG.to_vec() }],
+                "{response:?}"
+            );
+        }
+        // A 206 is never skipped (its first bytes are not the object's).
+        let mut state = StreamState::new(skipping_png(false));
+        effects_of(&mut state, get("/a.png"));
+        let effects =
+            effects_of(&mut state, response_headers(&[(":status", "206"), ("content-type", "image/png")]));
+        assert!(
+            matches!(effects[..], [Effect::DecideUnscanned { reason: UnscannedReason::PartialContent, .. }]),
+            "{effects:?}"
+        );
+    }
+
+    #[test]
+    fn an_upload_is_skipped_only_when_the_rule_names_requests() {
+        let upload = |policy: StreamPolicy| {
+            let mut state = StreamState::new(policy);
+            let request =
+                headers(&[(":method", "POST"), (":path", "/up"), ("content-type", "image/png")], false);
+            assert!(hold(&mut state, duplex_uploads(Request::RequestHeaders(request))).is_some());
+            effects_of(&mut state, duplex_uploads(Request::RequestBody(body(PNG, true))))
+        };
+        let effects = upload(skipping_png(false));
+        assert!(matches!(effects[..], [Effect::HoldPiece { .. }, Effect::ScanHeld { .. }]), "{effects:?}");
+        let effects = upload(skipping_png(true));
+        assert!(
+            matches!(
+                effects[..],
+                [
+                    Effect::CountSkip { skipped: true, .. },
+                    Effect::HoldPiece { .. },
+                    Effect::SendHeld { complete: true, .. }
+                ]
+            ),
+            "{effects:?}"
+        );
     }
 }

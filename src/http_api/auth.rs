@@ -19,7 +19,9 @@
 //!   `Unscanned { no_validator }` and its policy action.
 //! - `403`: refused. The answer the Envoy path would give travels in headers for nginx to replay:
 //!   `x-clamgate-status` (409, 502, 503...), `x-clamgate-verdict`, `x-clamgate-retry-after`
-//!   (engine trouble) and `x-clamgate-body` (the JSON body, also sent as this answer's body).
+//!   (engine trouble), `x-clamgate-direction` (`upload` or `download`) and `x-clamgate-body` (the
+//!   JSON body, also sent as this answer's body). nginx hands them to `GET /v1/blocked`
+//!   ([`super::blocked`]), which shapes the refusal the client gets.
 //! - `400`: a header nginx must set is missing or repeated, or names an unknown policy (a broken
 //!   nginx config: nginx turns it into 500, which the shipped config answers 503).
 //!
@@ -36,7 +38,7 @@ use crate::cache::{strong_etag, Resource, ResourceId};
 use crate::config::{CacheMode, OnMiss};
 use crate::fetch::FetchRules;
 use crate::metrics::Source;
-use crate::policy::{decide, Decision, DecisionContext, Direction, Policy};
+use crate::policy::{decide_json, Decision, DecisionContext, Direction, Policy};
 use crate::scanner::{ResourceLookup, ScanReport};
 use crate::verdict::{UnscannedReason, Verdict};
 
@@ -71,13 +73,15 @@ struct AuthRequest {
 
 /// Why a subrequest is not one the shipped nginx config sends.
 #[derive(Debug, thiserror::Error)]
-enum BadRequest {
+pub(super) enum BadRequest {
     #[error("{0} is missing (set it with proxy_set_header in the auth location)")]
     Missing(&'static str),
     #[error("{0} is repeated")]
     Repeated(&'static str),
     #[error("{0} is not ASCII text")]
     NotText(&'static str),
+    #[error("{0} is not a value /v1/auth gives")]
+    NotFromAuth(&'static str),
     #[error("x-clamgate-policy names no configured policy")]
     UnknownPolicy,
     #[error("x-clamgate-scheme, x-clamgate-authority and x-clamgate-uri do not make an http(s) URL")]
@@ -153,7 +157,7 @@ impl AuthRequest {
     }
 }
 
-fn optional(headers: &HeaderMap, name: &'static HeaderName) -> Result<Option<String>, BadRequest> {
+pub(super) fn optional(headers: &HeaderMap, name: &'static HeaderName) -> Result<Option<String>, BadRequest> {
     let mut values = headers.get_all(name).iter();
     match (values.next(), values.next()) {
         (None, _) => Ok(None),
@@ -164,7 +168,7 @@ fn optional(headers: &HeaderMap, name: &'static HeaderName) -> Result<Option<Str
     }
 }
 
-fn required(headers: &HeaderMap, name: &'static HeaderName) -> Result<String, BadRequest> {
+pub(super) fn required(headers: &HeaderMap, name: &'static HeaderName) -> Result<String, BadRequest> {
     optional(headers, name)?.filter(|value| !value.is_empty()).ok_or(BadRequest::Missing(name.as_str()))
 }
 
@@ -249,8 +253,10 @@ fn answer(
     };
     let direction = request.direction();
     let sha256 = Some(report.sha256.as_str()).filter(|sha256| !sha256.is_empty());
-    let context = DecisionContext { direction, request_id: &request.request_id, sha256, part: None };
-    let decision = decide(&report.verdict, policy, context);
+    let context =
+        DecisionContext { direction, request_id: &request.request_id, sha256, part: None, accept: None };
+    // JSON here: the headers below carry it, and `/v1/blocked` shapes it for the client.
+    let decision = decide_json(&report.verdict, policy, context);
     let audit_context = AuditContext {
         front_door: "nginx",
         request_id: &request.request_id,
@@ -288,6 +294,7 @@ fn answer(
             state.metrics.record_blocked(block.status);
             set("x-clamgate-status", &block.status.to_string());
             set("x-clamgate-verdict", block.verdict);
+            set("x-clamgate-direction", direction.as_people_say());
             if let Some(secs) = block.retry_after_secs {
                 set("x-clamgate-retry-after", &secs.to_string());
             }

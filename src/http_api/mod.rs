@@ -1,5 +1,6 @@
-//! The HTTP listener (`listen.http_addr`): `GET /v1/auth` for nginx's `auth_request`, and
-//! `POST /v1/scan`, the HTTP scan API (docs/scan-api.md).
+//! The HTTP listener (`listen.http_addr`): `GET /v1/auth` for nginx's `auth_request`,
+//! `GET /v1/blocked` for the refusal nginx then gives, and `POST /v1/scan`, the HTTP scan API
+//! (docs/scan-api.md).
 //!
 //! Separate from the admin listener: this one drives downloads, scans and writes verdicts, so it
 //! asks for a token when one is set and answers 401 (counted, logged) without it: nginx's shared
@@ -7,6 +8,7 @@
 //! (`listen.http_scan_token_file`, else the same shared token) for `/v1/scan`.
 
 pub mod auth;
+pub mod blocked;
 pub mod scan;
 
 use std::future::Future;
@@ -45,7 +47,11 @@ pub struct HttpState {
 
 /// The HTTP routes. Each handler checks the token first ([`refused`]).
 pub fn router(state: HttpState) -> Router {
-    Router::new().route("/v1/auth", get(auth::auth)).route("/v1/scan", post(scan::scan)).with_state(state)
+    Router::new()
+        .route("/v1/auth", get(auth::auth))
+        .route("/v1/blocked", get(blocked::blocked))
+        .route("/v1/scan", post(scan::scan))
+        .with_state(state)
 }
 
 /// Serves the HTTP routes on `listener` until `shutdown` resolves.
