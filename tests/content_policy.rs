@@ -203,3 +203,67 @@ async fn a_policy_can_redirect_every_refusal() {
     );
     assert_eq!(response.headers()["x-clamgate-verdict"], "infected");
 }
+
+/// `GET /v1/blocked`, as nginx's `@clamgate_denied` calls it: the token, then each header once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v1_blocked_shapes_what_v1_auth_said_and_refuses_anything_else() {
+    let template =
+        template_file("blocked-endpoint", "<p>{{verdict}} {{signature}} {{request_id}} {{direction}}</p>");
+    let stack = Stack::start_with(|config| {
+        config.listen.http_addr = Some("127.0.0.1:0".parse().unwrap());
+        config.listen.http_token_file = Some(support::nginx::http_token_file());
+        config.policy.block.html_template_file = Some(template);
+    })
+    .await;
+    let url = format!("http://{}/v1/blocked", stack.clamgate.http_addr.unwrap());
+    let body = r#"{"verdict":"infected","signature":"Sig<b>","request_id":"r\"1"}"#;
+    let full = [
+        ("x-clamgate-token", support::nginx::TEST_HTTP_TOKEN),
+        ("x-clamgate-policy", "default"),
+        ("x-clamgate-status", "409"),
+        ("x-clamgate-body", body),
+        ("x-clamgate-direction", "download"),
+    ];
+    let send = |headers: Vec<(&'static str, &'static str)>, accept: Option<&'static str>| {
+        let mut request = stack.http.get(&url);
+        for (name, value) in headers {
+            request = request.header(name, value);
+        }
+        if let Some(accept) = accept {
+            request = request.header("accept", accept);
+        }
+        request.send()
+    };
+    let response = send(full.to_vec(), Some("text/html")).await.unwrap();
+    assert_eq!(response.status(), 409);
+    assert_eq!(response.headers()["content-type"], "text/html; charset=utf-8");
+    assert_eq!(response.headers()["cache-control"], "no-store");
+    assert_eq!(response.text().await.unwrap(), "<p>infected Sig&lt;b&gt; r&quot;1 download</p>");
+    let response = send(full.to_vec(), None).await.unwrap();
+    assert_eq!(response.status(), 409);
+    assert_eq!(response.text().await.unwrap(), body, "JSON passes as /v1/auth gave it");
+
+    // Without the token: 401, before anything else is read.
+    assert_eq!(send(full[1..].to_vec(), None).await.unwrap().status(), 401);
+    // Each header missing, and values /v1/auth never gives: 400.
+    for missing in 1..4 {
+        let headers: Vec<_> =
+            full.iter().enumerate().filter(|(i, _)| *i != missing).map(|(_, h)| *h).collect();
+        assert_eq!(send(headers, None).await.unwrap().status(), 400, "without {}", full[missing].0);
+    }
+    for (name, value) in [
+        ("x-clamgate-status", "200"),
+        ("x-clamgate-status", "abc"),
+        ("x-clamgate-body", "not json"),
+        ("x-clamgate-body", r#"{"verdict":"clean"}"#),
+        ("x-clamgate-policy", "nosuch"),
+    ] {
+        let headers: Vec<_> =
+            full.iter().map(|(n, v)| if *n == name { (*n, value) } else { (*n, *v) }).collect();
+        let response = send(headers, None).await.unwrap();
+        assert_eq!(response.status(), 400, "{name}: {value}");
+    }
+    let mut twice = full.to_vec();
+    twice.push(("x-clamgate-status", "502"));
+    assert_eq!(send(twice, None).await.unwrap().status(), 400);
+}
