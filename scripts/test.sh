@@ -77,6 +77,11 @@ check_nginx() {
 }
 step "nginx/nginx.conf and nginx/mirror.conf pass nginx -t" check_nginx
 step "shell scripts parse" bash -c 'for f in scripts/*.sh .ci/run; do bash -n "$f" || exit 1; done'
+# The fuzz targets (fuzz/, cargo fuzz on the nightly toolchain) for a bounded time each; a crash
+# fails the run. FUZZ_SECONDS=0 skips them (e.g. to run one test quickly).
+if [[ "${FUZZ_SECONDS:-30}" != 0 ]]; then
+    step "fuzz targets, ${FUZZ_SECONDS:-30} s each (scripts/fuzz.sh)" bash scripts/fuzz.sh
+fi
 
 if ((${#FAILED_STEPS[@]})); then
     printf 'test.sh: FAILED: %s\n' "${FAILED_STEPS[@]}"

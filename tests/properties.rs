@@ -11,4 +11,5 @@ mod properties {
     mod multipart;
     mod replies;
     mod state_machine;
+    mod stream_model;
 }

@@ -161,6 +161,16 @@ impl Config {
         load_layers(file, env)
     }
 
+    /// [`Config::load`] with the file's `text` given (its syntax errors reported under `source`):
+    /// for the fuzz target and property tests, which feed it any text.
+    pub fn load_text(
+        text: &str,
+        source: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigErrors> {
+        load_layers(parse_toml(text, source), env)
+    }
+
     /// Checks the values of a config built in code (ranges, addresses, URLs), as `load` does.
     pub fn validate(&self) -> Result<(), ConfigErrors> {
         let (rejected, from_env) = (BTreeSet::new(), BTreeMap::new());

@@ -268,7 +268,7 @@ impl Place {
     pub(super) fn child(&self, name: &str) -> Place {
         Place {
             schema: join(&self.schema, name),
-            shown: join(&self.shown, name),
+            shown: join(&self.shown, &shown_key(name)),
             instance: self.instance.clone(),
         }
     }
@@ -332,6 +332,17 @@ pub(super) fn env_table_name(written: &str) -> Result<String, NameError> {
     let name = written.to_ascii_lowercase();
     policy_name(&name)?;
     Ok(name)
+}
+
+/// A key as TOML writes it: bare when it can be (`cache_mode`), else quoted (`""`,
+/// `"clamd.address"`), so that an error always names a key one can find in the file.
+fn shown_key(name: &str) -> String {
+    let bare = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    if bare {
+        name.to_string()
+    } else {
+        format!("{name:?}")
+    }
 }
 
 pub(super) fn join(prefix: &str, name: &str) -> String {

@@ -191,11 +191,14 @@ fn unknown_keys_are_reported_with_their_path_and_a_suggestion() {
         error("[policy.on_unscanned]\nzip_bomb = \"deny\"\n", &[]),
         "policy.on_unscanned.zip_bomb: unknown key \"zip_bomb\" in [policy.on_unscanned]"
     );
-    // A quoted dotted key is one name, not a path.
+    // A quoted dotted key is one name, not a path, and is named as it is written.
     assert_eq!(
         error("\"clamd.address\" = \"tcp://x:1\"\n", &[]),
-        "clamd.address: unknown key \"clamd.address\" at the top level"
+        "\"clamd.address\": unknown key \"clamd.address\" at the top level"
     );
+    // Found by the config fuzz target: an empty key was reported under an empty name.
+    assert_eq!(error("\"\" = 1\n", &[]), "\"\": unknown key \"\" at the top level");
+    assert_eq!(error("[clamd]\n\"\" = 1\n", &[]), "clamd.\"\": unknown key \"\" in [clamd]");
 }
 
 #[test]

@@ -57,12 +57,7 @@ proptest! {
             text.push('\n');
             text.push_str(&garbage);
         }
-        let dir = std::env::temp_dir().join(format!("clamgate-prop-config-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join(format!("{:x}.toml", fxhash(&text)));
-        std::fs::write(&path, &text).unwrap();
-        let result = Config::load(Some(&path), env.clone());
-        let _ = std::fs::remove_file(&path);
+        let result = Config::load_text(&text, "config", env.clone());
         if let Err(errors) = result {
             prop_assert!(!errors.0.is_empty());
             for error in &errors.0 {
@@ -71,9 +66,4 @@ proptest! {
             }
         }
     }
-}
-
-/// A cheap hash for a file name per case.
-fn fxhash(text: &str) -> u64 {
-    text.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| (hash ^ byte as u64).wrapping_mul(0x100_0000_01b3))
 }

@@ -11,21 +11,18 @@
 use std::collections::VecDeque;
 
 use clamgate::config::{PolicyConfig, ResponseConfig};
-use clamgate::ext_proc::state::{
-    decided, on_message, on_resource_lookup, Effect, StreamPolicy, StreamState, Then,
-};
-use clamgate::policy::{decide, DecisionContext, Direction, Policy};
-use clamgate::scanner::ResourceLookup;
+use clamgate::ext_proc::state::{on_message, StreamPolicy, StreamState};
+use clamgate::policy::{Direction, Policy};
 use clamgate::verdict::{UnscannedReason, Verdict};
 use envoy_types::pb::envoy::config::core::v3::{HeaderMap, HeaderValue};
 use envoy_types::pb::envoy::extensions::filters::http::ext_proc::v3::processing_mode::BodySendMode;
-use envoy_types::pb::envoy::service::ext_proc::v3::body_mutation::Mutation;
 use envoy_types::pb::envoy::service::ext_proc::v3::processing_request::Request;
-use envoy_types::pb::envoy::service::ext_proc::v3::processing_response::Response;
 use envoy_types::pb::envoy::service::ext_proc::v3::{
-    HttpBody, HttpHeaders, HttpTrailers, ProcessingRequest, ProcessingResponse, ProtocolConfiguration,
+    HttpBody, HttpHeaders, HttpTrailers, ProcessingRequest, ProtocolConfiguration,
 };
 use proptest::prelude::*;
+
+use super::stream_model::{check_safety, run, Outcome};
 
 /// One request as Envoy would carry it.
 #[derive(Debug, Clone)]
@@ -168,142 +165,6 @@ fn response_messages(exchange: &Exchange, duplex: bool) -> Vec<ProcessingRequest
     messages
 }
 
-/// What the model of the stream task saw happen.
-#[derive(Debug, Default)]
-struct Outcome {
-    failed: bool,
-    /// An immediate response was sent (a refusal); Envoy sends nothing more.
-    refused: bool,
-    /// Bytes held per direction, not yet scanned.
-    held: [Vec<u8>; 2],
-    /// The bytes each direction's scan saw, and how often a body was scanned or decided.
-    scanned: [Option<Vec<u8>>; 2],
-    decisions: [usize; 2],
-    /// Each direction's decision let its body through.
-    allowed: [bool; 2],
-    /// Bytes sent back (or let through unchanged, BUFFERED) per direction.
-    delivered: [Vec<u8>; 2],
-    /// Bytes sent back before the direction was decided.
-    early: [usize; 2],
-    /// A body message of the direction reached the state machine.
-    body_seen: [bool; 2],
-}
-
-/// Carries out effects as the stream task does, deciding with the default policy.
-fn run(state: &mut StreamState, effects: Vec<Effect>, exchange: &Exchange, outcome: &mut Outcome) {
-    let policy = Policy::new(&PolicyConfig::default(), &ResponseConfig::default());
-    let verdict_of = |direction: Direction| match direction {
-        Direction::Request => exchange.upload_verdict.clone(),
-        Direction::Response => exchange.download_verdict.clone(),
-    };
-    let mut queue: VecDeque<Effect> = effects.into();
-    while let Some(effect) = queue.pop_front() {
-        if outcome.failed {
-            return;
-        }
-        let decide_on = |verdict: &Verdict, direction| {
-            let context =
-                DecisionContext { direction, request_id: "r", sha256: None, part: None, accept: None };
-            decide(verdict, &policy, context)
-        };
-        let next = match effect {
-            Effect::Reply(answer) => {
-                record_reply(&answer, outcome);
-                Vec::new()
-            }
-            Effect::Fail(_) => {
-                outcome.failed = true;
-                Vec::new()
-            }
-            Effect::LookupResource { .. } => on_resource_lookup(state, ResourceLookup::Miss),
-            Effect::HoldPiece { direction, body } => {
-                outcome.held[direction as usize].extend(body);
-                Vec::new()
-            }
-            Effect::ScanHeld { direction, trailers, .. } => {
-                let d = direction as usize;
-                outcome.scanned[d] = Some(outcome.held[d].clone());
-                outcome.decisions[d] += 1;
-                let decision = decide_on(&verdict_of(direction), direction);
-                outcome.allowed[d] = matches!(decision, clamgate::policy::Decision::Continue { .. });
-                decided(state, Then::ReleaseHeld { direction, trailers }, &decision)
-            }
-            Effect::ScanBody { direction, body, .. } => {
-                let d = direction as usize;
-                outcome.scanned[d] = Some(body.clone());
-                outcome.decisions[d] += 1;
-                let decision = decide_on(&verdict_of(direction), direction);
-                if matches!(decision, clamgate::policy::Decision::Continue { .. }) {
-                    outcome.allowed[d] = true;
-                    // A BUFFERED body answered "continue" goes on as Envoy holds it.
-                    outcome.delivered[d].extend(&body);
-                }
-                decided(state, Then::AnswerBody { direction }, &decision)
-            }
-            Effect::DecideUnscanned { direction, reason, then, .. } => {
-                outcome.decisions[direction as usize] += 1;
-                decided(state, then, &decide_on(&Verdict::Unscanned { reason }, direction))
-            }
-            Effect::Decide { direction, report, then } => {
-                outcome.decisions[direction as usize] += 1;
-                decided(state, then, &decide_on(&report.verdict, direction))
-            }
-            Effect::SendHeld { direction, headers_answer, .. } => {
-                if let Some(answer) = headers_answer {
-                    record_reply(&answer, outcome);
-                }
-                let d = direction as usize;
-                if outcome.decisions[d] == 0 {
-                    outcome.early[d] += outcome.held[d].len();
-                }
-                let held = std::mem::take(&mut outcome.held[d]);
-                outcome.delivered[d].extend(held);
-                Vec::new()
-            }
-            Effect::DropHeld { direction } => {
-                outcome.held[direction as usize].clear();
-                Vec::new()
-            }
-            // Not reached without a resource cache or a skip rule; harmless if they were.
-            Effect::PassCachedResource { .. }
-            | Effect::EchoCachedResource { .. }
-            | Effect::VerifyPiece { .. }
-            | Effect::FinishVerification
-            | Effect::CountSkip { .. } => Vec::new(),
-        };
-        for effect in next.into_iter().rev() {
-            queue.push_front(effect);
-        }
-    }
-}
-
-/// A reply's effect on the outcome: a refusal, or body bytes sent back.
-fn record_reply(answer: &ProcessingResponse, outcome: &mut Outcome) {
-    let (direction, response) = match &answer.response {
-        Some(Response::ImmediateResponse(_)) => {
-            outcome.refused = true;
-            return;
-        }
-        Some(Response::RequestBody(body)) => (Direction::Request, body),
-        Some(Response::ResponseBody(body)) => (Direction::Response, body),
-        _ => return,
-    };
-    let streamed =
-        response.response.as_ref().and_then(|common| common.body_mutation.as_ref()).and_then(|m| {
-            match &m.mutation {
-                Some(Mutation::StreamedResponse(streamed)) => Some(&streamed.body),
-                _ => None,
-            }
-        });
-    if let Some(bytes) = streamed {
-        let d = direction as usize;
-        if outcome.decisions[d] == 0 {
-            outcome.early[d] += bytes.len();
-        }
-        outcome.delivered[d].extend(bytes);
-    }
-}
-
 /// Feeds the exchange's messages (broken by `breaking`) as Envoy would: the response only once
 /// the request went on, nothing after a refusal or a failure.
 fn drive(exchange: &Exchange, breaking: &Break) -> (Outcome, StreamState) {
@@ -352,7 +213,7 @@ fn drive(exchange: &Exchange, breaking: &Break) -> (Outcome, StreamState) {
             _ => {}
         }
         let effects = on_message(&mut state, std::mem::take(&mut message));
-        run(&mut state, effects, exchange, &mut outcome);
+        run(&mut state, effects, [&exchange.upload_verdict, &exchange.download_verdict], &mut outcome);
         if outcome.failed || outcome.refused {
             break;
         }
@@ -364,30 +225,11 @@ fn upload_bytes(exchange: &Exchange) -> Vec<u8> {
     exchange.upload.as_ref().map(|pieces| pieces.concat()).unwrap_or_default()
 }
 
-/// What must hold whatever the sequence.
-fn check_safety(outcome: &Outcome) -> Result<(), TestCaseError> {
-    for d in [0, 1] {
-        prop_assert!(outcome.decisions[d] <= 1, "direction {d} decided {} times", outcome.decisions[d]);
-        prop_assert_eq!(outcome.early[d], 0, "direction {} sent bytes back before its decision", d);
-        if !outcome.delivered[d].is_empty() {
-            prop_assert!(outcome.allowed[d], "direction {} delivered bytes it was not allowed to", d);
-            let scanned = outcome.scanned[d].as_deref().unwrap_or_default();
-            prop_assert_eq!(
-                &outcome.delivered[d][..],
-                scanned,
-                "direction {} delivered other bytes than scanned",
-                d
-            );
-        }
-    }
-    Ok(())
-}
-
 proptest! {
     #[test]
     fn an_unbroken_exchange_completes_and_every_byte_delivered_was_scanned_clean(exchange in exchange()) {
         let (outcome, state) = drive(&exchange, &Break::None);
-        check_safety(&outcome)?;
+        check_safety(&outcome).map_err(TestCaseError::fail)?;
         prop_assert!(!outcome.failed, "an exchange as Envoy sends it failed: {outcome:?}");
         for direction in [Direction::Request, Direction::Response] {
             prop_assert!(!state.is_holding(direction), "{direction:?} still held");
@@ -413,7 +255,7 @@ proptest! {
     #[test]
     fn a_broken_exchange_fails_or_delivers_only_scanned_clean_bytes(exchange in exchange(), breaking in breaking()) {
         let (outcome, state) = drive(&exchange, &breaking);
-        check_safety(&outcome)?;
+        check_safety(&outcome).map_err(TestCaseError::fail)?;
         // Never OK before a decision: a stream that neither failed nor refused, and holds nothing
         // (the stream task ends one that still holds a body with an error), decided every body
         // it was sent.
