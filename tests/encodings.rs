@@ -26,6 +26,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use support::clamd::ClamdProcess;
 use support::clamgate::{metric_value, test_config};
+use support::containers::{brotli_with_metadata, gzip_with_header, skippable_frame};
 use support::samples;
 use support::scan::ScanBytes;
 use support::stack::Stack;
@@ -472,93 +473,6 @@ async fn a_large_encoded_download_held_on_disk_is_decoded_from_the_held_copy() {
 }
 
 // --- What decoders skip, and gzip members: every received byte reaches clamd -------------------
-
-/// `data` as one gzip member whose header carries an extra field, a file name or a comment.
-fn gzip_with_header(
-    data: &[u8],
-    extra: Option<&[u8]>,
-    name: Option<&[u8]>,
-    comment: Option<&[u8]>,
-) -> Vec<u8> {
-    let mut builder = flate2::GzBuilder::new();
-    if let Some(extra) = extra {
-        builder = builder.extra(extra);
-    }
-    if let Some(name) = name {
-        builder = builder.filename(name);
-    }
-    if let Some(comment) = comment {
-        builder = builder.comment(comment);
-    }
-    let mut encoder = builder.write(Vec::new(), Compression::default());
-    encoder.write_all(data).expect("gzip");
-    encoder.finish().expect("gzip")
-}
-
-/// A zstd skippable frame (magic number 0x184D2A50) holding `data`: decoders skip it unread.
-fn skippable_frame(data: &[u8]) -> Vec<u8> {
-    let mut frame = 0x184d_2a50u32.to_le_bytes().to_vec();
-    frame.extend_from_slice(&u32::try_from(data.len()).expect("frame size").to_le_bytes());
-    frame.extend_from_slice(data);
-    frame
-}
-
-/// Bits written least significant first, as brotli reads them (RFC 7932, section 2).
-#[derive(Default)]
-struct BitWriter {
-    bytes: Vec<u8>,
-    /// Bits used in the last byte; 0: the next bit starts a new byte.
-    used: u32,
-}
-
-impl BitWriter {
-    fn bits(&mut self, value: u64, count: u32) {
-        for bit in 0..count {
-            if self.used == 0 {
-                self.bytes.push(0);
-            }
-            if let Some(last) = self.bytes.last_mut() {
-                *last |= (((value >> bit) & 1) as u8) << self.used;
-            }
-            self.used = (self.used + 1) % 8;
-        }
-    }
-
-    /// Pads to a byte boundary with zero bits, then appends `data` as it is.
-    fn aligned_bytes(&mut self, data: &[u8]) {
-        self.used = 0;
-        self.bytes.extend_from_slice(data);
-    }
-}
-
-/// A brotli stream (16 KiB window) that opens with a metadata meta-block holding `metadata`,
-/// which decoders skip, then carries `content` in uncompressed meta-blocks (RFC 7932, 9.2).
-/// The brotli encoder cannot write metadata, so this is built bit by bit.
-fn brotli_with_metadata(metadata: &[u8], content: &[u8]) -> Vec<u8> {
-    assert!(!metadata.is_empty() && metadata.len() <= 1 << 24);
-    let mut out = BitWriter::default();
-    out.bits(0, 1); // WBITS: 16
-                    // ISLAST = 0, MNIBBLES = 0 (coded 3): metadata; a reserved 0 bit; MSKIPBYTES; MSKIPLEN - 1.
-    out.bits(0, 1);
-    out.bits(3, 2);
-    out.bits(0, 1);
-    let skip_len = metadata.len() as u64 - 1;
-    let skip_bytes = (1..=3).find(|bytes| skip_len < 1 << (8 * bytes)).expect("at most 16 MiB");
-    out.bits(skip_bytes, 2);
-    out.bits(skip_len, 8 * skip_bytes as u32);
-    out.aligned_bytes(metadata);
-    for chunk in content.chunks(16 * 1024) {
-        // ISLAST = 0, MNIBBLES = 4 (coded 0), MLEN - 1 in 16 bits, ISUNCOMPRESSED = 1.
-        out.bits(0, 1);
-        out.bits(0, 2);
-        out.bits(chunk.len() as u64 - 1, 16);
-        out.bits(1, 1);
-        out.aligned_bytes(chunk);
-    }
-    out.bits(1, 1); // ISLAST
-    out.bits(1, 1); // ISLASTEMPTY
-    out.bytes
-}
 
 /// Decodes with the real libraries (not clamgate's decoder): what a client would read.
 fn client_decodes(content_encoding: &str, body: &[u8]) -> Vec<u8> {

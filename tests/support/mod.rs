@@ -6,6 +6,7 @@
 pub mod clamd;
 pub mod clamgate;
 pub mod clamgate_process;
+pub mod containers;
 pub mod envoy;
 pub mod gen;
 pub mod http;
