@@ -163,6 +163,11 @@ impl ClamdProcess {
         fs::read_to_string(self.dir().join("clamd.log")).unwrap_or_default()
     }
 
+    /// clamd's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Whether the clamd process is alive.
     pub fn is_running(&mut self) -> bool {
         match self.child.as_mut() {

@@ -207,6 +207,44 @@ impl ClamgateProcess {
         self.child.id()
     }
 
+    /// Kills clamgate (SIGKILL, like a crash) and starts it again with the same config, on the
+    /// same ports; returns once `/readyz` answers 200. Its log starts over. Panics if it does not
+    /// come back.
+    pub fn restart(&mut self, options: &ClamgateOptions) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let config_path = self.config_path();
+        let log = File::create(self.dir().join("clamgate.log")).expect("create clamgate.log");
+        let mut command = Command::new(BINARY);
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("CLAMGATE_") {
+                command.env_remove(key);
+            }
+        }
+        command.envs(options.env.iter().map(|(key, value)| (key, value)));
+        self.child = command
+            .arg("serve")
+            .arg("--config")
+            .arg(&config_path)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("clone clamgate.log"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|err| panic!("spawn {BINARY}: {err}"));
+        let deadline = Instant::now() + START_DEADLINE;
+        while !matches!(http_get(self.admin_addr, "/readyz"), Ok((200, _))) {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("clamgate exited ({status}) on restart:\n{}", self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "clamgate not ready {START_DEADLINE:?} after a restart:\n{}",
+                self.log()
+            );
+            std::thread::sleep(POLL_INTERVAL);
+        }
+    }
+
     /// Whether clamgate is still alive (it did not crash or exit).
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))

@@ -1,0 +1,359 @@
+//! What the soak measured and whether it passed: answers by kind, each fault's window (the
+//! fail-closed answers in it, and how long service took to come back), and the resources of each
+//! clamgate before the load and after it settled. `docs/reliability.md` holds the 10-minute run.
+
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use crate::faults::Window;
+use crate::load::{Tally, Verdict};
+use crate::{Options, Stack};
+
+/// Non-socket descriptors a clamgate may hold more after the run than before (its log, a pipe
+/// or two of the runtime).
+const FD_TOLERANCE: usize = 4;
+/// Resident memory a clamgate may hold more after the run than before: at the peak of a burst
+/// its memory budget (64 MiB here) is in use, and so are the gRPC flow-control windows Envoy
+/// fills before clamgate reads (not counted in the budget); glibc keeps much of what was freed
+/// mapped (two arenas, with MALLOC_ARENA_MAX=2). 64 MiB of budget + 128 MiB.
+const RSS_TOLERANCE_BYTES: u64 = 192 << 20;
+/// Fail-closed answers are attributed to a fault from its start to this long after it came back
+/// (requests already waiting on the fault finish then).
+const WINDOW_GRACE: Duration = Duration::from_secs(5);
+
+/// One clamgate's resources at one moment.
+#[derive(Debug, Clone, Default)]
+pub struct Resources {
+    pub fds_other: usize,
+    pub fds_sockets: usize,
+    pub temp_files: usize,
+    pub rss_bytes: u64,
+    pub held_memory_bytes: f64,
+    pub held_disk_bytes: f64,
+    pub streams_open: f64,
+    pub clamd_connections: usize,
+    /// Peak resident memory (VmHWM) so far.
+    pub peak_rss_bytes: u64,
+    /// Bodies refused because the disk budget was full, and bodies moved to disk (counters).
+    pub spool_full: f64,
+    pub spilled: f64,
+}
+
+/// Every clamgate's resources, and clamd's busy threads.
+#[derive(Debug, Clone, Default)]
+pub struct Sample {
+    pub clamgates: Vec<Resources>,
+    pub clamd_busy_threads: Option<u64>,
+}
+
+impl Resources {
+    pub fn sample(stack: &Stack) -> Sample {
+        tokio::task::block_in_place(|| {
+            let clamd_port = stack.clamd.port();
+            let clamgates = stack
+                .clamgates
+                .iter()
+                .map(|clamgate| {
+                    let fds = clamgate.open_fd_targets();
+                    let sockets = fds.iter().filter(|target| target.starts_with("socket:")).count();
+                    let temp_files = fds.iter().filter(|target| target.ends_with("(deleted)")).count();
+                    Resources {
+                        fds_other: fds.len() - sockets,
+                        fds_sockets: sockets,
+                        temp_files,
+                        rss_bytes: clamgate.rss_bytes(),
+                        held_memory_bytes: clamgate.metric("clamgate_held_body_memory_bytes"),
+                        held_disk_bytes: clamgate.metric("clamgate_held_body_disk_bytes"),
+                        streams_open: clamgate.metric("clamgate_ext_proc_streams_open"),
+                        clamd_connections: clamgate.tcp_connections_to(clamd_port),
+                        peak_rss_bytes: clamgate.peak_rss_bytes(),
+                        spool_full: clamgate
+                            .metric("clamgate_ext_proc_stream_errors_total{kind=\"spool_full\"}"),
+                        spilled: clamgate.metric("clamgate_spilled_bodies_total"),
+                    }
+                })
+                .collect();
+            Sample { clamgates, clamd_busy_threads: busy_threads(&stack.clamd.stats()) }
+        })
+    }
+}
+
+/// clamd's `STATS` line `THREADS: live N  idle M max K ...`: the threads at work (N - M).
+fn busy_threads(stats: &str) -> Option<u64> {
+    let line = stats.lines().find(|line| line.starts_with("THREADS:"))?;
+    let mut words = line.split_whitespace();
+    let mut value = |name: &str| {
+        words.by_ref().skip_while(|word| *word != name).nth(1).and_then(|n| n.parse::<u64>().ok())
+    };
+    let live = value("live")?;
+    let idle = value("idle")?;
+    Some(live.saturating_sub(idle))
+}
+
+/// One fault's line of the report.
+pub struct FaultLine {
+    pub fault: &'static str,
+    pub lasted: Duration,
+    pub recovered_after: Option<Duration>,
+    pub failed_closed: usize,
+    /// The most common answers among them, with their counts.
+    pub why: Vec<(String, usize)>,
+}
+
+pub struct Result {
+    pub command: String,
+    pub duration: Duration,
+    pub clients: usize,
+    pub max_object_mib: usize,
+    pub counts: Vec<(&'static str, u64)>,
+    pub wrong: Vec<String>,
+    pub failed_closed_outside_faults: Vec<String>,
+    pub faults: Vec<FaultLine>,
+    pub before: Sample,
+    pub after: Sample,
+    /// Instance 2 was restarted: its "before" is its predecessor's.
+    pub restarted: bool,
+}
+
+impl Result {
+    pub fn new(
+        options: &Options,
+        tally: &Tally,
+        windows: &[Window],
+        before: &Sample,
+        after: &Sample,
+        elapsed: Duration,
+    ) -> Result {
+        let get = |counter: &AtomicU64| Tally::get(counter);
+        let counts = vec![
+            ("requests", get(&tally.requests)),
+            ("right: clean and byte-identical, or stored", get(&tally.right)),
+            ("right: infected and refused (409)", get(&tally.refused_infected)),
+            ("failed closed (502, 503, 504, 413, no answer, a cut body)", get(&tally.failed_closed)),
+            ("**wrong**", get(&tally.wrong)),
+            ("of which uploads", get(&tally.uploads)),
+            ("of which over HTTP/2", get(&tally.http2)),
+            ("of which through nginx", get(&tally.via_nginx)),
+            ("of which clients that left mid-body", get(&tally.aborted)),
+            ("of which slow readers", get(&tally.slow)),
+        ];
+        let events = tally.events.lock().expect("events").clone();
+        let wrong = events.iter().filter(|e| e.verdict == Verdict::Wrong).map(|e| e.what.clone()).collect();
+        // Each answer belongs to the last fault started before it, if it came before that
+        // fault's window closed: windows never share an answer.
+        let in_window = |at: std::time::Instant, window: &Window| {
+            let end =
+                window.undone + window.recovered_after.unwrap_or(Duration::from_secs(60)) + WINDOW_GRACE;
+            let latest = windows.iter().filter(|w| w.started <= at).max_by_key(|w| w.started);
+            latest.is_some_and(|latest| std::ptr::eq(latest, window)) && at <= end
+        };
+        let failed: Vec<_> = events.iter().filter(|e| e.verdict == Verdict::FailedClosed).collect();
+        let faults = windows
+            .iter()
+            .map(|window| {
+                let inside: Vec<_> = failed.iter().filter(|e| in_window(e.at, window)).collect();
+                let mut why = std::collections::BTreeMap::<String, usize>::new();
+                for event in &inside {
+                    *why.entry(reason_of(&event.what)).or_default() += 1;
+                }
+                let mut why: Vec<_> = why.into_iter().collect();
+                why.sort_by_key(|(_, count)| std::cmp::Reverse(*count));
+                why.truncate(3);
+                FaultLine {
+                    fault: window.fault,
+                    lasted: window.undone - window.started,
+                    recovered_after: window.recovered_after,
+                    failed_closed: inside.len(),
+                    why,
+                }
+            })
+            .collect();
+        let failed_closed_outside_faults = failed
+            .iter()
+            .filter(|e| !windows.iter().any(|window| in_window(e.at, window)))
+            .map(|e| e.what.clone())
+            .collect();
+        Result {
+            command: std::env::var("SOAK_COMMAND").unwrap_or_else(|_| "cargo bench --bench soak".into()),
+            duration: elapsed,
+            clients: options.clients,
+            max_object_mib: options.max_object_mib,
+            counts,
+            wrong,
+            failed_closed_outside_faults,
+            faults,
+            before: before.clone(),
+            after: after.clone(),
+            restarted: windows.iter().any(|w| w.fault.starts_with("one clamgate")),
+        }
+    }
+
+    /// Why the run failed: wrong answers, a fault not recovered from, or resources left behind.
+    pub fn failures(&self) -> Vec<String> {
+        let mut failures: Vec<String> =
+            self.wrong.iter().take(20).map(|what| format!("wrong answer: {what}")).collect();
+        for fault in &self.faults {
+            if fault.recovered_after.is_none() {
+                failures.push(format!("no recovery within 60 s after: {}", fault.fault));
+            }
+        }
+        for (i, after) in self.after.clamgates.iter().enumerate() {
+            let name = format!("clamgate {}", i + 1);
+            let before = &self.before.clamgates[i.min(self.before.clamgates.len() - 1)];
+            if after.held_memory_bytes != 0.0 || after.held_disk_bytes != 0.0 {
+                failures.push(format!(
+                    "{name} still holds {} + {} body bytes",
+                    after.held_memory_bytes, after.held_disk_bytes
+                ));
+            }
+            if after.streams_open != 0.0 {
+                failures.push(format!("{name} has {} ext_proc streams open", after.streams_open));
+            }
+            if after.temp_files != 0 {
+                failures.push(format!("{name} has {} temp files open", after.temp_files));
+            }
+            if after.fds_other > before.fds_other + FD_TOLERANCE {
+                failures.push(format!(
+                    "{name}: {} non-socket descriptors, {} before",
+                    after.fds_other, before.fds_other
+                ));
+            }
+            if after.rss_bytes > before.rss_bytes + RSS_TOLERANCE_BYTES {
+                failures.push(format!(
+                    "{name}: RSS {} MiB, {} MiB before",
+                    after.rss_bytes >> 20,
+                    before.rss_bytes >> 20
+                ));
+            }
+        }
+        if self.after.clamd_busy_threads.unwrap_or(0) > 1 {
+            failures.push(format!("clamd still has {:?} threads at work", self.after.clamd_busy_threads));
+        }
+        failures
+    }
+
+    pub fn markdown(&self) -> String {
+        let mut out = String::new();
+        let pass = if self.failures().is_empty() { "passed" } else { "FAILED" };
+        out.push_str(&format!(
+            "Command: `{}` ({:.0} s in all, {} clients, objects up to {} MiB): **{pass}**.\n\n",
+            self.command,
+            self.duration.as_secs_f64(),
+            self.clients,
+            self.max_object_mib
+        ));
+        out.push_str("| answers | count |\n|---|---|\n");
+        for (what, count) in &self.counts {
+            out.push_str(&format!("| {what} | {count} |\n"));
+        }
+        out.push_str(&format!(
+            "| failed closed outside any fault window (+{} s) | {} |\n\n",
+            WINDOW_GRACE.as_secs(),
+            self.failed_closed_outside_faults.len()
+        ));
+        out.push_str("| fault | lasted (s) | failed-closed answers | most common | service back after (s) |\n|---|---|---|---|---|\n");
+        for fault in &self.faults {
+            let back =
+                fault.recovered_after.map_or("not within 60".into(), |d| format!("{:.2}", d.as_secs_f64()));
+            let why: Vec<String> = fault.why.iter().map(|(why, n)| format!("{n} × {why}")).collect();
+            out.push_str(&format!(
+                "| {} | {:.1} | {} | {} | {back} |\n",
+                fault.fault,
+                fault.lasted.as_secs_f64(),
+                fault.failed_closed,
+                why.join("; ")
+            ));
+        }
+        out.push_str("\n| resource | before | after | allowed |\n|---|---|---|---|\n");
+        for (i, (before, after)) in self.before.clamgates.iter().zip(&self.after.clamgates).enumerate() {
+            let n = i + 1;
+            let note =
+                if self.restarted && i == 1 { " (restarted: before is its predecessor's)" } else { "" };
+            out.push_str(&format!(
+                "| clamgate {n}{note}: descriptors other than sockets | {} | {} | +{FD_TOLERANCE} |\n",
+                before.fds_other, after.fds_other
+            ));
+            out.push_str(&format!("| clamgate {n}: sockets (keep-alive from Envoy, nginx, Redis, clamd) | {} | {} | (reported) |\n", before.fds_sockets, after.fds_sockets));
+            out.push_str(&format!(
+                "| clamgate {n}: RSS (MiB) | {} | {} | +{} |\n",
+                before.rss_bytes >> 20,
+                after.rss_bytes >> 20,
+                RSS_TOLERANCE_BYTES >> 20
+            ));
+            out.push_str(&format!(
+                "| clamgate {n}: peak RSS during the run (MiB) | | {} | (reported) |\n",
+                after.peak_rss_bytes >> 20
+            ));
+            out.push_str(&format!("| clamgate {n}: bodies moved to disk / refused with the disk budget full (counters) | | {} / {} | (reported) |\n", after.spilled, after.spool_full));
+            out.push_str(&format!(
+                "| clamgate {n}: held body bytes (memory + disk) | {} | {} | 0 |\n",
+                before.held_memory_bytes + before.held_disk_bytes,
+                after.held_memory_bytes + after.held_disk_bytes
+            ));
+            out.push_str(&format!(
+                "| clamgate {n}: temp files open | {} | {} | 0 |\n",
+                before.temp_files, after.temp_files
+            ));
+            out.push_str(&format!(
+                "| clamgate {n}: ext_proc streams open | {} | {} | 0 |\n",
+                before.streams_open, after.streams_open
+            ));
+            out.push_str(&format!(
+                "| clamgate {n}: connections to clamd | {} | {} | (reported) |\n",
+                before.clamd_connections, after.clamd_connections
+            ));
+        }
+        out.push_str(&format!(
+            "| clamd threads at work | {} | {} | ≤ 1 (the STATS command itself) |\n",
+            self.before.clamd_busy_threads.map_or("?".into(), |n| n.to_string()),
+            self.after.clamd_busy_threads.map_or("?".into(), |n| n.to_string())
+        ));
+        if !self.wrong.is_empty() {
+            out.push_str("\nWrong answers (first 20):\n\n");
+            for what in self.wrong.iter().take(20) {
+                out.push_str(&format!("- {what}\n"));
+            }
+        }
+        if !self.failed_closed_outside_faults.is_empty() {
+            out.push_str("\nFailed closed outside fault windows (first 10):\n\n");
+            for what in self.failed_closed_outside_faults.iter().take(10) {
+                out.push_str(&format!("- {what}\n"));
+            }
+        }
+        out
+    }
+
+    /// Replaces the part of docs/reliability.md between its result markers.
+    pub fn write_report(&self) -> std::io::Result<()> {
+        const PATH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/reliability.md");
+        const BEGIN: &str = "<!-- soak results: begin (written by scripts/soak.sh --write-report) -->";
+        const END: &str = "<!-- soak results: end -->";
+        let text = std::fs::read_to_string(PATH)?;
+        let (Some(begin), Some(end)) = (text.find(BEGIN), text.find(END)) else {
+            return Err(std::io::Error::other("docs/reliability.md has no result markers"));
+        };
+        let updated = format!("{}{BEGIN}\n\n{}\n{}", &text[..begin], self.markdown(), &text[end..]);
+        std::fs::write(PATH, updated)
+    }
+}
+
+/// A failed-closed answer's kind, for grouping: its status and the refusal's reason, without
+/// the URL.
+fn reason_of(what: &str) -> String {
+    let after_url = what.split_once(": ").map_or(what, |(_, rest)| rest);
+    let status = after_url.split_whitespace().next().unwrap_or("?");
+    let reason = after_url
+        .split("\"reason\":\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .map(str::to_string)
+        .or_else(|| after_url.contains("no answer").then(|| "no answer".to_string()))
+        .or_else(|| after_url.contains("body cut").then(|| "body cut".to_string()))
+        .or_else(|| after_url.contains("error sending").then(|| "connection failed".to_string()))
+        .unwrap_or_else(|| {
+            // A local reply of Envoy's: its text says what failed.
+            let text = after_url.split_once(' ').map_or("", |(_, text)| text).trim();
+            text.chars().take(48).collect()
+        });
+    format!("{status} {reason}").trim().to_string()
+}
