@@ -37,7 +37,7 @@ for target in "${TARGETS[@]}"; do
     echo "== fuzz $target for ${SECONDS_PER_TARGET}s"
     if ! cargo +nightly fuzz run -s "$SANITIZER" "$target" "fuzz/corpus/$target" -- \
         -max_total_time="$SECONDS_PER_TARGET" -rss_limit_mb=2048 -timeout=10 -print_final_stats=1 2>&1 |
-        tail -n 25; then
+        grep -E 'DONE|Done [0-9]+ runs|stat::|ERROR|panicked|crash-|SUMMARY|Test unit written|^thread'; then
         echo "-- FAILED: fuzz $target"
         status=1
     fi

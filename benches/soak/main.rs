@@ -208,7 +208,14 @@ async fn run(options: Options) -> ExitCode {
     }
     eprintln!("soak: load over; letting the stack settle");
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let after = report::Resources::sample(&stack);
+    let mut after = report::Resources::sample(&stack);
+    // A scan abandoned by a client that left keeps its clamd thread until clamd is done: give
+    // such scans time to finish before counting clamd's busy threads.
+    let settle_deadline = Instant::now() + Duration::from_secs(30);
+    while after.clamd_busy_threads.unwrap_or(0) > 1 && Instant::now() < settle_deadline {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        after = report::Resources::sample(&stack);
+    }
     // Envoy's access log and errors, for a look at what failed closed.
     let _ = std::fs::create_dir_all("target/soak");
     let _ = std::fs::write("target/soak/envoy.log", stack.envoy.logs());

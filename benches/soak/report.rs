@@ -251,16 +251,37 @@ impl Result {
             WINDOW_GRACE.as_secs(),
             self.failed_closed_outside_faults.len()
         ));
-        out.push_str("| fault | lasted (s) | failed-closed answers | most common | service back after (s) |\n|---|---|---|---|---|\n");
-        for fault in &self.faults {
-            let back =
-                fault.recovered_after.map_or("not within 60".into(), |d| format!("{:.2}", d.as_secs_f64()));
-            let why: Vec<String> = fault.why.iter().map(|(why, n)| format!("{n} × {why}")).collect();
+        out.push_str(
+            "| fault | injected | lasted (s, longest) | failed-closed answers (all) | most common | service back after (s, median / longest) |\n|---|---|---|---|---|---|\n",
+        );
+        for name in crate::faults::FAULTS {
+            let lines: Vec<&FaultLine> = self.faults.iter().filter(|line| line.fault == name).collect();
+            if lines.is_empty() {
+                continue;
+            }
+            let lasted = lines.iter().map(|line| line.lasted).max().unwrap_or_default();
+            let failed: usize = lines.iter().map(|line| line.failed_closed).sum();
+            let mut why = std::collections::BTreeMap::<&str, usize>::new();
+            for line in &lines {
+                for (reason, n) in &line.why {
+                    *why.entry(reason.as_str()).or_default() += n;
+                }
+            }
+            let mut why: Vec<_> = why.into_iter().collect();
+            why.sort_by_key(|(_, n)| std::cmp::Reverse(*n));
+            let why: Vec<String> = why.iter().take(3).map(|(reason, n)| format!("{n} × {reason}")).collect();
+            let mut back: Vec<Option<Duration>> = lines.iter().map(|line| line.recovered_after).collect();
+            back.sort();
+            let back = if back.contains(&None) {
+                "not within 60 s".to_string()
+            } else {
+                let seconds = |d: Option<Duration>| d.unwrap_or_default().as_secs_f64();
+                format!("{:.2} / {:.2}", seconds(back[back.len() / 2]), seconds(back[back.len() - 1]))
+            };
             out.push_str(&format!(
-                "| {} | {:.1} | {} | {} | {back} |\n",
-                fault.fault,
-                fault.lasted.as_secs_f64(),
-                fault.failed_closed,
+                "| {name} | {} | {:.1} | {failed} | {} | {back} |\n",
+                lines.len(),
+                lasted.as_secs_f64(),
                 why.join("; ")
             ));
         }
