@@ -201,6 +201,12 @@ fn set_header(key: &str, value: &str) -> HeaderValueOption {
 mod tests {
     use super::*;
 
+    /// The headers an immediate response sets, as (name, value).
+    fn set_headers(answer: ImmediateResponse) -> Vec<(String, Vec<u8>)> {
+        let mutation = answer.headers.unwrap_or_default();
+        mutation.set_headers.into_iter().filter_map(|h| h.header).map(|h| (h.key, h.raw_value)).collect()
+    }
+
     #[test]
     fn a_block_becomes_an_immediate_response_with_headers_and_body() {
         let block = BlockResponse {
@@ -217,14 +223,7 @@ mod tests {
         };
         assert_eq!(answer.status.map(|s| s.code), Some(503));
         assert_eq!(answer.body, b"{}");
-        let headers: Vec<(String, Vec<u8>)> = answer
-            .headers
-            .unwrap()
-            .set_headers
-            .into_iter()
-            .map(|h| h.header.unwrap())
-            .map(|h| (h.key, h.raw_value))
-            .collect();
+        let headers = set_headers(answer);
         assert!(headers.contains(&("retry-after".into(), b"30".to_vec())), "{headers:?}");
         assert!(headers.contains(&(VERDICT_HEADER.into(), b"unscanned".to_vec())), "{headers:?}");
         assert!(headers.contains(&("content-type".into(), b"application/json".to_vec())), "{headers:?}");
@@ -246,14 +245,7 @@ mod tests {
             panic!("not immediate")
         };
         assert_eq!(answer.status.map(|s| s.code), Some(303));
-        let headers: Vec<(String, Vec<u8>)> = answer
-            .headers
-            .unwrap()
-            .set_headers
-            .into_iter()
-            .map(|h| h.header.unwrap())
-            .map(|h| (h.key, h.raw_value))
-            .collect();
+        let headers = set_headers(answer);
         assert!(headers.contains(&("location".into(), b"/blocked?id=r1".to_vec())), "{headers:?}");
         assert!(
             headers.contains(&("content-type".into(), b"text/plain; charset=utf-8".to_vec())),

@@ -75,6 +75,29 @@ pub fn config_text(grpc: SocketAddr, admin: SocketAddr, clamd_address: &str, ext
     format!("# Written by tests/support/clamgate_process.rs.\n{config}")
 }
 
+/// Starts `clamgate serve` with `dir/clamgate.toml`, its output to `dir/clamgate.log` (started
+/// over), `options.env` set and the caller's own `CLAMGATE_*` variables removed.
+fn spawn(dir: &Path, options: &ClamgateOptions) -> Child {
+    let log = File::create(dir.join("clamgate.log")).expect("create clamgate.log");
+    let mut command = Command::new(BINARY);
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("CLAMGATE_") {
+            command.env_remove(key);
+        }
+    }
+    command.envs(options.env.iter().map(|(key, value)| (key, value)));
+    command
+        .arg("serve")
+        .arg("--config")
+        .arg(dir.join("clamgate.toml"))
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("clone clamgate.log"))
+        // The tracing output.
+        .stderr(log)
+        .spawn()
+        .unwrap_or_else(|err| panic!("spawn {BINARY}: {err}"))
+}
+
 /// Puts every key of `overrides` into `base`, merging tables key by key.
 fn merge_tables(base: &mut toml::Table, overrides: toml::Table) {
     for (key, value) in overrides {
@@ -129,24 +152,7 @@ impl ClamgateProcess {
         let config_path = dir.path().join("clamgate.toml");
         fs::write(&config_path, config_text(grpc, admin, &options.clamd_address, &options.extra))
             .expect("write clamgate.toml");
-        let log = File::create(dir.path().join("clamgate.log")).expect("create clamgate.log");
-        let mut command = Command::new(BINARY);
-        for (key, _) in std::env::vars_os() {
-            if key.to_string_lossy().starts_with("CLAMGATE_") {
-                command.env_remove(key);
-            }
-        }
-        command.envs(options.env.iter().map(|(key, value)| (key, value)));
-        let child = command
-            .arg("serve")
-            .arg("--config")
-            .arg(&config_path)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("clone clamgate.log"))
-            // The tracing output.
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|err| panic!("spawn {BINARY}: {err}"));
+        let child = spawn(dir.path(), options);
         // Owned from here on: a panic below still kills it in `Drop`.
         let mut process = ClamgateProcess { child, grpc_addr: grpc, admin_addr: admin, dir };
 
@@ -213,24 +219,7 @@ impl ClamgateProcess {
     pub fn restart(&mut self, options: &ClamgateOptions) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let config_path = self.config_path();
-        let log = File::create(self.dir().join("clamgate.log")).expect("create clamgate.log");
-        let mut command = Command::new(BINARY);
-        for (key, _) in std::env::vars_os() {
-            if key.to_string_lossy().starts_with("CLAMGATE_") {
-                command.env_remove(key);
-            }
-        }
-        command.envs(options.env.iter().map(|(key, value)| (key, value)));
-        self.child = command
-            .arg("serve")
-            .arg("--config")
-            .arg(&config_path)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("clone clamgate.log"))
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|err| panic!("spawn {BINARY}: {err}"));
+        self.child = spawn(self.dir(), options);
         let deadline = Instant::now() + START_DEADLINE;
         while !matches!(http_get(self.admin_addr, "/readyz"), Ok((200, _))) {
             if let Ok(Some(status)) = self.child.try_wait() {

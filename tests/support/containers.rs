@@ -82,7 +82,13 @@ pub fn brotli_with_metadata(metadata: &[u8], content: &[u8]) -> Vec<u8> {
     out.bits(skip_bytes, 2);
     out.bits(skip_len, 8 * skip_bytes as u32);
     out.aligned_bytes(metadata);
-    for chunk in content.chunks(16 * 1024) {
+    uncompressed_meta_blocks(out, content, 16 * 1024)
+}
+
+/// Appends `content` in uncompressed meta-blocks of at most `block` bytes, then the last, empty
+/// meta-block: the stream's end.
+fn uncompressed_meta_blocks(mut out: BitWriter, content: &[u8], block: usize) -> Vec<u8> {
+    for chunk in content.chunks(block.clamp(1, 1 << 16)) {
         // ISLAST = 0, MNIBBLES = 4 (coded 0), MLEN - 1 in 16 bits, ISUNCOMPRESSED = 1.
         out.bits(0, 1);
         out.bits(0, 2);
@@ -135,15 +141,5 @@ pub fn brotli(data: &[u8], quality: u32, window_bits: u32) -> Vec<u8> {
 pub fn brotli_uncompressed(content: &[u8], block: usize) -> Vec<u8> {
     let mut out = BitWriter::default();
     out.bits(0, 1); // WBITS: 16
-    for chunk in content.chunks(block.clamp(1, 1 << 16)) {
-        // ISLAST = 0, MNIBBLES = 4 (coded 0), MLEN - 1 in 16 bits, ISUNCOMPRESSED = 1.
-        out.bits(0, 1);
-        out.bits(0, 2);
-        out.bits(chunk.len() as u64 - 1, 16);
-        out.bits(1, 1);
-        out.aligned_bytes(chunk);
-    }
-    out.bits(1, 1); // ISLAST
-    out.bits(1, 1); // ISLASTEMPTY
-    out.bytes
+    uncompressed_meta_blocks(out, content, block)
 }
