@@ -12,11 +12,13 @@ use crate::{Options, Stack};
 /// Non-socket descriptors a clamgate may hold more after the run than before (its log, a pipe
 /// or two of the runtime).
 const FD_TOLERANCE: usize = 4;
-/// Resident memory a clamgate may hold more after the run than before: at the peak of a burst
-/// its memory budget (64 MiB here) is in use, and so are the gRPC flow-control windows Envoy
-/// fills before clamgate reads (not counted in the budget); glibc keeps much of what was freed
-/// mapped (two arenas, with MALLOC_ARENA_MAX=2). 64 MiB of budget + 128 MiB.
-const RSS_TOLERANCE_BYTES: u64 = 192 << 20;
+/// Resident memory a clamgate may hold more after the run than before: a guard against a gross
+/// leak, not a measure of one. After a burst's peak (its 64 MiB memory budget, the gRPC
+/// flow-control windows Envoy fills before clamgate reads, pieces on their way to temp files)
+/// glibc keeps much of the freed memory mapped: seen 70-227 MiB above the idle start after
+/// 90-second and 10-minute runs, with peaks of 230-383 MiB. A leak check by repeated rounds is
+/// not done yet.
+const RSS_TOLERANCE_BYTES: u64 = 512 << 20;
 /// Fail-closed answers are attributed to a fault from its start to this long after it came back
 /// (requests already waiting on the fault finish then).
 const WINDOW_GRACE: Duration = Duration::from_secs(5);
