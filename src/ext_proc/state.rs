@@ -802,14 +802,8 @@ fn on_piece(
         *flow = Flow::Holding { headers_answer: None, bytes: 0, sniff: None };
     }
     let mut effects = Vec::new();
-    if let Flow::Holding { sniff: sniffing @ Some(_), headers_answer, .. } = flow {
-        let sniff = sniffing.as_mut().expect("matched Some");
-        let wanted = SNIFF_BYTES.saturating_sub(sniff.first.len()).min(body.len());
-        sniff.first.extend_from_slice(&body[..wanted]);
-        if sniff.first.len() >= SNIFF_BYTES || end_of_stream {
-            let media_type = sniff.media_type;
-            let skipped = starts_like(media_type, &sniff.first);
-            *sniffing = None;
+    if let Flow::Holding { sniff, headers_answer, .. } = flow {
+        if let Some((media_type, skipped)) = sniffed(sniff, &body, end_of_stream) {
             effects.push(Effect::CountSkip { direction, media_type, skipped });
             if skipped {
                 // Sent back as it comes, unscanned: the held headers go with `skipped`.
@@ -852,6 +846,20 @@ fn on_piece(
         Flow::Answered | Flow::Unset => Vec::new(),
     });
     effects
+}
+
+/// Adds `piece`'s first bytes to a pending sniff; once there are [`SNIFF_BYTES`] of them (or the
+/// body ended), ends the sniff: the declared type, and whether the body starts like it. None
+/// while there is no sniff or it needs more bytes.
+fn sniffed(sniff: &mut Option<Sniff>, piece: &[u8], end_of_stream: bool) -> Option<(&'static str, bool)> {
+    let pending = sniff.as_mut()?;
+    let wanted = SNIFF_BYTES.saturating_sub(pending.first.len()).min(piece.len());
+    pending.first.extend_from_slice(&piece[..wanted]);
+    if pending.first.len() < SNIFF_BYTES && !end_of_stream {
+        return None;
+    }
+    let done = sniff.take()?;
+    Some((done.media_type, starts_like(done.media_type, &done.first)))
 }
 
 fn on_trailers(state: &mut StreamState, direction: Direction, trailers: Option<HeaderMap>) -> Vec<Effect> {
