@@ -19,6 +19,7 @@ use crate::ext_proc::{ExtProcService, ExternalProcessorServer};
 use crate::fetch::Fetcher;
 use crate::grpc_auth::{server_tls, Authenticator, SharedToken};
 use crate::health::{self, Readiness};
+use crate::heap;
 use crate::http_api::HttpState;
 use crate::metrics::Metrics;
 use crate::policy::Policies;
@@ -149,6 +150,7 @@ pub async fn run(
 
     let ext_proc_service = ExtProcService::new(scanner.clone(), Arc::new(config.clone()), metrics.clone());
     let spool = ext_proc_service.spool();
+    let heap_task = tokio::spawn(heap::run(spool.budget.clone(), metrics.clone()));
     let ext_proc = ExternalProcessorServer::new(ext_proc_service)
         .max_decoding_message_size(config.ext_proc.max_message_bytes);
     // Both services write verdicts: a call without the token is refused before its first
@@ -237,5 +239,6 @@ pub async fn run(
         }
     };
     probe.abort();
+    heap_task.abort();
     result
 }

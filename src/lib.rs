@@ -39,6 +39,8 @@
 //! - [`health`]: the clamd probe that drives gRPC health and `/readyz` (PING, VERSION, EICAR,
 //!   and the `AlertEncrypted` / `AlertExceedsMax` self-tests).
 //! - [`admin`]: the admin HTTP listener: `/healthz`, `/readyz`, `/metrics`.
+//! - [`heap`]: hands freed heap memory back to the OS once a burst of held bodies is over, and
+//!   reports the bytes in use.
 //! - [`metrics`]: the Prometheus registry and every counter and histogram, registered once.
 //!
 //! # A held download, from Envoy to clamd and back
@@ -61,6 +63,7 @@ pub mod ext_proc;
 pub mod fetch;
 pub mod grpc_auth;
 pub mod health;
+pub mod heap;
 pub mod http_api;
 pub mod metrics;
 pub mod multipart;

@@ -2,6 +2,8 @@
 //!
 //! Metric names end in their unit; every label has a small, fixed set of values.
 
+use std::sync::atomic::AtomicU64;
+
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -180,6 +182,9 @@ pub struct Metrics {
     held_memory_peak: Gauge,
     held_disk: Gauge,
     spilled_bodies: Counter,
+    memory_trims: Counter,
+    memory_trim_seconds: Counter<f64, AtomicU64>,
+    heap_in_use: Gauge,
     streams_open: Gauge,
     decoded_bodies: Family<DecodeLabels, Counter>,
     resource_verifications: Family<VerificationLabels, Counter>,
@@ -307,6 +312,24 @@ impl Metrics {
             "Bodies moved to a temp file (over bodies.stream_memory_bytes, or the memory budget full)",
             spilled_bodies.clone(),
         );
+        let memory_trims = Counter::default();
+        registry.register(
+            "memory_trims",
+            "Times freed heap memory was handed back to the operating system after held bodies were let go (glibc malloc_trim)",
+            memory_trims.clone(),
+        );
+        let memory_trim_seconds = Counter::<f64, AtomicU64>::default();
+        registry.register(
+            "memory_trim_seconds",
+            "Time spent handing freed heap memory back (on a blocking thread)",
+            memory_trim_seconds.clone(),
+        );
+        let heap_in_use = Gauge::default();
+        registry.register(
+            "heap_in_use_bytes",
+            "Heap bytes allocated and not freed (glibc mallinfo2), every 5 s: unlike RSS, not raised by fragmentation or by freed memory the allocator keeps",
+            heap_in_use.clone(),
+        );
         let streams_open = Gauge::default();
         registry.register("ext_proc_streams_open", "ext_proc streams being served now", streams_open.clone());
         let decoded_bodies = Family::<DecodeLabels, Counter>::default();
@@ -407,6 +430,9 @@ impl Metrics {
             held_memory_peak,
             held_disk,
             spilled_bodies,
+            memory_trims,
+            memory_trim_seconds,
+            heap_in_use,
             streams_open,
             verdicts,
             unscanned,
@@ -464,6 +490,21 @@ impl Metrics {
 
     pub fn record_spilled_body(&self) {
         self.spilled_bodies.inc();
+    }
+
+    /// Freed heap memory was handed back, taking `took`.
+    pub fn record_memory_trim(&self, took: std::time::Duration) {
+        self.memory_trims.inc();
+        self.memory_trim_seconds.inc_by(took.as_secs_f64());
+    }
+
+    pub fn set_heap_in_use(&self, bytes: u64) {
+        self.heap_in_use.set(i64::try_from(bytes).unwrap_or(i64::MAX));
+    }
+
+    /// Trims so far (for tests).
+    pub fn memory_trims(&self) -> u64 {
+        self.memory_trims.get()
     }
 
     /// An ext_proc stream opened (+1) or ended (-1).

@@ -61,28 +61,35 @@ pub struct ByteBudget {
     limit: u64,
     used: AtomicU64,
     peak: AtomicU64,
+    /// The most held since [`ByteBudget::take_highest_since_last_look`] last ran.
+    highest_since_last_look: AtomicU64,
 }
 
 impl ByteBudget {
     pub fn new(limit: u64) -> ByteBudget {
-        ByteBudget { limit, used: AtomicU64::new(0), peak: AtomicU64::new(0) }
+        ByteBudget {
+            limit,
+            used: AtomicU64::new(0),
+            peak: AtomicU64::new(0),
+            highest_since_last_look: AtomicU64::new(0),
+        }
     }
 
     /// Takes `bytes` from the budget if they fit.
-    fn try_take(&self, bytes: u64) -> bool {
+    pub(crate) fn try_take(&self, bytes: u64) -> bool {
         let taken = self.used.fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
             used.checked_add(bytes).filter(|total| *total <= self.limit)
         });
         match taken {
             Ok(before) => {
-                self.peak.fetch_max(before + bytes, Ordering::AcqRel);
+                self.record_high(before + bytes);
                 true
             }
             Err(_) => false,
         }
     }
 
-    fn give_back(&self, bytes: u64) {
+    pub(crate) fn give_back(&self, bytes: u64) {
         self.used.fetch_sub(bytes, Ordering::AcqRel);
     }
 
@@ -90,7 +97,18 @@ impl ByteBudget {
     /// has decoded), so that bodies held later go to disk instead of adding to it.
     fn take_anyway(&self, bytes: u64) {
         let before = self.used.fetch_add(bytes, Ordering::AcqRel);
-        self.peak.fetch_max(before + bytes, Ordering::AcqRel);
+        self.record_high(before + bytes);
+    }
+
+    fn record_high(&self, held: u64) {
+        self.peak.fetch_max(held, Ordering::AcqRel);
+        self.highest_since_last_look.fetch_max(held, Ordering::AcqRel);
+    }
+
+    /// The most held at once since the last call (or since the start), and a new look begins
+    /// from what is held now.
+    pub fn take_highest_since_last_look(&self) -> u64 {
+        self.highest_since_last_look.swap(self.used(), Ordering::AcqRel)
     }
 
     /// Bytes held in memory now.
