@@ -4,8 +4,8 @@
 # wrong answer, on a fault the stack does not recover from within 60 s, or on resources left
 # behind.
 #
-#   scripts/soak.sh                                  # 90 s, objects up to 8 MiB (the CI run)
-#   scripts/soak.sh --duration-secs 600 --max-object-mib 64 --write-report
+#   scripts/soak.sh                                  # 3 rounds, objects up to 8 MiB (the CI run)
+#   scripts/soak.sh --rounds 10 --max-object-mib 64 --write-report
 #                                                    # the report's run; rewrites its section
 #   scripts/soak.sh --help                           # every option
 

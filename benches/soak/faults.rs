@@ -18,7 +18,7 @@ pub struct Window {
     pub recovered_after: Option<Duration>,
 }
 
-/// The faults, in the order they are injected (then again from the start).
+/// The faults, in the order each round injects them.
 pub const FAULTS: [&str; 8] = [
     "clamd killed, then restarted",
     "clamd frozen (SIGSTOP), then resumed",
@@ -35,33 +35,31 @@ const RECOVERY_LIMIT: Duration = Duration::from_secs(60);
 /// Quiet time between one fault's recovery and the next fault.
 const GAP: Duration = Duration::from_secs(2);
 
-pub async fn run_schedule(
+/// One round: every fault once, in `FAULTS` order, with a quiet gap before each and after the
+/// last; the load runs throughout.
+pub async fn run_round(
     stack: &mut Stack,
     options: &Options,
     urls: &Urls,
     tally: &Arc<Tally>,
-    deadline: Instant,
+    rng: &mut Rng,
 ) -> Vec<Window> {
     let mut windows = Vec::new();
-    let mut rng = Rng::new(options.seed ^ 0xfa17);
     let hold = Duration::from_secs(options.fault_secs);
-    tokio::time::sleep(GAP).await;
-    let mut next = 0;
-    while Instant::now() + hold + GAP < deadline {
-        let fault = FAULTS[next % FAULTS.len()];
-        next += 1;
+    for fault in FAULTS {
+        tokio::time::sleep(GAP).await;
         eprintln!("soak: fault: {fault}");
         let started = Instant::now();
-        inject(stack, fault, hold, urls, tally, &mut rng).await;
+        inject(stack, fault, hold, urls, tally, rng).await;
         let undone = Instant::now();
-        let recovered_after = recovery(stack, urls, tally, &mut rng).await;
+        let recovered_after = recovery(stack, urls, tally, rng).await;
         eprintln!(
             "soak:   undone after {:.1} s; back after {recovered_after:?}",
             (undone - started).as_secs_f64()
         );
         windows.push(Window { fault, started, undone, recovered_after });
-        tokio::time::sleep(GAP).await;
     }
+    tokio::time::sleep(GAP).await;
     windows
 }
 
@@ -140,7 +138,7 @@ async fn burst(
                     Ok(response) => response.status().as_u16(),
                     Err(_) => 0,
                 };
-                let received = upstream.received(&name);
+                let received = upstream.take_received(&name);
                 let verdict = match (status, infected, received) {
                     (_, true, Some(_)) => Verdict::Wrong,
                     (201, false, Some(stored)) if stored == bytes => Verdict::Right,
@@ -154,6 +152,7 @@ async fn burst(
                 let object = Object { name, bytes: bytes.into(), infected };
                 load::download(&http, &format!("{}/files/{}", urls.envoy, object.name), &object, &tally)
                     .await;
+                upstream.remove_file(&object.name);
             }
         }));
     }

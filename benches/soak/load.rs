@@ -5,7 +5,7 @@
 //! the check of every answer against what the origin knows ([`judge`]).
 
 use std::io::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -158,6 +158,8 @@ pub enum Verdict {
 #[derive(Debug, Clone)]
 pub struct Event {
     pub at: Instant,
+    /// The same moment on the wall clock (to match nginx's and Envoy's logs).
+    pub wall: std::time::SystemTime,
     pub verdict: Verdict,
     pub what: String,
 }
@@ -189,9 +191,26 @@ impl Tally {
         };
         counter.fetch_add(1, Ordering::Relaxed);
         if verdict != Verdict::Right {
-            let event = Event { at: Instant::now(), verdict, what: what() };
+            let event =
+                Event { at: Instant::now(), wall: std::time::SystemTime::now(), verdict, what: what() };
             self.events.lock().expect("events").push(event);
         }
+    }
+
+    /// Every failed-closed answer, a line each with its UTC time of day, for tracing one back to
+    /// its cause in nginx's or Envoy's log (the soak writes it to `target/soak/failed-closed.log`).
+    pub fn failed_closed_log(&self) -> String {
+        let events = self.events.lock().expect("events");
+        events
+            .iter()
+            .filter(|event| event.verdict == Verdict::FailedClosed)
+            .map(|event| {
+                let since_epoch = event.wall.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+                let (secs, millis) = (since_epoch.as_secs() % 86_400, since_epoch.subsec_millis());
+                let (h, m, s) = (secs / 3600, secs / 60 % 60, secs % 60);
+                format!("{h:02}:{m:02}:{s:02}.{millis:03} {}\n", event.what)
+            })
+            .collect()
     }
 
     pub fn get(counter: &AtomicU64) -> u64 {
@@ -239,24 +258,25 @@ pub async fn warm_up(urls: &Urls, catalogue: &Catalogue) {
     }
 }
 
-/// Starts `--clients` clients, each running its mix until `deadline`.
+/// Starts `--clients` clients for round `round`, each running its mix until `stop` is set.
 pub fn spawn_clients(
     options: &Options,
+    round: usize,
     urls: &Urls,
     catalogue: &Arc<Catalogue>,
     tally: &Arc<Tally>,
-    deadline: Instant,
+    stop: &Arc<AtomicBool>,
     upstream: &Arc<Upstream>,
 ) -> Vec<JoinHandle<()>> {
     (0..options.clients)
         .map(|client| {
-            let (urls, catalogue, tally, upstream) =
-                (urls.clone(), catalogue.clone(), tally.clone(), upstream.clone());
-            let mut rng = Rng::new(options.seed * 1000 + client as u64);
+            let (urls, catalogue, tally, upstream, stop) =
+                (urls.clone(), catalogue.clone(), tally.clone(), upstream.clone(), stop.clone());
+            let mut rng = Rng::new((options.seed * 1000 + client as u64) * 1000 + round as u64);
             tokio::spawn(async move {
                 let (http1, http2) = clients();
                 let mut n = 0u64;
-                while Instant::now() < deadline {
+                while !stop.load(Ordering::Relaxed) {
                     n += 1;
                     let which = rng.below(100);
                     let http = if rng.below(2) == 0 { &http1 } else { &http2 };
@@ -289,14 +309,14 @@ pub fn spawn_clients(
                             let infected = rng.below(4) == 0;
                             let size = [1 << 10, 64 << 10, 1 << 20, 4 << 20][rng.below(4) as usize];
                             let bytes = body(size, rng.next(), infected);
-                            let name = format!("up-{client}-{n}");
+                            let name = format!("up-{round}-{client}-{n}");
                             upload(http, &urls, &name, bytes, infected, &tally, &upstream).await;
                         }
                         75..=86 => {
                             // A new object: never seen by any cache.
                             let infected = rng.below(4) == 0;
                             let size = [1 << 10, 64 << 10, 1 << 20][rng.below(3) as usize];
-                            let name = format!("new-{client}-{n}");
+                            let name = format!("new-{round}-{client}-{n}");
                             let bytes = body(size, rng.next(), infected);
                             upstream.put_file_with_headers(
                                 &name,
@@ -313,6 +333,7 @@ pub fn spawn_clients(
                                 let url = format!("{}/mirror/{}", urls.nginx, object.name);
                                 download(&http1, &url, &object, &tally).await;
                             }
+                            upstream.remove_file(&object.name);
                         }
                         87..=93 => {
                             tally.aborted.fetch_add(1, Ordering::Relaxed);
@@ -393,7 +414,7 @@ async fn upload(
         }
         Err(err) => (0, err.to_string()),
     };
-    let received = upstream.received(name);
+    let received = upstream.take_received(name);
     let (verdict, why) = match (status, infected, received) {
         (_, true, Some(_)) => (Verdict::Wrong, "an infected upload reached the origin".to_string()),
         (201, false, Some(stored)) if stored == sent => (Verdict::Right, String::new()),

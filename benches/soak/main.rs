@@ -20,6 +20,7 @@ mod load;
 mod report;
 
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -35,10 +36,10 @@ use support::upstream::Upstream;
 #[derive(Parser, Debug, Clone)]
 #[command(name = "soak", about = "clamgate soak with chaos: mixed load, faults, every answer checked")]
 pub struct Options {
-    /// How long the load runs, in seconds (faults are spread over it; 90 s lets every fault
-    /// happen once).
-    #[arg(long, default_value_t = 90)]
-    pub duration_secs: u64,
+    /// Rounds of load, each injecting every fault once (about a minute each), with the stack
+    /// left to settle and measured after each: the leak check compares the rounds.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(2..))]
+    pub rounds: u64,
     /// Concurrent clients.
     #[arg(long, default_value_t = 8)]
     pub clients: usize,
@@ -57,6 +58,9 @@ pub struct Options {
     /// Keep the stack up this long after the warm-up, before the load (to look at it by hand).
     #[arg(long, default_value_t = 0, hide = true)]
     pub pause_secs: u64,
+    /// Keep the stack up this long after the report (to look at it by hand).
+    #[arg(long, default_value_t = 0, hide = true)]
+    pub linger_secs: u64,
     /// Set by `cargo bench`.
     #[arg(long, hide = true)]
     pub bench: bool,
@@ -174,6 +178,21 @@ fn http_addr_of(extra: &str) -> std::net::SocketAddr {
     table["listen"]["http_addr"].as_str().expect("http_addr").parse().expect("an address")
 }
 
+/// Lets the stack go quiet after a round's load and measures it: long enough for answers in
+/// flight and for two of clamgate's heap checks (`heap::CHECK_INTERVAL`, 5 s), then up to
+/// 30 s more for scans that clients abandoned (they keep their clamd thread until clamd is done,
+/// by design).
+async fn settle(stack: &Stack) -> report::Sample {
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    let mut sample = report::Resources::sample(stack);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while sample.clamd_busy_threads.unwrap_or(0) > 1 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        sample = report::Resources::sample(stack);
+    }
+    sample
+}
+
 fn main() -> ExitCode {
     let options = Options::parse();
     if !options.bench {
@@ -200,27 +219,34 @@ async fn run(options: Options) -> ExitCode {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let before = report::Resources::sample(&stack);
     let tally = Arc::new(load::Tally::default());
-    let deadline = Instant::now() + Duration::from_secs(options.duration_secs);
-    let clients = load::spawn_clients(&options, &urls, &catalogue, &tally, deadline, &stack.upstream);
-    let windows = faults::run_schedule(&mut stack, &options, &urls, &tally, deadline).await;
-    for client in clients {
-        let _ = client.await;
-    }
-    eprintln!("soak: load over; letting the stack settle");
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    let mut after = report::Resources::sample(&stack);
-    // A scan abandoned by a client that left keeps its clamd thread until clamd is done: give
-    // such scans time to finish before counting clamd's busy threads.
-    let settle_deadline = Instant::now() + Duration::from_secs(30);
-    while after.clamd_busy_threads.unwrap_or(0) > 1 && Instant::now() < settle_deadline {
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        after = report::Resources::sample(&stack);
+    let mut windows = Vec::new();
+    let mut rounds = Vec::new();
+    let mut rng = load::Rng::new(options.seed ^ 0xfa17);
+    for round in 0..options.rounds as usize {
+        eprintln!("soak: round {} of {}", round + 1, options.rounds);
+        let stop = Arc::new(AtomicBool::new(false));
+        let clients = load::spawn_clients(&options, round, &urls, &catalogue, &tally, &stop, &stack.upstream);
+        windows.extend(faults::run_round(&mut stack, &options, &urls, &tally, &mut rng).await);
+        stop.store(true, Ordering::Relaxed);
+        for client in clients {
+            let _ = client.await;
+        }
+        let mut settled = settle(&stack).await;
+        settled.requests = load::Tally::get(&tally.requests);
+        eprintln!("soak: round {} over: {}", round + 1, settled.summary());
+        rounds.push(settled);
     }
     // Envoy's access log and errors, for a look at what failed closed.
     let _ = std::fs::create_dir_all("target/soak");
     let _ = std::fs::write("target/soak/envoy.log", stack.envoy.logs());
-    let result = report::Result::new(&options, &tally, &windows, &before, &after, started.elapsed());
+    let result = report::Result::new(&options, &tally, &windows, &before, &rounds, started.elapsed());
+    let _ = std::fs::write("target/soak/failed-closed.log", tally.failed_closed_log());
     println!("{}", result.markdown());
+    if options.linger_secs > 0 {
+        let pids: Vec<_> = stack.clamgates.iter().map(ClamgateProcess::pid).collect();
+        eprintln!("soak: lingering {} s; clamgate pids {pids:?}", options.linger_secs);
+        tokio::time::sleep(Duration::from_secs(options.linger_secs)).await;
+    }
     if options.write_report {
         if let Err(err) = result.write_report() {
             eprintln!("soak: cannot write docs/reliability.md: {err}");

@@ -12,13 +12,19 @@ use crate::{Options, Stack};
 /// Non-socket descriptors a clamgate may hold more after the run than before (its log, a pipe
 /// or two of the runtime).
 const FD_TOLERANCE: usize = 4;
-/// Resident memory a clamgate may hold more after the run than before: a guard against a gross
-/// leak, not a measure of one. After a burst's peak (its 64 MiB memory budget, the gRPC
-/// flow-control windows Envoy fills before clamgate reads, pieces on their way to temp files)
-/// glibc keeps much of the freed memory mapped: seen 70-227 MiB above the idle start after
-/// 90-second and 10-minute runs, with peaks of 230-383 MiB. A leak check by repeated rounds is
-/// not done yet.
-const RSS_TOLERANCE_BYTES: u64 = 512 << 20;
+/// Resident memory a clamgate may hold, idle after the run, more than idle before it. clamgate
+/// hands freed heap memory back once a burst is over (`src/memory_trim.rs`); what stays is the
+/// allocator's bookkeeping, connection buffers and caches warmed by the load.
+const RSS_TOLERANCE_BYTES: u64 = 64 << 20;
+/// How much clamgate 1's heap in use (`clamgate_heap_in_use_bytes`: bytes allocated and not
+/// freed, which fragmentation does not raise) may grow, idle, per round from the end of the first
+/// round to the end of the last: the leak check. The first round warms every cache and pool; later
+/// rounds repeat the same load and faults, so a leak shows as growth round after round.
+const HEAP_GROWTH_PER_ROUND_BYTES: u64 = 1 << 20;
+/// ...and in all, whatever the number of rounds (the verdict cache's in-process tier filling with
+/// each round's new objects, a pool's size).
+const HEAP_GROWTH_FLOOR_BYTES: u64 = 4 << 20;
+
 /// Fail-closed answers are attributed to a fault from its start to this long after it came back
 /// (requests already waiting on the fault finish then).
 const WINDOW_GRACE: Duration = Duration::from_secs(5);
@@ -39,6 +45,10 @@ pub struct Resources {
     /// Bodies refused because the disk budget was full, and bodies moved to disk (counters).
     pub spool_full: f64,
     pub spilled: f64,
+    /// Times freed memory was handed back (counter).
+    pub memory_trims: f64,
+    /// Heap bytes allocated and not freed.
+    pub heap_in_use_bytes: f64,
 }
 
 /// Every clamgate's resources, and clamd's busy threads.
@@ -46,6 +56,8 @@ pub struct Resources {
 pub struct Sample {
     pub clamgates: Vec<Resources>,
     pub clamd_busy_threads: Option<u64>,
+    /// Requests answered so far (set by the caller).
+    pub requests: u64,
 }
 
 impl Resources {
@@ -72,11 +84,38 @@ impl Resources {
                         spool_full: clamgate
                             .metric("clamgate_ext_proc_stream_errors_total{kind=\"spool_full\"}"),
                         spilled: clamgate.metric("clamgate_spilled_bodies_total"),
+                        memory_trims: clamgate.metric("clamgate_memory_trims_total"),
+                        heap_in_use_bytes: clamgate.metric("clamgate_heap_in_use_bytes"),
                     }
                 })
                 .collect();
-            Sample { clamgates, clamd_busy_threads: busy_threads(&stack.clamd.stats()) }
+            Sample { clamgates, clamd_busy_threads: busy_threads(&stack.clamd.stats()), requests: 0 }
         })
+    }
+}
+
+impl Sample {
+    /// One line for the log: each clamgate's RSS, descriptors and held bytes, and clamd's busy
+    /// threads.
+    pub fn summary(&self) -> String {
+        let clamgates: Vec<String> = self
+            .clamgates
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                format!(
+                    "clamgate {}: heap {:.1} MiB, RSS {} MiB, {} fds + {} sockets, held {} B, {} streams",
+                    i + 1,
+                    mib(r.heap_in_use_bytes as u64),
+                    r.rss_bytes >> 20,
+                    r.fds_other,
+                    r.fds_sockets,
+                    r.held_memory_bytes + r.held_disk_bytes,
+                    r.streams_open
+                )
+            })
+            .collect();
+        format!("{}; clamd busy threads {:?}", clamgates.join("; "), self.clamd_busy_threads)
     }
 }
 
@@ -112,6 +151,8 @@ pub struct Result {
     pub failed_closed_outside_faults: Vec<String>,
     pub faults: Vec<FaultLine>,
     pub before: Sample,
+    /// Idle, after each round.
+    pub rounds: Vec<Sample>,
     pub after: Sample,
     /// Instance 2 was restarted: its "before" is its predecessor's.
     pub restarted: bool,
@@ -123,7 +164,7 @@ impl Result {
         tally: &Tally,
         windows: &[Window],
         before: &Sample,
-        after: &Sample,
+        rounds: &[Sample],
         elapsed: Duration,
     ) -> Result {
         let get = |counter: &AtomicU64| Tally::get(counter);
@@ -185,7 +226,8 @@ impl Result {
             failed_closed_outside_faults,
             faults,
             before: before.clone(),
-            after: after.clone(),
+            rounds: rounds.to_vec(),
+            after: rounds.last().cloned().unwrap_or_default(),
             restarted: windows.iter().any(|w| w.fault.starts_with("one clamgate")),
         }
     }
@@ -199,21 +241,36 @@ impl Result {
                 failures.push(format!("no recovery within 60 s after: {}", fault.fault));
             }
         }
+        for (round, sample) in self.rounds.iter().enumerate() {
+            for (i, after) in sample.clamgates.iter().enumerate() {
+                let name = format!("after round {}, clamgate {}", round + 1, i + 1);
+                if after.held_memory_bytes != 0.0 || after.held_disk_bytes != 0.0 {
+                    failures.push(format!(
+                        "{name} still holds {} + {} body bytes",
+                        after.held_memory_bytes, after.held_disk_bytes
+                    ));
+                }
+                if after.streams_open != 0.0 {
+                    failures.push(format!("{name} has {} ext_proc streams open", after.streams_open));
+                }
+                if after.temp_files != 0 {
+                    failures.push(format!("{name} has {} temp files open", after.temp_files));
+                }
+            }
+        }
+        if let Some(growth) = self.heap_growth() {
+            if growth.grew > growth.allowed {
+                failures.push(format!(
+                    "clamgate 1: heap in use grew {:.1} MiB from round 1 to round {} (allowed {} MiB): a leak",
+                    mib(growth.grew),
+                    self.rounds.len(),
+                    growth.allowed >> 20
+                ));
+            }
+        }
         for (i, after) in self.after.clamgates.iter().enumerate() {
             let name = format!("clamgate {}", i + 1);
             let before = &self.before.clamgates[i.min(self.before.clamgates.len() - 1)];
-            if after.held_memory_bytes != 0.0 || after.held_disk_bytes != 0.0 {
-                failures.push(format!(
-                    "{name} still holds {} + {} body bytes",
-                    after.held_memory_bytes, after.held_disk_bytes
-                ));
-            }
-            if after.streams_open != 0.0 {
-                failures.push(format!("{name} has {} ext_proc streams open", after.streams_open));
-            }
-            if after.temp_files != 0 {
-                failures.push(format!("{name} has {} temp files open", after.temp_files));
-            }
             if after.fds_other > before.fds_other + FD_TOLERANCE {
                 failures.push(format!(
                     "{name}: {} non-socket descriptors, {} before",
@@ -234,12 +291,24 @@ impl Result {
         failures
     }
 
+    /// clamgate 1's heap in use from the end of round 1 to the end of the last round, and what is
+    /// allowed (clamgate 2 is restarted in every round, so only clamgate 1 lives through them).
+    pub fn heap_growth(&self) -> Option<Growth> {
+        let heap = |sample: &Sample| sample.clamgates.first().map(|one| one.heap_in_use_bytes as u64);
+        let first = heap(self.rounds.first()?)?;
+        let last = heap(self.rounds.last()?)?;
+        let later_rounds = self.rounds.len().saturating_sub(1) as u64;
+        let allowed = HEAP_GROWTH_FLOOR_BYTES.max(HEAP_GROWTH_PER_ROUND_BYTES * later_rounds);
+        Some(Growth { grew: last.saturating_sub(first), allowed })
+    }
+
     pub fn markdown(&self) -> String {
         let mut out = String::new();
         let pass = if self.failures().is_empty() { "passed" } else { "FAILED" };
         out.push_str(&format!(
-            "Command: `{}` ({:.0} s in all, {} clients, objects up to {} MiB): **{pass}**.\n\n",
+            "Command: `{}` ({} rounds, {:.0} s in all, {} clients, objects up to {} MiB): **{pass}**.\n\n",
             self.command,
+            self.rounds.len(),
             self.duration.as_secs_f64(),
             self.clients,
             self.max_object_mib
@@ -331,6 +400,7 @@ impl Result {
             self.before.clamd_busy_threads.map_or("?".into(), |n| n.to_string()),
             self.after.clamd_busy_threads.map_or("?".into(), |n| n.to_string())
         ));
+        out.push_str(&self.rounds_table());
         if !self.wrong.is_empty() {
             out.push_str("\nWrong answers (first 20):\n\n");
             for what in self.wrong.iter().take(20) {
@@ -342,6 +412,44 @@ impl Result {
             for what in self.failed_closed_outside_faults.iter().take(10) {
                 out.push_str(&format!("- {what}\n"));
             }
+        }
+        out
+    }
+
+    /// The leak check's table: each clamgate idle after each round.
+    fn rounds_table(&self) -> String {
+        let mut out = String::from(
+            "\n| idle after | requests so far | clamgate 1: heap in use (MiB) | clamgate 1: RSS (MiB) | clamgate 1: descriptors other than sockets / sockets | clamgate 1: memory trims so far | clamgate 2 (restarted in each round): heap in use / RSS (MiB) |\n|---|---|---|---|---|---|---|\n",
+        );
+        let row = |label: String, sample: &Sample| {
+            let one = sample.clamgates.first().cloned().unwrap_or_default();
+            let two = sample.clamgates.get(1).cloned().unwrap_or_default();
+            format!(
+                "| {label} | {} | {:.1} | {} | {} / {} | {} | {:.1} / {} |\n",
+                sample.requests,
+                mib(one.heap_in_use_bytes as u64),
+                one.rss_bytes >> 20,
+                one.fds_other,
+                one.fds_sockets,
+                one.memory_trims,
+                mib(two.heap_in_use_bytes as u64),
+                two.rss_bytes >> 20,
+            )
+        };
+        out.push_str(&row("the warm-up (before the load)".into(), &self.before));
+        for (round, sample) in self.rounds.iter().enumerate() {
+            out.push_str(&row(format!("round {}", round + 1), sample));
+        }
+        if let Some(growth) = self.heap_growth() {
+            out.push_str(&format!(
+                "\nclamgate 1's heap in use grew {:.1} MiB from the end of round 1 to the end of round {} \
+                 (allowed: {} MiB, {} MiB per round after the first, at least {} MiB).\n",
+                mib(growth.grew),
+                self.rounds.len(),
+                growth.allowed >> 20,
+                HEAP_GROWTH_PER_ROUND_BYTES >> 20,
+                HEAP_GROWTH_FLOOR_BYTES >> 20
+            ));
         }
         out
     }
@@ -358,6 +466,16 @@ impl Result {
         let updated = format!("{}{BEGIN}\n\n{}\n{}", &text[..begin], self.markdown(), &text[end..]);
         std::fs::write(PATH, updated)
     }
+}
+
+/// clamgate 1's heap growth across the rounds.
+pub struct Growth {
+    pub grew: u64,
+    pub allowed: u64,
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1u64 << 20) as f64
 }
 
 /// A failed-closed answer's kind, for grouping: its status and the refusal's reason, without

@@ -134,6 +134,16 @@ impl Upstream {
         self.lock().uploads.get(name).cloned()
     }
 
+    /// Like `received`, and forgets the body (a long run's uploads would otherwise pile up).
+    pub fn take_received(&self, name: &str) -> Option<Vec<u8>> {
+        self.lock().uploads.remove(name)
+    }
+
+    /// Stops serving `GET /files/{name}` (404 from now on).
+    pub fn remove_file(&self, name: &str) {
+        self.lock().files.remove(name);
+    }
+
     /// How many requests for `path` (e.g. `/files/eicar.com`) reached the upstream.
     pub fn hits(&self, path: &str) -> usize {
         self.lock().hits.get(path).copied().unwrap_or(0)
