@@ -7,6 +7,7 @@
 
 mod properties {
     mod config_loader;
+    mod decode_in_pieces;
     mod decoders;
     mod multipart;
     mod replies;

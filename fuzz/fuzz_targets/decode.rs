@@ -4,8 +4,12 @@
 #![no_main]
 
 use arbitrary::Arbitrary;
-use clamgate::decode::{BodyDecoder, DecodeError, DecodeLimits, Encoding};
+use clamgate::decode::{DecodeError, DecodeLimits, Encoding};
 use libfuzzer_sys::fuzz_target;
+
+#[path = "../../tests/properties/decode_in_pieces.rs"]
+mod decode_in_pieces;
+use decode_in_pieces::decode_in_pieces;
 
 #[derive(Debug, Arbitrary)]
 struct Input {
@@ -27,31 +31,6 @@ fn encodings(layers: &[u8]) -> Vec<Encoding> {
     chosen
 }
 
-fn decode(
-    encodings: &[Encoding],
-    pieces: &[&[u8]],
-    limits: DecodeLimits,
-) -> (Vec<u8>, Result<(), DecodeError>) {
-    let mut decoder = BodyDecoder::new(encodings, limits);
-    let mut out = Vec::new();
-    let drain = |decoder: &mut BodyDecoder, out: &mut Vec<u8>| -> Result<(), DecodeError> {
-        while let Some(piece) = decoder.next_piece()? {
-            assert!(!piece.is_empty());
-            out.extend_from_slice(piece);
-        }
-        Ok(())
-    };
-    for piece in pieces {
-        decoder.push(piece.to_vec());
-        if let Err(err) = drain(&mut decoder, &mut out) {
-            return (out, Err(err));
-        }
-    }
-    decoder.finish();
-    let result = drain(&mut decoder, &mut out);
-    (out, result)
-}
-
 fuzz_target!(|input: Input| {
     let encodings = encodings(&input.layers);
     let limits = DecodeLimits {
@@ -64,8 +43,8 @@ fuzz_target!(|input: Input| {
     points.extend([0, body.len()]);
     points.sort_unstable();
     let pieces: Vec<&[u8]> = points.windows(2).map(|w| &body[w[0]..w[1]]).collect();
-    let whole = decode(&encodings, &[body], limits);
-    let cut = decode(&encodings, &pieces, limits);
+    let whole = decode_in_pieces(&encodings, &[body], limits);
+    let cut = decode_in_pieces(&encodings, &pieces, limits);
     for (out, _) in [&whole, &cut] {
         assert!(out.len() as u64 <= limits.max_output_bytes, "past the output limit");
     }

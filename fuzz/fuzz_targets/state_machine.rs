@@ -9,16 +9,17 @@ use clamgate::config::{PolicyConfig, ResponseConfig};
 use clamgate::ext_proc::state::{on_message, StreamPolicy, StreamState};
 use clamgate::policy::{Direction, Policy};
 use clamgate::verdict::{UnscannedReason, Verdict};
-use envoy_types::pb::envoy::config::core::v3::{HeaderMap, HeaderValue};
+use envoy_types::pb::envoy::config::core::v3::HeaderMap;
 use envoy_types::pb::envoy::extensions::filters::http::ext_proc::v3::processing_mode::BodySendMode;
 use envoy_types::pb::envoy::service::ext_proc::v3::processing_request::Request;
 use envoy_types::pb::envoy::service::ext_proc::v3::{
-    HttpBody, HttpHeaders, HttpTrailers, ProcessingRequest, ProtocolConfiguration,
+    HttpBody, HttpTrailers, ProcessingRequest, ProtocolConfiguration,
 };
 use libfuzzer_sys::fuzz_target;
 
 #[path = "../../tests/properties/stream_model.rs"]
 mod stream_model;
+use stream_model::envoy_headers;
 
 #[derive(Debug, Arbitrary)]
 enum Message {
@@ -56,18 +57,6 @@ fn verdict(byte: u8) -> Verdict {
     }
 }
 
-fn headers(pairs: &[(&str, &str)], end_of_stream: bool) -> HttpHeaders {
-    let headers = pairs
-        .iter()
-        .map(|(key, value)| HeaderValue {
-            key: key.to_string(),
-            raw_value: value.as_bytes().to_vec(),
-            ..HeaderValue::default()
-        })
-        .collect();
-    HttpHeaders { headers: Some(HeaderMap { headers }), end_of_stream, ..HttpHeaders::default() }
-}
-
 fn request(message: &Message) -> Request {
     let body = |bytes: &Vec<u8>, end_of_stream| HttpBody {
         body: bytes.clone(),
@@ -85,7 +74,7 @@ fn request(message: &Message) -> Request {
                 1 => pairs.push(("content-type", "image/png")),
                 _ => {}
             }
-            Request::RequestHeaders(headers(&pairs, *end_of_stream))
+            Request::RequestHeaders(envoy_headers(&pairs, *end_of_stream))
         }
         Message::RequestBody { bytes, end_of_stream } => Request::RequestBody(body(bytes, *end_of_stream)),
         Message::RequestTrailers => {
@@ -97,7 +86,7 @@ fn request(message: &Message) -> Request {
             if *encoding {
                 pairs.push(("content-encoding", "gzip"));
             }
-            Request::ResponseHeaders(headers(&pairs, *end_of_stream))
+            Request::ResponseHeaders(envoy_headers(&pairs, *end_of_stream))
         }
         Message::ResponseBody { bytes, end_of_stream } => Request::ResponseBody(body(bytes, *end_of_stream)),
         Message::ResponseTrailers => {

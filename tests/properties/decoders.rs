@@ -4,7 +4,9 @@
 
 use std::io::Write as _;
 
-use clamgate::decode::{BodyDecoder, DecodeError, DecodeLimits, Encoding};
+use clamgate::decode::{DecodeError, DecodeLimits, Encoding};
+
+use super::decode_in_pieces::decode_in_pieces;
 use flate2::write::{GzEncoder, ZlibEncoder};
 use flate2::Compression;
 use proptest::prelude::*;
@@ -46,32 +48,6 @@ fn cut(bytes: &[u8], cuts: &[u16]) -> Vec<Vec<u8>> {
     points.windows(2).map(|w| bytes[w[0]..w[1]].to_vec()).collect()
 }
 
-/// Decodes `pieces` as one body: the output, then Ok, or the error it stopped at.
-fn decode(
-    encodings: &[Encoding],
-    pieces: &[Vec<u8>],
-    limits: DecodeLimits,
-) -> (Vec<u8>, Result<(), DecodeError>) {
-    let mut decoder = BodyDecoder::new(encodings, limits);
-    let mut out = Vec::new();
-    let drain = |decoder: &mut BodyDecoder, out: &mut Vec<u8>| -> Result<(), DecodeError> {
-        while let Some(piece) = decoder.next_piece()? {
-            assert!(!piece.is_empty(), "a decoded piece is never empty");
-            out.extend_from_slice(piece);
-        }
-        Ok(())
-    };
-    for piece in pieces {
-        decoder.push(piece.clone());
-        if let Err(err) = drain(&mut decoder, &mut out) {
-            return (out, Err(err));
-        }
-    }
-    decoder.finish();
-    let result = drain(&mut decoder, &mut out);
-    (out, result)
-}
-
 proptest! {
     #[test]
     fn every_encoding_round_trips_however_it_is_cut(
@@ -83,7 +59,7 @@ proptest! {
         // Repeated data compresses, so the decoders also produce more than they read.
         let data = data.repeat(repeat);
         let encoded = encode(encoding, &data);
-        let (out, result) = decode(&[encoding], &cut(&encoded, &cuts), NO_LIMITS);
+        let (out, result) = decode_in_pieces(&[encoding], &cut(&encoded, &cuts), NO_LIMITS);
         prop_assert_eq!(result, Ok(()));
         prop_assert!(out == data, "{encoding:?}: {} bytes out, {} in", out.len(), data.len());
     }
@@ -96,7 +72,7 @@ proptest! {
         cuts in prop::collection::vec(any::<u16>(), 0..6),
     ) {
         let encoded = encode(second, &encode(first, &data));
-        let (out, result) = decode(&[first, second], &cut(&encoded, &cuts), NO_LIMITS);
+        let (out, result) = decode_in_pieces(&[first, second], &cut(&encoded, &cuts), NO_LIMITS);
         prop_assert_eq!(result, Ok(()));
         prop_assert!(out == data);
     }
@@ -110,8 +86,8 @@ proptest! {
     ) {
         // Garbage, or a valid stream with garbage after it.
         let bytes = if prefix_valid { [encode(encoding, &bytes[..bytes.len() / 2]), bytes].concat() } else { bytes };
-        let whole = decode(&[encoding], std::slice::from_ref(&bytes), NO_LIMITS);
-        let pieces = decode(&[encoding], &cut(&bytes, &cuts), NO_LIMITS);
+        let whole = decode_in_pieces(&[encoding], std::slice::from_ref(&bytes), NO_LIMITS);
+        let pieces = decode_in_pieces(&[encoding], &cut(&bytes, &cuts), NO_LIMITS);
         // The same outcome; on success the same output. Before an error, a decoder may have
         // flushed more or fewer of the bytes it decoded (found: raw deflate garbage cut after two
         // bytes gave one byte before the same error), so one output is a prefix of the other;
@@ -135,7 +111,7 @@ proptest! {
     ) {
         let data = data.repeat(repeat);
         let limits = DecodeLimits { max_output_bytes: limit, ..NO_LIMITS };
-        let (out, result) = decode(&[encoding], &cut(&encode(encoding, &data), &cuts), limits);
+        let (out, result) = decode_in_pieces(&[encoding], &cut(&encode(encoding, &data), &cuts), limits);
         prop_assert!(out.len() as u64 <= limit);
         if data.len() as u64 > limit {
             prop_assert_eq!(result, Err(DecodeError::TooLarge { limit }));

@@ -14,15 +14,15 @@ use clamgate::config::{PolicyConfig, ResponseConfig};
 use clamgate::ext_proc::state::{on_message, StreamPolicy, StreamState};
 use clamgate::policy::{Direction, Policy};
 use clamgate::verdict::{UnscannedReason, Verdict};
-use envoy_types::pb::envoy::config::core::v3::{HeaderMap, HeaderValue};
+use envoy_types::pb::envoy::config::core::v3::HeaderMap;
 use envoy_types::pb::envoy::extensions::filters::http::ext_proc::v3::processing_mode::BodySendMode;
 use envoy_types::pb::envoy::service::ext_proc::v3::processing_request::Request;
 use envoy_types::pb::envoy::service::ext_proc::v3::{
-    HttpBody, HttpHeaders, HttpTrailers, ProcessingRequest, ProtocolConfiguration,
+    HttpBody, HttpTrailers, ProcessingRequest, ProtocolConfiguration,
 };
 use proptest::prelude::*;
 
-use super::stream_model::{check_safety, run, Outcome};
+use super::stream_model::{check_safety, envoy_headers, run, Outcome};
 
 /// One request as Envoy would carry it.
 #[derive(Debug, Clone)]
@@ -82,18 +82,6 @@ fn breaking() -> impl Strategy<Value = Break> {
     ]
 }
 
-fn headers(pairs: &[(&str, &str)], end_of_stream: bool) -> HttpHeaders {
-    let headers = pairs
-        .iter()
-        .map(|(key, value)| HeaderValue {
-            key: key.to_string(),
-            raw_value: value.as_bytes().to_vec(),
-            ..HeaderValue::default()
-        })
-        .collect();
-    HttpHeaders { headers: Some(HeaderMap { headers }), end_of_stream, ..HttpHeaders::default() }
-}
-
 fn message(request: Request) -> ProcessingRequest {
     ProcessingRequest { request: Some(request), ..ProcessingRequest::default() }
 }
@@ -114,7 +102,7 @@ fn request_messages(exchange: &Exchange) -> Vec<ProcessingRequest> {
             response_body_mode: BodySendMode::Buffered as i32,
             ..ProtocolConfiguration::default()
         }),
-        ..message(Request::RequestHeaders(headers(&[(":method", method), (":path", "/a")], !has_body)))
+        ..message(Request::RequestHeaders(envoy_headers(&[(":method", method), (":path", "/a")], !has_body)))
     };
     let mut messages = vec![first];
     if let Some(pieces) = &exchange.upload {
@@ -153,7 +141,7 @@ fn body_messages(
 
 fn response_messages(exchange: &Exchange, duplex: bool) -> Vec<ProcessingRequest> {
     let no_body = exchange.download.is_empty() && !exchange.download_trailers;
-    let mut messages = vec![message(Request::ResponseHeaders(headers(&[(":status", "200")], no_body)))];
+    let mut messages = vec![message(Request::ResponseHeaders(envoy_headers(&[(":status", "200")], no_body)))];
     if !no_body {
         messages.extend(body_messages(
             &exchange.download,

@@ -11,9 +11,23 @@ use clamgate::ext_proc::state::{decided, on_resource_lookup, Effect, StreamState
 use clamgate::policy::{decide, Decision, DecisionContext, Direction, Policy};
 use clamgate::scanner::ResourceLookup;
 use clamgate::verdict::Verdict;
+use envoy_types::pb::envoy::config::core::v3::{HeaderMap, HeaderValue};
 use envoy_types::pb::envoy::service::ext_proc::v3::body_mutation::Mutation;
 use envoy_types::pb::envoy::service::ext_proc::v3::processing_response::Response;
-use envoy_types::pb::envoy::service::ext_proc::v3::ProcessingResponse;
+use envoy_types::pb::envoy::service::ext_proc::v3::{HttpHeaders, ProcessingResponse};
+
+/// A headers message as Envoy sends it: lower-case keys, values in `raw_value`.
+pub fn envoy_headers(pairs: &[(&str, &str)], end_of_stream: bool) -> HttpHeaders {
+    let headers = pairs
+        .iter()
+        .map(|(key, value)| HeaderValue {
+            key: key.to_string(),
+            raw_value: value.as_bytes().to_vec(),
+            ..HeaderValue::default()
+        })
+        .collect();
+    HttpHeaders { headers: Some(HeaderMap { headers }), end_of_stream, ..HttpHeaders::default() }
+}
 
 /// What the model of the stream task saw happen.
 #[derive(Debug, Default)]
