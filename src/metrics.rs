@@ -185,6 +185,7 @@ pub struct Metrics {
     memory_trims: Counter,
     memory_trim_seconds: Counter<f64, AtomicU64>,
     heap_in_use: Gauge,
+    tasks_alive: Gauge,
     streams_open: Gauge,
     decoded_bodies: Family<DecodeLabels, Counter>,
     resource_verifications: Family<VerificationLabels, Counter>,
@@ -330,6 +331,12 @@ impl Metrics {
             "Heap bytes allocated and not freed (glibc mallinfo2), every 5 s: unlike RSS, not raised by fragmentation or by freed memory the allocator keeps",
             heap_in_use.clone(),
         );
+        let tasks_alive = Gauge::default();
+        registry.register(
+            "runtime_tasks_alive",
+            "Tasks alive in clamgate's async runtime when /metrics was read (streams, connections, background loops): back to its idle level when the traffic stops",
+            tasks_alive.clone(),
+        );
         let streams_open = Gauge::default();
         registry.register("ext_proc_streams_open", "ext_proc streams being served now", streams_open.clone());
         let decoded_bodies = Family::<DecodeLabels, Counter>::default();
@@ -433,6 +440,7 @@ impl Metrics {
             memory_trims,
             memory_trim_seconds,
             heap_in_use,
+            tasks_alive,
             streams_open,
             verdicts,
             unscanned,
@@ -500,6 +508,10 @@ impl Metrics {
 
     pub fn set_heap_in_use(&self, bytes: u64) {
         self.heap_in_use.set(i64::try_from(bytes).unwrap_or(i64::MAX));
+    }
+
+    pub fn set_tasks_alive(&self, tasks: usize) {
+        self.tasks_alive.set(i64::try_from(tasks).unwrap_or(i64::MAX));
     }
 
     /// Trims so far (for tests).

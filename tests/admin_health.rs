@@ -115,6 +115,10 @@ async fn metrics_expose_verdicts_and_clamd_versions() {
     let text = instance.metrics().await;
     assert!(text.contains("# TYPE clamgate_clamd_scan_duration_seconds histogram"), "{text}");
     assert_eq!(support::clamgate::metric_value(&text, "clamgate_clamd_database_version"), 27001.0, "{text}");
+    // The runtime's tasks are counted when /metrics is read (this request's own among them), and
+    // the heap check ran at start (glibc: the heap in use is known).
+    assert!(support::clamgate::metric_value(&text, "clamgate_runtime_tasks_alive") >= 1.0, "{text}");
+    assert!(support::clamgate::metric_value(&text, "clamgate_heap_in_use_bytes") > 0.0, "{text}");
     assert_eq!(instance.admin_status("/nope").await, Some(404));
 }
 

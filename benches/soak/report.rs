@@ -25,6 +25,11 @@ const HEAP_GROWTH_PER_ROUND_BYTES: u64 = 1 << 20;
 /// each round's new objects, a pool's size).
 const HEAP_GROWTH_FLOOR_BYTES: u64 = 4 << 20;
 
+/// How many more runtime tasks than sockets clamgate 1 may have, idle after the last round, than
+/// after the first: each connection is served by a task of its own (and keep-alive pools change
+/// size), so tasks are compared net of sockets; a task left behind by a stream, a scan or a fault
+/// shows as growth.
+const TASK_GROWTH: f64 = 4.0;
 /// Fail-closed answers are attributed to a fault from its start to this long after it came back
 /// (requests already waiting on the fault finish then).
 const WINDOW_GRACE: Duration = Duration::from_secs(5);
@@ -49,6 +54,8 @@ pub struct Resources {
     pub memory_trims: f64,
     /// Heap bytes allocated and not freed.
     pub heap_in_use_bytes: f64,
+    /// Tasks alive in clamgate's runtime.
+    pub tasks_alive: f64,
 }
 
 /// Every clamgate's resources, and clamd's busy threads.
@@ -86,6 +93,7 @@ impl Resources {
                         spilled: clamgate.metric("clamgate_spilled_bodies_total"),
                         memory_trims: clamgate.metric("clamgate_memory_trims_total"),
                         heap_in_use_bytes: clamgate.metric("clamgate_heap_in_use_bytes"),
+                        tasks_alive: clamgate.metric("clamgate_runtime_tasks_alive"),
                     }
                 })
                 .collect();
@@ -104,9 +112,10 @@ impl Sample {
             .enumerate()
             .map(|(i, r)| {
                 format!(
-                    "clamgate {}: heap {:.1} MiB, RSS {} MiB, {} fds + {} sockets, held {} B, {} streams",
+                    "clamgate {}: heap {:.1} MiB, RSS {} MiB, {} tasks, {} fds + {} sockets, held {} B, {} streams",
                     i + 1,
                     mib(r.heap_in_use_bytes as u64),
+                    r.tasks_alive,
                     r.rss_bytes >> 20,
                     r.fds_other,
                     r.fds_sockets,
@@ -268,6 +277,14 @@ impl Result {
                 ));
             }
         }
+        if let Some((first, last)) = self.tasks_net_of_sockets() {
+            if last > first + TASK_GROWTH {
+                failures.push(format!(
+                    "clamgate 1: {last} tasks more than sockets after round {}, {first} after round 1: tasks left behind",
+                    self.rounds.len()
+                ));
+            }
+        }
         for (i, after) in self.after.clamgates.iter().enumerate() {
             let name = format!("clamgate {}", i + 1);
             let before = &self.before.clamgates[i.min(self.before.clamgates.len() - 1)];
@@ -300,6 +317,13 @@ impl Result {
         let later_rounds = self.rounds.len().saturating_sub(1) as u64;
         let allowed = HEAP_GROWTH_FLOOR_BYTES.max(HEAP_GROWTH_PER_ROUND_BYTES * later_rounds);
         Some(Growth { grew: last.saturating_sub(first), allowed })
+    }
+
+    /// clamgate 1's tasks alive minus its sockets, after round 1 and after the last round.
+    fn tasks_net_of_sockets(&self) -> Option<(f64, f64)> {
+        let net =
+            |sample: &Sample| sample.clamgates.first().map(|one| one.tasks_alive - one.fds_sockets as f64);
+        Some((net(self.rounds.first()?)?, net(self.rounds.last()?)?))
     }
 
     pub fn markdown(&self) -> String {
@@ -419,16 +443,17 @@ impl Result {
     /// The leak check's table: each clamgate idle after each round.
     fn rounds_table(&self) -> String {
         let mut out = String::from(
-            "\n| idle after | requests so far | clamgate 1: heap in use (MiB) | clamgate 1: RSS (MiB) | clamgate 1: descriptors other than sockets / sockets | clamgate 1: memory trims so far | clamgate 2 (restarted in each round): heap in use / RSS (MiB) |\n|---|---|---|---|---|---|---|\n",
+            "\n| idle after | requests so far | clamgate 1: heap in use (MiB) | clamgate 1: RSS (MiB) | clamgate 1: tasks alive | clamgate 1: descriptors other than sockets / sockets | clamgate 1: memory trims so far | clamgate 2 (restarted in each round): heap in use / RSS (MiB) |\n|---|---|---|---|---|---|---|---|\n",
         );
         let row = |label: String, sample: &Sample| {
             let one = sample.clamgates.first().cloned().unwrap_or_default();
             let two = sample.clamgates.get(1).cloned().unwrap_or_default();
             format!(
-                "| {label} | {} | {:.1} | {} | {} / {} | {} | {:.1} / {} |\n",
+                "| {label} | {} | {:.1} | {} | {} | {} / {} | {} | {:.1} / {} |\n",
                 sample.requests,
                 mib(one.heap_in_use_bytes as u64),
                 one.rss_bytes >> 20,
+                one.tasks_alive,
                 one.fds_other,
                 one.fds_sockets,
                 one.memory_trims,
@@ -449,6 +474,12 @@ impl Result {
                 growth.allowed >> 20,
                 HEAP_GROWTH_PER_ROUND_BYTES >> 20,
                 HEAP_GROWTH_FLOOR_BYTES >> 20
+            ));
+        }
+        if let Some((first, last)) = self.tasks_net_of_sockets() {
+            out.push_str(&format!(
+                "Its tasks alive net of sockets: {first} after round 1, {last} after round {} (allowed: +{TASK_GROWTH}).\n",
+                self.rounds.len()
             ));
         }
         out
