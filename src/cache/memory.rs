@@ -12,6 +12,10 @@ use std::fmt;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+/// Expired entries removed from the least recently used end on each put, at most: more than the
+/// one a put adds, so a backlog (after a quiet spell) clears while the lock stays short.
+const EXPIRED_REMOVED_PER_PUT: usize = 4;
+
 /// An in-process, size-bounded, TTL-expiring verdict cache. Cheap to share behind an `Arc`.
 ///
 /// A zero TTL turns it off: nothing is stored, every lookup misses.
@@ -154,6 +158,17 @@ impl MemoryCache {
             lru.recency.remove(&previous.last_used);
         }
         lru.recency.insert(tick, key);
+        // With Redis behind it the TTL is short and most entries are never read again: left to
+        // the size bound, up to `max_entries` dead entries would stay in memory.
+        for _ in 0..EXPIRED_REMOVED_PER_PUT {
+            let Some((&oldest_tick, &oldest)) = lru.recency.first_key_value() else { break };
+            let expired = lru.slots.get(&oldest).and_then(|slot| slot.expires_at).is_some_and(|at| at <= now);
+            if !expired {
+                break;
+            }
+            lru.recency.remove(&oldest_tick);
+            lru.slots.remove(&oldest);
+        }
         while lru.slots.len() > self.max_entries {
             let Some((_, oldest)) = lru.recency.pop_first() else { break };
             lru.slots.remove(&oldest);
@@ -260,6 +275,27 @@ mod tests {
         // The expired entry is gone, not merely hidden.
         assert_eq!(cache.len(), 0);
         assert_eq!(get_at(&cache, key(1), t0), None);
+    }
+
+    #[test]
+    fn puts_remove_expired_entries_without_waiting_for_the_size_bound() {
+        let cache = MemoryCache::new(1000, TTL);
+        let t0 = Instant::now();
+        for n in 0..100u8 {
+            put_at(&cache, key(n), entry(u64::from(n)), t0);
+        }
+        assert_eq!(cache.len(), 100);
+        // Later puts, after the first hundred expired, take them away a few at a time.
+        for n in 100..110u8 {
+            put_at(&cache, key(n), entry(u64::from(n)), t0 + TTL);
+        }
+        assert_eq!(cache.len(), 100 - 10 * EXPIRED_REMOVED_PER_PUT + 10);
+        for n in 110..125u8 {
+            put_at(&cache, key(n), entry(u64::from(n)), t0 + TTL);
+        }
+        assert_eq!(cache.len(), 25, "only the live entries are left");
+        // A live entry at the old end stops the sweep: nothing live is removed.
+        assert!(get_at(&cache, key(100), t0 + TTL).is_some());
     }
 
     #[test]
