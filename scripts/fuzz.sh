@@ -26,7 +26,7 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
     cargo install cargo-fuzz --locked --quiet
 fi
 
-# No sanitizer: clamgate's own code has no unsafe; libFuzzer still finds panics, failed
+# No sanitizer: the code the targets reach has no unsafe; libFuzzer still finds panics, failed
 # assertions, hangs and runaway memory. `FUZZ_SANITIZER=address` for the C underneath (zstd).
 SANITIZER="${FUZZ_SANITIZER:-none}"
 cargo +nightly fuzz build -s "$SANITIZER"

@@ -66,8 +66,10 @@ pub struct Options {
     pub bench: bool,
 }
 
-/// The config both clamgate instances run with: the HTTP listener for nginx, the Redis cache,
-/// budgets small enough for the budget faults to bite, and the mirror policy fetching on a miss.
+/// The config both clamgate instances run with: the HTTP listener for nginx, the Redis cache
+/// (its in-process tier keeping entries 30 s, so that the tier holds about the same number of
+/// entries at the end of every round and the leak check compares like with like), budgets small
+/// enough for the budget faults to bite, and the mirror policy fetching on a miss.
 fn clamgate_extra(
     redis_url: &str,
     http_addr: std::net::SocketAddr,
@@ -75,7 +77,7 @@ fn clamgate_extra(
 ) -> String {
     format!(
         "[listen]\nhttp_addr = \"{http_addr}\"\nhttp_token_file = {token:?}\n\n\
-         [cache]\nredis_url = \"{redis_url}\"\nredis_timeout_ms = 300\n\n\
+         [cache]\nredis_url = \"{redis_url}\"\nredis_timeout_ms = 300\nmemory_ttl_secs = 30\n\n\
          [scan]\nmax_scan_bytes = {max_scan}\n\n\
          [bodies]\nmemory_budget_bytes = {memory}\ndisk_budget_bytes = {disk}\n\n\
          [fetch]\norigins = [\"{host} = http://{upstream}\"]\n\n\
