@@ -218,11 +218,22 @@ impl Tally {
     }
 }
 
-/// Judges a download of `object` answered `status` with `body` (None: the body was not read
-/// whole, e.g. an aborted client: only its status and the bytes read count).
-pub fn judge(infected: bool, expected: &[u8], status: u16, body: Option<&[u8]>) -> (Verdict, String) {
+/// Judges a download of `object` answered `status`, `x-clamgate-verdict: verdict_header`, with
+/// `body` (None: the body was not read whole, e.g. an aborted client: only its status and the
+/// bytes read count). Every policy of the soak scans (none lets a body pass unscanned), so a 200
+/// must say `clean`: the bytes were scanned, now or when the cached verdict was made.
+pub fn judge(
+    infected: bool,
+    expected: &[u8],
+    status: u16,
+    verdict_header: Option<&str>,
+    body: Option<&[u8]>,
+) -> (Verdict, String) {
     match status {
         200 if infected => (Verdict::Wrong, "an infected object delivered (200)".into()),
+        200 if verdict_header != Some("clean") => {
+            (Verdict::Wrong, format!("delivered with x-clamgate-verdict {verdict_header:?}, not clean"))
+        }
         200 => match body {
             Some(body) if body == expected => (Verdict::Right, String::new()),
             Some(body) => {
@@ -370,6 +381,7 @@ pub async fn download(http: &reqwest::Client, url: &str, object: &Object, tally:
     };
     let status = response.status().as_u16();
     let version = response.version();
+    let verdict_header = verdict_header(&response);
     let body = match response.bytes().await {
         Ok(body) => body,
         Err(err) => {
@@ -380,9 +392,15 @@ pub async fn download(http: &reqwest::Client, url: &str, object: &Object, tally:
             return verdict;
         }
     };
-    let (verdict, why) = judge(object.infected, &object.bytes, status, Some(&body));
+    let (verdict, why) =
+        judge(object.infected, &object.bytes, status, verdict_header.as_deref(), Some(&body));
     tally.record(verdict, object.infected, || format!("GET {url} ({version:?}): {why} {}", snippet(&body)));
     verdict
+}
+
+/// The answer's `x-clamgate-verdict`, if it has one.
+fn verdict_header(response: &reqwest::Response) -> Option<String> {
+    response.headers().get("x-clamgate-verdict").and_then(|value| value.to_str().ok()).map(str::to_string)
 }
 
 /// The start of an answer's body, for the report (a refusal's JSON says why).
@@ -434,13 +452,14 @@ async fn abort_mid_body(http: &reqwest::Client, url: &str, object: &Object, tall
         return;
     };
     let status = response.status().as_u16();
+    let verdict_header = verdict_header(&response);
     let mut stream = response.bytes_stream();
     let first = stream.next().await.and_then(Result::ok).unwrap_or_default();
     drop(stream);
     let verdict = if status == 200 && !object.bytes.starts_with(&first) {
         Verdict::Wrong
     } else {
-        judge(object.infected, &object.bytes, status, None).0
+        judge(object.infected, &object.bytes, status, verdict_header.as_deref(), None).0
     };
     tally.record(verdict, object.infected, || format!("GET {url} (abort): {status}"));
 }
@@ -452,6 +471,7 @@ async fn slow_read(http: &reqwest::Client, url: &str, object: &Object, tally: &T
         return;
     };
     let status = response.status().as_u16();
+    let verdict_header = verdict_header(&response);
     let mut stream = response.bytes_stream();
     let mut body = Vec::new();
     let started = Instant::now();
@@ -472,7 +492,7 @@ async fn slow_read(http: &reqwest::Client, url: &str, object: &Object, tally: &T
         // Cut while a fault lasts: what came is the start of the object, and the rest never did.
         (Verdict::FailedClosed, format!("{status}, body cut after {} bytes", body.len()))
     } else {
-        judge(object.infected, &object.bytes, status, Some(&body))
+        judge(object.infected, &object.bytes, status, verdict_header.as_deref(), Some(&body))
     };
     tally.record(verdict, object.infected, || format!("GET {url} (slow): {why}"));
 }
