@@ -50,8 +50,9 @@ pub struct Resources {
     /// Bodies refused because the disk budget was full, and bodies moved to disk (counters).
     pub spool_full: f64,
     pub spilled: f64,
-    /// Times freed memory was handed back (counter).
+    /// Times freed memory was handed back, and the seconds it took in all (counters).
     pub memory_trims: f64,
+    pub memory_trim_seconds: f64,
     /// Heap bytes allocated and not freed.
     pub heap_in_use_bytes: f64,
     /// Tasks alive in clamgate's runtime.
@@ -92,6 +93,7 @@ impl Resources {
                             .metric("clamgate_ext_proc_stream_errors_total{kind=\"spool_full\"}"),
                         spilled: clamgate.metric("clamgate_spilled_bodies_total"),
                         memory_trims: clamgate.metric("clamgate_memory_trims_total"),
+                        memory_trim_seconds: clamgate.metric("clamgate_memory_trim_seconds_total"),
                         heap_in_use_bytes: clamgate.metric("clamgate_heap_in_use_bytes"),
                         tasks_alive: clamgate.metric("clamgate_runtime_tasks_alive"),
                     }
@@ -454,13 +456,13 @@ impl Result {
     /// The leak check's table: each clamgate idle after each round.
     fn rounds_table(&self) -> String {
         let mut out = String::from(
-            "\n| idle after | requests so far | clamgate 1: heap in use (MiB) | clamgate 1: RSS (MiB) | clamgate 1: tasks alive | clamgate 1: descriptors other than sockets / sockets | clamgate 1: memory trims so far | clamgate 2 (restarted in each round): heap in use / RSS (MiB) |\n|---|---|---|---|---|---|---|---|\n",
+            "\n| idle after | requests so far | clamgate 1: heap in use (MiB) | clamgate 1: RSS (MiB) | clamgate 1: tasks alive | clamgate 1: descriptors other than sockets / sockets | clamgate 1: memory trims so far (ms in all) | clamgate 2 (restarted in each round): heap in use / RSS (MiB) |\n|---|---|---|---|---|---|---|---|\n",
         );
         let row = |label: String, sample: &Sample| {
             let one = sample.clamgates.first().cloned().unwrap_or_default();
             let two = sample.clamgates.get(1).cloned().unwrap_or_default();
             format!(
-                "| {label} | {} | {:.1} | {} | {} | {} / {} | {} | {:.1} / {} |\n",
+                "| {label} | {} | {:.1} | {} | {} | {} / {} | {} ({:.0}) | {:.1} / {} |\n",
                 sample.requests,
                 mib(one.heap_in_use_bytes as u64),
                 one.rss_bytes >> 20,
@@ -468,6 +470,7 @@ impl Result {
                 one.fds_other,
                 one.fds_sockets,
                 one.memory_trims,
+                one.memory_trim_seconds * 1000.0,
                 mib(two.heap_in_use_bytes as u64),
                 two.rss_bytes >> 20,
             )
