@@ -4,7 +4,7 @@
 # wrong answer, on a fault the stack does not recover from within 60 s, or on resources left
 # behind.
 #
-#   scripts/soak.sh                                  # 3 rounds, objects up to 8 MiB (the CI run)
+#   scripts/soak.sh                                  # 5 rounds, objects up to 8 MiB (the CI run)
 #   scripts/soak.sh --rounds 10 --max-object-mib 64 --write-report
 #                                                    # the report's run; rewrites its section
 #   scripts/soak.sh --help                           # every option

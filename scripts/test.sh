@@ -77,11 +77,11 @@ check_nginx() {
 }
 step "nginx/nginx.conf and nginx/mirror.conf pass nginx -t" check_nginx
 step "shell scripts parse" bash -c 'for f in scripts/*.sh .ci/run; do bash -n "$f" || exit 1; done'
-# The soak with chaos (docs/reliability.md), 3 rounds of every fault (about 3 minutes): any wrong
+# The soak with chaos (docs/reliability.md), 5 rounds of every fault (about 6 minutes): any wrong
 # answer, unrecovered fault or leak fails the run. SOAK_ROUNDS=0 skips it.
-if [[ "${SOAK_ROUNDS:-3}" != 0 ]]; then
-    step "soak with chaos, ${SOAK_ROUNDS:-3} rounds (scripts/soak.sh)" \
-        bash scripts/soak.sh --rounds "${SOAK_ROUNDS:-3}"
+if [[ "${SOAK_ROUNDS:-5}" != 0 ]]; then
+    step "soak with chaos, ${SOAK_ROUNDS:-5} rounds (scripts/soak.sh)" \
+        bash scripts/soak.sh --rounds "${SOAK_ROUNDS:-5}"
 fi
 # The fuzz targets (fuzz/, cargo fuzz on the nightly toolchain) for a bounded time each; a crash
 # fails the run. FUZZ_SECONDS=0 skips them (e.g. to run one test quickly).

@@ -38,7 +38,7 @@ use support::upstream::Upstream;
 pub struct Options {
     /// Rounds of load, each injecting every fault once (about a minute each), with the stack
     /// left to settle and measured after each: the leak check compares the rounds.
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(2..))]
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(2..))]
     pub rounds: u64,
     /// Concurrent clients.
     #[arg(long, default_value_t = 8)]
